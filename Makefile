@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make test` and `make demo`. Each creates .venv if missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXAMPLE := docs/examples/atoken-example-depth
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install test test-fast demo lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt $(EXAMPLE)/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" -e "$(EXAMPLE)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -p no:cacheprovider -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(PY) -m atoken.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) benchmarks/backbone.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs/demo

@@ -1,0 +1,95 @@
+"""Typed errors of atoken.
+
+Every error atoken raises on purpose derives from :class:`AtokenError`, so callers can catch the
+whole family at once. Each subclass also derives from the builtin that best describes it
+(``ValueError``, ``LookupError``, ``ImportError``), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AtokenError",
+    "ComponentError",
+    "ConfigError",
+    "CoordinateError",
+    "DuplicateComponentError",
+    "LatentValidationError",
+    "ModalityInputError",
+    "PluginLoadError",
+    "TooManyTokensError",
+    "UnknownComponentError",
+]
+
+
+class AtokenError(Exception):
+    """Base class of every error raised on purpose by atoken."""
+
+
+class LatentValidationError(AtokenError, ValueError):
+    """A :class:`~atoken.SparseLatent` was built from inconsistent parts.
+
+    ``field`` names the offending field (``"feats"``, ``"coords"``, ``"seqlens"``,
+    ``"modality"`` or ``"meta"``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class CoordinateError(AtokenError, ValueError):
+    """Coordinates do not fit a grid (out of range, wrong shape or an unknown layout)."""
+
+
+class ModalityInputError(AtokenError, ValueError):
+    """A modality was given a sample it cannot turn into tokens (or tokens it cannot decode)."""
+
+
+class TooManyTokensError(ModalityInputError):
+    """A sample would produce more tokens than the modality's ``max_tokens`` guard allows."""
+
+
+class ConfigError(AtokenError, ValueError):
+    """A configuration value or run file is invalid."""
+
+
+class ComponentError(AtokenError):
+    """Base class of registry errors."""
+
+
+class DuplicateComponentError(ComponentError, ValueError):
+    """Two plugins registered the same component name for one kind."""
+
+    def __init__(self, kind: str, name: str, first_plugin: str, second_plugin: str) -> None:
+        super().__init__(
+            f"{kind} {name!r} is registered twice: first by plugin {first_plugin!r}, "
+            f"then by plugin {second_plugin!r}. Disable one of them with "
+            f"ATOKEN_DISABLE_PLUGINS={second_plugin}"
+        )
+        self.kind, self.name = kind, name
+        self.plugins = (first_plugin, second_plugin)
+
+
+class UnknownComponentError(ComponentError, LookupError):
+    """No component of that kind has that name; the message lists close matches."""
+
+    def __init__(self, kind: str, name: str, known: list[str], close: list[str]) -> None:
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        available = ", ".join(known) if known else "none"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Available: {available}.")
+        self.kind, self.name = kind, name
+        self.close_matches = close
+
+    def __str__(self) -> str:  # LookupError would otherwise quote the message like a KeyError
+        return str(self.args[0])
+
+
+class PluginLoadError(ComponentError, ImportError):
+    """A plugin failed to load; the message names the plugin and its distribution."""
+
+    def __init__(self, plugin: str, distribution: str, cause: BaseException) -> None:
+        super().__init__(
+            f"plugin {plugin!r} from distribution {distribution!r} failed to load: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.plugin, self.distribution = plugin, distribution

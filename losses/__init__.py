@@ -1,0 +1,3 @@
+"""Built-in losses. Each module is a plugin that registers its loss by name."""
+
+__all__: list[str] = []

@@ -1,0 +1,214 @@
+"""The built-in ``image`` modality: native-resolution images as 4D tokens with t = z = 0.
+
+Shapes:
+    image  float32 [3, H, W] in [0, 1] (the canonical form every input is converted to)
+    values float32 [n, pt * p * p * 3], laid out as (pt, ph, pw, c); the image fills temporal
+           slot 0 and slots 1..pt-1 are zero, so images and video share one patch embedding
+    coords int32 [n, 4] = (0, x, y, 0) with x the patch column and y the patch row
+
+Input conversion rules (documented in docs/concepts/latent.md):
+    * torch tensors are channels-first: [3, H, W], [1, H, W], [4, H, W] or [H, W];
+      numpy arrays and PIL images are channels-last ([H, W], [H, W, 1|3|4]);
+      a ``str`` or ``os.PathLike`` is opened with PIL.
+    * uint8 values are divided by 255; float values must already lie in [0, 1].
+    * grayscale (one channel) is repeated to RGB; RGBA is alpha-premultiplied onto black
+      (``rgb * alpha``), the convention of the 3D pipeline.
+    * H and W must be at least ``min_side`` (2) pixels. Sizes that are not a multiple of the
+      patch are padded at the bottom/right by edge replication and cropped back on decode.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atoken.core.coords import raster_coords, scatter_to_grid
+from atoken.core.errors import ModalityInputError, TooManyTokensError
+from atoken.core.modality import Modality
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = ["ImageModality", "to_image_tensor"]
+
+
+def _from_pil(image: Any) -> torch.Tensor:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    elif image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    array = np.asarray(image)  # [H, W] or [H, W, C] uint8
+    return _from_numpy(array)
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 3:
+        array = np.moveaxis(array, -1, 0)  # [C, H, W]
+    return _from_tensor(torch.from_numpy(np.ascontiguousarray(array)))
+
+
+def _from_path(path: str | os.PathLike) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _from_pil(image)
+    except FileNotFoundError as exc:
+        raise ModalityInputError(f"image: no such file {os.fspath(path)!r}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ModalityInputError(
+            f"image: {os.fspath(path)!r} is not a readable image ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _from_tensor(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 2:
+        x = x[None]  # [1, H, W]
+    if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
+        raise ModalityInputError(
+            f"image: expected [3, H, W], [1, H, W], [4, H, W] or [H, W], got {tuple(x.shape)}"
+        )
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif x.is_floating_point():
+        x = x.float()
+        if not bool(torch.isfinite(x).all()):
+            raise ModalityInputError("image: contains NaN or infinite values")
+        if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+            raise ModalityInputError(
+                f"image: float values must lie in [0, 1], got [{float(x.min()):.3g}, "
+                f"{float(x.max()):.3g}]; pass uint8 for 0..255 data"
+            )
+    else:
+        raise ModalityInputError(f"image: dtype must be uint8 or float, got {x.dtype}")
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)  # grayscale -> RGB
+    elif x.shape[0] == 4:
+        x = x[:3] * x[3:4]  # premultiply onto black
+    return x.contiguous()
+
+
+def to_image_tensor(sample: Any, *, min_side: int = 2) -> torch.Tensor:
+    """Convert a PIL image, numpy array, tensor or path to float32 ``[3, H, W]`` in [0, 1].
+
+    Raises:
+        ModalityInputError: for an unsupported type, shape, dtype or value range, a NaN, an
+            unreadable file or a side shorter than ``min_side`` pixels.
+    """
+    if isinstance(sample, torch.Tensor):
+        x = _from_tensor(sample.detach().cpu())
+    elif isinstance(sample, np.ndarray):
+        x = _from_numpy(sample)
+    elif isinstance(sample, (str, os.PathLike)):
+        x = _from_path(sample)
+    elif type(sample).__module__.startswith("PIL."):
+        x = _from_pil(sample)
+    else:
+        raise ModalityInputError(
+            f"image: unsupported sample type {type(sample).__name__}; "
+            "pass a PIL image, a numpy array, a tensor or a file path"
+        )
+    H, W = x.shape[-2:]
+    if min(H, W) < min_side:
+        raise ModalityInputError(
+            f"image: size {H}x{W} is too small; each side needs at least {min_side} pixels"
+        )
+    return x
+
+
+class ImageModality(Modality):
+    """Images at native resolution and aspect ratio.
+
+    Args:
+        patch_size: spatial patch p (16).
+        temporal_patch: temporal patch pt (4); the image occupies slot 0.
+        max_tokens: refuse (``TooManyTokensError``) an image with more tokens than this.
+        min_side: the smallest accepted height or width in pixels.
+    """
+
+    name = "image"
+    layout = "thw"
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 16,
+        temporal_patch: int = 4,
+        max_tokens: int = 16384,
+        min_side: int = 2,
+    ) -> None:
+        for label, value in (("patch_size", patch_size), ("temporal_patch", temporal_patch),
+                             ("max_tokens", max_tokens), ("min_side", min_side)):
+            if not isinstance(value, int) or value < 1:
+                raise ModalityInputError(f"image: {label} must be a positive int, got {value!r}")
+        self.patch_size = patch_size
+        self.temporal_patch = temporal_patch
+        self.max_tokens = max_tokens
+        self.min_side = min_side
+        self.value_dim = temporal_patch * patch_size * patch_size * 3
+
+    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        x = to_image_tensor(sample, min_side=self.min_side)  # [3, H, W]
+        _, H, W = x.shape
+        p, pt = self.patch_size, self.temporal_patch
+        gh, gw = -(-H // p), -(-W // p)
+        if gh * gw > self.max_tokens:
+            raise TooManyTokensError(
+                f"image: {H}x{W} gives {gh * gw} tokens, above max_tokens={self.max_tokens}"
+            )
+        if (gh * p, gw * p) != (H, W):
+            x = F.pad(x[None], (0, gw * p - W, 0, gh * p - H), mode="replicate")[0]
+        patches = x.reshape(3, gh, p, gw, p).permute(1, 3, 2, 4, 0)  # [gh, gw, p, p, 3]
+        values = x.new_zeros(gh * gw, pt, p, p, 3)  # [n, pt, p, p, 3]
+        values[:, 0] = patches.reshape(gh * gw, p, p, 3)
+        coords = raster_coords((1, gh, gw), layout=self.layout)  # [n, 4] = (0, x, y, 0)
+        meta = {"size": [H, W], "grid": [1, gh, gw], "patch": [pt, p, p]}
+        return values.reshape(gh * gw, self.value_dim), coords, meta
+
+    def grid_shape(self, meta: dict[str, Any]) -> tuple[int, int, int]:
+        t, gh, gw = meta["grid"]
+        return int(t), int(gh), int(gw)
+
+    def unpatchify(self, values: torch.Tensor, coords: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+        try:
+            H, W = (int(v) for v in meta["size"])
+            grid = self.grid_shape(meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModalityInputError(f"image: metadata lacks a valid 'size'/'grid': {meta}") from exc
+        if values.ndim != 2 or values.shape[1] != self.value_dim:
+            raise ModalityInputError(
+                f"image: values must be [n, {self.value_dim}], got {tuple(values.shape)}"
+            )
+        p, pt = self.patch_size, self.temporal_patch
+        _, gh, gw = grid
+        dense, _ = scatter_to_grid(values, coords, grid, layout=self.layout)  # [d, 1, gh, gw]
+        dense = dense.reshape(pt, p, p, 3, gh, gw)[0]  # slot 0: [p, p, 3, gh, gw]
+        image = dense.permute(2, 3, 0, 4, 1).reshape(3, gh * p, gw * p)  # [3, gh*p, gw*p]
+        return image[:, :H, :W]
+
+    def examples(self, seed: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        sizes = [(16, 16), (17, 33), (2, 40), (48, 20)]
+        return [torch.rand(3, h, w, generator=g) for h, w in sizes]
+
+    def invalid_examples(self) -> list[Any]:
+        return [
+            torch.zeros(3, 0, 8),  # 0 pixels
+            torch.zeros(3, 1, 1),  # 1 pixel
+            torch.full((3, 8, 8), float("nan")),
+            torch.full((3, 8, 8), 2.0),  # out of [0, 1]
+            torch.zeros(2, 8, 8),  # two channels
+            torch.zeros(3, 8, 8, dtype=torch.int64),
+            np.zeros((8, 8, 5), dtype=np.uint8),
+            "/nonexistent/atoken/not-an-image.png",
+            42,
+            torch.zeros(3, 16 * 16400, 2),  # 16400 tokens: above the default max_tokens
+        ]
+
+
+@hookimpl
+def register_modalities(register) -> None:
+    register("image", ImageModality)

@@ -1,0 +1,78 @@
+"""Hook specifications of atoken: the whole plugin API.
+
+Registration hooks are called once each time the registries are built (on the first
+:func:`atoken.get_registry` call, and again after :func:`atoken.plugins.refresh`). Each
+receives a ``register(name, factory)`` callback; a plugin calls it once per component it adds.
+``factory(**params)`` must build the component, so a class works as a factory. Every hook is
+called with keyword arguments only and none is ``firstresult``: all plugins contribute.
+
+Every hook here is documented with its signature in ``docs/plugin_hooks.md`` and has a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+__all__ = ["PROJECT_NAME", "Register", "hookimpl", "hookspec"]
+
+PROJECT_NAME = "atoken"
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: The callback registration hooks receive: ``register(name, factory)``.
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def register_modalities(register: Register) -> None:
+    """Add modalities: ``register("depth", DepthModality)``.
+
+    The factory builds a :class:`atoken.Modality`. Called when the registries are built.
+    Since 0.1.
+    """
+
+
+@hookspec
+def register_bottlenecks(register: Register) -> None:
+    """Add bottlenecks (the W_r map from encoder width to the latent, continuous or discrete).
+
+    The factory takes keyword parameters such as ``in_dim`` and returns a ``torch.nn.Module``.
+    Called when the registries are built. Since 0.1.
+    """
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Add decoder output heads (decoder tokens -> modality values, e.g. ``pixels``).
+
+    Called when the registries are built. Since 0.1.
+    """
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Add losses: the factory builds a callable ``(prediction, target, context) -> scalar``.
+
+    Called when the registries are built. Since 0.1.
+    """
+
+
+@hookspec
+def register_attention_backends(register: Register) -> None:
+    """Add attention backends: ``fn(q, k, v, seqlens) -> out`` over packed samples.
+
+    q, k, v are ``[N, H, D]`` with all samples packed; each sample attends only to itself.
+    The factory (called with no arguments) returns that function. Called when the registries
+    are built. Since 0.1.
+    """
+
+
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Add evaluation metrics (PSNR, SSIM, Fréchet distances, zero-shot accuracy...).
+
+    Called when the registries are built. Since 0.1.
+    """
