@@ -35,7 +35,9 @@ def _layout_axes(layout: str) -> tuple[int, int, int]:
     try:
         return LAYOUTS[layout]
     except KeyError:
-        raise CoordinateError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}") from None
+        raise CoordinateError(
+            f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}"
+        ) from None
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -111,7 +113,9 @@ def scatter_to_grid(
     return grid, occupancy.reshape(dims)
 
 
-def gather_from_grid(grid: torch.Tensor, coords: torch.Tensor, *, layout: str = "thw") -> torch.Tensor:
+def gather_from_grid(
+    grid: torch.Tensor, coords: torch.Tensor, *, layout: str = "thw"
+) -> torch.Tensor:
     """Read a dense grid ``[C, *shape]`` at sparse coordinates: feats ``[n, C]``."""
     if grid.ndim != 4:
         raise CoordinateError(f"grid must have shape [C, d0, d1, d2], got {tuple(grid.shape)}")

@@ -44,7 +44,9 @@ def _as_meta_tuple(meta: Sequence[Mapping[str, Any]] | None, batch: int) -> tupl
         return tuple({} for _ in range(batch))
     items = tuple(meta)
     if len(items) != batch:
-        raise LatentValidationError("meta", f"got {len(items)} metadata entries for {batch} samples")
+        raise LatentValidationError(
+            "meta", f"got {len(items)} metadata entries for {batch} samples"
+        )
     for item in items:
         if not isinstance(item, Mapping):
             raise LatentValidationError("meta", f"entries must be mappings, got {type(item)}")
@@ -232,7 +234,9 @@ class SparseLatent:
             raise LatentValidationError("feats", "cannot pack an empty list of latents")
         for item in items:
             if not isinstance(item, SparseLatent):
-                raise LatentValidationError("feats", f"can only pack SparseLatent, got {type(item)}")
+                raise LatentValidationError(
+                    "feats", f"can only pack SparseLatent, got {type(item)}"
+                )
         first = items[0]
         for item in items[1:]:
             if item.channels != first.channels:

@@ -140,8 +140,12 @@ class ImageModality(Modality):
         max_tokens: int = 16384,
         min_side: int = 2,
     ) -> None:
-        for label, value in (("patch_size", patch_size), ("temporal_patch", temporal_patch),
-                             ("max_tokens", max_tokens), ("min_side", min_side)):
+        for label, value in (
+            ("patch_size", patch_size),
+            ("temporal_patch", temporal_patch),
+            ("max_tokens", max_tokens),
+            ("min_side", min_side),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ModalityInputError(f"image: {label} must be a positive int, got {value!r}")
         self.patch_size = patch_size
@@ -172,12 +176,16 @@ class ImageModality(Modality):
         t, gh, gw = meta["grid"]
         return int(t), int(gh), int(gw)
 
-    def unpatchify(self, values: torch.Tensor, coords: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    def unpatchify(
+        self, values: torch.Tensor, coords: torch.Tensor, meta: dict[str, Any]
+    ) -> torch.Tensor:
         try:
             H, W = (int(v) for v in meta["size"])
             grid = self.grid_shape(meta)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModalityInputError(f"image: metadata lacks a valid 'size'/'grid': {meta}") from exc
+            raise ModalityInputError(
+                f"image: metadata lacks a valid 'size'/'grid': {meta}"
+            ) from exc
         if values.ndim != 2 or values.shape[1] != self.value_dim:
             raise ModalityInputError(
                 f"image: values must be [n, {self.value_dim}], got {tuple(values.shape)}"

@@ -37,9 +37,7 @@ __all__ = [
 ]
 
 #: Built-in plugins: modules registered through the same hooks as third-party ones.
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "atoken.modalities.image",
-)
+DEFAULT_PLUGINS: tuple[str, ...] = ("atoken.modalities.image",)
 
 _BUILTIN_DIST = "atoken"
 _lock = threading.RLock()
@@ -130,7 +128,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
         return _manager
 
 
-def _call_registration_hook(pm: pluggy.PluginManager, hook_name: str, registries: Registries, attr: str) -> None:
+def _call_registration_hook(
+    pm: pluggy.PluginManager, hook_name: str, registries: Registries, attr: str
+) -> None:
     registry = getattr(registries, attr)
     caller = getattr(pm.hook, hook_name)
     for impl in caller.get_hookimpls():

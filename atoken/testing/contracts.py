@@ -1,0 +1,163 @@
+"""Contract tests that every component must pass; plugin authors subclass them.
+
+    from atoken.testing.contracts import ModalityContract
+
+    class TestDepth(ModalityContract):
+        modality_name = "depth"          # the registered name (or override the fixture)
+
+atoken's own suite parametrizes these classes over the registries, so every installed
+component, built-in or third-party, is tested. Each class reads the component through a
+pytest fixture (``modality``, ``loss``, ``bottleneck``) that a subclass may override.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atoken.core.coords import grid_index
+from atoken.core.errors import ModalityInputError
+from atoken.core.modality import Modality
+from atoken.plugins.manager import get_registry
+
+__all__ = ["BottleneckContract", "LossContract", "ModalityContract"]
+
+_fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=8)
+_seeds = st.integers(0, 2**16)
+
+
+def _as_tensor(sample: Any) -> torch.Tensor:
+    return sample if isinstance(sample, torch.Tensor) else torch.as_tensor(sample)
+
+
+class ModalityContract:
+    """patchify/unpatchify round trip is exact, coords are unique and in range, tokens are a set
+    (order does not matter), batches pack, and bad input raises ``ModalityInputError``."""
+
+    modality_name: ClassVar[str] = ""
+    modality_params: ClassVar[Mapping[str, Any]] = {}
+
+    @pytest.fixture
+    def modality(self) -> Modality:
+        if not self.modality_name:
+            pytest.fail("set modality_name or override the `modality` fixture")
+        return get_registry().modalities.create(self.modality_name, **self.modality_params)
+
+    def test_declares_contract(self, modality: Modality) -> None:
+        assert isinstance(modality, Modality)
+        assert isinstance(modality.name, str) and modality.name
+        assert isinstance(modality.value_dim, int) and modality.value_dim > 0
+        assert modality.layout in ("thw", "xyz")
+
+    @_fixture_ok
+    @given(seed=_seeds)
+    def test_roundtrip_is_exact(self, modality: Modality, seed: int) -> None:
+        for sample in modality.examples(seed):
+            values, coords, meta = modality.patchify(sample)
+            assert values.ndim == 2 and values.shape[1] == modality.value_dim
+            assert values.is_floating_point()
+            assert coords.dtype == torch.int32 and coords.shape == (values.shape[0], 4)
+            restored = modality.unpatchify(values, coords, meta)
+            assert torch.equal(_as_tensor(restored), _as_tensor(sample))
+
+    @_fixture_ok
+    @given(seed=_seeds)
+    def test_coords_unique_and_in_range(self, modality: Modality, seed: int) -> None:
+        for sample in modality.examples(seed):
+            _, coords, meta = modality.patchify(sample)
+            flat = grid_index(coords, modality.grid_shape(meta), layout=modality.layout)
+            assert torch.unique(flat).numel() == flat.numel()
+
+    @_fixture_ok
+    @given(seed=_seeds, data=st.data())
+    def test_token_order_does_not_matter(self, modality: Modality, seed: int, data) -> None:
+        for sample in modality.examples(seed):
+            values, coords, meta = modality.patchify(sample)
+            perm = data.draw(st.permutations(range(values.shape[0])))
+            perm = torch.tensor(perm, dtype=torch.long)
+            restored = modality.unpatchify(values[perm], coords[perm], meta)
+            assert torch.equal(_as_tensor(restored), _as_tensor(sample))
+
+    def test_batch_packs_and_unpacks(self, modality: Modality) -> None:
+        samples = modality.examples(0)
+        latent = modality.pack(samples)
+        assert latent.batch_size == len(samples)
+        assert set(latent.modality) == {modality.name}
+        for restored, sample in zip(modality.unpack(latent), samples, strict=True):
+            assert torch.equal(_as_tensor(restored), _as_tensor(sample))
+
+    def test_bad_input_raises_typed_error(self, modality: Modality) -> None:
+        bad = modality.invalid_examples()
+        assert bad, "a modality must list at least one invalid input"
+        for sample in bad:
+            with pytest.raises(ModalityInputError):
+                modality.patchify(sample)
+
+
+class LossContract:
+    """A loss returns a finite scalar and gradients flow to the prediction."""
+
+    loss_name: ClassVar[str] = ""
+    loss_params: ClassVar[Mapping[str, Any]] = {}
+
+    @pytest.fixture
+    def loss(self) -> Any:
+        if not self.loss_name:
+            pytest.fail("set loss_name or override the `loss` fixture")
+        return get_registry().losses.create(self.loss_name, **self.loss_params)
+
+    @pytest.fixture
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]]:
+        """(prediction, target, context); override for a loss that takes other inputs."""
+        g = torch.Generator().manual_seed(0)
+        prediction = torch.rand(2, 3, 32, 32, generator=g)
+        target = torch.rand(2, 3, 32, 32, generator=g)
+        return prediction, target, {}
+
+    def test_scalar_finite_with_gradient(self, loss: Any, inputs) -> None:
+        prediction, target, context = inputs
+        prediction = prediction.clone().requires_grad_(True)
+        value = loss(prediction, target, context)
+        assert isinstance(value, torch.Tensor) and value.ndim == 0
+        assert bool(torch.isfinite(value))
+        value.backward()
+        assert prediction.grad is not None
+        assert bool(torch.isfinite(prediction.grad).all())
+        assert float(prediction.grad.abs().sum()) > 0
+
+
+class BottleneckContract:
+    """Output shapes match ``latent_dim``; a discrete bottleneck's ids round-trip exactly."""
+
+    bottleneck_name: ClassVar[str] = ""
+    bottleneck_params: ClassVar[Mapping[str, Any]] = {"in_dim": 16}
+
+    @pytest.fixture
+    def bottleneck(self) -> Any:
+        if not self.bottleneck_name:
+            pytest.fail("set bottleneck_name or override the `bottleneck` fixture")
+        return get_registry().bottlenecks.create(self.bottleneck_name, **self.bottleneck_params)
+
+    @_fixture_ok
+    @given(n=st.integers(0, 24), seed=_seeds)
+    def test_shapes(self, bottleneck: Any, n: int, seed: int) -> None:
+        x = torch.randn(n, bottleneck.in_dim, generator=torch.Generator().manual_seed(seed))
+        out = bottleneck(x)
+        assert out.latent.shape == (n, bottleneck.latent_dim)
+        assert bool(torch.isfinite(out.latent).all())
+        if out.ids is not None:
+            assert out.ids.shape[0] == n and not out.ids.is_floating_point()
+
+    @_fixture_ok
+    @given(n=st.integers(0, 24), seed=_seeds)
+    def test_ids_round_trip(self, bottleneck: Any, n: int, seed: int) -> None:
+        if not hasattr(bottleneck, "quantize"):
+            pytest.skip("continuous bottleneck: no ids")
+        z = torch.randn(n, bottleneck.latent_dim, generator=torch.Generator().manual_seed(seed))
+        z_q, ids = bottleneck.quantize(z)
+        assert torch.equal(bottleneck.ids_to_codes(ids), z_q)

@@ -1,0 +1,98 @@
+"""The contract classes, run over every registered component (ours and third parties')."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import atoken
+from atoken.testing.contracts import BottleneckContract, LossContract, ModalityContract
+
+REGISTRY = atoken.get_registry()
+
+
+class TestEveryModality(ModalityContract):
+    @pytest.fixture(params=REGISTRY.modalities.names())
+    def modality(self, request):
+        return atoken.get_registry().modalities.create(request.param)
+
+
+class TestEveryLoss(LossContract):
+    @pytest.fixture(params=REGISTRY.losses.names())
+    def loss(self, request):
+        return atoken.get_registry().losses.create(request.param)
+
+
+class TestEveryBottleneck(BottleneckContract):
+    @pytest.fixture(params=REGISTRY.bottlenecks.names())
+    def bottleneck(self, request):
+        return atoken.get_registry().bottlenecks.create(request.param, in_dim=16)
+
+
+# ------------------------------------------------------------- the contracts can fail
+class _LossyImage(atoken.get_registry().modalities.get("image")):
+    """Drops the last token's values: a broken round trip the contract must catch."""
+
+    def unpatchify(self, values, coords, meta):
+        values = values.clone()
+        values[-1] = 0
+        return super().unpatchify(values, coords, meta)
+
+
+class _Permissive(atoken.get_registry().modalities.get("image")):
+    def invalid_examples(self):
+        return [torch.rand(3, 8, 8)]  # valid input listed as invalid: must be caught
+
+
+def test_modality_contract_catches_a_lossy_round_trip():
+    contract = ModalityContract()
+    with pytest.raises(AssertionError):
+        contract.test_roundtrip_is_exact.hypothesis.inner_test(contract, _LossyImage(), 0)
+
+
+def test_modality_contract_catches_a_missing_typed_error():
+    with pytest.raises(pytest.fail.Exception):
+        ModalityContract().test_bad_input_raises_typed_error(_Permissive())
+
+
+def test_loss_contract_catches_a_loss_without_gradient():
+    def detached(prediction, target, context):
+        return (prediction.detach() - target).abs().mean()
+
+    contract = LossContract()
+    inputs = (torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), {})
+    with pytest.raises((AssertionError, RuntimeError)):
+        contract.test_scalar_finite_with_gradient(detached, inputs)
+
+
+class _RoundingQuantizer(torch.nn.Module):
+    """A small discrete bottleneck (round to 0.5 steps) for exercising the contract."""
+
+    in_dim = latent_dim = 16
+
+    def __init__(self, broken: bool = False):
+        super().__init__()
+        self.broken = broken
+
+    def quantize(self, z):
+        ids = (z.clamp(-2, 2) * 2).round().long() + 4
+        return (ids - 4).float() / 2, ids
+
+    def ids_to_codes(self, ids):
+        codes = (ids - 4).float() / 2
+        return codes + 0.25 if self.broken else codes
+
+    def forward(self, x):
+        from atoken.core.components import BottleneckOutput
+
+        z_q, ids = self.quantize(x)
+        return BottleneckOutput(latent=z_q, ids=ids)
+
+
+def test_bottleneck_contract_passes_and_fails():
+    contract = BottleneckContract()
+    good, bad = _RoundingQuantizer(), _RoundingQuantizer(broken=True)
+    contract.test_ids_round_trip.hypothesis.inner_test(contract, good, 5, 0)
+    contract.test_shapes.hypothesis.inner_test(contract, good, 5, 0)
+    with pytest.raises(AssertionError):
+        contract.test_ids_round_trip.hypothesis.inner_test(contract, bad, 5, 0)
