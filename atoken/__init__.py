@@ -18,6 +18,7 @@ from atoken.core.errors import (
     PluginLoadError,
     TooManyTokensError,
     UnknownComponentError,
+    WeightsNotFoundError,
 )
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
@@ -41,6 +42,7 @@ __all__ = [
     "SparseLatent",
     "TooManyTokensError",
     "UnknownComponentError",
+    "WeightsNotFoundError",
     "__version__",
     "gather_from_grid",
     "get_plugin_manager",

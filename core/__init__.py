@@ -16,6 +16,7 @@ from atoken.core.errors import (
     PluginLoadError,
     TooManyTokensError,
     UnknownComponentError,
+    WeightsNotFoundError,
 )
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
@@ -36,6 +37,7 @@ __all__ = [
     "SparseLatent",
     "TooManyTokensError",
     "UnknownComponentError",
+    "WeightsNotFoundError",
     "gather_from_grid",
     "grid_index",
     "raster_coords",

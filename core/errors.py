@@ -18,6 +18,7 @@ __all__ = [
     "PluginLoadError",
     "TooManyTokensError",
     "UnknownComponentError",
+    "WeightsNotFoundError",
 ]
 
 
@@ -47,6 +48,13 @@ class ModalityInputError(AtokenError, ValueError):
 
 class TooManyTokensError(ModalityInputError):
     """A sample would produce more tokens than the modality's ``max_tokens`` guard allows."""
+
+
+class WeightsNotFoundError(AtokenError, FileNotFoundError):
+    """Pretrained weights a component needs are not on this machine (nothing is downloaded).
+
+    The message says which file is missing, where atoken looked and how to provide it.
+    """
 
 
 class ConfigError(AtokenError, ValueError):
