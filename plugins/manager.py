@@ -37,7 +37,12 @@ __all__ = [
 ]
 
 #: Built-in plugins: modules registered through the same hooks as third-party ones.
-DEFAULT_PLUGINS: tuple[str, ...] = ("atoken.modalities.image",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "atoken.modalities.image",
+    "atoken.plugins.bottlenecks.kl",
+    "atoken.plugins.bottlenecks.fsq",
+    "atoken.plugins.heads",
+)
 
 _BUILTIN_DIST = "atoken"
 _lock = threading.RLock()

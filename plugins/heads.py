@@ -1,0 +1,49 @@
+"""Built-in decoder heads: ``pixels`` maps decoder tokens to patch values of a modality.
+
+Shapes: tokens [N, width] -> values [N, value_dim] -> the modality's ``unpatchify`` per sample
+(images [3, H, W], clips [3, T, H, W]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from atoken.core.errors import ConfigError
+from atoken.core.latent import SparseLatent
+from atoken.core.modality import Modality
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = ["PixelHead"]
+
+
+class PixelHead(nn.Module):
+    """Final norm and a linear map from the decoder width to patch values.
+
+    Args:
+        width: decoder width.
+        value_dim: values per token (``pt * p * p * 3`` = 3072 by default).
+        bias: whether the output linear has a bias (the official decoder has none).
+    """
+
+    def __init__(self, *, width: int, value_dim: int = 3072, bias: bool = True) -> None:
+        super().__init__()
+        if width < 1 or value_dim < 1:
+            raise ConfigError(f"pixels: width and value_dim must be >= 1, got {width}, {value_dim}")
+        self.width, self.value_dim = width, value_dim
+        self.proj = nn.Linear(width, value_dim, bias=bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)  # [N, value_dim]
+
+    @staticmethod
+    def to_samples(values: torch.Tensor, latent: SparseLatent, modality: Modality) -> list[Any]:
+        """Unpatchify predicted values ``[N, value_dim]`` at the latent's coords, per sample."""
+        return modality.unpack(latent.replace(feats=values))
+
+
+@hookimpl
+def register_heads(register) -> None:
+    register("pixels", PixelHead)
