@@ -76,3 +76,37 @@ def register_metrics(register: Register) -> None:
 
     Called when the registries are built. Since 0.1.
     """
+
+
+# ------------------------------------------------------------------------------ lifecycle
+@hookspec
+def atoken_train_start(trainer: Any) -> None:
+    """Called once when ``Trainer.fit`` starts (after a resume has loaded its checkpoint).
+
+    ``trainer`` is the :class:`atoken.core.trainer.Trainer` (its ``cfg``, ``step``, ``model``,
+    ``out_dir``). Return value ignored. Since 0.1.
+    """
+
+
+@hookspec
+def atoken_step_end(trainer: Any, step: int, logs: dict[str, Any]) -> None:
+    """Called after every optimizer step with the number of completed steps and the step's
+    log record (loss, terms, lr, grad norm; ``skipped`` for a non-finite step).
+
+    Return value ignored. Since 0.1.
+    """
+
+
+@hookspec
+def atoken_eval_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
+    """Called after each held-out evaluation with its metrics. Return value ignored.
+    Since 0.1.
+    """
+
+
+@hookspec
+def atoken_checkpoint_saved(trainer: Any, step: int, path: Any) -> None:
+    """Called after a checkpoint has been written atomically to ``path`` (a ``Path``).
+
+    Return value ignored. Since 0.1.
+    """

@@ -1,0 +1,274 @@
+"""The training loop: model-agnostic, deterministic and exactly resumable.
+
+The loop knows nothing of modalities or losses. A :class:`TrainTask` supplies the model, the
+batch of each step and the loss of a batch; the loop owns the optimizer, the schedule,
+gradient accumulation and clipping, bf16 autocast, EMA weights, the non-finite guard,
+atomic checkpoints, metrics JSONL, the progress bar and the lifecycle hooks.
+
+Determinism: the batch of a step is a function of (seed, step, micro-step) and the global RNG
+is reseeded from the same triple before every micro-step, so a run interrupted and resumed
+from a checkpoint produces the same losses as one that never stopped.
+
+Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken passes pluggy's
+``pm.hook``): ``atoken_train_start(trainer)``, ``atoken_step_end(trainer, step, logs)``,
+``atoken_eval_end(trainer, step, metrics)``, ``atoken_checkpoint_saved(trainer, step, path)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from atoken.core.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from atoken.core.errors import AtokenError
+from atoken.core.optim import build_optimizer, lr_at, set_lr
+from atoken.core.runconfig import RunConfig
+
+__all__ = ["NonFiniteLossError", "TrainTask", "Trainer"]
+
+
+class NonFiniteLossError(AtokenError, FloatingPointError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class TrainTask(Protocol):
+    """What a run trains: the model, the batches and the loss."""
+
+    model: nn.Module
+
+    def batch(self, step: int, micro: int) -> Any:
+        """The batch of (step, micro-step); must depend on nothing else."""
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, named float terms for the log)."""
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Held-out metrics of ``model`` (the EMA weights when enabled)."""
+
+    def is_pretrained(self, name: str) -> bool:
+        """Whether parameter ``name`` came from a pretrained encoder (gets ``encoder_lr_mult``)."""
+
+
+class _NoHooks:
+    def __getattr__(self, name: str):
+        return lambda **kwargs: None
+
+
+def _step_seed(seed: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1)
+
+
+class Trainer:
+    """Run ``task`` as configured by ``cfg``.
+
+    Args:
+        cfg: the run configuration.
+        task: the model, data and loss.
+        hooks: lifecycle hook caller (pluggy ``pm.hook`` or any object with those methods).
+        device: where to train (default CPU).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: TrainTask,
+        *,
+        hooks: Any = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg, self.task = cfg, task
+        self.hooks = hooks if hooks is not None else _NoHooks()
+        self.device = torch.device(device)
+        self.out_dir = cfg.run.output
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.model = task.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, task.is_pretrained)
+        self.ema = (
+            AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True
+            )
+            if cfg.train.ema_decay > 0
+            else None
+        )
+        self.step = 0
+        self.nonfinite = 0
+        self.losses: list[float] = []  # the total loss of every completed step, in order
+        self.last_eval: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- state
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA weights when enabled, else the live model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "nonfinite": self.nonfinite,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "config": json.dumps(self.cfg.to_dict(), default=str),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None and state["ema"]:
+                self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this run's model: {exc}") from exc
+        self.step = int(state["step"])
+        self.nonfinite = int(state["nonfinite"])
+        self.losses = [float(x) for x in state["losses"]]
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of this run, if any; returns whether one was loaded."""
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        self._truncate_log(self.step)
+        return True
+
+    def save(self) -> Path:
+        path = save_checkpoint(
+            self.state_dict(), self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints
+        )
+        self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
+        return path
+
+    # ----------------------------------------------------------------------------- logging
+    def _log(self, record: dict[str, Any]) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines of steps a resumed run will redo, so none appears twice."""
+        if not self.metrics_path.exists():
+            return
+        keep = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line and json.loads(line).get("step", 0) < step
+        ]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+
+    # ----------------------------------------------------------------------------- loop
+    def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        torch.manual_seed(_step_seed(self.cfg.run.seed, step, micro))
+        batch = self.task.batch(step, micro)
+        bf16 = self.cfg.train.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, terms = self.task.loss(self.model, batch)
+        (loss / self.cfg.optim.grad_accum).backward()
+        return loss.detach(), terms
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step (with accumulation); returns the step's log record."""
+        cfg = self.cfg
+        step = self.step
+        lr = lr_at(step, cfg.optim, cfg.train.steps)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
+        total, terms = torch.zeros(()), {}
+        for micro in range(cfg.optim.grad_accum):
+            loss, micro_terms = self._micro_step(step, micro)
+            total = total + loss.float() / cfg.optim.grad_accum
+            for k, v in micro_terms.items():
+                terms[k] = terms.get(k, 0.0) + v / cfg.optim.grad_accum
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        record = {
+            "step": step,
+            "kind": "train",
+            "lr": lr,
+            "loss": float(total),
+            "grad_norm": float(gnorm),
+            **terms,
+        }
+        if not (torch.isfinite(total) and torch.isfinite(gnorm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            record["skipped"] = True
+            if self.nonfinite >= cfg.train.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite} consecutive non-finite steps (last at step {step}: "
+                    f"loss={float(total)}, grad_norm={float(gnorm)}); lower the learning rate, "
+                    "check the inputs for NaN, or train in fp32"
+                )
+        else:
+            self.nonfinite = 0
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        self.losses.append(float(total))
+        self.step = step + 1
+        return record
+
+    def evaluate(self) -> dict[str, float]:
+        model = self.eval_model
+        model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(model, self.step, self.out_dir)
+        self.last_eval = dict(metrics)
+        self._log({"step": self.step, "kind": "eval", **metrics})
+        self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
+        return metrics
+
+    def fit(self, *, resume: bool = False) -> dict[str, float]:
+        """Train to ``cfg.train.steps`` (or the time limit); evaluate and checkpoint at the end."""
+        cfg = self.cfg.train
+        if resume:
+            self.resume()
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run starts a fresh log
+        self.hooks.atoken_train_start(trainer=self)
+        start = time.monotonic()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=self.cfg.run.name,
+            disable=None if cfg.progress else True,
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < cfg.steps:
+                record = self.train_step()
+                done = self.step
+                if done % cfg.log_every == 0 or done == 1 or record.get("skipped"):
+                    self._log(record)
+                self.hooks.atoken_step_end(trainer=self, step=done, logs=record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                    self.evaluate()
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                    self.save()
+                if cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60:
+                    self._log({"step": done, "kind": "stopped", "reason": "max_minutes"})
+                    break
+        finally:
+            bar.close()
+        metrics = self.evaluate()
+        self.save()
+        return metrics
