@@ -22,8 +22,11 @@ from atoken.core.errors import (
 )
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
+from atoken.core.patch_embed import PatchEmbed4D
+from atoken.core.rope import Rope4D
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.manager import get_plugin_manager, get_registry, list_plugins
+from atoken.tokenizer import Tokenizer
 
 try:
     __version__ = version("atoken")
@@ -38,8 +41,11 @@ __all__ = [
     "LatentValidationError",
     "Modality",
     "ModalityInputError",
+    "PatchEmbed4D",
     "PluginLoadError",
+    "Rope4D",
     "SparseLatent",
+    "Tokenizer",
     "TooManyTokensError",
     "UnknownComponentError",
     "WeightsNotFoundError",

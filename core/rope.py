@@ -1,0 +1,175 @@
+"""4D rotary position embedding (RoPE) over (t, x, y, z) token coordinates.
+
+Shapes:
+    N  tokens of all samples packed together
+    H  attention heads
+    D  head dimension, split into four equal quarters of D / 4 channels, one per axis
+    P  rotation pairs per axis, P = D / 8
+    coords int32 [N, 4] = (t, x, y, z)
+
+Each quarter of a head rotates its P channel pairs by ``angle = coord[axis] * freq[axis, i]``.
+Because a rotation by ``a`` followed by the transpose of a rotation by ``b`` is a rotation by
+``a - b``, the attention logit ``<rope(q, c_q), rope(k, c_k)>`` depends on positions only through
+``c_q - c_k``: translating a whole sample leaves its attention unchanged.
+
+Two knobs describe every variant in use:
+
+* ``pair_layout``: which channels form a pair inside a quarter.
+  ``"interleaved"``: consecutive channels ``(2i, 2i + 1)`` (the official AToken release);
+  ``"half"``: channel ``i`` with ``i + P`` (the rotate-half layout of GPT-NeoX and Llama).
+* ``frequencies``: the frequency schedule of one axis.
+  ``"atoken"``: ``theta ** (-i / D)`` for ``i = 0..P-1``, identical for every axis. This is what
+  the official release computes (only the high-frequency end: for D = 72 the lowest frequency
+  is about 0.36 rad/token); keep it for checkpoint parity.
+  ``"axial"``: ``theta ** (-2i / (D / 4))``, the standard schedule applied to each quarter as if
+  it were a head of its own (covers wavelengths from 2π up to about ``theta`` tokens).
+
+* ``axis_order``: which coordinate column feeds each quarter. The default ``(0, 1, 2, 3)`` is
+  (t, x, y, z); the official release concatenates (t, h, w, z), i.e. (t, y, x, z) in atoken's
+  coordinates, which is ``axis_order=(0, 2, 1, 3)``.
+
+``Rope4D(D)`` defaults to the official pairs and frequencies; ``Rope4D(D, pair_layout="half",
+frequencies="axial")`` is the standard rotate-half one. Angles, cosines and the rotation itself
+are computed in float32 whatever the input dtype, and the result is cast back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from atoken.core.errors import ConfigError
+
+__all__ = ["PAIR_LAYOUTS", "ROPE_FREQUENCIES", "Rope4D", "RopeTables"]
+
+PAIR_LAYOUTS: tuple[str, ...] = ("interleaved", "half")
+ROPE_FREQUENCIES: tuple[str, ...] = ("atoken", "axial")
+_AXES = 4
+
+#: Precomputed ``(cos, sin)``, each float32 ``[N, 1, D / 2]``; compute once per forward.
+RopeTables = tuple[torch.Tensor, torch.Tensor]
+
+
+def _axis_frequencies(head_dim: int, theta: float, frequencies: str) -> torch.Tensor:
+    """float64 ``[4, P]``: the rotation frequency of every pair of every axis."""
+    pairs = head_dim // (2 * _AXES)  # P
+    i = torch.arange(pairs, dtype=torch.float64)  # [P]
+    if frequencies == "atoken":
+        freq = theta ** (-i / head_dim)  # [P], the official (non-standard) schedule
+    else:
+        quarter = head_dim // _AXES
+        freq = theta ** (-2.0 * i / quarter)  # [P]
+    return freq[None].expand(_AXES, pairs).clone()  # [4, P]
+
+
+class Rope4D(nn.Module):
+    """Rotary position embedding over 4D coordinates: ``rope(x [N, H, D], coords [N, 4])``.
+
+    Args:
+        head_dim: D, a multiple of 8 (four quarters of whole pairs).
+        theta: the base of the frequency schedule (10000).
+        pair_layout: ``"interleaved"`` (official) or ``"half"`` (rotate-half).
+        frequencies: ``"atoken"`` (official) or ``"axial"`` (standard per quarter).
+        axis_order: the coordinate column (0 = t, 1 = x, 2 = y, 3 = z) of each quarter, a
+            permutation of ``(0, 1, 2, 3)``.
+
+    Raises:
+        ConfigError: for a head dimension that is not a positive multiple of 8, a non-positive
+            theta, an unknown layout or schedule or an axis order that is not a permutation.
+    """
+
+    inv_freq: torch.Tensor
+
+    def __init__(
+        self,
+        head_dim: int,
+        *,
+        theta: float = 10000.0,
+        pair_layout: Literal["interleaved", "half"] = "interleaved",
+        frequencies: Literal["atoken", "axial"] = "atoken",
+        axis_order: tuple[int, int, int, int] = (0, 1, 2, 3),
+    ) -> None:
+        super().__init__()
+        if not isinstance(head_dim, int) or head_dim < 8 or head_dim % 8:
+            raise ConfigError(
+                f"Rope4D: head_dim must be a positive multiple of 8 (four quarters of whole "
+                f"rotation pairs), got {head_dim!r}"
+            )
+        if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 1):
+            raise ConfigError(f"Rope4D: theta must be a finite number > 1, got {theta!r}")
+        if pair_layout not in PAIR_LAYOUTS:
+            raise ConfigError(
+                f"Rope4D: pair_layout must be one of {PAIR_LAYOUTS}, got {pair_layout!r}"
+            )
+        if frequencies not in ROPE_FREQUENCIES:
+            raise ConfigError(
+                f"Rope4D: frequencies must be one of {ROPE_FREQUENCIES}, got {frequencies!r}"
+            )
+        order = tuple(axis_order)
+        if sorted(order) != list(range(_AXES)):
+            raise ConfigError(
+                f"Rope4D: axis_order must be a permutation of 0..3, got {axis_order!r}"
+            )
+        self.head_dim = head_dim
+        self.axis_order = order
+        self.theta = float(theta)
+        self.pair_layout = pair_layout
+        self.frequencies = frequencies
+        freq = _axis_frequencies(head_dim, self.theta, frequencies)  # [4, P]
+        self.register_buffer("inv_freq", freq.to(torch.float32), persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, theta={self.theta:g}, pair_layout={self.pair_layout!r}, "
+            f"frequencies={self.frequencies!r}, axis_order={self.axis_order}"
+        )
+
+    def tables(self, coords: torch.Tensor) -> RopeTables:
+        """``(cos, sin)`` float32 ``[N, 1, D / 2]`` for ``coords [N, 4]``; reuse across layers.
+
+        Column ``a * P + i`` holds the angle of pair ``i`` of quarter ``a``, which reads the
+        coordinate column ``axis_order[a]``.
+        """
+        N = coords.shape[0]
+        if self.axis_order != (0, 1, 2, 3):
+            coords = coords[:, list(self.axis_order)]  # [N, 4] in quarter order
+        # Angles in float64 then float32: large coordinates keep their exact phase.
+        freq = self.inv_freq.to(device=coords.device, dtype=torch.float64)  # [4, P]
+        angles = coords.to(torch.float64)[:, :, None] * freq  # [N, 4, P]
+        angles = angles.reshape(N, 1, -1)  # [N, 1, D/2]
+        return torch.cos(angles).float(), torch.sin(angles).float()
+
+    def apply(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
+        """Rotate ``x [N, H, D]`` with precomputed :meth:`tables`; same dtype as ``x``."""
+        N, H, D = x.shape
+        cos, sin = tables  # [N, 1, D/2] each
+        xf = x.float()
+        if self.pair_layout == "interleaved":
+            pairs = xf.reshape(N, H, D // 2, 2)  # [N, H, D/2, 2]: (real, imag) side by side
+            re, im = pairs[..., 0], pairs[..., 1]  # [N, H, D/2]
+            out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)  # [N, H, D/2, 2]
+            return out.reshape(N, H, D).to(x.dtype)
+        P = D // (2 * _AXES)
+        quarters = xf.reshape(N, H, _AXES, 2, P)  # [N, H, 4, 2, P]: (first half, second half)
+        re, im = quarters[:, :, :, 0], quarters[:, :, :, 1]  # [N, H, 4, P]
+        cos4 = cos.reshape(N, 1, _AXES, P)  # [N, 1, 4, P]
+        sin4 = sin.reshape(N, 1, _AXES, P)  # [N, 1, 4, P]
+        out = torch.stack((re * cos4 - im * sin4, re * sin4 + im * cos4), dim=3)  # [N, H, 4, 2, P]
+        return out.reshape(N, H, D).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x [N, H, D]`` by the positions ``coords int32 [N, 4]``; same dtype as ``x``.
+
+        Raises:
+            ConfigError: when shapes disagree with the head dimension or with each other.
+        """
+        if x.ndim != 3 or x.shape[-1] != self.head_dim:
+            raise ConfigError(f"Rope4D: x must be [N, H, {self.head_dim}], got {tuple(x.shape)}")
+        if coords.ndim != 2 or coords.shape != (x.shape[0], _AXES):
+            raise ConfigError(
+                f"Rope4D: coords must be [{x.shape[0]}, 4], got {tuple(coords.shape)}"
+            )
+        return self.apply(x, self.tables(coords))

@@ -1,0 +1,257 @@
+"""The transformer over packed samples: attention, MLP, block, stack (in that order).
+
+Shapes:
+    B  samples
+    N  tokens of all samples packed back to back (nothing padded)
+    C  width (channels per token)
+    H  heads, D = C / H head dimension
+    seqlens int64 [B]; rope tables (cos, sin) float32 [N, 1, D / 2] (see :mod:`atoken.core.rope`)
+
+Every block is pre-norm: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``. The attention
+function is injected (``attention_fn(q, k, v, seqlens)``, see :mod:`atoken.core.attention`), so
+the core never chooses a backend by name; :meth:`Transformer.set_attention_fn` swaps it on a
+built model. qk-norm (per head, over D) is applied before RoPE, as in the official decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from atoken.core.attention import AttentionFn, attention_sdpa
+from atoken.core.errors import ConfigError
+from atoken.core.rope import Rope4D, RopeTables
+
+__all__ = ["ACTIVATIONS", "NORMS", "Attention", "Block", "Mlp", "Transformer", "make_norm"]
+
+NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
+ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu")
+
+
+def make_norm(
+    kind: Literal["layernorm", "rmsnorm"], dim: int, *, eps: float = 1e-6, bias: bool = True
+) -> nn.Module:
+    """A LayerNorm (with or without bias) or an RMSNorm over the last ``dim`` channels.
+
+    Raises:
+        ConfigError: for an unknown kind.
+    """
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps)
+    raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def _make_act(kind: str) -> nn.Module:
+    if kind == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    if kind == "gelu":
+        return nn.GELU()
+    raise ConfigError(f"act must be one of {ACTIVATIONS}, got {kind!r}")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over packed samples with a fused qkv projection.
+
+    Args:
+        dim: C, the width.
+        heads: H; ``dim`` must be a multiple of it.
+        qkv_bias, proj_bias: biases of the qkv and output projections.
+        qk_norm: normalise q and k per head (over D) with ``norm`` before RoPE.
+        norm, eps: the qk-norm kind and epsilon.
+        attention_fn: the packed attention backend ``fn(q, k, v, seqlens)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        eps: float = 1e-6,
+        attention_fn: AttentionFn = attention_sdpa,
+    ) -> None:
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ConfigError(f"width {dim} is not a multiple of heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = make_norm(norm, self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(norm, self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.attention_fn = attention_fn
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        seqlens: torch.Tensor,
+        rope: Rope4D | None = None,
+        rope_tables: RopeTables | None = None,
+    ) -> torch.Tensor:
+        """``x [N, C]`` -> ``[N, C]``; RoPE is applied when both ``rope`` and tables are given."""
+        N, C = x.shape
+        qkv = self.qkv(x).view(N, 3, self.heads, self.head_dim)  # [N, 3, H, D]
+        q, k, v = qkv.unbind(1)  # [N, H, D] each
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None and rope_tables is not None:
+            q, k = rope.apply(q, rope_tables), rope.apply(k, rope_tables)
+        out = self.attention_fn(q, k, v, seqlens)  # [N, H, D]
+        return self.proj(out.reshape(N, C))  # [N, C]
+
+
+class Mlp(nn.Module):
+    """``fc2(act(fc1(x)))`` with a hidden width and GELU (tanh approximation or exact)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        bias: bool = True,
+        act: Literal["gelu_tanh", "gelu"] = "gelu_tanh",
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = _make_act(act)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., C]`` -> ``[..., C]``."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    Args:
+        dim, heads, mlp_hidden: width, heads and MLP hidden width.
+        norm, eps: ``"layernorm"`` or ``"rmsnorm"`` and its epsilon (blocks and qk-norm).
+        bias: biases in every linear layer and LayerNorm.
+        qk_norm: per-head normalisation of q and k.
+        act: the MLP activation.
+        attention_fn: the packed attention backend.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_hidden: int,
+        *,
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        eps: float = 1e-6,
+        bias: bool = True,
+        qk_norm: bool = False,
+        act: Literal["gelu_tanh", "gelu"] = "gelu_tanh",
+        attention_fn: AttentionFn = attention_sdpa,
+    ) -> None:
+        super().__init__()
+        self.norm1 = make_norm(norm, dim, eps=eps, bias=bias)
+        self.attn = Attention(
+            dim,
+            heads,
+            qkv_bias=bias,
+            proj_bias=bias,
+            qk_norm=qk_norm,
+            norm=norm,
+            eps=eps,
+            attention_fn=attention_fn,
+        )
+        self.norm2 = make_norm(norm, dim, eps=eps, bias=bias)
+        self.mlp = Mlp(dim, mlp_hidden, bias=bias, act=act)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        seqlens: torch.Tensor,
+        rope: Rope4D | None = None,
+        rope_tables: RopeTables | None = None,
+    ) -> torch.Tensor:
+        """``x [N, C]`` -> ``[N, C]``."""
+        x = x + self.attn(self.norm1(x), seqlens, rope, rope_tables)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of pre-norm blocks over packed samples, with optional 4D RoPE in every layer.
+
+    Args:
+        depth, dim, heads, mlp_hidden: the stack's shape.
+        norm, eps, bias, qk_norm, act: block options (see :class:`Block`).
+        rope: the shared :class:`Rope4D` (None: no rotary embedding).
+        attention_fn: the packed attention backend.
+        grad_checkpointing: recompute each block in the backward pass (training only).
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        heads: int,
+        mlp_hidden: int,
+        *,
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        eps: float = 1e-6,
+        bias: bool = True,
+        qk_norm: bool = False,
+        act: Literal["gelu_tanh", "gelu"] = "gelu_tanh",
+        rope: Rope4D | None = None,
+        attention_fn: AttentionFn = attention_sdpa,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(
+                dim,
+                heads,
+                mlp_hidden,
+                norm=norm,
+                eps=eps,
+                bias=bias,
+                qk_norm=qk_norm,
+                act=act,
+                attention_fn=attention_fn,
+            )
+            for _ in range(depth)
+        )
+        self.rope = rope
+        self.grad_checkpointing = grad_checkpointing
+
+    def set_attention_fn(self, attention_fn: AttentionFn) -> None:
+        """Use ``attention_fn`` in every block from now on."""
+        for block in self.blocks:
+            block.attn.attention_fn = attention_fn
+
+    @property
+    def attention_fn(self) -> Callable | None:
+        """The attention backend of the first block (all blocks share one)."""
+        return self.blocks[0].attn.attention_fn if len(self.blocks) else None
+
+    def forward(
+        self, x: torch.Tensor, seqlens: torch.Tensor, coords: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x [N, C]``, ``seqlens int64 [B]``, ``coords int32 [N, 4]`` -> ``[N, C]``.
+
+        Raises:
+            ConfigError: when the stack has RoPE but no coordinates are given.
+        """
+        tables = None
+        if self.rope is not None:
+            if coords is None:
+                raise ConfigError("this transformer applies 4D RoPE: pass coords [N, 4]")
+            tables = self.rope.tables(coords)  # (cos, sin) [N, 1, D/2], shared by all layers
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, seqlens, self.rope, tables, use_reentrant=False)
+            else:
+                x = block(x, seqlens, self.rope, tables)
+        return x
