@@ -97,3 +97,16 @@ def test_wheel_maps_folders_into_atoken(tmp_path):
     ]:
         assert expected in names, expected
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
+    # every source package (a folder with __init__.py) made it into the wheel
+    folders = {
+        "core": "atoken/core",
+        "plugins": "atoken/plugins",
+        "modalities": "atoken/modalities",
+        "losses": "atoken/losses",
+        "atoken": "atoken",
+    }
+    for src, dst in folders.items():
+        for init in (ROOT / src).rglob("__init__.py"):
+            rel = init.relative_to(ROOT / src).as_posix()
+            assert f"{dst}/{rel}" in names, f"{src}/{rel} is missing from the wheel"
+    assert any(n.startswith("atoken/core/presets/") and n.endswith(".json") for n in names)
