@@ -30,7 +30,8 @@ Two knobs describe every variant in use:
 
 ``Rope4D(D)`` defaults to the official pairs and frequencies; ``Rope4D(D, pair_layout="half",
 frequencies="axial")`` is the standard rotate-half one. Angles, cosines and the rotation itself
-are computed in float32 whatever the input dtype, and the result is cast back.
+are computed in float32 whatever the input dtype (float64 input stays float64), and the result
+is cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -139,14 +140,15 @@ class Rope4D(nn.Module):
         # Angles in float64 then float32: large coordinates keep their exact phase.
         freq = self.inv_freq.to(device=coords.device, dtype=torch.float64)  # [4, P]
         angles = coords.to(torch.float64)[:, :, None] * freq  # [N, 4, P]
-        angles = angles.reshape(N, 1, -1)  # [N, 1, D/2]
+        angles = angles.reshape(N, 1, self.head_dim // 2)  # [N, 1, D/2]
         return torch.cos(angles).float(), torch.sin(angles).float()
 
     def apply(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
         """Rotate ``x [N, H, D]`` with precomputed :meth:`tables`; same dtype as ``x``."""
         N, H, D = x.shape
-        cos, sin = tables  # [N, 1, D/2] each
-        xf = x.float()
+        compute = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 input
+        cos, sin = (t.to(compute) for t in tables)  # [N, 1, D/2] each
+        xf = x.to(compute)
         if self.pair_layout == "interleaved":
             pairs = xf.reshape(N, H, D // 2, 2)  # [N, H, D/2, 2]: (real, imag) side by side
             re, im = pairs[..., 0], pairs[..., 1]  # [N, H, D/2]
