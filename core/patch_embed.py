@@ -199,15 +199,13 @@ class PositionTable2D(nn.Module):
         B = int(seqlens.shape[0])
         x = coords[:, 1].long()  # [N] column
         y = coords[:, 2].long()  # [N] row
-        sample = torch.repeat_interleave(
-            torch.arange(B, device=coords.device), seqlens.to(coords.device)
-        )
+        lengths = seqlens.to(coords.device)
         if grids is None:
-            rows_b = torch.zeros(B, dtype=torch.long, device=coords.device)
-            cols_b = torch.zeros(B, dtype=torch.long, device=coords.device)
-            rows_b = rows_b.scatter_reduce(0, sample, y + 1, "amax")  # [B]
-            cols_b = cols_b.scatter_reduce(0, sample, x + 1, "amax")  # [B]
-            sizes = list(zip(rows_b.tolist(), cols_b.tolist(), strict=True))
+            extent = torch.segment_reduce(
+                coords[:, 1:3].float() + 1, "max", lengths=lengths, axis=0, unsafe=True
+            )  # [B, 2] = (cols, rows); empty samples give -inf
+            extent = torch.nan_to_num(extent, neginf=0.0).long()
+            sizes = [(r, c) for c, r in extent.tolist()]
         else:
             sizes = [(int(r), int(c)) for r, c in grids]
             if len(sizes) != B:
@@ -224,7 +222,8 @@ class PositionTable2D(nn.Module):
             else:
                 member = torch.zeros(B, dtype=torch.bool, device=coords.device)
                 member[members] = True
-                idx = torch.nonzero(member[sample]).flatten()  # [n] tokens of these samples
+                mask = member.repeat_interleave(lengths, output_size=N)  # [N]
+                idx = torch.nonzero(mask).flatten()  # [n] tokens of these samples
             xs, ys = (x, y) if idx is None else (x[idx], y[idx])
             if (
                 grids is not None

@@ -8,7 +8,7 @@ One learned probe queries the tokens of each sample (cross-attention, the sample
 followed by an output projection and a residual MLP on a LayerNorm:
 ``y = proj(attn(probe, x)); y = y + mlp(norm(y))``, then L2 normalisation. This is SigLIP's
 ``MAP`` head (timm ``AttentionPoolLatent`` with one latent), written for packed samples: the
-softmax runs over each sample's segment, in float32.
+softmax runs over each sample's contiguous segment, in float32.
 """
 
 from __future__ import annotations
@@ -72,18 +72,19 @@ class MAPHead(nn.Module):
         N, C = x.shape
         H, D = self.heads, self.head_dim
         B = int(seqlens.shape[0])
-        sample = torch.repeat_interleave(torch.arange(B, device=x.device), seqlens.to(x.device))
+        lengths = seqlens.to(x.device)
         q = self.q(self.probe).float().view(H, D)  # [H, D]
         kv = self.kv(x).view(N, 2, H, D)  # [N, 2, H, D]
         k, v = kv[:, 0].float(), kv[:, 1].float()  # [N, H, D] each
         logits = (k * q).sum(-1) / math.sqrt(D)  # [N, H]
-        seg = sample[:, None].expand(N, H)  # [N, H]
-        peak = logits.new_full((B, H), float("-inf")).scatter_reduce(
-            0, seg, logits, "amax", include_self=True
-        )  # [B, H]
-        w = torch.exp(logits - peak[sample])  # [N, H]
-        denom = logits.new_zeros(B, H).index_add(0, sample, w)  # [B, H]
-        pooled = logits.new_zeros(B, H, D).index_add(0, sample, w[..., None] * v)  # [B, H, D]
+        # Segment softmax over each sample's contiguous rows (segment_reduce: no scatter).
+        peak = torch.segment_reduce(logits, "max", lengths=lengths, axis=0, unsafe=True)  # [B, H]
+        peak = torch.nan_to_num(peak, neginf=0.0)  # empty samples
+        w = torch.exp(logits - peak.repeat_interleave(lengths, dim=0, output_size=N))  # [N, H]
+        denom = torch.segment_reduce(w, "sum", lengths=lengths, axis=0, unsafe=True)  # [B, H]
+        pooled = torch.segment_reduce(
+            w[..., None] * v, "sum", lengths=lengths, axis=0, unsafe=True
+        )  # [B, H, D]
         pooled = pooled / denom.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
         y = self.proj(pooled.reshape(B, C).to(x.dtype))  # [B, C]
         y = y + self.mlp(self.norm(y))

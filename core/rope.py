@@ -50,7 +50,7 @@ PAIR_LAYOUTS: tuple[str, ...] = ("interleaved", "half")
 ROPE_FREQUENCIES: tuple[str, ...] = ("atoken", "axial")
 _AXES = 4
 
-#: Precomputed ``(cos, sin)``, each float32 ``[N, 1, D / 2]``; compute once per forward.
+#: Precomputed ``(cos, signed sin)``, each float32 ``[N, 1, D]``; compute once per forward.
 RopeTables = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -129,38 +129,45 @@ class Rope4D(nn.Module):
         )
 
     def tables(self, coords: torch.Tensor) -> RopeTables:
-        """``(cos, sin)`` float32 ``[N, 1, D / 2]`` for ``coords [N, 4]``; reuse across layers.
+        """``(cos, signed sin)`` float32 ``[N, 1, D]`` for ``coords [N, 4]``; reuse across layers.
 
-        Column ``a * P + i`` holds the angle of pair ``i`` of quarter ``a``, which reads the
-        coordinate column ``axis_order[a]``.
+        Both are laid out like the channels they multiply: in pair ``(a, b)`` (interleaved
+        neighbours, or channels ``i`` and ``i + P`` of a quarter) both channels get ``cos``;
+        ``a`` gets ``-sin`` and ``b`` gets ``+sin``, so that
+        ``rope(x) = x * cos + swap(x) * sin`` with ``swap`` exchanging the two channels of
+        every pair. Quarter ``q`` reads the coordinate column ``axis_order[q]``.
         """
-        N = coords.shape[0]
+        N, D, P = coords.shape[0], self.head_dim, self.head_dim // (2 * _AXES)
         if self.axis_order != (0, 1, 2, 3):
             coords = coords[:, list(self.axis_order)]  # [N, 4] in quarter order
         # Angles in float64 then float32: large coordinates keep their exact phase.
         freq = self.inv_freq.to(device=coords.device, dtype=torch.float64)  # [4, P]
         angles = coords.to(torch.float64)[:, :, None] * freq  # [N, 4, P]
-        angles = angles.reshape(N, 1, self.head_dim // 2)  # [N, 1, D/2]
-        return torch.cos(angles).float(), torch.sin(angles).float()
+        cos, sin = torch.cos(angles).float(), torch.sin(angles).float()  # [N, 4, P] each
+        if self.pair_layout == "interleaved":
+            cos = cos[..., None].expand(N, _AXES, P, 2)  # [N, 4, P, 2]
+            sin = torch.stack((-sin, sin), dim=-1)  # [N, 4, P, 2]
+        else:
+            cos = cos[:, :, None].expand(N, _AXES, 2, P)  # [N, 4, 2, P]
+            sin = torch.stack((-sin, sin), dim=2)  # [N, 4, 2, P]
+        return cos.reshape(N, 1, D), sin.reshape(N, 1, D)  # [N, 1, D] each
+
+    def _swap(self, x: torch.Tensor) -> torch.Tensor:
+        """Exchange the two channels of every rotation pair of ``x [..., D]``."""
+        if self.pair_layout == "interleaved":
+            return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # [..., D/2, 2] swapped
+        return x.unflatten(-1, (_AXES, 2, -1)).flip(-2).flatten(-3)  # [..., 4, 2, P] swapped
 
     def apply(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
-        """Rotate ``x [N, H, D]`` with precomputed :meth:`tables`; same dtype as ``x``."""
-        N, H, D = x.shape
+        """Rotate ``x [N, ..., D]`` (e.g. ``[N, H, D]``, or q and k stacked as
+        ``[N, 2, H, D]``) with precomputed :meth:`tables`; same dtype as ``x``."""
+        N, D = x.shape[0], x.shape[-1]
         compute = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 input
-        cos, sin = (t.to(compute) for t in tables)  # [N, 1, D/2] each
+        shape = (N,) + (1,) * (x.ndim - 2) + (D,)  # broadcast over heads (and q/k)
+        cos, sin = (t.to(compute).reshape(shape) for t in tables)
         xf = x.to(compute)
-        if self.pair_layout == "interleaved":
-            pairs = xf.reshape(N, H, D // 2, 2)  # [N, H, D/2, 2]: (real, imag) side by side
-            re, im = pairs[..., 0], pairs[..., 1]  # [N, H, D/2]
-            out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)  # [N, H, D/2, 2]
-            return out.reshape(N, H, D).to(x.dtype)
-        P = D // (2 * _AXES)
-        quarters = xf.reshape(N, H, _AXES, 2, P)  # [N, H, 4, 2, P]: (first half, second half)
-        re, im = quarters[:, :, :, 0], quarters[:, :, :, 1]  # [N, H, 4, P]
-        cos4 = cos.reshape(N, 1, _AXES, P)  # [N, 1, 4, P]
-        sin4 = sin.reshape(N, 1, _AXES, P)  # [N, 1, 4, P]
-        out = torch.stack((re * cos4 - im * sin4, re * sin4 + im * cos4), dim=3)  # [N, H, 4, 2, P]
-        return out.reshape(N, H, D).to(x.dtype)
+        out = torch.addcmul(xf * cos, self._swap(xf), sin)  # x cos + swap(x) sin
+        return out.to(x.dtype)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Rotate ``x [N, H, D]`` by the positions ``coords int32 [N, 4]``; same dtype as ``x``.

@@ -85,6 +85,7 @@ class Attention(nn.Module):
         self.heads = heads
         self.head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qk_norm = qk_norm
         self.q_norm = make_norm(norm, self.head_dim, eps=eps) if qk_norm else nn.Identity()
         self.k_norm = make_norm(norm, self.head_dim, eps=eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
@@ -100,11 +101,14 @@ class Attention(nn.Module):
         """``x [N, C]`` -> ``[N, C]``; RoPE is applied when both ``rope`` and tables are given."""
         N, C = x.shape
         qkv = self.qkv(x).view(N, 3, self.heads, self.head_dim)  # [N, 3, H, D]
-        q, k, v = qkv.unbind(1)  # [N, H, D] each
-        q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm:
+            qk = torch.stack((self.q_norm(qkv[:, 0]), self.k_norm(qkv[:, 1])), 1)  # [N, 2, H, D]
+        else:
+            qk = qkv[:, :2]  # [N, 2, H, D]
         if rope is not None and rope_tables is not None:
-            q, k = rope.apply(q, rope_tables), rope.apply(k, rope_tables)
-        out = self.attention_fn(q, k, v, seqlens)  # [N, H, D]
+            qk = rope.apply(qk, rope_tables)  # q and k rotated together: fewer kernel launches
+        q, k = qk.unbind(1)  # [N, H, D] each
+        out = self.attention_fn(q, k, qkv[:, 2], seqlens)  # [N, H, D]
         return self.proj(out.reshape(N, C))  # [N, C]
 
 
