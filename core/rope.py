@@ -50,8 +50,17 @@ PAIR_LAYOUTS: tuple[str, ...] = ("interleaved", "half")
 ROPE_FREQUENCIES: tuple[str, ...] = ("atoken", "axial")
 _AXES = 4
 
-#: Precomputed ``(cos, signed sin)``, each float32 ``[N, 1, D]``; compute once per forward.
-RopeTables = tuple[torch.Tensor, torch.Tensor]
+#: Precomputed unit rotations, complex64 ``[N, 1, D / 2]``; compute once per forward.
+RopeTables = torch.Tensor
+
+
+def _complex_viewable(pairs: torch.Tensor) -> bool:
+    """Whether ``torch.view_as_complex`` accepts ``pairs [..., 2]`` without a copy."""
+    return (
+        pairs.stride(-1) == 1
+        and pairs.storage_offset() % 2 == 0
+        and all(st % 2 == 0 for st in pairs.stride()[:-1])
+    )
 
 
 def _axis_frequencies(head_dim: int, theta: float, frequencies: str) -> torch.Tensor:
@@ -129,45 +138,45 @@ class Rope4D(nn.Module):
         )
 
     def tables(self, coords: torch.Tensor) -> RopeTables:
-        """``(cos, signed sin)`` float32 ``[N, 1, D]`` for ``coords [N, 4]``; reuse across layers.
+        """Unit complex rotations ``exp(i * angle)``, complex64 ``[N, 1, D / 2]``, for
+        ``coords [N, 4]``; compute once per forward and reuse in every layer.
 
-        Both are laid out like the channels they multiply: in pair ``(a, b)`` (interleaved
-        neighbours, or channels ``i`` and ``i + P`` of a quarter) both channels get ``cos``;
-        ``a`` gets ``-sin`` and ``b`` gets ``+sin``, so that
-        ``rope(x) = x * cos + swap(x) * sin`` with ``swap`` exchanging the two channels of
-        every pair. Quarter ``q`` reads the coordinate column ``axis_order[q]``.
+        Entry ``q * P + i`` rotates pair ``i`` of quarter ``q``, which reads the coordinate
+        column ``axis_order[q]``.
         """
-        N, D, P = coords.shape[0], self.head_dim, self.head_dim // (2 * _AXES)
+        N = coords.shape[0]
         if self.axis_order != (0, 1, 2, 3):
             coords = coords[:, list(self.axis_order)]  # [N, 4] in quarter order
         # Angles in float64 then float32: large coordinates keep their exact phase.
         freq = self.inv_freq.to(device=coords.device, dtype=torch.float64)  # [4, P]
         angles = coords.to(torch.float64)[:, :, None] * freq  # [N, 4, P]
-        cos, sin = torch.cos(angles).float(), torch.sin(angles).float()  # [N, 4, P] each
-        if self.pair_layout == "interleaved":
-            cos = cos[..., None].expand(N, _AXES, P, 2)  # [N, 4, P, 2]
-            sin = torch.stack((-sin, sin), dim=-1)  # [N, 4, P, 2]
-        else:
-            cos = cos[:, :, None].expand(N, _AXES, 2, P)  # [N, 4, 2, P]
-            sin = torch.stack((-sin, sin), dim=2)  # [N, 4, 2, P]
-        return cos.reshape(N, 1, D), sin.reshape(N, 1, D)  # [N, 1, D] each
-
-    def _swap(self, x: torch.Tensor) -> torch.Tensor:
-        """Exchange the two channels of every rotation pair of ``x [..., D]``."""
-        if self.pair_layout == "interleaved":
-            return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # [..., D/2, 2] swapped
-        return x.unflatten(-1, (_AXES, 2, -1)).flip(-2).flatten(-3)  # [..., 4, 2, P] swapped
+        angles = angles.reshape(N, 1, self.head_dim // 2)  # [N, 1, D/2]
+        return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
     def apply(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
         """Rotate ``x [N, ..., D]`` (e.g. ``[N, H, D]``, or q and k stacked as
-        ``[N, 2, H, D]``) with precomputed :meth:`tables`; same dtype as ``x``."""
+        ``[N, 2, H, D]``) with precomputed :meth:`tables`; same dtype as ``x``.
+
+        Each pair is read as one complex number and multiplied by its unit rotation: a single
+        kernel for the official interleaved layout (the pairs are already adjacent).
+        """
         N, D = x.shape[0], x.shape[-1]
+        P = D // (2 * _AXES)
         compute = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 input
-        shape = (N,) + (1,) * (x.ndim - 2) + (D,)  # broadcast over heads (and q/k)
-        cos, sin = (t.to(compute).reshape(shape) for t in tables)
         xf = x.to(compute)
-        out = torch.addcmul(xf * cos, self._swap(xf), sin)  # x cos + swap(x) sin
-        return out.to(x.dtype)
+        if self.pair_layout == "interleaved":
+            pairs = xf.unflatten(-1, (D // 2, 2))  # [N, ..., D/2, 2]: pairs side by side
+        else:
+            halves = xf.unflatten(-1, (_AXES, 2, P))  # [N, ..., 4, 2, P]: (first, second half)
+            pairs = halves.transpose(-1, -2).flatten(-3, -2)  # [N, ..., D/2, 2]
+        if not _complex_viewable(pairs):
+            pairs = pairs.contiguous()
+        table = tables.to(torch.complex128 if compute == torch.float64 else torch.complex64)
+        table = table.reshape((N,) + (1,) * (x.ndim - 2) + (D // 2,))  # broadcast over heads
+        out = torch.view_as_real(torch.view_as_complex(pairs) * table)  # [N, ..., D/2, 2]
+        if self.pair_layout == "half":
+            out = out.unflatten(-2, (_AXES, P)).transpose(-1, -2)  # [N, ..., 4, 2, P]
+        return out.reshape(x.shape).to(x.dtype)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Rotate ``x [N, H, D]`` by the positions ``coords int32 [N, 4]``; same dtype as ``x``.

@@ -125,15 +125,19 @@ def test_low_precision_input_is_rotated_in_fp32(dtype: torch.dtype) -> None:
     assert torch.equal(out, rope(x.float(), coords).to(dtype))
 
 
-def test_tables_are_float32_and_shared_by_stacked_q_and_k() -> None:
-    rope = Rope4D(24, pair_layout="half", frequencies="axial")
-    coords = torch.randint(0, 50, (7, 4), dtype=torch.int32)
-    cos, sin = rope.tables(coords)
-    assert cos.dtype == sin.dtype == torch.float32
-    assert cos.shape == sin.shape == (7, 1, 24)
-    q, k = torch.randn(7, 3, 24), torch.randn(7, 3, 24)
-    both = rope.apply(torch.stack((q, k), 1), (cos, sin))  # [N, 2, H, D]
-    assert torch.equal(both[:, 0], rope(q, coords)) and torch.equal(both[:, 1], rope(k, coords))
+def test_tables_are_unit_rotations_shared_by_stacked_q_and_k() -> None:
+    for layout in ("half", "interleaved"):
+        rope = Rope4D(24, pair_layout=layout, frequencies="axial")
+        coords = torch.randint(0, 50, (7, 4), dtype=torch.int32)
+        tables = rope.tables(coords)
+        assert tables.dtype == torch.complex64 and tables.shape == (7, 1, 12)
+        assert torch.allclose(tables.abs(), torch.ones(7, 1, 12))
+        q, k = torch.randn(7, 3, 24), torch.randn(7, 3, 24)
+        both = rope.apply(torch.stack((q, k), 1), tables)  # [N, 2, H, D]
+        assert torch.equal(both[:, 0], rope(q, coords))
+        assert torch.equal(both[:, 1], rope(k, coords))
+        view = torch.randn(7, 3, 3, 24)[:, 1]  # a strided view (odd offsets) still works
+        assert torch.equal(rope(view, coords), rope(view.contiguous(), coords))
 
 
 def test_gradcheck() -> None:
