@@ -20,20 +20,27 @@ arrays, paths; a [B, 3, H, W] tensor counts as B images). The tokenizer normalis
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from atoken.core.attention import AttentionFn, default_attention_backend
+from atoken.core.components import BottleneckOutput
 from atoken.core.config import TokenizerConfig, load_preset
+from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
 from atoken.core.siglip import encoder_config_from_timm, find_timm_trunk, load_timm_siglip
+from atoken.core.tokens import DiscreteTokens
 from atoken.plugins.manager import get_registry
+from atoken.pretrained import load_pretrained, save_pretrained
 
 __all__ = ["Tokenizer", "default_attention_backend"]
 
@@ -68,6 +75,18 @@ class Tokenizer(nn.Module):
         self.register_buffer("input_std", std, persistent=False)
         self._modalities: dict[str, Modality] = {}
         self._attention: tuple[str, str] | None = None  # (device, backend name) in use
+        self.bottleneck: nn.Module | None = None
+        self.decoder: Decoder | None = None
+        self.head: nn.Module | None = None
+        if config.decoder is not None:
+            self.bottleneck = _build_bottleneck(config)
+            self.decoder = Decoder(config.decoder, latent_dim=self.bottleneck.latent_dim)
+            self.head = get_registry().heads.create(
+                config.head,
+                width=config.decoder.width,
+                value_dim=config.encoder.patch_dim,
+                bias=config.decoder.bias,
+            )
 
     # ------------------------------------------------------------------------ construction
     @classmethod
@@ -128,6 +147,8 @@ class Tokenizer(nn.Module):
         if self._attention != key:
             fn: AttentionFn = get_registry().attention_backends.create(name)
             self.encoder.set_attention_fn(fn)
+            if self.decoder is not None:
+                self.decoder.set_attention_fn(fn)
             self._attention = key
 
     def _device(self) -> torch.device:
@@ -206,3 +227,129 @@ class Tokenizer(nn.Module):
     def forward(self, samples: Any, modality: str = "image") -> torch.Tensor:
         """Same as :meth:`embed`."""
         return self.embed(samples, modality)
+
+    # ------------------------------------------------------------------------ latent
+    def _require_decoder(self) -> tuple[nn.Module, Decoder, nn.Module]:
+        if self.bottleneck is None or self.decoder is None or self.head is None:
+            raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
+        return self.bottleneck, self.decoder, self.head
+
+    def _bottleneck(
+        self, samples: Any, modality: str, sample: bool | None
+    ) -> tuple[SparseLatent, BottleneckOutput]:
+        bottleneck, _, _ = self._require_decoder()
+        features = self.encode_features(samples, modality)
+        kwargs = (
+            {}
+            if sample is None or getattr(bottleneck, "is_discrete", False)
+            else {"sample": sample}
+        )
+        out = bottleneck(features.feats, **kwargs)
+        return features.replace(feats=out.latent), out
+
+    def encode(
+        self, samples: Any, modality: str = "image", *, sample: bool | None = None
+    ) -> SparseLatent:
+        """Samples -> the sparse latent: feats ``[N, latent_dim]`` with coords and metadata.
+
+        A continuous (``kl``) latent is the posterior mean at inference and a sample in training
+        (``sample=True``/``False`` forces either); a discrete one holds the FSQ codes.
+        """
+        return self._bottleneck(samples, modality, sample)[0]
+
+    def decode(self, latent: SparseLatent) -> list[Any]:
+        """The latent back to samples (images ``[3, H, W]`` in [0, 1], unclamped)."""
+        _, decoder, head = self._require_decoder()
+        self._resolve_attention()
+        latent = latent.to(self._device())
+        tokens = decoder(latent.feats, latent.coords, latent.seqlens)  # [N, C]
+        values = self._denormalize(head(tokens).float(), latent)  # [N, P]
+        out: list[Any] = []
+        for part in latent.replace(feats=values).unpack():
+            mod = self.modality(part.modality[0])
+            out.append(mod.unpatchify(part.feats, part.coords, part.meta[0]))
+        return out
+
+    def _denormalize(self, values: torch.Tensor, latent: SparseLatent) -> torch.Tensor:
+        enc = self.config.encoder
+        N = values.shape[0]
+        v = values.reshape(N, enc.temporal_patch, -1, enc.in_channels)  # [N, pt, p*p, c]
+        return (v * self.input_std + self.input_mean).reshape(N, -1)  # [N, P]
+
+    def autoencode(
+        self, samples: Any, modality: str = "image"
+    ) -> tuple[list[Any], SparseLatent, BottleneckOutput]:
+        """Encode and decode with gradients: ``(reconstructions, latent, bottleneck output)``.
+
+        The training path: in training mode a continuous latent is sampled.
+        """
+        latent, out = self._bottleneck(samples, modality, None)
+        return self.decode(latent), latent, out
+
+    @torch.no_grad()
+    def reconstruct(self, samples: Any, modality: str = "image") -> list[Any]:
+        """``decode(encode(samples))`` without gradients."""
+        return self.decode(self.encode(samples, modality))
+
+    def tokenize(self, samples: Any, modality: str = "image") -> DiscreteTokens:
+        """Samples -> discrete ids ``[N, G]`` with coords and metadata (FSQ tokenizers only).
+
+        Raises:
+            ConfigError: for a continuous bottleneck.
+        """
+        bottleneck, _, _ = self._require_decoder()
+        if not hasattr(bottleneck, "ids_to_codes"):
+            raise ConfigError(
+                f"bottleneck {self.config.bottleneck!r} is continuous: tokenize needs a discrete "
+                "one (e.g. bottleneck='fsq')"
+            )
+        latent, out = self._bottleneck(samples, modality, None)
+        return DiscreteTokens.from_parts(out.ids, latent)
+
+    def detokenize(self, tokens: DiscreteTokens) -> list[Any]:
+        """Discrete ids back to samples."""
+        bottleneck, _, _ = self._require_decoder()
+        if not hasattr(bottleneck, "ids_to_codes"):
+            raise ConfigError(f"bottleneck {self.config.bottleneck!r} has no ids to decode")
+        codes = bottleneck.ids_to_codes(tokens.ids.to(self._device()))  # [N, L]
+        latent = SparseLatent(
+            codes,
+            tokens.coords.to(self._device()),
+            tokens.seqlens,
+            modality=tokens.modality,
+            meta=tokens.meta,
+            validate=False,
+        )
+        return self.decode(latent)
+
+    # ------------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``folder`` (created if needed)."""
+        return save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **overrides: Any) -> Tokenizer:
+        """Load a tokenizer written by :meth:`save_pretrained` (safetensors: nothing is
+        unpickled). ``overrides`` that change no weight shape (e.g. ``attention``) apply.
+
+        Raises:
+            CheckpointError: a missing or unreadable file, or weights of a different config.
+        """
+        return load_pretrained(cls, folder, **overrides)
+
+
+def _build_bottleneck(config: TokenizerConfig) -> nn.Module:
+    """The registered bottleneck, given ``in_dim`` and (if it takes it) ``latent_dim``."""
+    factory = get_registry().bottlenecks.get(config.bottleneck)
+    params = {"in_dim": config.encoder.backbone.width, **dict(config.bottleneck_params)}
+    accepts = inspect.signature(factory).parameters
+    if "latent_dim" in accepts and "latent_dim" not in params:
+        params["latent_dim"] = config.latent_dim
+    bottleneck = factory(**params)
+    if bottleneck.latent_dim != config.latent_dim:
+        raise ConfigError(
+            f"bottleneck {config.bottleneck!r} with {dict(config.bottleneck_params)} gives a "
+            f"{bottleneck.latent_dim}-channel latent but latent_dim is {config.latent_dim}; "
+            f"set latent_dim={bottleneck.latent_dim}"
+        )
+    return bottleneck

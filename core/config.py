@@ -223,6 +223,10 @@ class TokenizerConfig:
         input_mean, input_std: per-channel normalisation of [0, 1] inputs (SigLIP2: 0.5, 0.5).
         attention: the attention backend name; None picks the best for the device
             (:func:`atoken.core.attention.default_attention_backend`).
+        bottleneck: the registered bottleneck between encoder and decoder (``kl``, ``fsq``).
+        bottleneck_params: its extra parameters (e.g. ``{"levels": [4, 4, 4, 4, 4, 4],
+            "groups": 8}`` for FSQ).
+        head: the registered decoder output head (``pixels``).
     """
 
     name: str = attrs.field(default="custom")
@@ -236,8 +240,20 @@ class TokenizerConfig:
         default=(0.5, 0.5, 0.5), converter=_as_tuple, validator=_float_triple
     )
     attention: str | None = attrs.field(default=None)
+    bottleneck: str = attrs.field(default="kl")
+    bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
+    head: str = attrs.field(default="pixels")
 
     def __attrs_post_init__(self) -> None:
+        for key in ("bottleneck", "head"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"TokenizerConfig.{key} must be a component name, got {value!r}")
+        if not isinstance(self.bottleneck_params, Mapping):
+            raise ConfigError(
+                "TokenizerConfig.bottleneck_params must be a mapping, "
+                f"got {self.bottleneck_params!r}"
+            )
         if not isinstance(self.encoder, EncoderConfig):
             raise ConfigError(
                 "TokenizerConfig.encoder must be an EncoderConfig, "

@@ -1,0 +1,85 @@
+"""The decoder: a transformer from the sparse latent back to tokens a head turns into values.
+
+Shapes: latent feats [N, L] (L = latent_dim), coords int32 [N, 4], seqlens int64 [B]
+-> tokens [N, C] (C = decoder width). Nothing is padded; each sample attends to itself only and
+4D RoPE carries the positions (the official decoder: RMSNorm, qk-norm, no biases).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atoken.core.attention import AttentionFn, attention_sdpa
+from atoken.core.config import BackboneConfig
+from atoken.core.errors import ConfigError
+from atoken.core.rope import Rope4D
+from atoken.core.transformer import Transformer, make_norm
+
+__all__ = ["Decoder"]
+
+
+class Decoder(nn.Module):
+    """Input projection from the latent, a transformer stack and a final norm.
+
+    Args:
+        config: the decoder stack.
+        latent_dim: L, the latent channels it reads.
+        attention_fn: the packed attention backend.
+    """
+
+    def __init__(
+        self, config: BackboneConfig, *, latent_dim: int, attention_fn: AttentionFn = attention_sdpa
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, BackboneConfig):
+            raise ConfigError(f"Decoder needs a BackboneConfig, got {type(config).__name__}")
+        if latent_dim < 1:
+            raise ConfigError(f"Decoder latent_dim must be >= 1, got {latent_dim}")
+        self.config, self.latent_dim = config, latent_dim
+        self.in_proj = nn.Linear(latent_dim, config.width, bias=config.bias)
+        rope = None
+        if config.rope:
+            rope = Rope4D(
+                config.head_dim,
+                theta=config.rope_theta,
+                pair_layout=config.rope_pairs,
+                frequencies=config.rope_frequencies,
+                axis_order=config.rope_axis_order,
+            )
+        self.transformer = Transformer(
+            config.depth,
+            config.width,
+            config.heads,
+            config.mlp_hidden,
+            norm=config.norm,
+            eps=config.norm_eps,
+            bias=config.bias,
+            qk_norm=config.qk_norm,
+            act=config.act,
+            rope=rope,
+            attention_fn=attention_fn,
+            grad_checkpointing=config.grad_checkpointing,
+        )
+        self.norm = make_norm(config.norm, config.width, eps=config.norm_eps, bias=config.bias)
+
+    @property
+    def width(self) -> int:
+        """C, the decoder width."""
+        return self.config.width
+
+    def set_attention_fn(self, attention_fn: AttentionFn) -> None:
+        """Use ``attention_fn`` in every attention layer from now on."""
+        self.transformer.set_attention_fn(attention_fn)
+
+    def forward(
+        self, latent: torch.Tensor, coords: torch.Tensor, seqlens: torch.Tensor
+    ) -> torch.Tensor:
+        """``latent [N, L]``, ``coords [N, 4]``, ``seqlens [B]`` -> tokens ``[N, C]``."""
+        if latent.ndim != 2 or latent.shape[1] != self.latent_dim:
+            raise ConfigError(
+                f"decoder expects a latent [N, {self.latent_dim}], got {tuple(latent.shape)}"
+            )
+        x = self.in_proj(latent)  # [N, C]
+        x = self.transformer(x, seqlens, coords)  # [N, C]
+        return self.norm(x)
