@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -62,6 +63,106 @@ def plugins(as_json: bool) -> None:
         for c in comps
     ]
     _table(("kind", "name", "plugin"), rows)
+
+
+def _fail(exc: AtokenError) -> click.ClickException:
+    return click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
+@main.command()
+@click.argument("run_file", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue from the run's newest checkpoint.")
+@click.option("--steps", type=int, default=None, help="Override [train] steps.")
+@click.option("--out", "out_dir", default=None, help="Override [run] out_dir.")
+def train(run_file: str, resume: bool, steps: int | None, out_dir: str | None) -> None:
+    """Train a tokenizer as RUN_FILE (TOML) describes."""
+    from atoken.core.runconfig import load_run_file
+    from atoken.train import run_training
+
+    overrides: dict = {}
+    if steps is not None:
+        overrides["train"] = {"steps": steps}
+    if out_dir is not None:
+        overrides["run"] = {"out_dir": out_dir}
+    try:
+        cfg = load_run_file(run_file, **overrides)
+        trainer, metrics = run_training(cfg, resume=resume)
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")
+    _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
+
+
+def _load_tokenizer(checkpoint: str):
+    from pathlib import Path
+
+    from atoken.tokenizer import Tokenizer
+
+    folder = Path(checkpoint)
+    if (folder / "tokenizer" / "config.json").exists():  # a run folder
+        folder = folder / "tokenizer"
+    model = Tokenizer.from_pretrained(folder)
+    model.eval()
+    return model
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="A saved tokenizer or a run folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+def reconstruct(checkpoint: str, out_dir: str, inputs: tuple[str, ...]) -> None:
+    """Encode and decode image files; write reconstructions and side-by-side PNGs."""
+    from pathlib import Path
+
+    from atoken.modalities.image import to_image_tensor
+    from atoken.viz import save_side_by_side, to_pil
+
+    try:
+        model = _load_tokenizer(checkpoint)
+        images = [to_image_tensor(p) for p in inputs]
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path, x in zip(inputs, images, strict=True):
+        y = model.reconstruct([x])[0].clamp(0, 1)
+        stem = Path(path).stem
+        to_pil(y).save(out / f"{stem}_recon.png")
+        save_side_by_side([x], [y], out / f"{stem}_side_by_side.png", labels=[stem])
+        mse = float(((y - x) ** 2).mean())
+        rows.append(
+            (stem, "x".join(map(str, x.shape[1:])), f"{10 * math.log10(1 / max(mse, 1e-12)):.2f}")
+        )
+    _table(("input", "size", "PSNR dB"), rows)
+    click.echo(f"wrote {len(rows)} reconstructions to {out}")
+
+
+@main.command(name="eval")
+@click.option("--checkpoint", required=True, help="A saved tokenizer or a run folder.")
+@click.option(
+    "--data",
+    default="photos",
+    show_default=True,
+    help="'photos' (the held-out bundled photos) or a folder of images.",
+)
+@click.option("--metrics", default="psnr,ssim,fd_effnet", show_default=True)
+def eval_command(checkpoint: str, data: str, metrics: str) -> None:
+    """Reconstruct a held-out set and report metrics."""
+    from atoken.data import HELDOUT_PHOTOS, ImageFolder, PhotoSet
+    from atoken.train import evaluate_images
+
+    try:
+        model = _load_tokenizer(checkpoint)
+        source = PhotoSet(HELDOUT_PHOTOS) if data == "photos" else ImageFolder(data)
+        images = [source[i].float() / 255 for i in range(len(source))]
+        registry = get_registry()
+        chosen = {m: registry.metrics.create(m) for m in metrics.split(",") if m}
+        recon = [y.clamp(0, 1) for y in model.reconstruct(images)]
+        values = evaluate_images(chosen, recon, images)
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atoken.core.errors import ConfigError
@@ -35,8 +36,17 @@ class PixelHead(nn.Module):
         self.width, self.value_dim = width, value_dim
         self.proj = nn.Linear(width, value_dim, bias=bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.proj(tokens)  # [N, value_dim]
+    #: ``forward`` accepts ``num_values`` to predict only the leading values (temporal slots).
+    partial_values = True
+
+    def forward(self, tokens: torch.Tensor, num_values: int | None = None) -> torch.Tensor:
+        """tokens ``[N, width]`` -> values ``[N, num_values or value_dim]``."""
+        if num_values is None or num_values == self.value_dim:
+            return self.proj(tokens)  # [N, value_dim]
+        if not 0 < num_values <= self.value_dim:
+            raise ConfigError(f"pixels: num_values must be in [1, {self.value_dim}]")
+        bias = None if self.proj.bias is None else self.proj.bias[:num_values]
+        return F.linear(tokens, self.proj.weight[:num_values], bias)  # [N, num_values]
 
     @staticmethod
     def to_samples(values: torch.Tensor, latent: SparseLatent, modality: Modality) -> list[Any]:
