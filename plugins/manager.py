@@ -43,6 +43,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.bottlenecks.kl",
     "atoken.plugins.bottlenecks.fsq",
     "atoken.plugins.heads",
+    "atoken.losses.l1",
+    "atoken.losses.lpips",
+    "atoken.losses.gram",
+    "atoken.losses.clip",
+    "atoken.losses.kl",
 )
 
 _BUILTIN_DIST = "atoken"

@@ -20,7 +20,10 @@ class TestEveryModality(ModalityContract):
 class TestEveryLoss(LossContract):
     @pytest.fixture(params=REGISTRY.losses.names())
     def loss(self, request):
-        return atoken.get_registry().losses.create(request.param)
+        try:
+            return atoken.get_registry().losses.create(request.param)
+        except atoken.WeightsNotFoundError as exc:  # pretrained weights not on this machine
+            pytest.skip(str(exc))
 
 
 class TestEveryBottleneck(BottleneckContract):
