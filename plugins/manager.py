@@ -48,6 +48,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.losses.gram",
     "atoken.losses.clip",
     "atoken.losses.kl",
+    "atoken.plugins.metrics.pixel",
+    "atoken.plugins.metrics.perceptual",
 )
 
 _BUILTIN_DIST = "atoken"
