@@ -141,7 +141,7 @@ class TrainConfig:
 
     steps: int = attrs.field(default=1000, validator=_positive)
     max_minutes: float = attrs.field(default=0.0, validator=_non_negative)  # 0: no limit
-    precision: str = attrs.field(default="bf16", validator=_one_of("bf16", "fp32"))
+    precision: str = attrs.field(default="auto", validator=_one_of("auto", "bf16", "fp32"))
     ema_decay: float = attrs.field(default=0.999, validator=_non_negative)  # 0: off
     eval_every: int = attrs.field(default=0, validator=_non_negative)  # 0: only at the end
     checkpoint_every: int = attrs.field(default=0, validator=_non_negative)

@@ -37,7 +37,7 @@ from atoken.core.errors import AtokenError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.runconfig import RunConfig
 
-__all__ = ["NonFiniteLossError", "TrainTask", "Trainer"]
+__all__ = ["NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
 
 
 class NonFiniteLossError(AtokenError, FloatingPointError):
@@ -65,6 +65,24 @@ class TrainTask(Protocol):
 class _NoHooks:
     def __getattr__(self, name: str):
         return lambda **kwargs: None
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix multiplication is native on ``device``.
+
+    CUDA: when the GPU supports bf16. CPU: when it has AVX-512 BF16 or AMX instructions; on
+    other CPUs (AVX2 only) torch emulates bf16 GEMMs, which is far slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _step_seed(seed: int, step: int, micro: int) -> int:
@@ -172,11 +190,16 @@ class Trainer:
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     # ----------------------------------------------------------------------------- loop
+    @property
+    def use_bf16(self) -> bool:
+        """Whether steps run under bf16 autocast (``precision = "auto"``: where bf16 is fast)."""
+        precision = self.cfg.train.precision
+        return precision == "bf16" or (precision == "auto" and fast_bf16(self.device))
+
     def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         torch.manual_seed(_step_seed(self.cfg.run.seed, step, micro))
         batch = self.task.batch(step, micro)
-        bf16 = self.cfg.train.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss, terms = self.task.loss(self.model, batch)
         (loss / self.cfg.optim.grad_accum).backward()
         return loss.detach(), terms

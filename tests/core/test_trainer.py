@@ -220,3 +220,15 @@ def test_run_file_errors_name_key_and_section(tmp_path):
     cfg = load_run_file(path, train={"steps": 7})
     assert cfg.train.steps == 7 and cfg.loss.terms[0].name == "gram"
     assert cfg.loss.terms[0].weight == 1e3
+
+
+def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
+    from atoken.core import trainer as trainer_module
+
+    auto = Trainer(_cfg(tmp_path, precision="auto"), ToyTask())
+    monkeypatch.setattr(trainer_module, "fast_bf16", lambda device: True)
+    assert auto.use_bf16
+    monkeypatch.setattr(trainer_module, "fast_bf16", lambda device: False)
+    assert not auto.use_bf16
+    assert Trainer(_cfg(tmp_path, precision="bf16"), ToyTask()).use_bf16
+    assert not Trainer(_cfg(tmp_path, precision="fp32"), ToyTask()).use_bf16
