@@ -16,9 +16,14 @@ __all__ = ["ImageMetric", "PerImageMetric"]
 
 
 class ImageMetric(abc.ABC):
-    """``reset()``, ``update(prediction, target)``, ``compute() -> dict[str, float]``."""
+    """``reset()``, ``update(prediction, target)``, ``compute() -> dict[str, float]``.
+
+    ``distributional`` is True for a metric of two image distributions (a Fréchet distance),
+    which needs many images and does not pair them; False for a per-image score.
+    """
 
     name: str = ""
+    distributional: bool = False
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -93,6 +93,8 @@ class FrechetFeatureMetric(ImageMetric):
             value, several times faster for D >= 1000); see :mod:`atoken.core.frechet`.
     """
 
+    distributional = True
+
     #: A statistic of a distribution: callers feed it many small samples (e.g. tiles).
     distributional = True
 

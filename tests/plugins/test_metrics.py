@@ -252,6 +252,7 @@ def test_fd_effnet_matches_the_shared_frechet_function(fd_effnet):
     fd_effnet.update(list(p[4:]), list(t[4:]))
     out = fd_effnet.compute()
     assert set(out) == {"fd_effnet", "fd_effnet_mean", "fd_effnet_cov"}
+    assert fd_effnet.distributional and not REGISTRY.metrics.create("psnr").distributional
     with torch.no_grad():
         f_p = fd_effnet.extractor(F.interpolate(p, size=(64, 64), mode="bilinear", antialias=True))
         f_t = fd_effnet.extractor(F.interpolate(t, size=(64, 64), mode="bilinear", antialias=True))
