@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/backbone.py            # prints a table, writes backbone.json
 
 Every figure is a ratio of two measurements taken side by side in this one run (interleaved
-repeats, median times), so a busy machine slows both sides alike:
+repeats, best time of each), so a busy machine slows both sides alike:
 
 (a) a mixed-resolution batch of 8 square images from 64 to 512 px, ``small`` preset: packed
     (our default ``sdpa`` backend) against the same encoder on the batch padded to the largest
@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -146,7 +145,10 @@ def _run_padded(enc: Encoder, values, coords, seqlens):
 
 
 def _timed(fns: dict[str, Any], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run interleaved (one warm-up each)."""
+    """Best-of-``repeats`` seconds of each function, run interleaved (one warm-up each).
+
+    The minimum, as ``timeit`` advises: other processes on a shared machine only ever add time.
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
@@ -155,7 +157,7 @@ def _timed(fns: dict[str, Any], repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def _rss_bytes() -> int:
