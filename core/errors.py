@@ -16,6 +16,9 @@ __all__ = [
     "LatentValidationError",
     "ModalityInputError",
     "PluginLoadError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreSchemaError",
     "TooManyTokensError",
     "UnknownComponentError",
     "WeightsNotFoundError",
@@ -101,3 +104,37 @@ class PluginLoadError(ComponentError, ImportError):
             f"{type(cause).__name__}: {cause}"
         )
         self.plugin, self.distribution = plugin, distribution
+
+
+class StoreError(AtokenError, ValueError):
+    """A zarr store (dataset or latents) cannot be opened, read or written as its schema says.
+
+    The message names the store, the array and the sample; so do the attributes ``store``
+    (the URL), ``array`` (an array name, or ``"attributes"`` for the group's metadata) and
+    ``sample`` (an index, a description such as ``"0..9"``, or ``None`` for every sample).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        store: str,
+        array: str | None = None,
+        sample: int | str | None = None,
+        name: str | None = None,
+    ) -> None:
+        where = f"store {store!r}, array {array or 'attributes'!r}, "
+        where += "all samples" if sample is None else f"sample {sample}"
+        if name:
+            where += f" ({name!r})"
+        super().__init__(f"{where}: {message}")
+        self.store, self.array, self.sample, self.sample_name = store, array, sample, name
+
+
+class StoreSchemaError(StoreError):
+    """The store holds no atoken schema, another schema, or a version this atoken cannot read."""
+
+
+class StoreIntegrityError(StoreError):
+    """Stored data is damaged: a corrupt or truncated chunk, a checksum that does not match,
+    a missing index array, or an index that disagrees with the data."""

@@ -331,3 +331,50 @@ class SparseLatent:
             and self.modality == other.modality
             and self.meta == other.meta
         )
+
+    # ----------------------------------------------------------------------------- storage
+    def to_zarr(
+        self,
+        url: Any,
+        *,
+        dtype: str | torch.dtype | None = None,
+        ids: torch.Tensor | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        mode: str = "w",
+        chunk_tokens: int = 1024,
+        shard_chunks: int | None = 64,
+    ) -> int:
+        """Write to a zarr latent store (a path or fsspec URL); ``mode="a"`` appends.
+
+        See :func:`atoken.core.latent_store.write_latents`; returns the committed count.
+        """
+        from atoken.core.latent_store import write_latents
+
+        return write_latents(
+            self,
+            url,
+            dtype=dtype,
+            ids=ids,
+            storage_options=storage_options,
+            mode=mode,
+            chunk_tokens=chunk_tokens,
+            shard_chunks=shard_chunks,
+        )
+
+    @classmethod
+    def from_zarr(
+        cls,
+        url: Any,
+        indices: Sequence[int] | None = None,
+        *,
+        box: Mapping[str, tuple[int | None, int | None]] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> SparseLatent:
+        """Read the samples at ``indices`` (default all) of a zarr latent store, reading only
+        their chunks; ``box`` (e.g. ``{"t": (a, b)}``, half-open) keeps the tokens inside it.
+
+        See :class:`atoken.core.latent_store.LatentStore`.
+        """
+        from atoken.core.latent_store import LatentStore
+
+        return LatentStore(url, storage_options).latents(indices, box=box)

@@ -1,0 +1,399 @@
+"""The media store: ragged samples (images now, video and 3D later) in one zarr v3 group.
+
+Layout (schema ``atoken.media``, version 1), for n committed samples::
+
+    data        uint8 [D]           every sample's bytes back to back, chunked and sharded
+    offsets     int64 [n + 1]       sample i is data[offsets[i]:offsets[i + 1]]
+    shapes      int64 [n, A]        its shape along ``sample_axes`` (images: H, W, C)
+    checksums   uint32 [n]          zlib CRC-32 of its bytes
+    names       str [n]             its source name (unique; resuming skips names present)
+    captions    str [n]             optional, "" when a sample has none
+    labels      int32 [n]           optional, -1 when a sample has none; ``label_names`` names them
+    attrs["atoken"] = {"schema": "atoken.media", "version": 1, "modality": "image",
+                       "sample_axes": ["H", "W", "C"], "committed": n, "label_names": [...]}
+
+Commit protocol: a writer appends the data of a batch of samples, then extends the index
+arrays, then rewrites ``committed`` (one atomic ``zarr.json`` write). Readers trust only the
+first ``committed`` samples, so an interrupted writer leaves a store that opens and holds only
+whole samples; the uncommitted tail is overwritten when the writer resumes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from atoken.core.errors import ConfigError, StoreError, StoreIntegrityError
+from atoken.core.storage import (
+    ATTRS_KEY,
+    StoreLike,
+    check_schema,
+    open_group,
+    read_rows,
+    require_array,
+    store_label,
+)
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "MediaStore", "MediaWriter", "StoreLayout"]
+
+SCHEMA = "atoken.media"
+SCHEMA_VERSION = 1
+_INDEX_CHUNK = 4096
+
+
+def checksum(flat: np.ndarray) -> int:
+    """The CRC-32 (zlib) of an array's bytes, as stored in ``checksums``."""
+    return zlib.crc32(np.ascontiguousarray(flat).data) & 0xFFFFFFFF
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{attribute.name} must be a positive int, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class StoreLayout:
+    """Chunking of a new media store (an existing store keeps its own).
+
+    ``chunk_bytes`` is the unit a reader fetches and decodes; ``shard_chunks`` chunks form
+    one stored object (file or S3 key), so a million samples do not make a million files.
+    """
+
+    chunk_bytes: int = attrs.field(default=1 << 18, validator=_positive)
+    shard_chunks: int = attrs.field(default=64, validator=_positive)
+    compression: str = attrs.field(default="zstd", validator=attrs.validators.in_(("zstd", "none")))
+    level: int = 1
+
+    @property
+    def shard_bytes(self) -> int:
+        return self.chunk_bytes * self.shard_chunks
+
+
+class MediaStore:
+    """Read-only view of the committed samples of a media store.
+
+    Opening checks the schema and the whole index (cheap: it is a few numbers per sample);
+    sample bytes are read on demand. Not safe to share across processes: open one per worker.
+
+    Raises:
+        StoreError: the store does not exist. StoreSchemaError: unknown schema or version.
+        StoreIntegrityError: a missing index array or an index that disagrees with the data.
+    """
+
+    def __init__(
+        self,
+        url: StoreLike,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        _group: zarr.Group | None = None,
+    ) -> None:
+        self.url = store_label(url)
+        self.group = _group if _group is not None else open_group(url, storage_options, mode="r")
+        info = check_schema(self.group, SCHEMA, (SCHEMA_VERSION,), store=self.url)
+        self.info = info
+        self.modality: str = info.get("modality", "image")
+        self.sample_axes: tuple[str, ...] = tuple(info.get("sample_axes", ("H", "W", "C")))
+        self.label_names: tuple[str, ...] = tuple(info.get("label_names", ()))
+        n = int(info.get("committed", 0))
+        self.committed = n
+        req = {"store": self.url, "committed": n}
+        self.data = require_array(self.group, "data", min_length=0, **req)
+        self.offsets = read_rows(
+            require_array(self.group, "offsets", min_length=n + 1, **req), 0, n + 1, store=self.url
+        ).astype(np.int64)
+        self.shapes = read_rows(
+            require_array(self.group, "shapes", min_length=n, **req), 0, n, store=self.url
+        ).astype(np.int64)
+        self.checksums = read_rows(
+            require_array(self.group, "checksums", min_length=n, **req), 0, n, store=self.url
+        ).astype(np.int64)
+        self.names: tuple[str, ...] = tuple(
+            str(s)
+            for s in read_rows(
+                require_array(self.group, "names", min_length=n, **req), 0, n, store=self.url
+            )
+        )
+        self._optional = {k: self.group[k] for k in ("captions", "labels") if k in self.group}
+        self._check_index()
+
+    def _check_index(self) -> None:
+        n, A = self.committed, len(self.sample_axes)
+        if self.shapes.shape != (n, A):
+            raise StoreIntegrityError(
+                f"has shape {self.shapes.shape}, expected ({n}, {A}) for axes {self.sample_axes}",
+                store=self.url,
+                array="shapes",
+                sample=f"0..{n - 1}",
+            )
+        bad = np.flatnonzero((self.shapes < 0).any(axis=1)) if n else np.zeros(0, np.int64)
+        if bad.size:
+            i = int(bad[0])
+            raise StoreIntegrityError(
+                f"negative shape {self.shapes[i].tolist()}", **self._where("shapes", i)
+            )
+        if int(self.offsets[0]) != 0:
+            raise StoreIntegrityError("offsets[0] must be 0", **self._where("offsets", 0))
+        sizes = np.prod(self.shapes, axis=1) if n else np.zeros(0, np.int64)
+        wrong = np.flatnonzero(np.diff(self.offsets) != sizes)
+        if wrong.size:
+            i = int(wrong[0])
+            raise StoreIntegrityError(
+                f"offsets give {int(self.offsets[i + 1] - self.offsets[i])} bytes but the shape "
+                f"{self.shapes[i].tolist()} needs {int(sizes[i])}: the index disagrees with "
+                "the data",
+                **self._where("offsets", i),
+            )
+        end, length = int(self.offsets[-1]), int(self.data.shape[0])
+        if end > length:
+            i = int(np.searchsorted(self.offsets, length, side="right")) - 1
+            raise StoreIntegrityError(
+                f"the index needs {end} bytes but the data array holds {length}: the index "
+                "disagrees with the data",
+                **self._where("data", max(i, 0)),
+            )
+
+    def _where(self, array: str, i: int) -> dict[str, Any]:
+        name = self.names[i] if 0 <= i < len(self.names) else None
+        return {"store": self.url, "array": array, "sample": i, "name": name}
+
+    def __len__(self) -> int:
+        return self.committed
+
+    def __repr__(self) -> str:
+        return f"MediaStore({self.url!r}, modality={self.modality!r}, samples={self.committed})"
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        """Sample ``i``'s shape along ``sample_axes``."""
+        return tuple(int(v) for v in self.shapes[self._check(i)])
+
+    def _check(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.committed:
+            raise IndexError(f"sample {i} out of range for {self.committed} samples in {self.url}")
+        return i
+
+    def read(self, i: int, *, verify: bool = True) -> np.ndarray:
+        """Sample ``i`` as uint8 ``[H, W, C]`` (its ``sample_axes``), checksum verified.
+
+        Raises:
+            StoreIntegrityError: a damaged chunk or a checksum mismatch, naming the sample.
+        """
+        i = self._check(i)
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        flat = read_rows(self.data, lo, hi, store=self.url, sample=i, name=self.names[i])
+        if flat.shape[0] != hi - lo:
+            raise StoreIntegrityError(
+                f"read {flat.shape[0]} bytes, expected {hi - lo} (truncated data)",
+                **self._where("data", i),
+            )
+        if verify:
+            got, want = checksum(flat), int(self.checksums[i])
+            if got != want:
+                raise StoreIntegrityError(
+                    f"checksum mismatch (stored {want:#010x}, computed {got:#010x}): corrupt "
+                    "data or an index that disagrees with the data",
+                    **self._where("data", i),
+                )
+        return flat.reshape(self.shapes[i])
+
+    def read_rows(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of sample ``i``'s first axis, reading only their bytes
+        (no checksum: it covers whole samples)."""
+        i = self._check(i)
+        shape = self.shapes[i]
+        start, stop = max(0, int(start)), min(int(shape[0]), int(stop))
+        stop = max(start, stop)
+        row = int(np.prod(shape[1:]))
+        lo = int(self.offsets[i]) + start * row
+        flat = read_rows(
+            self.data, lo, lo + (stop - start) * row, store=self.url, sample=i, name=self.names[i]
+        )
+        return flat.reshape(stop - start, *shape[1:])
+
+    def caption(self, i: int) -> str:
+        """Sample ``i``'s caption ("" when the store or the sample has none)."""
+        i = self._check(i)
+        arr = self._optional.get("captions")
+        return "" if arr is None else str(arr[i])
+
+    def label(self, i: int) -> str | None:
+        """Sample ``i``'s label name, or None."""
+        i = self._check(i)
+        arr = self._optional.get("labels")
+        if arr is None:
+            return None
+        k = int(arr[i])
+        return self.label_names[k] if 0 <= k < len(self.label_names) else None
+
+
+class MediaWriter:
+    """Append samples to a media store, resuming an existing one.
+
+    Samples are buffered and committed about once per shard (``layout.shard_bytes``) or every
+    ``flush_samples`` samples, whichever comes first. Use as a context manager: a clean exit
+    commits the buffer; an exception leaves only the already committed samples.
+
+    Raises:
+        StoreSchemaError: the destination holds another schema or version.
+        StoreError: ``overwrite`` is False and the destination holds a non-atoken group.
+    """
+
+    def __init__(
+        self,
+        url: StoreLike,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        modality: str = "image",
+        sample_axes: Sequence[str] = ("H", "W", "C"),
+        layout: StoreLayout | None = None,
+        flush_samples: int = 256,
+        overwrite: bool = False,
+    ) -> None:
+        self.url = store_label(url)
+        self.layout = layout or StoreLayout()
+        self.flush_samples = max(1, int(flush_samples))
+        group = open_group(url, storage_options, mode="w" if overwrite else "a")
+        if ATTRS_KEY not in group.attrs and len(list(group.keys())) == 0:
+            self._create(group, modality, tuple(sample_axes))
+        info = check_schema(group, SCHEMA, (SCHEMA_VERSION,), store=self.url)
+        if info.get("modality") != modality or tuple(info["sample_axes"]) != tuple(sample_axes):
+            raise StoreError(
+                f"holds {info.get('modality')} samples {info.get('sample_axes')}, "
+                f"cannot append {modality} samples {list(sample_axes)}",
+                store=self.url,
+            )
+        self.group, self.info = group, info
+        self.committed = int(info["committed"])
+        reader = MediaStore(url, _group=group)  # validates the committed index
+        self.names: set[str] = set(reader.names)
+        self.label_names: list[str] = list(reader.label_names)
+        self.data_end = int(reader.offsets[-1])
+        self._truncate_tail()
+        self._pending: list[tuple[str, np.ndarray, str, str | None]] = []
+        self._pending_bytes = 0
+
+    def _create(self, group: zarr.Group, modality: str, axes: tuple[str, ...]) -> None:
+        lay = self.layout
+        codecs: list[Any] = [ZstdCodec(level=lay.level)] if lay.compression == "zstd" else []
+        group.create_array(
+            "data",
+            shape=(0,),
+            dtype="uint8",
+            chunks=(lay.chunk_bytes,),
+            shards=(lay.shard_bytes,),
+            compressors=[*codecs, Crc32cCodec()],
+            fill_value=0,
+        )
+        index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
+        offsets = group.create_array("offsets", shape=(1,), dtype="int64", **index)
+        offsets[:] = 0
+        group.create_array(
+            "shapes", shape=(0, len(axes)), dtype="int64", chunks=(_INDEX_CHUNK, len(axes))
+        )
+        group.create_array("checksums", shape=(0,), dtype="uint32", **index)
+        group.create_array("names", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
+        group.create_array("captions", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
+        group.create_array("labels", shape=(0,), dtype="int32", fill_value=-1, **index)
+        group.attrs[ATTRS_KEY] = {
+            "schema": SCHEMA,
+            "version": SCHEMA_VERSION,
+            "modality": modality,
+            "sample_axes": list(axes),
+            "committed": 0,
+            "label_names": [],
+        }
+
+    def _truncate_tail(self) -> None:
+        """Drop whatever an interrupted writer left past the committed index."""
+        n = self.committed
+        for name, length in (
+            ("data", self.data_end),
+            ("offsets", n + 1),
+            ("shapes", n),
+            ("checksums", n),
+            ("names", n),
+            ("captions", n),
+            ("labels", n),
+        ):
+            arr = self.group[name]
+            if arr.shape[0] != length:
+                arr.resize((length, *arr.shape[1:]))
+
+    def __enter__(self) -> MediaWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.flush()
+
+    def add(
+        self, name: str, sample: np.ndarray, *, caption: str = "", label: str | None = None
+    ) -> bool:
+        """Buffer one sample (uint8, shaped along ``sample_axes``); False if ``name`` is
+        already stored (a resumed import skips it).
+
+        Raises:
+            ConfigError: a sample of the wrong dtype or rank.
+        """
+        if name in self.names:
+            return False
+        sample = np.asarray(sample)
+        if sample.dtype != np.uint8 or sample.ndim != len(self.info["sample_axes"]):
+            raise ConfigError(
+                f"{name!r}: samples must be uint8 with axes {self.info['sample_axes']}, "
+                f"got {sample.dtype} {sample.shape}"
+            )
+        self.names.add(name)
+        self._pending.append((name, np.ascontiguousarray(sample), caption or "", label))
+        self._pending_bytes += sample.size
+        if (
+            self._pending_bytes >= self.layout.shard_bytes
+            or len(self._pending) >= self.flush_samples
+        ):
+            self.flush()
+        return True
+
+    def flush(self) -> int:
+        """Write and commit the buffered samples; returns the committed count."""
+        if not self._pending:
+            return self.committed
+        g, n0 = self.group, self.committed
+        n1 = n0 + len(self._pending)
+        sizes = np.array([s.size for _, s, _, _ in self._pending], dtype=np.int64)
+        start, end = self.data_end, self.data_end + int(sizes.sum())
+        # 1. data
+        if end > start:
+            g["data"].resize((end,))
+            g["data"][start:end] = np.concatenate([s.reshape(-1) for _, s, _, _ in self._pending])
+        # 2. index
+        for label in (lab for *_, lab in self._pending if lab is not None):
+            if label not in self.label_names:
+                self.label_names.append(label)
+        columns = {
+            "offsets": start + np.cumsum(sizes),
+            "shapes": np.array([s.shape for _, s, _, _ in self._pending], dtype=np.int64),
+            "checksums": np.array([checksum(s) for _, s, _, _ in self._pending], np.uint32),
+            "names": np.array([n for n, *_ in self._pending], dtype=object),
+            "captions": np.array([c for _, _, c, _ in self._pending], dtype=object),
+            "labels": np.array(
+                [-1 if lab is None else self.label_names.index(lab) for *_, lab in self._pending],
+                dtype=np.int32,
+            ),
+        }
+        for name, values in columns.items():
+            arr = g[name]
+            lo = n0 + 1 if name == "offsets" else n0
+            arr.resize((lo + len(values), *arr.shape[1:]))
+            arr[lo:] = values
+        # 3. commit: readers see the new samples only after this one atomic write
+        self.info = {**self.info, "committed": n1, "label_names": list(self.label_names)}
+        g.attrs[ATTRS_KEY] = self.info
+        self.committed, self.data_end = n1, end
+        self._pending, self._pending_bytes = [], 0
+        return n1

@@ -1,0 +1,205 @@
+"""Training data from a media store: a map-style torch dataset with epochs, DDP shards and crops.
+
+Shapes: a stored image is uint8 ``[H, W, 3]``; ``ZarrDataset[i]`` is float32 ``[3, h, w]`` in
+[0, 1] (a random crop, or the whole image); :class:`ZarrImages` gives uint8 ``[3, H, W]``.
+
+Order and sharding. Epoch e visits the permutation ``P_e`` of the n samples drawn from
+``(seed, e)`` (identity without ``shuffle``). Rank r of w takes ``P_e[r::w]``, so the ranks'
+shares are disjoint and together cover the epoch, and no sample is read twice in an epoch.
+When w does not divide n, ``drop_last=True`` (the default) first drops the last ``n % w``
+entries of ``P_e`` so every rank has ``n // w`` samples (equal lengths keep DDP collectives in
+step; a different permutation each epoch drops different samples); ``drop_last=False`` keeps
+them, and ranks then differ by at most one sample (use DDP's ``join`` context).
+
+Crops are drawn from ``(seed, epoch, sample index)``: the same sample gets the same crop in an
+epoch whichever worker or rank reads it. Store handles open lazily, once per worker process,
+and are never pickled, so the dataset is safe to hand to a ``DataLoader`` with workers. With
+persistent workers, call :meth:`ZarrDataset.set_epoch` before the loader starts the epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from atoken.core.errors import ConfigError
+from atoken.core.storage import StoreLike, store_label
+from atoken.data.store import MediaStore
+
+__all__ = ["ZarrDataset", "ZarrImages", "collate_list", "is_store_url"]
+
+
+def is_store_url(source: str) -> bool:
+    """True when a ``[data] source`` names a zarr store rather than a folder of files."""
+    return (
+        "://" in source
+        or source.rstrip("/").endswith(".zarr")
+        or (os.path.isfile(os.path.join(source, "zarr.json")))
+    )
+
+
+def collate_list(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A ``DataLoader`` ``collate_fn`` for crops of different sizes: the list as is."""
+    return list(batch)
+
+
+def _crop_range(crop: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if crop is None:
+        return None
+    lo, hi = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 1 or lo > hi:
+        raise ConfigError(f"crop must be None, a size or (min, max) with 1 <= min <= max: {crop!r}")
+    return lo, hi
+
+
+class _LazyStore:
+    """A :class:`MediaStore` opened on first use in each process, dropped when pickled."""
+
+    def __init__(self, url: StoreLike, storage_options: Mapping[str, Any] | None) -> None:
+        self.url, self.storage_options = url, dict(storage_options or {})
+        self._store: MediaStore | None = None
+        self._pid = -1
+
+    @property
+    def store(self) -> MediaStore:
+        if self._store is None or self._pid != os.getpid():
+            self._store, self._pid = MediaStore(self.url, self.storage_options), os.getpid()
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_store": None, "_pid": -1}
+
+
+class ZarrDataset(Dataset):
+    """A media store as a map-style dataset of random crops (see the module docstring).
+
+    Args:
+        url: the store (a path, ``file://``, ``memory://``, ``s3://``... URL).
+        storage_options: fsspec options for the URL (e.g. ``endpoint_url``, ``key``).
+        crop: ``None`` for whole images, a side ``s`` for ``s x s`` crops, or ``(min, max)``
+            for a height and a width drawn independently from ``[min, max]``; sides are capped
+            by the image (the crop sampler's rule).
+        seed, shuffle: the epoch permutation's seed, or store order without shuffling.
+        rank, world_size, drop_last: the DDP shard and the policy when w does not divide n.
+        indices: the store samples to use (default: all committed when created).
+        verify: check each sample's checksum (reads whole images; ``False`` reads only the
+            rows a crop needs).
+
+    Raises:
+        StoreError (and subclasses): the store is missing, of another schema, or damaged.
+        ConfigError: invalid crop, rank or world size.
+    """
+
+    def __init__(
+        self,
+        url: StoreLike,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        crop: int | Sequence[int] | None = (64, 256),
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        indices: Sequence[int] | None = None,
+        verify: bool = True,
+    ) -> None:
+        if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, {world_size=}")
+        self.url = store_label(url)
+        self.crop = _crop_range(crop)
+        self.seed, self.shuffle, self.verify = int(seed), bool(shuffle), bool(verify)
+        self.rank, self.world_size, self.drop_last = rank, world_size, bool(drop_last)
+        self._lazy = _LazyStore(url, storage_options)
+        n = len(self._lazy.store)
+        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise ConfigError(f"indices must lie in [0, {n}) for {self.url}")
+        self.epoch = 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation and crops the following reads use."""
+        self.epoch = int(epoch)
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """The store indices this rank reads in ``epoch`` (default: the current one), in order."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._order is not None and self._order[0] == epoch:
+            return self._order[1]
+        n, w = len(self.indices), self.world_size
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(n)
+        else:
+            perm = np.arange(n)
+        if self.drop_last:
+            perm = perm[: n - n % w]
+        order = self.indices[perm[self.rank :: w]]
+        self._order = (epoch, order)
+        return order
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Source names of all store samples (index with :meth:`epoch_indices`)."""
+        return self._lazy.store.names
+
+    def __len__(self) -> int:
+        n, w = len(self.indices), self.world_size
+        return n // w if self.drop_last else len(range(self.rank, n, w))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        order = self.epoch_indices()
+        if not -len(order) <= i < len(order):
+            raise IndexError(f"index {i} out of range for {len(order)} samples on rank {self.rank}")
+        return self.read(int(order[i]))
+
+    def read(self, index: int) -> torch.Tensor:
+        """Store sample ``index`` cropped for the current epoch: float32 ``[3, h, w]``."""
+        store = self._lazy.store
+        H, W, _ = store.shape(index)
+        if self.crop is None:
+            top, left, h, w = 0, 0, H, W
+        else:
+            g = np.random.default_rng([self.seed, self.epoch, int(index)])
+            h, w = self._side(H, g), self._side(W, g)
+            top, left = int(g.integers(H - h + 1)), int(g.integers(W - w + 1))
+        if self.verify:
+            pixels = store.read(index, verify=True)[top : top + h, left : left + w]
+        else:
+            pixels = store.read_rows(index, top, top + h)[:, left : left + w]
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)  # [3, h, w] uint8
+        return x.float().div_(255)
+
+    def _side(self, limit: int, g: np.random.Generator) -> int:
+        lo, hi = self.crop  # type: ignore[misc]
+        hi = min(hi, limit)
+        return int(g.integers(min(lo, hi), hi + 1))
+
+
+class ZarrImages(Sequence):
+    """Whole images of a media store as uint8 ``[3, H, W]`` tensors (e.g. for
+    :class:`~atoken.data.CropSampler`); ``indices`` selects a subset, ``names`` are theirs."""
+
+    def __init__(
+        self,
+        url: StoreLike,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self._lazy = _LazyStore(url, storage_options)
+        store = self._lazy.store
+        self.indices = list(range(len(store))) if indices is None else [int(i) for i in indices]
+        self.names = tuple(store.names[i] for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        pixels = self._lazy.store.read(self.indices[i], verify=True)  # [H, W, 3]
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # [3, H, W]
