@@ -171,5 +171,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
+# Registered last: atoken.cli_data imports nothing from this module at import time.
+from atoken.cli_data import data, encode  # noqa: E402
+
+main.add_command(data)
+main.add_command(encode)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

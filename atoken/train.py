@@ -25,6 +25,7 @@ from atoken.core.errors import ConfigError
 from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
 from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, CropSampler, ImageFolder, PhotoSet
+from atoken.data.zarr_dataset import ZarrImages, is_store_url
 from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.tokenizer import Tokenizer
 from atoken.viz import save_side_by_side
@@ -58,8 +59,20 @@ def _sources(cfg: RunConfig) -> tuple[Sequence[torch.Tensor], Sequence[torch.Ten
         train = PhotoSet([n for n in TRAIN_PHOTOS if n not in heldout_names])
         heldout = PhotoSet(heldout_names)
         return train, heldout, heldout.names
-    if "://" in src or src.endswith(".zarr"):
-        raise ConfigError(f"[data] source {src!r}: zarr datasets are not supported yet")
+    if is_store_url(src):  # a media store: hold out the named samples, else the last one
+        store = ZarrImages(src, cfg.data.storage_options)
+        held_idx = [i for i, n in enumerate(store.names) if n in heldout_names]
+        missing = set(heldout_names) - {store.names[i] for i in held_idx}
+        if missing:
+            raise ConfigError(f"[data] heldout names not in {src!r}: {sorted(missing)}")
+        if len(store) < 2:
+            raise ConfigError(f"[data] source {src!r} needs 2 samples or more, has {len(store)}")
+        held = set(held_idx or [len(store) - 1])
+        held_idx, train_idx = sorted(held), [i for i in range(len(store)) if i not in held]
+        opts = cfg.data.storage_options
+        train = ZarrImages(src, opts, indices=train_idx)
+        heldout = ZarrImages(src, opts, indices=held_idx)
+        return train, heldout, heldout.names
     folder = ImageFolder(src)
     keep = [i for i, n in enumerate(folder.names) if n not in heldout_names]
     held = [i for i, n in enumerate(folder.names) if n in heldout_names]

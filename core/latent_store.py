@@ -340,6 +340,11 @@ class LatentStore:
                 ) from exc
         return out["modality"], [json.loads(m) for m in out["meta"]]
 
+    def meta(self, indices: Sequence[int] | None = None) -> list[dict]:
+        """The metadata of the samples at ``indices`` (default all), without reading tokens."""
+        idx = list(range(self.committed)) if indices is None else [int(i) for i in indices]
+        return self._names(idx)[1]
+
     def latents(self, indices: Sequence[int] | None = None, *, box: Box | None = None):
         """The :class:`SparseLatent` of the samples at ``indices`` (see :meth:`read`)."""
         return self.read(indices, box=box)[0]

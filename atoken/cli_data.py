@@ -1,0 +1,266 @@
+"""``atoken data import images``, ``atoken data verify`` and ``atoken encode`` (click).
+
+Registered onto :func:`atoken.cli.main`. Heavy imports (zarr, torch models) stay inside the
+commands so ``atoken --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from atoken.core.errors import AtokenError
+
+__all__ = ["data", "encode", "encode_to_store"]
+
+
+def _fail(exc: AtokenError) -> click.ClickException:
+    return click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
+def _options(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--storage-options") from exc
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return value
+
+
+_STORAGE = click.option(
+    "--storage-options",
+    default=None,
+    help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'.',
+)
+
+
+@click.group()
+def data() -> None:
+    """Datasets in zarr stores on any fsspec filesystem: import and verify."""
+
+
+@data.group(name="import")
+def import_() -> None:
+    """Import raw media into a zarr store (created, or resumed when it exists)."""
+
+
+@import_.command(name="images")
+@click.argument("paths", nargs=-1, required=True)
+@_STORAGE
+@click.option(
+    "--src-storage-options",
+    default=None,
+    help="fsspec options (JSON) for the sources (default: --storage-options when the "
+    "sources use the destination's protocol).",
+)
+@click.option("--captions", default=None, help="'sidecar' (x.txt beside x.jpg) or a JSON file.")
+@click.option("--labels", default=None, help="'folder' (parent folder name) or a JSON file.")
+@click.option("--chunk-kib", default=256, show_default=True, help="Chunk size in KiB.")
+@click.option("--shard-chunks", default=64, show_default=True, help="Chunks per shard object.")
+@click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd")
+@click.option("--workers", default=2, show_default=True, help="Decoding threads.")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def import_images_command(
+    paths: tuple[str, ...],
+    storage_options: str | None,
+    src_storage_options: str | None,
+    captions: str | None,
+    labels: str | None,
+    chunk_kib: int,
+    shard_chunks: int,
+    compression: str,
+    workers: int,
+    skip_bad: bool,
+    overwrite: bool,
+    no_progress: bool,
+) -> None:
+    """Import images from SRC... (folders, globs, files or fsspec URLs) into the store DST."""
+    import fsspec
+
+    from atoken.data.importer import import_images, load_mapping
+    from atoken.data.store import StoreLayout
+
+    if len(paths) < 2:
+        raise click.UsageError("give at least one SRC and the DST store")
+    *srcs, dst = paths
+    dst_options = _options(storage_options)
+    if src_storage_options is not None:
+        src_options = _options(src_storage_options)
+    else:
+        same = {fsspec.utils.get_protocol(s) for s in srcs} == {fsspec.utils.get_protocol(dst)}
+        src_options = dst_options if same else {}
+    try:
+        report = import_images(
+            srcs,
+            dst,
+            storage_options=dst_options,
+            src_storage_options=src_options,
+            layout=StoreLayout(
+                chunk_bytes=chunk_kib * 1024, shard_chunks=shard_chunks, compression=compression
+            ),
+            captions=load_mapping(captions) if captions not in (None, "sidecar") else captions,
+            labels=load_mapping(labels) if labels not in (None, "folder") else labels,
+            skip_bad=skip_bad,
+            workers=workers,
+            overwrite=overwrite,
+            progress=not no_progress,
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(
+        f"imported {report.added} images into {dst} ({report.already_stored} already stored); "
+        f"the store holds {report.committed} samples"
+    )
+    for name, reason in report.bad:
+        click.echo(f"skipped {name}: {reason}")
+
+
+@data.command()
+@click.argument("url")
+@_STORAGE
+@click.option("--skip-bad", is_flag=True, help="Check every sample and list the bad ones.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def verify(url: str, storage_options: str | None, skip_bad: bool, no_progress: bool) -> None:
+    """Check the schema, the index and every sample's checksum of the store URL.
+
+    Exits with status 1 when a sample is bad (with --skip-bad, after listing all of them).
+    """
+    from atoken.data.verify import verify_store
+
+    try:
+        report = verify_store(
+            url, _options(storage_options), skip_bad=skip_bad, progress=not no_progress
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    for index, name, message in report.bad:
+        click.echo(f"skipped sample {index} ({name}): {message}")
+    good = report.samples - len(report.bad)
+    click.echo(f"{url}: {good} of {report.samples} samples OK ({report.bytes_checked} bytes)")
+    if report.bad:
+        raise SystemExit(1)
+
+
+def _data_source(data_arg: str, storage_options: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
+    """``(images uint8 [3, H, W] sequence, names)`` for a store URL, a folder or 'photos'."""
+    from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
+    from atoken.data.zarr_dataset import ZarrImages, is_store_url
+
+    if data_arg == "photos":
+        photos = PhotoSet(TRAIN_PHOTOS + HELDOUT_PHOTOS)
+        return photos, photos.names
+    if is_store_url(data_arg):
+        images = ZarrImages(data_arg, storage_options)
+        return images, images.names
+    folder = ImageFolder(data_arg)
+    return folder, folder.names
+
+
+def encode_to_store(
+    model: Any,
+    images: Any,
+    names: tuple[str, ...],
+    out: str,
+    *,
+    dtype: str = "float16",
+    batch_size: int = 8,
+    storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Encode ``images`` (uint8 ``[3, H, W]``) in batches and append their latents (and FSQ
+    ids) to the latent store ``out``; each sample's meta gets its ``source`` name.
+
+    Resumes a store whose committed samples are the first of ``names``; returns its count.
+
+    Raises:
+        StoreError: ``out`` holds other samples (use ``overwrite``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from atoken.core.errors import StoreError, StoreSchemaError
+    from atoken.core.latent_store import LatentStore
+
+    start = 0
+    if not overwrite:
+        try:
+            existing = LatentStore(out, storage_options)
+        except StoreSchemaError:
+            raise
+        except StoreError:
+            existing = None
+        if existing is not None and len(existing):
+            start = len(existing)
+            done = existing.meta(range(start)) if start <= len(names) else ()
+            if start > len(names) or [m.get("source") for m in done] != list(names[:start]):
+                raise StoreError(
+                    "holds latents of other samples; pass --overwrite to replace them",
+                    store=out,
+                )
+    discrete = hasattr(model.bottleneck, "ids_to_codes")
+    mode = "w" if start == 0 else "a"
+    committed = start
+    with torch.no_grad(), tqdm(total=len(names), initial=start, disable=not progress) as bar:
+        for lo in range(start, len(names), batch_size):
+            batch = [images[i].float() / 255 for i in range(lo, min(lo + batch_size, len(names)))]
+            latent, out_b = model._bottleneck(batch, "image", None)  # latent and FSQ ids at once
+            meta = [{**m, "source": names[lo + k]} for k, m in enumerate(latent.meta)]
+            latent = latent.replace(meta=meta).to("cpu")
+            ids = out_b.ids.cpu() if discrete and out_b.ids is not None else None
+            committed = latent.to_zarr(
+                out, dtype=dtype, ids=ids, storage_options=storage_options, mode=mode
+            )
+            mode = "a"
+            bar.update(len(batch))
+    return committed
+
+
+@click.command()
+@click.option("--checkpoint", required=True, help="A saved tokenizer or a run folder.")
+@click.argument("data_arg", metavar="DATA")
+@click.argument("out")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "bfloat16"]), default="float16")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@_STORAGE
+@click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def encode(
+    checkpoint: str,
+    data_arg: str,
+    out: str,
+    dtype: str,
+    batch_size: int,
+    storage_options: str | None,
+    overwrite: bool,
+    no_progress: bool,
+) -> None:
+    """Encode DATA (a media store URL, an image folder or 'photos') into the latent store OUT:
+    SparseLatents, and for FSQ tokenizers their ids."""
+    from atoken.cli import _load_tokenizer
+
+    options = _options(storage_options)
+    try:
+        model = _load_tokenizer(checkpoint)
+        images, names = _data_source(data_arg, options)
+        count = encode_to_store(
+            model,
+            images,
+            names,
+            out,
+            dtype=dtype,
+            batch_size=batch_size,
+            storage_options=options,
+            overwrite=overwrite,
+            progress=not no_progress,
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"encoded {count} samples into {out}")
