@@ -125,17 +125,22 @@ def check_schema(
     info = group.attrs.get(ATTRS_KEY)
     if not isinstance(info, Mapping):
         raise StoreSchemaError(
-            f"no {ATTRS_KEY!r} attributes: not a store written by atoken", store=store
+            f"no {ATTRS_KEY!r} attributes: not a store written by atoken",
+            store=store,
+            array="attributes",
         )
     if info.get("schema") != schema:
         raise StoreSchemaError(
-            f"holds schema {info.get('schema')!r}, expected {schema!r}", store=store
+            f"holds schema {info.get('schema')!r}, expected {schema!r}",
+            store=store,
+            array="attributes",
         )
     if info.get("version") not in versions:
         raise StoreSchemaError(
             f"{schema} schema version {info.get('version')!r} is unknown to this atoken "
             f"(it reads versions {', '.join(map(str, versions))}); upgrade atoken",
             store=store,
+            array="attributes",
         )
     return dict(info)
 

@@ -45,6 +45,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "MediaStore", "MediaWriter", "StoreLayout
 SCHEMA = "atoken.media"
 SCHEMA_VERSION = 1
 _INDEX_CHUNK = 4096
+_WRITER_ARRAYS = ("data", "offsets", "shapes", "checksums", "names", "captions", "labels")
 
 
 def checksum(flat: np.ndarray) -> int:
@@ -274,6 +275,7 @@ class MediaWriter:
         self.names: set[str] = set(reader.names)
         self.label_names: list[str] = list(reader.label_names)
         self.data_end = int(reader.offsets[-1])
+        self._arrays = {k: group[k] for k in _WRITER_ARRAYS}
         self._truncate_tail()
         self._pending: list[tuple[str, np.ndarray, str, str | None]] = []
         self._pending_bytes = 0
@@ -312,16 +314,8 @@ class MediaWriter:
     def _truncate_tail(self) -> None:
         """Drop whatever an interrupted writer left past the committed index."""
         n = self.committed
-        for name, length in (
-            ("data", self.data_end),
-            ("offsets", n + 1),
-            ("shapes", n),
-            ("checksums", n),
-            ("names", n),
-            ("captions", n),
-            ("labels", n),
-        ):
-            arr = self.group[name]
+        for name, arr in self._arrays.items():
+            length = {"data": self.data_end, "offsets": n + 1}.get(name, n)
             if arr.shape[0] != length:
                 arr.resize((length, *arr.shape[1:]))
 
@@ -363,7 +357,7 @@ class MediaWriter:
         """Write and commit the buffered samples; returns the committed count."""
         if not self._pending:
             return self.committed
-        g, n0 = self.group, self.committed
+        g, n0 = self._arrays, self.committed
         n1 = n0 + len(self._pending)
         sizes = np.array([s.size for _, s, _, _ in self._pending], dtype=np.int64)
         start, end = self.data_end, self.data_end + int(sizes.sum())
@@ -393,7 +387,7 @@ class MediaWriter:
             arr[lo:] = values
         # 3. commit: readers see the new samples only after this one atomic write
         self.info = {**self.info, "committed": n1, "label_names": list(self.label_names)}
-        g.attrs[ATTRS_KEY] = self.info
+        self.group.attrs[ATTRS_KEY] = self.info
         self.committed, self.data_end = n1, end
         self._pending, self._pending_bytes = [], 0
         return n1
