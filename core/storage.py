@@ -76,8 +76,8 @@ def open_store(
     Raises:
         StoreError: the URL's protocol is not installed or its options are rejected.
     """
-    if isinstance(url, Store):
-        return url.with_read_only(read_only) if read_only and not url.read_only else url
+    if isinstance(url, Store):  # used as given (e.g. a wrapper that records reads)
+        return url
     path = local_path(url)
     if path is not None:
         return zarr.storage.LocalStore(path, read_only=read_only)
