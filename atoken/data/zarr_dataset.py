@@ -11,10 +11,13 @@ entries of ``P_e`` so every rank has ``n // w`` samples (equal lengths keep DDP 
 step; a different permutation each epoch drops different samples); ``drop_last=False`` keeps
 them, and ranks then differ by at most one sample (use DDP's ``join`` context).
 
-Crops are drawn from ``(seed, epoch, sample index)``: the same sample gets the same crop in an
-epoch whichever worker or rank reads it. Store handles open lazily, once per worker process,
-and are never pickled, so the dataset is safe to hand to a ``DataLoader`` with workers. With
-persistent workers, call :meth:`ZarrDataset.set_epoch` before the loader starts the epoch.
+Crops are drawn from ``(seed, epoch, position in P_e)``: a read gets the same crop whichever
+worker performs it, and a sample listed twice in ``indices`` gets two different crops.
+
+Store handles open lazily, once per process, and are never pickled, so the dataset is safe to
+hand to a ``DataLoader`` with workers. A loader copies the dataset into its workers when an
+epoch's iterator starts: call :meth:`ZarrDataset.set_epoch` before iterating, and do not use
+``persistent_workers=True`` (its workers would keep the epoch they started with).
 """
 
 from __future__ import annotations
@@ -156,16 +159,21 @@ class ZarrDataset(Dataset):
         order = self.epoch_indices()
         if not -len(order) <= i < len(order):
             raise IndexError(f"index {i} out of range for {len(order)} samples on rank {self.rank}")
-        return self.read(int(order[i]))
+        i = i % len(order)
+        return self._load(int(order[i]), self.rank + i * self.world_size)
 
     def read(self, index: int) -> torch.Tensor:
-        """Store sample ``index`` cropped for the current epoch: float32 ``[3, h, w]``."""
+        """Store sample ``index`` with a crop drawn from ``(seed, epoch, index)``:
+        float32 ``[3, h, w]``."""
+        return self._load(int(index), int(index))
+
+    def _load(self, index: int, key: int) -> torch.Tensor:
         store = self._lazy.store
         H, W, _ = store.shape(index)
         if self.crop is None:
             top, left, h, w = 0, 0, H, W
         else:
-            g = np.random.default_rng([self.seed, self.epoch, int(index)])
+            g = np.random.default_rng([self.seed, self.epoch, key])
             h, w = self._side(H, g), self._side(W, g)
             top, left = int(g.integers(H - h + 1)), int(g.integers(W - w + 1))
         if self.verify:

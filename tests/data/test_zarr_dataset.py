@@ -84,6 +84,8 @@ def test_crops_are_bounded_and_deterministic(store):
     shapes0 = [tuple(ds[i].shape) for i in range(N)]
     ds.set_epoch(1)
     assert shapes0 != [tuple(ds[i].shape) for i in range(N)]
+    repeated = ZarrDataset(store, crop=(8, 16), indices=[0] * 12)  # a crop per read
+    assert len({tuple(repeated[i].shape) for i in range(12)}) > 1
 
 
 def test_whole_images_and_fixed_crops(store):
