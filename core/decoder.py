@@ -13,7 +13,6 @@ from torch import nn
 from atoken.core.attention import AttentionFn, attention_sdpa
 from atoken.core.config import BackboneConfig
 from atoken.core.errors import ConfigError
-from atoken.core.rope import Rope4D
 from atoken.core.transformer import Transformer, make_norm
 
 __all__ = ["Decoder"]
@@ -38,29 +37,7 @@ class Decoder(nn.Module):
             raise ConfigError(f"Decoder latent_dim must be >= 1, got {latent_dim}")
         self.config, self.latent_dim = config, latent_dim
         self.in_proj = nn.Linear(latent_dim, config.width, bias=config.bias)
-        rope = None
-        if config.rope:
-            rope = Rope4D(
-                config.head_dim,
-                theta=config.rope_theta,
-                pair_layout=config.rope_pairs,
-                frequencies=config.rope_frequencies,
-                axis_order=config.rope_axis_order,
-            )
-        self.transformer = Transformer(
-            config.depth,
-            config.width,
-            config.heads,
-            config.mlp_hidden,
-            norm=config.norm,
-            eps=config.norm_eps,
-            bias=config.bias,
-            qk_norm=config.qk_norm,
-            act=config.act,
-            rope=rope,
-            attention_fn=attention_fn,
-            grad_checkpointing=config.grad_checkpointing,
-        )
+        self.transformer = Transformer.from_config(config, attention_fn=attention_fn)
         self.norm = make_norm(config.norm, config.width, eps=config.norm_eps, bias=config.bias)
 
     @property

@@ -24,7 +24,6 @@ from atoken.core.errors import ConfigError
 from atoken.core.latent import SparseLatent
 from atoken.core.patch_embed import PatchEmbed4D, PositionTable2D
 from atoken.core.pooling import MAPHead
-from atoken.core.rope import Rope4D
 from atoken.core.transformer import Transformer, make_norm
 
 __all__ = ["Encoder"]
@@ -54,29 +53,7 @@ class Encoder(nn.Module):
             bias=bb.bias,
         )
         self.pos_table = PositionTable2D(bb.width, config.pos_grid) if config.pos_table else None
-        rope = None
-        if bb.rope:
-            rope = Rope4D(
-                bb.head_dim,
-                theta=bb.rope_theta,
-                pair_layout=bb.rope_pairs,
-                frequencies=bb.rope_frequencies,
-                axis_order=bb.rope_axis_order,
-            )
-        self.transformer = Transformer(
-            bb.depth,
-            bb.width,
-            bb.heads,
-            bb.mlp_hidden,
-            norm=bb.norm,
-            eps=bb.norm_eps,
-            bias=bb.bias,
-            qk_norm=bb.qk_norm,
-            act=bb.act,
-            rope=rope,
-            attention_fn=attention_fn,
-            grad_checkpointing=bb.grad_checkpointing,
-        )
+        self.transformer = Transformer.from_config(bb, attention_fn=attention_fn)
         self.norm = (
             make_norm(bb.norm, bb.width, eps=bb.norm_eps, bias=bb.bias)
             if config.final_norm

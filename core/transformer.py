@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from atoken.core.attention import AttentionFn, attention_sdpa
+from atoken.core.config import BackboneConfig
 from atoken.core.errors import ConfigError
 from atoken.core.rope import Rope4D, RopeTables
 
@@ -229,6 +230,35 @@ class Transformer(nn.Module):
         )
         self.rope = rope
         self.grad_checkpointing = grad_checkpointing
+
+    @classmethod
+    def from_config(
+        cls, config: BackboneConfig, *, attention_fn: AttentionFn = attention_sdpa
+    ) -> Transformer:
+        """The stack a :class:`BackboneConfig` describes, with its 4D RoPE when enabled."""
+        rope = None
+        if config.rope:
+            rope = Rope4D(
+                config.head_dim,
+                theta=config.rope_theta,
+                pair_layout=config.rope_pairs,
+                frequencies=config.rope_frequencies,
+                axis_order=config.rope_axis_order,
+            )
+        return cls(
+            config.depth,
+            config.width,
+            config.heads,
+            config.mlp_hidden,
+            norm=config.norm,
+            eps=config.norm_eps,
+            bias=config.bias,
+            qk_norm=config.qk_norm,
+            act=config.act,
+            rope=rope,
+            attention_fn=attention_fn,
+            grad_checkpointing=config.grad_checkpointing,
+        )
 
     def set_attention_fn(self, attention_fn: AttentionFn) -> None:
         """Use ``attention_fn`` in every block from now on."""
