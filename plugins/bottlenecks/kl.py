@@ -27,6 +27,9 @@ class KLBottleneck(nn.Module):
         latent_dim: latent channels (32 in stage 1 of the paper, 48 later).
         sample_at_inference: sample instead of taking the mean when not training.
         logvar_range: clamp of the log-variance, for numerical safety.
+        init_logvar: initial log-variance (the bias of its projection). 0 is the textbook
+            start; a negative value (e.g. -8) starts with little sampling noise, which makes
+            short trainings with the paper's tiny KL weight converge much faster.
     """
 
     is_discrete = False
@@ -38,6 +41,7 @@ class KLBottleneck(nn.Module):
         latent_dim: int = 32,
         sample_at_inference: bool = False,
         logvar_range: tuple[float, float] = (-30.0, 20.0),
+        init_logvar: float = 0.0,
     ) -> None:
         super().__init__()
         if in_dim < 1 or latent_dim < 1:
@@ -46,6 +50,8 @@ class KLBottleneck(nn.Module):
         self.sample_at_inference = sample_at_inference
         self.logvar_range = logvar_range
         self.proj = nn.Linear(in_dim, 2 * latent_dim)
+        with torch.no_grad():
+            self.proj.bias[latent_dim:].fill_(float(init_logvar))
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar), each ``[N, latent_dim]``."""

@@ -114,3 +114,12 @@ def test_kl_sampling_and_term():
     sampler = atoken.get_registry().bottlenecks.create("kl", in_dim=8, sample_at_inference=True)
     sampler.eval()
     assert not torch.equal(sampler(x).latent, sampler.posterior(x)[0])
+
+
+def test_kl_initial_logvar():
+    kl = atoken.get_registry().bottlenecks.create("kl", in_dim=8, latent_dim=4, init_logvar=-8.0)
+    with torch.no_grad():
+        kl.proj.weight.zero_()
+    mean, logvar = kl.posterior(torch.randn(5, 8))
+    assert torch.equal(logvar, torch.full((5, 4), -8.0))
+    assert torch.equal(mean, kl.proj.bias[:4].expand(5, 4))
