@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import atoken
-from atoken.testing.contracts import BottleneckContract, LossContract, ModalityContract
+from atoken.testing.contracts import (
+    AttentionBackendContract,
+    BottleneckContract,
+    LossContract,
+    ModalityContract,
+)
 
 REGISTRY = atoken.get_registry()
 
@@ -30,6 +35,14 @@ class TestEveryBottleneck(BottleneckContract):
     @pytest.fixture(params=REGISTRY.bottlenecks.names())
     def bottleneck(self, request):
         return atoken.get_registry().bottlenecks.create(request.param, in_dim=16)
+
+
+class TestEveryAttentionBackend(AttentionBackendContract):
+    @pytest.fixture(params=REGISTRY.attention_backends.names())
+    def backend(self, request):
+        if request.param == "xformers" and not torch.cuda.is_available():
+            pytest.skip("xformers has no CPU kernels (tests/core/test_attention.py has GPU tests)")
+        return atoken.get_registry().attention_backends.create(request.param)
 
 
 # ------------------------------------------------------------- the contracts can fail

@@ -20,12 +20,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atoken.core.attention import attention_math
 from atoken.core.coords import grid_index
 from atoken.core.errors import ModalityInputError
 from atoken.core.modality import Modality
 from atoken.plugins.manager import get_registry
+from atoken.testing.strategies import seqlens
 
-__all__ = ["BottleneckContract", "LossContract", "ModalityContract"]
+__all__ = ["AttentionBackendContract", "BottleneckContract", "LossContract", "ModalityContract"]
 
 _fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=8)
 _seeds = st.integers(0, 2**16)
@@ -171,3 +173,39 @@ class BottleneckContract:
         z = torch.randn(n, bottleneck.latent_dim, generator=torch.Generator().manual_seed(seed))
         z_q, ids = bottleneck.quantize(z)
         assert torch.equal(bottleneck.ids_to_codes(ids), z_q)
+
+
+class AttentionBackendContract:
+    """``fn(q, k, v, seqlens)`` over packed samples: shape and dtype kept, equal to the ``math``
+    reference and to running each sample alone (fp32, 1e-5), zero-length samples included."""
+
+    backend_name: ClassVar[str] = ""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        if not self.backend_name:
+            pytest.fail("set backend_name or override the `backend` fixture")
+        return get_registry().attention_backends.create(self.backend_name)
+
+    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=25)
+    @given(
+        lengths=seqlens(max_samples=6, max_len=24),
+        heads=st.integers(1, 3),
+        dim=st.sampled_from([4, 8, 16]),
+        seed=_seeds,
+    )
+    def test_matches_math_and_each_sample_alone(
+        self, backend: Any, lengths: torch.Tensor, heads: int, dim: int, seed: int
+    ) -> None:
+        g = torch.Generator().manual_seed(seed)
+        N = int(lengths.sum())
+        q, k, v = (torch.randn(N, heads, dim, generator=g) for _ in range(3))
+        out = backend(q, k, v, lengths)
+        assert out.shape == q.shape and out.dtype == q.dtype
+        assert torch.allclose(out, attention_math(q, k, v, lengths), atol=1e-5, rtol=1e-5)
+        start = 0
+        for n in lengths.tolist():
+            if n:
+                alone = backend(*(t[start : start + n] for t in (q, k, v)), torch.tensor([n]))
+                assert torch.allclose(out[start : start + n], alone, atol=1e-5, rtol=1e-5)
+            start += n

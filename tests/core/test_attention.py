@@ -1,5 +1,5 @@
-"""Attention backends: the contract over Hypothesis seqlens (every registered backend that runs
-here agrees with ``math`` and with running each sample alone), sdpa never builds the batch's
+"""Attention backends (the registry-wide contract is in tests/test_contracts.py: every backend
+agrees with ``math`` and with running each sample alone), sdpa never builds the batch's
 N x N mask, xformers' BlockDiagonalMask equals math's mask, and the default-backend choice."""
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ from atoken.core.attention import (
 from atoken.testing.strategies import seqlens as seqlens_strategy
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
-BACKENDS = atoken.get_registry().attention_backends.names()
-
-
-def _runs_on_cpu(name: str) -> bool:
-    return name != "xformers"  # xformers has no CPU attention kernels
-
-
 def _qkv(lengths: list[int], heads: int, dim: int, seed: int, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     N = sum(lengths)
@@ -63,27 +56,6 @@ def test_builtin_backends_are_registered() -> None:
     assert ("xformers" in names) == HAS_XFORMERS
     plugin = atoken.get_registry().attention_backends.plugin_of("sdpa")
     assert plugin == "atoken.plugins.attention"
-
-
-@pytest.mark.parametrize("name", BACKENDS)
-@settings(max_examples=25)
-@given(case=attention_cases())
-def test_backend_contract(name: str, case) -> None:
-    """Each sample attends only to itself: the packed result equals math and each sample alone."""
-    if not _runs_on_cpu(name):
-        pytest.skip(f"{name} does not run on the CPU (see the gpu-marked test)")
-    lengths, heads, dim, seed = case
-    fn = atoken.get_registry().attention_backends.create(name)
-    q, k, v = _qkv(lengths.tolist(), heads, dim, seed)
-    out = fn(q, k, v, lengths)
-    assert out.shape == q.shape and out.dtype == q.dtype
-    assert torch.allclose(out, attention_math(q, k, v, lengths), atol=1e-5, rtol=1e-5)
-    start = 0
-    for n in lengths.tolist():
-        if n:
-            alone = fn(*(t[start : start + n] for t in (q, k, v)), torch.tensor([n]))
-            assert torch.allclose(out[start : start + n], alone, atol=1e-5, rtol=1e-5)
-        start += n
 
 
 @settings(max_examples=25)
