@@ -287,17 +287,23 @@ class LatentStore:
         wanted = ["coords", *fields]
         parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         lens = []
-        for i in idx:
-            lo, hi = self._rows(i, box)
-            got = {k: read_rows(self.arrays[k], lo, hi, store=self.url, sample=i) for k in wanted}
+        ranges = [self._rows(i, box) for i in idx]
+        for run in _adjacent_runs(ranges):  # one read per run of back-to-back samples
+            lo, hi = ranges[run[0]][0], ranges[run[-1]][1]
+            where = idx[run[0]] if len(run) == 1 else f"{idx[run[0]]}..{idx[run[-1]]}"
+            got = {
+                k: read_rows(self.arrays[k], lo, hi, store=self.url, sample=where) for k in wanted
+            }
             if any(len(v) != hi - lo for v in got.values()):
                 raise StoreIntegrityError(
-                    f"rows {lo}..{hi} are truncated", store=self.url, array="feats", sample=i
+                    f"rows {lo}..{hi} are truncated", store=self.url, array="feats", sample=where
                 )
-            keep = _box_mask(got["coords"], box)
-            for k in wanted:
-                parts[k].append(got[k] if keep is None else got[k][keep])
-            lens.append(len(parts["coords"][-1]))
+            for p in run:
+                rows = slice(ranges[p][0] - lo, ranges[p][1] - lo)
+                keep = _box_mask(got["coords"][rows], box)
+                for k in wanted:
+                    parts[k].append(got[k][rows] if keep is None else got[k][rows][keep])
+                lens.append(len(parts["coords"][-1]))
         cat = {k: np.concatenate(v) if v else self.arrays[k][:0] for k, v in parts.items()}
         modality, meta = self._names(idx)
         tensors = {
@@ -361,6 +367,17 @@ class LatentStore:
             )
         latent, extra = self.read(indices, box=box, fields=("ids",))
         return DiscreteTokens.from_parts(extra["ids"], latent)
+
+
+def _adjacent_runs(ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """Group positions whose row ranges follow each other without a gap."""
+    runs: list[list[int]] = []
+    for p, (lo, _) in enumerate(ranges):
+        if runs and ranges[runs[-1][-1]][1] == lo:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
 
 
 def _box_mask(coords: np.ndarray, box: Box | None) -> np.ndarray | None:

@@ -34,6 +34,7 @@ from atoken.core.storage import (
     ATTRS_KEY,
     StoreLike,
     check_schema,
+    local_path,
     open_group,
     read_rows,
     require_array,
@@ -277,6 +278,10 @@ class MediaWriter:
         self.data_end = int(reader.offsets[-1])
         self._arrays = {k: group[k] for k in _WRITER_ARRAYS}
         self._truncate_tail()
+        folder = local_path(url)
+        if folder is not None:  # temporary files a killed writer left (zarr writes, renames)
+            for leftover in folder.rglob("*.partial"):
+                leftover.unlink(missing_ok=True)
         self._pending: list[tuple[str, np.ndarray, str, str | None]] = []
         self._pending_bytes = 0
 

@@ -95,3 +95,4 @@ def test_sigkill_midway_then_resume(tmp_path, sources):
     report = import_images([str(tmp_path / "src")], dst, layout=LAYOUT, progress=False)
     assert report.already_stored == held and report.added == TOTAL - held
     assert _check_whole_samples(dst, sources) == TOTAL
+    assert not list(dst.rglob("*.partial"))  # a killed write's temporary files are cleaned
