@@ -147,3 +147,13 @@ def test_zarr_images_sequence(store):
     images = ZarrImages(Path(store), indices=[3, 1])
     assert images.names == ("img003.png", "img001.png") and len(images) == 2
     assert images[1].dtype == torch.uint8 and images[1].shape == (3, 20 + 1, 30 - 1)
+
+
+def test_memory_store_and_empty_samples():
+    url = "memory://zarr-dataset-test.zarr"
+    with MediaWriter(url, overwrite=True) as w:
+        w.add("empty.png", np.zeros((0, 5, 3), np.uint8))
+        w.add("small.png", _image(1))
+    ds = ZarrDataset(url, crop=(8, 16), shuffle=False)
+    assert ds[0].shape == (3, 0, 5) and 8 <= ds[1].shape[1] <= 16
+    assert len(ZarrDataset(url, crop=None, indices=[])) == 0
