@@ -261,7 +261,10 @@ class MediaWriter:
         self.layout = layout or StoreLayout()
         self.flush_samples = max(1, int(flush_samples))
         group = open_group(url, storage_options, mode="w" if overwrite else "a")
-        if ATTRS_KEY not in group.attrs and len(list(group.keys())) == 0:
+        existing = set(group.keys())
+        if ATTRS_KEY not in group.attrs and existing <= set(_WRITER_ARRAYS):
+            for name in existing:  # a writer killed while creating the store: start over
+                del group[name]
             self._create(group, modality, tuple(sample_axes))
         info = check_schema(group, SCHEMA, (SCHEMA_VERSION,), store=self.url)
         if info.get("modality") != modality or tuple(info["sample_axes"]) != tuple(sample_axes):

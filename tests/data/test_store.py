@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from atoken import ConfigError, ModalityInputError
-from atoken.data import MediaStore, MediaWriter, StoreLayout, import_images
+from atoken.data import MediaStore, MediaWriter, StoreLayout, StoreSchemaError, import_images
 from atoken.data.importer import decode_image, list_image_sources
 from atoken.data.store import SCHEMA, SCHEMA_VERSION
 from atoken.modalities.image import to_image_tensor
@@ -188,3 +188,16 @@ def test_import_source_errors(tmp_path):
     _save(tmp_path / "b" / "x.png", np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(ConfigError, match=r"the sample name 'x\.png'"):
         list_image_sources([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_a_store_killed_while_being_created_starts_over(tmp_path):
+    import zarr
+
+    half = zarr.open_group(tmp_path / "h.zarr", mode="w")  # arrays, but no schema attributes
+    half.create_array("data", shape=(3,), dtype="uint8")
+    _write(tmp_path / "h.zarr", [np.ones((2, 2, 3), np.uint8)])
+    _check_round_trip(tmp_path / "h.zarr", [np.ones((2, 2, 3), np.uint8)])
+    other = zarr.open_group(tmp_path / "o.zarr", mode="w")
+    other.create_array("mine", shape=(3,), dtype="uint8")
+    with pytest.raises(StoreSchemaError, match="not a store written by atoken"):
+        MediaWriter(tmp_path / "o.zarr")  # someone else's group is never overwritten
