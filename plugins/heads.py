@@ -35,6 +35,11 @@ class PixelHead(nn.Module):
             raise ConfigError(f"pixels: width and value_dim must be >= 1, got {width}, {value_dim}")
         self.width, self.value_dim = width, value_dim
         self.proj = nn.Linear(width, value_dim, bias=bias)
+        # Zero-initialised output (as TRELLIS' decoders): training starts from the mean value
+        # (mid-grey for images) instead of noise.
+        nn.init.zeros_(self.proj.weight)
+        if self.proj.bias is not None:
+            nn.init.zeros_(self.proj.bias)
 
     #: ``forward`` accepts ``num_values`` to predict only the leading values (temporal slots).
     partial_values = True

@@ -23,12 +23,17 @@ IMAGES = [
 ]
 
 
+def _randomize_head(model: Tokenizer) -> Tokenizer:
+    """The pixel head starts at zero (grey output); give it weights so outputs depend on all."""
+    torch.nn.init.normal_(model.head.proj.weight, std=0.05)
+    model.eval()
+    return model
+
+
 @pytest.fixture(scope="module")
 def tok():
     torch.manual_seed(0)
-    model = Tokenizer.from_preset("tiny")
-    model.eval()
-    return model
+    return _randomize_head(Tokenizer.from_preset("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +45,14 @@ def fsq():
         bottleneck_params={"levels": [4] * 6, "groups": 8},
         latent_dim=48,
     )
+    return _randomize_head(model)
+
+
+def test_fresh_pixel_head_outputs_mid_grey():
+    model = Tokenizer.from_preset("tiny")
     model.eval()
-    return model
+    out = model.reconstruct(IMAGES)
+    assert all(torch.equal(x, torch.full_like(x, 0.5)) for x in out)
 
 
 def test_encode_gives_a_sparse_latent_with_image_coords(tok):
@@ -91,13 +102,14 @@ def test_tokenize_needs_a_discrete_bottleneck(tok):
 
 def test_autoencode_has_gradients_and_kl_term():
     torch.manual_seed(0)
-    model = Tokenizer.from_preset("tiny")
+    model = _randomize_head(Tokenizer.from_preset("tiny"))
     model.train()
     recon, latent, out = model.autoencode(IMAGES)
-    loss = sum((r - x).abs().mean() for r, x in zip(recon, IMAGES, strict=True)) + out.terms["kl"]
+    loss = sum((r - x).abs().mean() for r, x in zip(recon, IMAGES, strict=True))
     loss.backward()
-    assert model.encoder.patch_embed.proj.weight.grad is not None
-    assert model.head.proj.weight.grad is not None and latent.channels == 32
+    assert float(model.encoder.patch_embed.proj.weight.grad.abs().sum()) > 0
+    assert float(model.head.proj.weight.grad.abs().sum()) > 0 and latent.channels == 32
+    assert out.terms["kl"].requires_grad and float(out.terms["kl"]) > 0
 
 
 def test_bf16_autocast_forward_is_finite(tok):
