@@ -42,27 +42,33 @@ class L1Loss(nn.Module):
 
     name = "l1"
 
+    def _error(self, diff: torch.Tensor) -> torch.Tensor:
+        return diff.abs()
+
     def forward(self, prediction: Any, target: Any, context: Mapping[str, Any]) -> torch.Tensor:
         if isinstance(prediction, torch.Tensor) and isinstance(target, torch.Tensor):
             if prediction.shape != target.shape or prediction.ndim < 2 or not prediction.numel():
                 raise ModalityInputError(
-                    f"l1: prediction {tuple(prediction.shape)} and target "
+                    f"{self.name}: prediction {tuple(prediction.shape)} and target "
                     f"{tuple(target.shape)} must be one non-empty batch shape"
                 )
-            diff = (prediction - target).abs().flatten(1)  # [B, numel per sample]
+            diff = self._error(prediction - target).flatten(1)  # [B, numel per sample]
             return diff.mean(dim=1).mean()
-        preds = _samples(prediction, "l1", "prediction")
-        targets = _samples(target, "l1", "target")
+        preds = _samples(prediction, self.name, "prediction")
+        targets = _samples(target, self.name, "target")
         if len(preds) != len(targets):
-            raise ModalityInputError(f"l1: {len(preds)} predictions but {len(targets)} targets")
+            raise ModalityInputError(
+                f"{self.name}: {len(preds)} predictions but {len(targets)} targets"
+            )
         per_sample = []
         for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
             if p.shape != t.shape or p.numel() == 0:
                 raise ModalityInputError(
-                    f"l1: prediction[{i}] {tuple(p.shape)} and target[{i}] {tuple(t.shape)} "
+                    f"{self.name}: prediction[{i}] {tuple(p.shape)} and target[{i}] "
+                    f"{tuple(t.shape)} "
                     "must have one non-empty shape"
                 )
-            per_sample.append((p - t).abs().mean())
+            per_sample.append(self._error(p - t).mean())
         return torch.stack(per_sample).mean()
 
 

@@ -44,6 +44,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.bottlenecks.fsq",
     "atoken.plugins.heads",
     "atoken.losses.l1",
+    "atoken.losses.mse",
     "atoken.losses.lpips",
     "atoken.losses.gram",
     "atoken.losses.clip",

@@ -129,3 +129,18 @@ def test_image_helper_errors():
     with pytest.raises(ConfigError):
         check_size(0, who="t")
     assert check_size(224, who="t") == (224, 224) and check_size((10, 20), who="t") == (10, 20)
+
+
+def test_mse_is_squared_error_per_sample_then_mean():
+    mse = atoken.get_registry().losses.create("mse")
+    a = [torch.zeros(3, 2, 2), torch.zeros(3, 4, 4)]
+    b = [torch.full((3, 2, 2), 0.5), torch.ones(3, 4, 4)]
+    assert float(mse(a, b, {})) == pytest.approx((0.25 + 1.0) / 2)
+    x = torch.rand(2, 3, 5, 5, requires_grad=True)
+    y = torch.rand(2, 3, 5, 5)
+    value = mse(x, y, {})
+    assert float(value) == pytest.approx(float(((x - y) ** 2).mean()))
+    value.backward()
+    assert torch.allclose(x.grad, 2 * (x - y).detach() / x[0].numel() / 2)
+    with pytest.raises(atoken.ModalityInputError, match="mse"):
+        mse([torch.zeros(3, 2, 2)], [torch.zeros(3, 2, 3)], {})
