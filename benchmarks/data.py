@@ -15,13 +15,16 @@ Both figures are measured in this one run, one after the other:
           same store, timed over a fixed number of steps after warm-up steps.
 
 The ratio is reader samples/s over the samples/s the trainer consumes (steps/s x batch size);
-the goal is at least 3.
+the goal is at least 3. On a shared machine a step's time swings with the other jobs (torch's
+threads stall when a core is taken), so the ratio is also given against the trainer's fastest
+step, the demanding case for the reader; the verdict uses that one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -103,10 +106,12 @@ def trainer_rate(url: str, *, steps: int, warmup: int, out_dir: Path) -> dict[st
     trainer = Trainer(cfg, task, hooks=get_plugin_manager().hook)
     for _ in range(warmup):
         trainer.train_step()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         trainer.train_step()
-    seconds = time.perf_counter() - start
+        times.append(time.perf_counter() - start)
+    seconds = sum(times)
     batch = cfg.data.batch_size
     return {
         "preset": cfg.model.preset,
@@ -117,6 +122,9 @@ def trainer_rate(url: str, *, steps: int, warmup: int, out_dir: Path) -> dict[st
         "seconds": seconds,
         "steps_per_s": steps / seconds,
         "samples_per_s": steps * batch / seconds,
+        "best_step_seconds": min(times),
+        "best_samples_per_s": batch / min(times),
+        "step_seconds": times,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -126,10 +134,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=HERE / "data.json")
     parser.add_argument("--reader-samples", type=int, default=1600)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         url = str(Path(tmp) / "photos.zarr")
         imported = import_photos(url)
@@ -147,19 +156,32 @@ def main() -> None:
         print(
             f"trainer: {trainer['steps_per_s']:8.3f} steps/s = {trainer['samples_per_s']:.1f} "
             f"samples/s  (tiny preset, batch {trainer['batch_size']}, fp32, "
-            f"{trainer['steps']} steps after {trainer['warmup_steps']} warm-up)"
+            f"{trainer['steps']} steps after {trainer['warmup_steps']} warm-up; fastest step "
+            f"{trainer['best_step_seconds']:.2f} s = {trainer['best_samples_per_s']:.1f} samples/s)"
         )
+    load = (load_before, os.getloadavg()[0])
+    print(f"load   : {load[0]:.1f} -> {load[1]:.1f} (1-minute load average of this shared machine)")
     ratio = reader["samples_per_s"] / trainer["samples_per_s"]
-    verdict = "OK" if ratio >= GOAL_RATIO else "BELOW GOAL"
+    ratio_best = reader["samples_per_s"] / trainer["best_samples_per_s"]
+    verdict = "OK" if ratio_best >= GOAL_RATIO else "BELOW GOAL"
     goal = f"goal >= {GOAL_RATIO:.0f}x"
-    print(f"ratio  : {ratio:8.1f}x  reader over trainer consumption ({goal}) {verdict}")
+    print(
+        f"ratio  : {ratio:8.1f}x  reader over trainer consumption; {ratio_best:.1f}x against "
+        f"the trainer's fastest step ({goal}) {verdict}"
+    )
     results = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_average_1min": load,
+        },
         "torch": torch.__version__,
         "store": imported,
         "reader": reader,
         "trainer": trainer,
         "ratio": ratio,
+        "ratio_vs_fastest_step": ratio_best,
         "goal_ratio": GOAL_RATIO,
     }
     args.json.write_text(json.dumps(results, indent=2) + "\n")
