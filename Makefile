@@ -36,6 +36,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/backbone.py
+	$(PY) benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs/demo

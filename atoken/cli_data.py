@@ -211,10 +211,10 @@ def encode_to_store(
     with torch.no_grad(), tqdm(total=len(names), initial=start, disable=not progress) as bar:
         for lo in range(start, len(names), batch_size):
             batch = [images[i].float() / 255 for i in range(lo, min(lo + batch_size, len(names)))]
-            latent, out_b = model._bottleneck(batch, "image", None)  # latent and FSQ ids at once
+            latent, ids = model.encode_with_ids(batch, "image")  # one encoder pass
             meta = [{**m, "source": names[lo + k]} for k, m in enumerate(latent.meta)]
             latent = latent.replace(meta=meta).to("cpu")
-            ids = out_b.ids.cpu() if discrete and out_b.ids is not None else None
+            ids = ids.cpu() if discrete and ids is not None else None
             committed = latent.to_zarr(
                 out, dtype=dtype, ids=ids, storage_options=storage_options, mode=mode
             )

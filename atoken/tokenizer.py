@@ -257,6 +257,14 @@ class Tokenizer(nn.Module):
         """
         return self._bottleneck(samples, modality, sample)[0]
 
+    def encode_with_ids(
+        self, samples: Any, modality: str = "image"
+    ) -> tuple[SparseLatent, torch.Tensor | None]:
+        """One encoder pass giving both the latent (as :meth:`encode`) and, for a discrete
+        bottleneck, its ids ``[N, G]`` (as :meth:`tokenize`); ids are None otherwise."""
+        latent, out = self._bottleneck(samples, modality, None)
+        return latent, out.ids
+
     def decode(self, latent: SparseLatent) -> list[Any]:
         """The latent back to samples (images ``[3, H, W]`` in [0, 1], unclamped)."""
         _, decoder, head = self._require_decoder()

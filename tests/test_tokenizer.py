@@ -152,3 +152,11 @@ def test_bad_inputs_are_typed(tok):
         Tokenizer.from_preset(
             "tiny", bottleneck="fsq", bottleneck_params={"levels": [4] * 6, "groups": 8}
         )
+
+
+def test_encode_with_ids_is_encode_and_tokenize_in_one_pass(tok, fsq):
+    latent, ids = fsq.encode_with_ids(IMAGES)
+    assert torch.equal(latent.feats, fsq.encode(IMAGES).feats)
+    assert torch.equal(ids, fsq.tokenize(IMAGES).ids)
+    latent, ids = tok.encode_with_ids(IMAGES)
+    assert ids is None and torch.equal(latent.feats, tok.encode(IMAGES).feats)
