@@ -26,6 +26,7 @@ from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
 from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, CropSampler, ImageFolder, PhotoSet
 from atoken.data.zarr_dataset import ZarrImages, is_store_url
+from atoken.plugins.bottlenecks.fsq import codebook_usage
 from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.tokenizer import Tokenizer
 from atoken.viz import save_side_by_side
@@ -175,6 +176,10 @@ class ImageReconstructionTask:
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         recon = self.reconstruct_heldout(model)
         metrics = evaluate_images(self.metrics, recon, self.heldout)
+        size = getattr(model.bottleneck, "codebook_size", None)
+        if size is not None:  # a discrete latent: how much of the codebook the photos use
+            _, ids = model.encode_with_ids(self.heldout, "image")
+            metrics.update({f"codebook_{k}": v for k, v in codebook_usage(ids, size).items()})
         k = self.cfg.eval.grid_images
         save_side_by_side(
             self.heldout[:k],

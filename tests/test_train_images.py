@@ -124,3 +124,21 @@ def test_unknown_component_in_run_file(tmp_path, folder):
         main, ["train", str(_run_file(tmp_path, folder, "bad2", loss="l2"))]
     )
     assert result.exit_code == 1 and "unknown loss 'l2'" in result.output
+
+
+def test_fsq_run_reports_codebook_usage(tmp_path, folder):
+    from atoken.core.runconfig import RunConfig, structure
+
+    data = {
+        "run": {"out_dir": str(tmp_path / "fsq")},
+        "model": {
+            "bottleneck": "fsq",
+            "latent_dim": 24,
+            "overrides": {"depth": 1, "decoder_depth": 1},
+            "bottleneck_params": {"levels": [4, 4, 4], "groups": 8},
+        },
+        "data": {"source": str(folder), "batch_size": 2, "crop_min": 32, "crop_max": 48},
+        "train": {"steps": 2, "progress": False, "precision": "fp32"},
+    }
+    _, metrics = run_training(structure(RunConfig, data, "test"))
+    assert 0 < metrics["codebook_usage"] <= 1 and metrics["codebook_perplexity"] >= 1
