@@ -214,7 +214,7 @@ def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
         sub = fields[key].type
         nested = _NESTED.get((cls, key))
         if nested is not None:
-            if not isinstance(value, list):
+            if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"[{section}] {key} must be an array of tables")
             value = [structure(nested, item, f"{section}.{key}") for item in value]
         elif isinstance(sub, str) and sub in _SECTIONS and isinstance(value, Mapping):

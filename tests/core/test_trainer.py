@@ -232,3 +232,8 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert not auto.use_bf16
     assert Trainer(_cfg(tmp_path, precision="bf16"), ToyTask()).use_bf16
     assert not Trainer(_cfg(tmp_path, precision="fp32"), ToyTask()).use_bf16
+
+
+def test_run_config_round_trips_through_its_dict(tmp_path):
+    cfg = _cfg(tmp_path, steps=3)
+    assert structure(RunConfig, cfg.to_dict(), "again") == cfg
