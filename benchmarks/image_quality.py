@@ -127,6 +127,7 @@ def main() -> None:
             "minutes": round((time.monotonic() - start) / 60, 2),
         }
         print(f"{name:<8} {results[name]}", flush=True)
+        Path(args.json).write_text(json.dumps({"partial": True, "runs": results}, indent=2))
 
     crops = [x for step in range(40) for x in task.sampler.batch(step)]
     pca = PCATokenizer(latent_dim=32).fit(crops)
