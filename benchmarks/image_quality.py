@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=6)
     parser.add_argument("--work", default="runs/image_quality")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "image_quality.json"))
-    parser.add_argument("--picture", default=str(ROOT / "docs" / "images" / "image_quality.png"))
+    parser.add_argument("--picture", default=str(ROOT / "docs" / "images" / "image_quality.jpg"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
 
