@@ -13,7 +13,6 @@ side-by-side PNG (original | reconstruction) per evaluation.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,32 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     return Tokenizer.from_preset(m.preset, **overrides)
 
 
+class _IndexView(Sequence):
+    """The items of ``source`` at ``indices``, read on access."""
+
+    def __init__(self, source: Any, indices: Sequence[int]) -> None:
+        self.source, self.indices = source, list(indices)
+        self.names = tuple(source.names[i] for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.source[self.indices[i]]
+
+
+def _split(names: Sequence[str], heldout: Sequence[str], src: str) -> tuple[list, list]:
+    """(train, held-out) indices: the samples named in ``heldout``, else the last one."""
+    held = [i for i, n in enumerate(names) if n in heldout]
+    missing = set(heldout) - {names[i] for i in held}
+    if missing:
+        raise ConfigError(f"[data] heldout names not in {src!r}: {sorted(missing)}")
+    if len(names) < 2:
+        raise ConfigError(f"[data] source {src!r} needs 2 samples or more, has {len(names)}")
+    held = held or [len(names) - 1]
+    return [i for i in range(len(names)) if i not in held], held
+
+
 def _sources(cfg: RunConfig) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], tuple]:
     src = cfg.data.source
     heldout_names = cfg.data.heldout or (HELDOUT_PHOTOS if src == "photos" else ())
@@ -60,38 +85,17 @@ def _sources(cfg: RunConfig) -> tuple[Sequence[torch.Tensor], Sequence[torch.Ten
         train = PhotoSet([n for n in TRAIN_PHOTOS if n not in heldout_names])
         heldout = PhotoSet(heldout_names)
         return train, heldout, heldout.names
-    if is_store_url(src):  # a media store: hold out the named samples, else the last one
+    if is_store_url(src):  # a media store
         store = ZarrImages(src, cfg.data.storage_options)
-        held_idx = [i for i, n in enumerate(store.names) if n in heldout_names]
-        missing = set(heldout_names) - {store.names[i] for i in held_idx}
-        if missing:
-            raise ConfigError(f"[data] heldout names not in {src!r}: {sorted(missing)}")
-        if len(store) < 2:
-            raise ConfigError(f"[data] source {src!r} needs 2 samples or more, has {len(store)}")
-        held = set(held_idx or [len(store) - 1])
-        held_idx, train_idx = sorted(held), [i for i in range(len(store)) if i not in held]
+        train_idx, held_idx = _split(store.names, heldout_names, src)
         opts = cfg.data.storage_options
         train = ZarrImages(src, opts, indices=train_idx)
         heldout = ZarrImages(src, opts, indices=held_idx)
         return train, heldout, heldout.names
     folder = ImageFolder(src)
-    keep = [i for i, n in enumerate(folder.names) if n not in heldout_names]
-    held = [i for i, n in enumerate(folder.names) if n in heldout_names]
-    if not held:
-        held = [len(folder) - 1]  # hold out the last file when none is named
-        keep = [i for i in keep if i not in held]
-
-    class _Subset(Sequence):
-        def __init__(self, idx):
-            self.idx = idx
-
-        def __len__(self):
-            return len(self.idx)
-
-        def __getitem__(self, i):
-            return folder[self.idx[i]]
-
-    return _Subset(keep), _Subset(held), tuple(folder.names[i] for i in held)
+    train_idx, held_idx = _split(folder.names, heldout_names, src)
+    heldout = _IndexView(folder, held_idx)
+    return _IndexView(folder, train_idx), heldout, heldout.names
 
 
 def tiles(images: Sequence[torch.Tensor], size: int = TILE) -> list[torch.Tensor]:
@@ -120,13 +124,6 @@ def evaluate_images(
             metric.update(list(reconstructions), list(originals))
         out.update(metric.compute())
     return out
-
-
-def _create(kind: str, name: str, params: dict[str, Any]) -> Any:
-    registry = getattr(get_registry(), kind)
-    factory = registry.get(name)
-    accepted = inspect.signature(factory).parameters
-    return factory(**{k: v for k, v in params.items() if k in accepted or "kwargs" in accepted})
 
 
 class ImageReconstructionTask:

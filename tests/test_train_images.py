@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from atoken import UnknownComponentError
+from atoken import ConfigError, UnknownComponentError
 from atoken.cli import main
 from atoken.core.runconfig import load_run_file
 from atoken.train import run_training
@@ -142,3 +142,14 @@ def test_fsq_run_reports_codebook_usage(tmp_path, folder):
     }
     _, metrics = run_training(structure(RunConfig, data, "test"))
     assert 0 < metrics["codebook_usage"] <= 1 and metrics["codebook_perplexity"] >= 1
+
+
+def test_folder_heldout_names_must_exist(tmp_path, folder):
+    cfg = load_run_file(_run_file(tmp_path, folder, "h"), data={"heldout": ["nope.png"]})
+    with pytest.raises(ConfigError, match=r"nope\.png"):
+        run_training(cfg)
+    task_cfg = load_run_file(_run_file(tmp_path, folder, "h2"), data={"heldout": ["img1.png"]})
+    from atoken.train import ImageReconstructionTask, build_tokenizer
+
+    task = ImageReconstructionTask(task_cfg, build_tokenizer(task_cfg))
+    assert task.heldout_names == ("img1.png",) and len(task.sampler.source) == 2
