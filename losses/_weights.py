@@ -16,7 +16,13 @@ import torch
 
 from atoken.core.errors import WeightsNotFoundError
 
-__all__ = ["TORCHVISION_WEIGHTS", "hub_checkpoint_dir", "load_state_dict", "locate_weights"]
+__all__ = [
+    "TORCHVISION_WEIGHTS",
+    "explicit_file",
+    "hub_checkpoint_dir",
+    "load_state_dict",
+    "locate_weights",
+]
 
 #: torchvision ImageNet weights used by LPIPS and the Gram loss: architecture -> (file, url).
 TORCHVISION_WEIGHTS: dict[str, tuple[str, str]] = {
@@ -31,6 +37,14 @@ TORCHVISION_WEIGHTS: dict[str, tuple[str, str]] = {
 def hub_checkpoint_dir() -> Path:
     """``torch.hub.get_dir()/checkpoints``: torchvision's download cache."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def explicit_file(path: str | os.PathLike, message: str) -> Path:
+    """``path`` (user-expanded) when it is a file, else ``WeightsNotFoundError(message)``."""
+    candidate = Path(os.fspath(path)).expanduser()
+    if not candidate.is_file():
+        raise WeightsNotFoundError(message)
+    return candidate
 
 
 def locate_weights(
@@ -54,12 +68,10 @@ def locate_weights(
         WeightsNotFoundError: the file is not there.
     """
     if path is not None:
-        candidate = Path(os.fspath(path)).expanduser()
-        if candidate.is_file():
-            return candidate
-        raise WeightsNotFoundError(
+        return explicit_file(
+            path,
             f"{what} weights: {param}={os.fspath(path)!r} is not a file. Pass the path of "
-            f"{filename!r} (download it from {url} on a machine with internet access)."
+            f"{filename!r} (download it from {url} on a machine with internet access).",
         )
     cached = hub_checkpoint_dir() / filename
     if cached.is_file():

