@@ -1,10 +1,11 @@
 """``make demo``: train the tiny preset on real photos on this CPU and compare it with PCA.
 
-1. Trains the run file ``configs/demo.toml`` (the tiny preset, KL latent of 32 channels per
+1. Fits the best linear tokenizer with the same latent size (PCA of 16 x 16 x 3 training
+   patches keeping ``latent_dim`` components) on crops from the training sampler; with
+   ``pca_init`` (as in the demo's run file) the tokenizer starts as exactly that PCA.
+2. Trains the run file ``configs/demo.toml`` (the tiny preset, KL latent of 32 channels per
    16 x 16 patch) on random crops of the photos bundled with scikit-image and scikit-learn,
    within a wall-clock budget.
-2. Fits the best linear tokenizer with the same latent size (PCA of 16 x 16 x 3 training
-   patches keeping ``latent_dim`` components) on crops from the same sampler.
 3. Reconstructs the held-out photos (astronaut, coffee, flower: never trained on) with both,
    prints PSNR, SSIM and the EfficientNet Fréchet distance side by side, and writes
    ``runs/demo/summary.json`` and ``runs/demo/heldout_side_by_side.png``.
@@ -18,15 +19,12 @@ import time
 
 import torch
 
-from atoken.baselines import PCATokenizer
 from atoken.core.runconfig import load_run_file
 from atoken.plugins.manager import get_registry
-from atoken.train import ImageReconstructionTask, evaluate_images, run_training
+from atoken.train import ImageReconstructionTask, evaluate_images, fit_pca, run_training
 from atoken.viz import save_side_by_side
 
 __all__ = ["main"]
-
-PCA_CROP_BATCHES = 40
 
 
 def _row(name: str, values: dict[str, float]) -> str:
@@ -71,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     task: ImageReconstructionTask = trainer.task
 
-    # The best linear tokenizer with the same latent size, fitted on crops of the same photos.
-    crops = [x for step in range(PCA_CROP_BATCHES) for x in task.sampler.batch(step)]
-    pca = PCATokenizer(latent_dim=cfg.model.latent_dim, patch_size=16).fit(crops)
+    # The best linear tokenizer with the same latent size, fitted on crops of the same photos
+    # (with pca_init the tokenizer started as this very PCA).
+    pca = task.pca if task.pca is not None else fit_pca(task)
 
     metrics = {m: get_registry().metrics.create(m) for m in ("psnr", "ssim", "fd_effnet")}
     ours_images = task.reconstruct_heldout(model)
@@ -100,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": trainer.step,
         "train_minutes": round(train_minutes, 2),
         "latent_dim": cfg.model.latent_dim,
+        "pca_init": task.pca is not None,
         "preset": cfg.model.preset,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -115,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_row(f"PCA, {pca.latent_dim} components/patch", base))
     verdict = "beats" if ours["psnr"] > base["psnr"] else "does NOT beat"
     print(f"\natoken {verdict} the best linear tokenizer by {ours['psnr'] - base['psnr']:+.2f} dB")
+    if task.pca is not None:
+        print("(pca_init: atoken started as this PCA; the difference is what training added)")
     print(f"wrote {out / 'summary.json'}, {picture}, {out / 'metrics.jsonl'}, {out / 'tokenizer'}")
     return 0
 

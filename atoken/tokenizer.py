@@ -80,7 +80,11 @@ class Tokenizer(nn.Module):
         self.head: nn.Module | None = None
         if config.decoder is not None:
             self.bottleneck = _build_bottleneck(config)
-            self.decoder = Decoder(config.decoder, latent_dim=self.bottleneck.latent_dim)
+            self.decoder = Decoder(
+                config.decoder,
+                latent_dim=self.bottleneck.latent_dim,
+                final_norm=config.decoder_final_norm,
+            )
             self.head = get_registry().heads.create(
                 config.head,
                 width=config.decoder.width,

@@ -20,19 +20,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from atoken.baselines import PCATokenizer
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
 from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, CropSampler, ImageFolder, PhotoSet
 from atoken.data.zarr_dataset import ZarrImages, is_store_url
+from atoken.pca_init import PCA_MAPS, init_from_pca
 from atoken.plugins.bottlenecks.fsq import codebook_usage
 from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.tokenizer import Tokenizer
 from atoken.viz import save_side_by_side
 
-__all__ = ["ImageReconstructionTask", "build_tokenizer", "evaluate_images", "run_training", "tiles"]
+__all__ = [
+    "ImageReconstructionTask",
+    "build_tokenizer",
+    "evaluate_images",
+    "fit_pca",
+    "run_training",
+    "tiles",
+]
 
 TILE = 128
+PCA_CROP_BATCHES = 40
 
 
 def build_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -147,6 +157,7 @@ class ImageReconstructionTask:
         self.kl_loss = get_registry().losses.create("kl") if cfg.loss.kl_weight > 0 else None
         self.metrics = {name: get_registry().metrics.create(name) for name in cfg.eval.metrics}
         self.pretrained_prefixes: tuple[str, ...] = ()
+        self.pca: PCATokenizer | None = None  # set by run_training with [model] pca_init
 
     def batch(self, step: int, micro: int) -> list[torch.Tensor]:
         return self.sampler.batch(step, micro)
@@ -190,13 +201,29 @@ class ImageReconstructionTask:
         return any(name.startswith(p) for p in self.pretrained_prefixes)
 
 
+def fit_pca(task: ImageReconstructionTask, *, batches: int = PCA_CROP_BATCHES) -> PCATokenizer:
+    """The best linear tokenizer with the run's latent size, fitted on the patches of the first
+    ``batches`` training batches (the crops the tokenizer trains on; held-out photos excluded)."""
+    crops = [x for step in range(batches) for x in task.sampler.batch(step)]
+    return PCATokenizer(latent_dim=task.cfg.model.latent_dim, patch_size=16).fit(crops)
+
+
 def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict[str, float]]:
-    """Build everything a run file names and train; returns the trainer and final metrics."""
+    """Build everything a run file names and train; returns the trainer and final metrics.
+
+    With ``[model] pca_init = true`` the tokenizer starts as the PCA tokenizer of the training
+    crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``trainer.task.pca``.
+    """
     torch.manual_seed(cfg.run.seed)
     tokenizer = build_tokenizer(cfg)
     task = ImageReconstructionTask(cfg, tokenizer)
     if cfg.model.init_from:
         task.pretrained_prefixes = ("encoder.",)
+    if cfg.model.pca_init:
+        task.pca = fit_pca(task)
+        init_from_pca(tokenizer, task.pca)
+        # the PCA maps learn at encoder_lr_mult x lr, the (zero) residual branches at lr
+        task.pretrained_prefixes = PCA_MAPS
     trainer = Trainer(cfg, task, hooks=get_plugin_manager().hook)
     metrics = trainer.fit(resume=resume)
     tokenizer.load_state_dict(trainer.eval_model.state_dict())

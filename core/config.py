@@ -227,6 +227,8 @@ class TokenizerConfig:
         bottleneck_params: its extra parameters (e.g. ``{"levels": [4, 4, 4, 4, 4, 4],
             "groups": 8}`` for FSQ).
         head: the registered decoder output head (``pixels``).
+        decoder_final_norm: normalise the decoder's tokens before the head (the official
+            decoder does; the override key is ``decoder_final_norm``).
     """
 
     name: str = attrs.field(default="custom")
@@ -243,6 +245,7 @@ class TokenizerConfig:
     bottleneck: str = attrs.field(default="kl")
     bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     head: str = attrs.field(default="pixels")
+    decoder_final_norm: bool = attrs.field(default=True, validator=_is_bool)
 
     def __attrs_post_init__(self) -> None:
         for key in ("bottleneck", "head"):

@@ -25,10 +25,18 @@ class Decoder(nn.Module):
         config: the decoder stack.
         latent_dim: L, the latent channels it reads.
         attention_fn: the packed attention backend.
+        final_norm: normalise the tokens after the last block (the official decoder does;
+            without it the decoder can start as an exact linear map, see
+            :func:`atoken.pca_init.init_from_pca`).
     """
 
     def __init__(
-        self, config: BackboneConfig, *, latent_dim: int, attention_fn: AttentionFn = attention_sdpa
+        self,
+        config: BackboneConfig,
+        *,
+        latent_dim: int,
+        attention_fn: AttentionFn = attention_sdpa,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(config, BackboneConfig):
@@ -38,7 +46,11 @@ class Decoder(nn.Module):
         self.config, self.latent_dim = config, latent_dim
         self.in_proj = nn.Linear(latent_dim, config.width, bias=config.bias)
         self.transformer = Transformer.from_config(config, attention_fn=attention_fn)
-        self.norm = make_norm(config.norm, config.width, eps=config.norm_eps, bias=config.bias)
+        self.norm = (
+            make_norm(config.norm, config.width, eps=config.norm_eps, bias=config.bias)
+            if final_norm
+            else nn.Identity()
+        )
 
     @property
     def width(self) -> int:

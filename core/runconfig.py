@@ -98,6 +98,13 @@ class ModelConfig:
     overrides: Mapping[str, Any] = attrs.field(factory=dict)
     bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     init_from: str = ""  # a checkpoint folder (save_pretrained) to start from
+    # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
+    # final_norm = false, decoder_final_norm = false, decoder_bias = true
+    pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+    def __attrs_post_init__(self) -> None:
+        if self.pca_init and self.init_from:
+            raise ConfigError("[model] pca_init and init_from exclude each other: pick one start")
 
 
 @attrs.frozen(kw_only=True)
