@@ -1,19 +1,23 @@
 """Image reconstruction quality on this CPU: atoken vs the best linear tokenizer, and ablations.
 
-Every run trains the same preset on the same bundled photos for the same wall-clock budget
-and is evaluated on the same held-out photos (astronaut, coffee, flower; never trained on):
+Every run is the ``make demo`` recipe (configs/demo.toml: MSE, KL latent of 32 channels per
+16 x 16 patch, started as PCA with ``pca_init``) on the same bundled photos for the same number
+of optimizer steps, evaluated on the same held-out photos (astronaut, coffee, flower; never
+trained on):
 
-    kl        L1 + MSE, KL latent (32 channels per 16 x 16 patch)
-    kl+gram   L1 + MSE + Gram loss on EfficientNet-Lite0 features (weight --gram-weight)
-    fsq       L1 + MSE, FSQ latent of 8 groups x [4, 4, 4, 4] (32 channels, 256 codes per group)
-    pca       PCA of 16 x 16 x 3 training patches with 32 components (the best linear tokenizer)
+    kl          the demo recipe
+    kl scratch  the same without pca_init (random start, lr 3e-3, the pre-pca_init recipe)
+    kl+gram     the demo recipe + Gram loss on EfficientNet-Lite0 features (--gram-weight)
+    fsq         FSQ latent of 8 groups x [4, 4, 4, 4] (32 channels, 256 codes per group),
+                random start (pca_init needs a KL latent; the paper fine-tunes FSQ from KL)
+    pca         PCA of 16 x 16 x 3 training patches with 32 components (the best linear tokenizer)
 
 It prints held-out PSNR, SSIM and the EfficientNet Fréchet distance split into its mean and
 covariance terms, the FSQ vs KL gap, the Gram on/off change of the FD covariance share, and
 bf16 vs fp32 training steps per second measured side by side on the same batches. Results go
 to benchmarks/image_quality.json and a side-by-side picture to docs/images/.
 
-    python benchmarks/image_quality.py --minutes 8        # about 4 x 8 + 4 minutes
+    python benchmarks/image_quality.py --preset tiny --steps 600    # about 25 minutes here
 """
 
 from __future__ import annotations
@@ -26,44 +30,49 @@ from pathlib import Path
 
 import torch
 
-from atoken.baselines import PCATokenizer
-from atoken.core.runconfig import RunConfig, structure
+from atoken.core.runconfig import RunConfig, load_run_file, structure
 from atoken.core.trainer import Trainer
 from atoken.plugins.manager import get_registry
-from atoken.train import ImageReconstructionTask, build_tokenizer, evaluate_images, run_training
+from atoken.train import (
+    ImageReconstructionTask,
+    build_tokenizer,
+    evaluate_images,
+    fit_pca,
+    run_training,
+)
 from atoken.viz import save_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SCRATCH = {"pca_init": False, "overrides": {"final_norm": False}}  # the pre-pca_init recipe
+SCRATCH_OPTIM = {"lr": 3e-3, "min_lr": 1e-4, "encoder_lr_mult": 0.1}
+
+
 def run_config(name: str, args: argparse.Namespace, **model: object) -> RunConfig:
-    """The recipe of ``make demo`` (configs/demo.toml) with this run's components."""
-    terms = [{"name": "l1", "weight": 1.0}, {"name": "mse", "weight": 1.0}]
+    """The recipe of ``make demo`` (configs/demo.toml) with this run's components and budget."""
+    terms = [{"name": "mse", "weight": 1.0}]
     if name == "kl+gram":
         terms.append({"name": "gram", "weight": args.gram_weight})
-    model = {"bottleneck_params": {"init_logvar": -8.0}, **model}
-    data = {
-        "run": {"name": name, "out_dir": str(Path(args.work) / name.replace("+", "_")), "seed": 0},
-        "model": {
-            "preset": args.preset,
-            "latent_dim": 32,
-            "overrides": {"final_norm": False},
-            **model,
-        },
-        "data": {"batch_size": args.batch_size, "crop_min": 64, "crop_max": 128},
-        "optim": {"lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": 50, "weight_decay": 0.05},
-        "train": {
-            "steps": 100_000,
+    optim = SCRATCH_OPTIM if model.get("pca_init") is False else {}
+    return load_run_file(
+        ROOT / "configs" / "demo.toml",
+        run={"name": name, "out_dir": str(Path(args.work) / name.replace("+", "_")), "seed": 0},
+        model={"preset": args.preset, **model},
+        data={"batch_size": args.batch_size},
+        optim=optim,
+        train={
+            "steps": args.steps,
             "max_minutes": args.minutes,
             "precision": "fp32",
-            "ema_decay": 0.99,
+            "eval_every": 0,
+            "checkpoint_every": 0,
             "log_every": 50,
             "progress": False,
         },
-        "loss": {"terms": terms},
-        "eval": {"metrics": ["psnr"]},
-    }
-    return structure(RunConfig, data, "benchmark")
+        loss={"terms": terms},
+        eval={"metrics": ["psnr"]},
+    )
 
 
 def steps_per_second(cfg: RunConfig, precision: str, steps: int) -> float:
@@ -92,9 +101,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per run")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
+    parser.add_argument("--minutes", type=float, default=0.0, help="time cap per run, 0: none")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
     # The paper weighs its (unspecified) Gram term by 1e3; our EfficientNet-Lite0 Gram term is
     # ~10x the L1 term on blurry reconstructions, so 0.1 puts it on the scale of L1 + MSE.
     parser.add_argument("--gram-weight", type=float, default=0.1)
@@ -110,8 +119,13 @@ def main() -> None:
     images: dict[str, list[torch.Tensor]] = {}
     runs = {
         "kl": {},
+        "kl scratch": SCRATCH,
         "kl+gram": {},
-        "fsq": {"bottleneck": "fsq", "bottleneck_params": {"levels": [4, 4, 4, 4], "groups": 8}},
+        "fsq": {
+            **SCRATCH,
+            "bottleneck": "fsq",
+            "bottleneck_params": {"levels": [4, 4, 4, 4], "groups": 8},
+        },
     }
     task = None
     for name, model in runs.items():
@@ -126,11 +140,10 @@ def main() -> None:
             "steps": trainer.step,
             "minutes": round((time.monotonic() - start) / 60, 2),
         }
-        print(f"{name:<8} {results[name]}", flush=True)
+        print(f"{name:<10} {results[name]}", flush=True)
         Path(args.json).write_text(json.dumps({"partial": True, "runs": results}, indent=2))
 
-    crops = [x for step in range(40) for x in task.sampler.batch(step)]
-    pca = PCATokenizer(latent_dim=32).fit(crops)
+    pca = task.pca if task.pca is not None else fit_pca(task)
     images["pca"] = pca.reconstruct(task.heldout)
     results["pca"] = evaluate_images(fd, images["pca"], task.heldout)
 
@@ -143,10 +156,11 @@ def main() -> None:
 
     summary = {
         "preset": args.preset,
-        "minutes_per_run": args.minutes,
+        "steps_per_run": args.steps,
         "runs": results,
         "fsq_minus_kl_psnr": results["fsq"]["psnr"] - results["kl"]["psnr"],
         "kl_minus_pca_psnr": results["kl"]["psnr"] - results["pca"]["psnr"],
+        "pca_init_gain_psnr": results["kl"]["psnr"] - results["kl scratch"]["psnr"],
         "fd_cov_share": {k: cov_share(v) for k, v in results.items()},
         "steps_per_s": {"fp32": fp32, "bf16": bf16, "bf16_over_fp32": bf16 / fp32},
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -158,27 +172,29 @@ def main() -> None:
         images["kl"],
         args.picture,
         labels=task.heldout_names,
-        columns=("original", "kl", "kl+gram", "fsq", "pca-32"),
-        extra=[images["kl+gram"], images["fsq"], images["pca"]],
+        columns=("original", "kl", "kl scratch", "kl+gram", "fsq", "pca-32"),
+        extra=[images["kl scratch"], images["kl+gram"], images["fsq"], images["pca"]],
     )
 
     print(
         f"\nHeld-out photos {', '.join(task.heldout_names)}; preset {args.preset}, "
-        f"{args.minutes} min of training per run on this CPU"
+        f"{args.steps} training steps per run on this CPU"
     )
     print(
-        f"{'tokenizer':<10}{'steps':>7}{'PSNR dB':>9}{'SSIM':>8}{'FD':>9}{'FD mean':>9}"
+        f"{'tokenizer':<12}{'steps':>7}{'min':>6}{'PSNR dB':>9}{'SSIM':>8}{'FD':>9}{'FD mean':>9}"
         f"{'FD cov':>9}{'cov share':>10}"
     )
     for name, r in results.items():
         print(
-            f"{name:<10}{r.get('steps', 0):>7}{r['psnr']:>9.2f}{r['ssim']:>8.4f}"
+            f"{name:<12}{r.get('steps', 0):>7}{r.get('minutes', 0):>6.1f}"
+            f"{r['psnr']:>9.2f}{r['ssim']:>8.4f}"
             f"{r['fd_effnet']:>9.2f}{r['fd_effnet_mean']:>9.2f}{r['fd_effnet_cov']:>9.2f}"
             f"{cov_share(r):>10.1%}"
         )
     print(
         f"KL - PCA PSNR: {summary['kl_minus_pca_psnr']:+.2f} dB; "
-        f"FSQ - KL PSNR: {summary['fsq_minus_kl_psnr']:+.2f} dB"
+        f"FSQ - KL PSNR: {summary['fsq_minus_kl_psnr']:+.2f} dB; "
+        f"pca_init vs scratch: {summary['pca_init_gain_psnr']:+.2f} dB"
     )
     print(f"training steps/s: fp32 {fp32:.3f}, bf16 {bf16:.3f} (bf16/fp32 = {bf16 / fp32:.2f}x)")
     print(f"wrote {args.json} and {args.picture}")
