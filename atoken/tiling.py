@@ -115,10 +115,10 @@ def iter_clip_tiles(
         yield start, x[:, start : start + tile_frames]
 
 
-def _shift_t(latent: SparseLatent, offset: int) -> SparseLatent:
-    coords = latent.coords.clone()
+def _shift_t(coords: torch.Tensor, offset: int) -> torch.Tensor:
+    coords = coords.clone()
     coords[:, 0] += offset
-    return latent.replace(coords=coords)
+    return coords
 
 
 @torch.no_grad()
@@ -138,25 +138,28 @@ def encode_tiled(
     cfg = _config(config, tile_frames=tile_frames, frame_stride=frame_stride)
     pt = tokenizer.config.encoder.temporal_patch
     S = cfg.steps(pt)
-    parts: list[SparseLatent] = []
+    feats: list[torch.Tensor] = []
+    coords: list[torch.Tensor] = []
+    patch: list[int] = []
     T = 0
     size: list[int] = []
     for start, tile in iter_clip_tiles(clip, cfg.tile_frames, frame_stride=cfg.frame_stride):
-        part = tokenizer.encode([tile], "video")
-        parts.append(_shift_t(part, (start // cfg.tile_frames) * S))
+        part = tokenizer.encode([tile], "video")  # t re-based to the tile
+        feats.append(part.feats)
+        coords.append(_shift_t(part.coords, (start // cfg.tile_frames) * S))
+        patch = part.meta[0]["patch"]
         T = start + tile.shape[1]
         size = [T, int(tile.shape[2]), int(tile.shape[3])]
     modality = tokenizer.modality("video")
     meta = {
         "size": size,
         "grid": list(modality.grid_of(*size)),
-        "patch": parts[0].meta[0]["patch"],
+        "patch": patch,
         "tile_frames": cfg.tile_frames,
     }
-    feats = torch.cat([p.feats for p in parts])  # [N, L]
-    coords = torch.cat([p.coords for p in parts])  # [N, 4]
-    seqlens = torch.tensor([feats.shape[0]], dtype=torch.int64)
-    return SparseLatent(feats, coords, seqlens, modality="video", meta=[meta])
+    all_feats = torch.cat(feats)  # [N, L]
+    seqlens = torch.tensor([all_feats.shape[0]], dtype=torch.int64)
+    return SparseLatent(all_feats, torch.cat(coords), seqlens, modality="video", meta=[meta])
 
 
 @torch.no_grad()
