@@ -52,6 +52,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.losses.kl",
     "atoken.plugins.metrics.pixel",
     "atoken.plugins.metrics.perceptual",
+    "atoken.plugins.metrics.video",
 )
 
 _BUILTIN_DIST = "atoken"

@@ -84,7 +84,7 @@ def test_clip_sampler_is_deterministic_with_strides_and_crops():
     for clip in a:
         _, t, h, w = clip.shape
         assert t == 16 and 32 <= h <= 96 and 32 <= w <= 96
-        assert 0.0 <= float(clip.min()) and float(clip.max()) <= 1.0
+        assert float(clip.min()) >= 0.0 and float(clip.max()) <= 1.0
     g = torch.Generator().manual_seed(0)
     strides = {sampler.draw(g)[2] for _ in range(40)}
     assert strides == {1, 2, 3}
