@@ -115,3 +115,45 @@ def test_bad_tiling_arguments_are_typed_errors(tok, tmp_path):
     two = encode_tiled(tok, _clip(4))
     with pytest.raises(ConfigError):
         decode_tiled(tok, two.replace(modality=("image",)))
+
+
+def test_a_clip_above_max_tokens_needs_tiling(tok):
+    from atoken.core.errors import TooManyTokensError
+    from atoken.modalities.video import VideoModality
+
+    small = VideoModality(max_tokens=8)
+    default = tok._modalities.get("video")
+    tok._modalities["video"] = small  # the modality the tokenizer builds, with a low limit
+    try:
+        clip = _clip(3 * TILE)  # 6 steps x 2 x 2 = 24 tokens
+        with pytest.raises(TooManyTokensError, match="tiles"):
+            tok.encode([clip], "video")
+        latent = encode_tiled(tok, clip, tile_frames=TILE)  # 8 tokens per tile
+        assert latent.num_tokens == 24
+        assert decode_tiled(tok, latent, tile_frames=TILE).shape == clip.shape
+    finally:
+        if default is None:
+            tok._modalities.pop("video")
+        else:
+            tok._modalities["video"] = default
+
+
+def test_reconstruct_cli_accepts_mp4_and_rejects_a_corrupt_one(tok, tmp_path):
+    from click.testing import CliRunner
+
+    from atoken.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    tok.save_pretrained(ckpt)
+    good = write_video(_clip(TILE + 4, seed=4), tmp_path / "good.mp4", fps=8)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    out = tmp_path / "out"
+    args = ["reconstruct", "--checkpoint", str(ckpt), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, str(good)])
+    assert result.exit_code == 0, result.output
+    assert "good" in result.output and "12x32x32" in result.output
+    for name in ("good_recon.mp4", "good_side_by_side.gif", "good_side_by_side.mp4"):
+        assert (out / name).stat().st_size > 0
+    failed = CliRunner().invoke(main, [*args, str(bad)])
+    assert failed.exit_code != 0 and "ModalityInputError" in failed.output
