@@ -57,6 +57,8 @@ def test_import_videos_resumes_and_reports_bad_files(videos_dir, tmp_path):
     videos = ZarrVideos(url)
     assert videos.length(1) == 7
     assert torch.equal(videos.frames(0, 2, 8, 3), videos[0][:, 2:8:3])
+    clips = ClipSampler(videos, batch_size=3, frames=4, crop_min=16, crop_max=20).batch(0)
+    assert all(c.shape[1] == 4 and 16 <= c.shape[2] <= 20 for c in clips)
 
 
 def test_cli_imports_videos(videos_dir, tmp_path):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import atoken
 from atoken import ModalityInputError, TooManyTokensError
 from atoken.modalities.video import to_video_tensor
 from atoken.modalities.video_io import read_video, video_info, write_gif, write_video
+from atoken.testing.strategies import videos
 
 
 @pytest.fixture
@@ -19,18 +19,8 @@ def modality():
     return atoken.get_registry().modalities.create("video")
 
 
-@st.composite
-def clips(draw, *, max_frames=9, max_side=20):
-    t = draw(st.integers(1, max_frames))
-    h = draw(st.integers(2, max_side))
-    w = draw(st.integers(2, max_side))
-    seed = draw(st.integers(0, 2**16))
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, t, h, w), generator=g, dtype=torch.uint8)
-
-
 @settings(max_examples=25, deadline=None)
-@given(clips())
+@given(videos(dtype=torch.uint8, max_side=20))
 def test_uint8_clips_round_trip_exactly(x):
     m = atoken.get_registry().modalities.create("video", patch_size=8, temporal_patch=2)
     values, coords, meta = m.patchify(x)
