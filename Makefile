@@ -39,6 +39,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/backbone.py
 	$(PY) benchmarks/data.py
+	$(PY) benchmarks/video.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs/demo
