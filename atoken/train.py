@@ -191,15 +191,12 @@ class ImageReconstructionTask:
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict[str, float]]:
-    """Build everything a run file names and train; returns the trainer and final metrics.
-
-    With ``[video] enabled = true`` this is stage 2 (images + video), see
-    :mod:`atoken.train_video`."""
-    if cfg.video.enabled:
+    """Build everything a run file names and train; returns the trainer and final metrics."""
+    torch.manual_seed(cfg.run.seed)
+    if cfg.video.enabled:  # stage 2: images + video (atoken.train_video)
         from atoken.train_video import run_image_video_training
 
         return run_image_video_training(cfg, resume=resume)
-    torch.manual_seed(cfg.run.seed)
     tokenizer = build_tokenizer(cfg)
     task = ImageReconstructionTask(cfg, tokenizer)
     if cfg.model.init_from:
