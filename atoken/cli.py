@@ -111,21 +111,32 @@ def _load_tokenizer(checkpoint: str):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 def reconstruct(checkpoint: str, out_dir: str, inputs: tuple[str, ...]) -> None:
-    """Encode and decode image files; write reconstructions and side-by-side PNGs."""
+    """Encode and decode image or video files; write reconstructions and side-by-sides
+    (PNG for images; MP4 and GIF for videos, decoded in temporal tiles)."""
     from pathlib import Path
 
     from atoken.modalities.image import to_image_tensor
+    from atoken.modalities.video_io import VIDEO_EXTENSIONS
     from atoken.viz import save_side_by_side, to_pil
+    from atoken.viz_video import reconstruct_video_file
 
+    videos = [p for p in inputs if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
+    stills = [p for p in inputs if p not in videos]
     try:
         model = _load_tokenizer(checkpoint)
-        images = [to_image_tensor(p) for p in inputs]
+        images = [to_image_tensor(p) for p in stills]
     except AtokenError as exc:
         raise _fail(exc) from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, x in zip(inputs, images, strict=True):
+    for path in videos:
+        try:
+            r = reconstruct_video_file(model, path, out)
+        except AtokenError as exc:
+            raise _fail(exc) from exc
+        rows.append((r["stem"], "x".join(map(str, r["size"])), f"{r['psnr']:.2f}"))
+    for path, x in zip(stills, images, strict=True):
         y = model.reconstruct([x])[0].clamp(0, 1)
         stem = Path(path).stem
         to_pil(y).save(out / f"{stem}_recon.png")

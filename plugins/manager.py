@@ -39,6 +39,7 @@ __all__ = [
 #: Built-in plugins: modules registered through the same hooks as third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.modalities.image",
+    "atoken.modalities.video",
     "atoken.plugins.attention",
     "atoken.plugins.bottlenecks.kl",
     "atoken.plugins.bottlenecks.fsq",
@@ -51,6 +52,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.losses.kl",
     "atoken.plugins.metrics.pixel",
     "atoken.plugins.metrics.perceptual",
+    "atoken.plugins.metrics.video",
 )
 
 _BUILTIN_DIST = "atoken"

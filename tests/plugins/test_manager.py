@@ -122,7 +122,9 @@ def test_registration_hook_that_raises_is_wrapped():
 
 
 def test_disable_plugins_env_blocks_builtin_and_entrypoint(fresh_plugins):
-    fresh_plugins.setenv("ATOKEN_DISABLE_PLUGINS", "atoken.modalities.image, depth")
+    fresh_plugins.setenv(
+        "ATOKEN_DISABLE_PLUGINS", "atoken.modalities.image, atoken.modalities.video, depth"
+    )
     manager.refresh(manager=True)
     assert atoken.get_registry().modalities.names() == []
     names = [p.name for p in atoken.list_plugins()]
@@ -146,7 +148,11 @@ def test_cli_json_lists_builtins_and_example_plugin():
     assert plugins["depth"]["distribution"] == "atoken-example-depth"
     assert plugins["depth"]["version"] == metadata.version("atoken-example-depth")
     modalities = {c["name"]: c["plugin"] for c in report["components"]["modalities"]}
-    assert modalities == {"image": "atoken.modalities.image", "depth": "depth"}
+    assert modalities == {
+        "image": "atoken.modalities.image",
+        "video": "atoken.modalities.video",
+        "depth": "depth",
+    }
 
 
 def test_cli_table_and_console_script():

