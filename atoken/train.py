@@ -215,6 +215,11 @@ def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict
     crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``trainer.task.pca``.
     """
     torch.manual_seed(cfg.run.seed)
+    if cfg.model.pca_init and cfg.video.enabled:
+        raise ConfigError(
+            "[model] pca_init starts an image run (stage 1); stage 2 ([video] enabled) starts "
+            "from an image checkpoint: set [model] init_from instead"
+        )
     if cfg.video.enabled:  # stage 2: images + video (atoken.train_video)
         from atoken.train_video import run_image_video_training
 

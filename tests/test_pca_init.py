@@ -130,3 +130,5 @@ def test_run_file_pca_init(tmp_path):
         run_training(load_run_file(path))
     with pytest.raises(ConfigError, match="exclude each other"):
         load_run_file(path, model={"init_from": str(tmp_path)})
+    with pytest.raises(ConfigError, match="stage 2"):
+        run_training(load_run_file(path, video={"enabled": True}))
