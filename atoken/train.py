@@ -49,6 +49,9 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     }
     if m.attention:
         overrides["attention"] = m.attention
+    if m.text_encoder:
+        overrides["text_encoder"] = m.text_encoder
+        overrides["text_encoder_params"] = dict(m.text_encoder_params)
     return Tokenizer.from_preset(m.preset, **overrides)
 
 
@@ -194,7 +197,12 @@ def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict
     """Build everything a run file names and train; returns the trainer and final metrics."""
     torch.manual_seed(cfg.run.seed)
     tokenizer = build_tokenizer(cfg)
-    task = ImageReconstructionTask(cfg, tokenizer)
+    if cfg.loss.semantic:  # captioned data, reconstruction and alignment
+        from atoken.semantic_train import SemanticTask
+
+        task = SemanticTask(cfg, tokenizer)
+    else:
+        task = ImageReconstructionTask(cfg, tokenizer)
     if cfg.model.init_from:
         task.pretrained_prefixes = ("encoder.",)
     trainer = Trainer(cfg, task, hooks=get_plugin_manager().hook)
