@@ -102,7 +102,7 @@ class Tokenizer(nn.Module):
         text = build_text_encoder(config.text_encoder, config.text_encoder_params)
         self.semantic = SemanticProjection(config.encoder.backbone.width, text.dim)
         if text.trainable:
-            self.text_tower = text  # a submodule: trained and saved
+            self.text_tower = text.load()  # a submodule with its weights: trained and saved
         else:
             self._frozen_text = SharedTextEncoder(text)
 

@@ -27,7 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atoken.core.errors import ConfigError, EmbeddingSizeError, ModalityInputError
+from atoken.core.errors import (
+    ConfigError,
+    EmbeddingSizeError,
+    ModalityInputError,
+    WeightsNotFoundError,
+)
 from atoken.losses._images import image_pairs, resized_batch
 from atoken.losses.clip import CLIPLoss
 from atoken.losses.siglip import check_embeddings
@@ -83,14 +88,20 @@ class DistillLoss(nn.Module):
                 raise ConfigError(f"distill: {key} must be a positive number, got {value!r}")
         self.temperature, self.default_scale = float(temperature), float(logit_scale)
         # The teacher's image side is the `clip` loss's frozen tower (resize, normalise, embed).
-        self.teacher = CLIPLoss(
-            model=teacher,
-            model_name=model_name,
-            pretrained=pretrained,
-            mean=mean,
-            std=std,
-            size=size,
-        )
+        try:
+            self.teacher = CLIPLoss(
+                model=teacher,
+                model_name=model_name,
+                pretrained=pretrained,
+                mean=mean,
+                std=std,
+                size=size,
+            )
+        except WeightsNotFoundError as exc:
+            raise WeightsNotFoundError(
+                f"distill: the teacher's weights are missing. {str(exc).replace('clip: ', '')} "
+                "The teacher's image embedding must have the text encoder's size."
+            ) from exc
 
     def scale(self) -> float:
         """The similarity scale: the teacher's ``exp(logit_scale)`` or ``logit_scale``."""

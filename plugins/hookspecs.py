@@ -85,7 +85,7 @@ def register_text_encoders(register: Register) -> None:
 
     The factory takes keyword parameters and returns an
     :class:`atoken.plugins.text_encoders.TextEncoder` (``dim``, ``encode(texts) -> [T, dim]``).
-    Called when the registries are built. Since 0.2.
+    Called when the registries are built. Since 0.1.
     """
 
 

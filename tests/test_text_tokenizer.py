@@ -166,3 +166,21 @@ def test_cli_eval_without_text_encoder_reports_image_metrics_only(tmp_path):
     assert result.exit_code == 0, result.output
     names = [line.split()[0] for line in result.output.strip().splitlines()[2:]]
     assert names == ["psnr", "ssim"]
+
+
+@pytest.mark.slow
+def test_trainable_text_tower_is_a_saved_submodule(tmp_path):
+    tok = Tokenizer.from_preset(
+        "tiny", text_encoder="minilm", text_encoder_params={"trainable": True}
+    )
+    tok.embed_text(["load the tower"])
+    assert tok.text_encoder is tok.text_tower and tok.text_tower.trainable
+    keys = [k for k in tok.state_dict() if k.startswith("text_tower.")]
+    assert keys and all(p.requires_grad for p in tok.text_tower.parameters())
+    with torch.no_grad():
+        next(tok.text_tower.parameters()).add_(0.01)  # a fine-tuned tower
+    tok.save_pretrained(tmp_path)
+    back = Tokenizer.from_pretrained(tmp_path)
+    assert torch.equal(back.state_dict()[keys[0]], tok.state_dict()[keys[0]])
+    texts = ["a cat", "a dog"]
+    assert torch.allclose(back.embed_text(texts), tok.embed_text(texts), atol=1e-6)

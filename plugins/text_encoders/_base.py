@@ -65,6 +65,11 @@ class TextEncoder(nn.Module, abc.ABC):
         """Whether the weights are in memory."""
         return getattr(self, "_loaded", False)
 
+    def load(self) -> TextEncoder:
+        """Load the weights now (they load on the first :meth:`encode` otherwise)."""
+        self._ensure_loaded()
+        return self
+
     def _ensure_loaded(self) -> None:
         if not self.loaded:
             self._load()
