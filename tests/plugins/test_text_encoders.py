@@ -14,6 +14,7 @@ import atoken
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
 from atoken.plugins.text_encoders import TextEncoder
 from atoken.plugins.text_encoders.open_clip import OpenCLIPTextEncoder
+from atoken.testing.contracts import TextEncoderContract
 from atoken.text import build_text_encoder
 
 REGISTRY = atoken.get_registry()
@@ -152,3 +153,12 @@ def test_real_siglip2_text_tower():  # pragma: no cover - needs local weights
     emb = enc.encode(["a photo of a cat", "a photo of a kitten", "a tax form"])
     assert emb.shape == (3, 768)
     assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2])
+
+
+class TestRandomOpenCLIPTowerPassesTheContract(TextEncoderContract):
+    """The open_clip code path, end to end, on a randomly initialised tower built offline."""
+
+    @pytest.fixture
+    def text_encoder(self, tiny_clip):
+        tokenizer = open_clip.SimpleTokenizer(context_length=16)
+        return REGISTRY.text_encoders.create("open_clip", model=tiny_clip, tokenizer=tokenizer)
