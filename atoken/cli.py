@@ -155,22 +155,42 @@ def reconstruct(checkpoint: str, out_dir: str, inputs: tuple[str, ...]) -> None:
     "--data",
     default="photos",
     show_default=True,
-    help="'photos' (the held-out bundled photos) or a folder of images.",
+    help="'photos' (the held-out bundled photos), 'digits' (held-out captioned digits) or a "
+    "folder of images.",
 )
-@click.option("--metrics", default="psnr,ssim,fd_effnet", show_default=True)
-def eval_command(checkpoint: str, data: str, metrics: str) -> None:
-    """Reconstruct a held-out set and report metrics."""
+@click.option(
+    "--metrics",
+    default=None,
+    help="Image metrics [default: psnr,ssim,fd_effnet; psnr,ssim for digits]. With captioned "
+    "data and a text-aligned tokenizer, zeroshot and retrieval are added.",
+)
+@click.option("--digit-classes", default="", help="Digits to evaluate, e.g. '0,1,2' (default all).")
+def eval_command(checkpoint: str, data: str, metrics: str | None, digit_classes: str) -> None:
+    """Reconstruct a held-out set and report metrics (and semantic ones when the tokenizer is
+    aligned to text and the data has captions)."""
     from atoken.data import HELDOUT_PHOTOS, ImageFolder, PhotoSet
+    from atoken.semantic_train import evaluate_semantic, heldout_digits
     from atoken.train import evaluate_images
 
     try:
         model = _load_tokenizer(checkpoint)
-        source = PhotoSet(HELDOUT_PHOTOS) if data == "photos" else ImageFolder(data)
-        images = [source[i].float() / 255 for i in range(len(source))]
+        captioned = heldout_digits(digit_classes) if data == "digits" else None
+        if captioned is not None:
+            images = list(captioned.images.unbind(0))
+        else:
+            source = PhotoSet(HELDOUT_PHOTOS) if data == "photos" else ImageFolder(data)
+            images = [source[i].float() / 255 for i in range(len(source))]
+        default = "psnr,ssim" if captioned is not None else "psnr,ssim,fd_effnet"
         registry = get_registry()
-        chosen = {m: registry.metrics.create(m) for m in metrics.split(",") if m}
-        recon = [y.clamp(0, 1) for y in model.reconstruct(images)]
-        values = evaluate_images(chosen, recon, images)
+        chosen = {m: registry.metrics.create(m) for m in (metrics or default).split(",") if m}
+        semantic = {k: v for k, v in chosen.items() if getattr(v, "inputs", "") == "embeddings"}
+        chosen = {k: v for k, v in chosen.items() if k not in semantic}
+        if captioned is not None and model.semantic is not None and not semantic:
+            semantic = {m: registry.metrics.create(m) for m in ("zeroshot", "retrieval")}
+        recon = [y.clamp(0, 1) for y in model.reconstruct(images)] if chosen else []
+        values = evaluate_images(chosen, recon, images) if chosen else {}
+        if semantic and captioned is not None:
+            values.update(evaluate_semantic(model, captioned, semantic))
     except AtokenError as exc:
         raise _fail(exc) from exc
     _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
@@ -187,6 +207,10 @@ from atoken.cli_data import data, encode  # noqa: E402
 
 main.add_command(data)
 main.add_command(encode)
+
+from atoken.cli_classify import classify  # noqa: E402
+
+main.add_command(classify)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,7 +10,8 @@ the bottleneck and decoder come with later issues.
 
     tok = Tokenizer.from_preset("tiny")
     feats = tok.encode_features(images)   # SparseLatent, feats [N, C]: final encoder tokens
-    emb = tok.embed(images)               # [B, C], L2-normalised
+    emb = tok.embed(images)               # [B, C], L2-normalised ([B, D] with a text encoder)
+    txt = tok.embed_text(["a cat"])       # [T, D], L2-normalised (needs config.text_encoder)
 
 Samples are whatever the modality accepts (images: [3, H, W] tensors in [0, 1], PIL images,
 arrays, paths; a [B, 3, H, W] tensor counts as B images). The tokenizer normalises inputs itself
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atoken.core.attention import AttentionFn, default_attention_backend
@@ -37,10 +39,12 @@ from atoken.core.encoder import Encoder
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
+from atoken.core.semantic import SemanticProjection
 from atoken.core.siglip import encoder_config_from_timm, find_timm_trunk, load_timm_siglip
 from atoken.core.tokens import DiscreteTokens
 from atoken.plugins.manager import get_registry
 from atoken.pretrained import load_pretrained, save_pretrained
+from atoken.text import SharedTextEncoder, build_text_encoder
 
 __all__ = ["Tokenizer", "default_attention_backend"]
 
@@ -91,6 +95,20 @@ class Tokenizer(nn.Module):
                 value_dim=config.encoder.patch_dim,
                 bias=config.decoder.bias,
             )
+        self.semantic: SemanticProjection | None = None
+        self._frozen_text = SharedTextEncoder(None)
+        if config.text_encoder is not None:
+            self._build_text(config)
+
+    def _build_text(self, config: TokenizerConfig) -> None:
+        if not config.encoder.map_head:
+            raise ConfigError("a text encoder needs the MAP head (encoder.map_head=True)")
+        text = build_text_encoder(config.text_encoder, config.text_encoder_params)
+        self.semantic = SemanticProjection(config.encoder.backbone.width, text.dim)
+        if text.trainable:
+            self.text_tower = text.load()  # a submodule with its weights: trained and saved
+        else:
+            self._frozen_text = SharedTextEncoder(text)
 
     # ------------------------------------------------------------------------ construction
     @classmethod
@@ -224,9 +242,37 @@ class Tokenizer(nn.Module):
         return self.encoder.encode(self.pack(samples, modality))
 
     def embed(self, samples: Any, modality: str = "image") -> torch.Tensor:
-        """The MAP head's L2-normalised semantic embedding per sample: ``[B, C]``."""
-        features = self.encode_features(samples, modality)
-        return self.encoder.pool(features.feats, features.seqlens)
+        """The L2-normalised semantic embedding per sample: the MAP head's ``[B, C]``, or, with a
+        text encoder, that pooled embedding projected by W_s into the text space, ``[B, D]``."""
+        return self.embed_features(self.encode_features(samples, modality))
+
+    def embed_features(self, features: SparseLatent) -> torch.Tensor:
+        """:meth:`embed` from the encoder's final tokens (one encoder pass for both paths)."""
+        if self.semantic is None:
+            return self.encoder.pool(features.feats, features.seqlens)
+        pooled = self.encoder.head(features.feats, features.seqlens, normalize=False)  # [B, C]
+        return self.semantic(pooled)  # [B, D]
+
+    @property
+    def text_encoder(self) -> Any:
+        """The text encoder named by ``config.text_encoder`` (None without one)."""
+        tower = self._modules.get("text_tower")
+        return tower if tower is not None else self._frozen_text.value
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> L2-normalised embeddings ``[T, D]`` in the space :meth:`embed` maps into.
+
+        Raises:
+            ConfigError: the tokenizer has no text encoder.
+            ModalityInputError: ``texts`` is not a list of str.
+        """
+        encoder = self.text_encoder
+        if encoder is None:
+            raise ConfigError(
+                "this tokenizer has no text encoder: build it with text_encoder='minilm' "
+                "(or another registered text encoder)"
+            )
+        return F.normalize(encoder.encode(texts, device=self._device()).float(), dim=-1)
 
     def forward(self, samples: Any, modality: str = "image") -> torch.Tensor:
         """Same as :meth:`embed`."""

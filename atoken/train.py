@@ -59,6 +59,9 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     }
     if m.attention:
         overrides["attention"] = m.attention
+    if m.text_encoder:
+        overrides["text_encoder"] = m.text_encoder
+        overrides["text_encoder_params"] = dict(m.text_encoder_params)
     return Tokenizer.from_preset(m.preset, **overrides)
 
 
@@ -220,12 +223,22 @@ def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict
             "[model] pca_init starts an image run (stage 1); stage 2 ([video] enabled) starts "
             "from an image checkpoint: set [model] init_from instead"
         )
+    if cfg.model.pca_init and cfg.loss.semantic:
+        raise ConfigError(
+            "[model] pca_init is for image reconstruction runs; a run with [[loss.semantic]] "
+            "cannot use it (start from a preset or [model] init_from)"
+        )
     if cfg.video.enabled:  # stage 2: images + video (atoken.train_video)
         from atoken.train_video import run_image_video_training
 
         return run_image_video_training(cfg, resume=resume)
     tokenizer = build_tokenizer(cfg)
-    task = ImageReconstructionTask(cfg, tokenizer)
+    if cfg.loss.semantic:  # captioned data, reconstruction and alignment
+        from atoken.semantic_train import SemanticTask
+
+        task = SemanticTask(cfg, tokenizer)
+    else:
+        task = ImageReconstructionTask(cfg, tokenizer)
     if cfg.model.init_from:
         task.pretrained_prefixes = ("encoder.",)
     if cfg.model.pca_init:

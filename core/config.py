@@ -6,8 +6,8 @@ Three levels, each a frozen attrs class whose validators raise :class:`ConfigErr
   activation, 4D RoPE options, gradient checkpointing). Encoder and decoder both use it.
 * :class:`EncoderConfig`: the backbone plus the input side (patch size, patch embedding,
   learned 2D position table) and the output side (final norm, MAP pooling head).
-* :class:`TokenizerConfig`: encoder, decoder, latent width, input normalisation and the
-  attention backend name.
+* :class:`TokenizerConfig`: encoder, decoder, latent width, input normalisation, the
+  attention backend name and the text encoder the semantic embedding is aligned to.
 
 A preset is a JSON file ``presets/<name>.json`` holding ``TokenizerConfig.to_dict()``;
 :func:`load_preset` reads it and :func:`preset_names` lists them. Overrides go through
@@ -229,6 +229,10 @@ class TokenizerConfig:
         head: the registered decoder output head (``pixels``).
         decoder_final_norm: normalise the decoder's tokens before the head (the official
             decoder does; the override key is ``decoder_final_norm``).
+        text_encoder: the registered text encoder whose space the semantic embedding is
+            projected to (``minilm``, ``open_clip``); None: no text alignment.
+        text_encoder_params: its parameters (e.g. ``{"pretrained": "/path/model.safetensors"}``;
+            ``{"trainable": true}`` trains the tower, which is otherwise frozen and not saved).
     """
 
     name: str = attrs.field(default="custom")
@@ -246,8 +250,22 @@ class TokenizerConfig:
     bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     head: str = attrs.field(default="pixels")
     decoder_final_norm: bool = attrs.field(default=True, validator=_is_bool)
+    text_encoder: str | None = attrs.field(default=None)
+    text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        if self.text_encoder is not None and (
+            not isinstance(self.text_encoder, str) or not self.text_encoder
+        ):
+            raise ConfigError(
+                "TokenizerConfig.text_encoder must be a component name or None, "
+                f"got {self.text_encoder!r}"
+            )
+        if not isinstance(self.text_encoder_params, Mapping):
+            raise ConfigError(
+                "TokenizerConfig.text_encoder_params must be a mapping, "
+                f"got {self.text_encoder_params!r}"
+            )
         for key in ("bottleneck", "head"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value:

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "CoordinateError",
     "DuplicateComponentError",
+    "EmbeddingSizeError",
     "LatentValidationError",
     "ModalityInputError",
     "PluginLoadError",
@@ -62,6 +63,11 @@ class WeightsNotFoundError(AtokenError, FileNotFoundError):
 
 class ConfigError(AtokenError, ValueError):
     """A configuration value or run file is invalid."""
+
+
+class EmbeddingSizeError(ConfigError):
+    """Two embeddings that must share one space have different sizes (e.g. a distillation
+    teacher whose image embedding is not the size of the text embeddings)."""
 
 
 class ComponentError(AtokenError):

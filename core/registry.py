@@ -27,6 +27,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("losses", "loss"),
     ("attention_backends", "attention backend"),
     ("metrics", "metric"),
+    ("text_encoders", "text encoder"),
 )
 
 
@@ -112,6 +113,7 @@ class Registries:
     losses: Registry[Any] = attrs.field(factory=lambda: Registry("loss"))
     attention_backends: Registry[Any] = attrs.field(factory=lambda: Registry("attention backend"))
     metrics: Registry[Any] = attrs.field(factory=lambda: Registry("metric"))
+    text_encoders: Registry[Any] = attrs.field(factory=lambda: Registry("text encoder"))
 
     def by_kind(self) -> dict[str, Registry[Any]]:
         """``{"modalities": Registry, ...}`` in the order of :data:`KINDS`."""

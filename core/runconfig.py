@@ -99,6 +99,8 @@ class ModelConfig:
     overrides: Mapping[str, Any] = attrs.field(factory=dict)
     bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     init_from: str = ""  # a checkpoint folder (save_pretrained) to start from
+    text_encoder: str = ""  # a registered text encoder to align to (empty: none)
+    text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)  # trainable = true: train it
     # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
     # final_norm = false, decoder_final_norm = false, decoder_bias = true
     pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
@@ -112,13 +114,16 @@ class ModelConfig:
 class DataConfig:
     """``[data]``: the training source and crops, and the held-out set."""
 
-    source: str = "photos"  # "photos" (embedded real photos), a folder, or a zarr URL
+    source: str = "photos"  # "photos" (embedded real photos), "digits", a folder, or a zarr URL
     batch_size: int = attrs.field(default=8, validator=_positive)
     crop_min: int = attrs.field(default=64, validator=_positive)
     crop_max: int = attrs.field(default=256, validator=_positive)
     heldout: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     eval_max_side: int = attrs.field(default=256, validator=_positive)
     storage_options: Mapping[str, Any] = attrs.field(factory=dict)
+    digit_size: int = attrs.field(default=64, validator=_positive)  # source = "digits" only
+    digit_classes: tuple[int, ...] = attrs.field(default=(), converter=_tuple)  # empty: all
+    heldout_fraction: float = attrs.field(default=0.2, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.crop_min > self.crop_max:
@@ -170,13 +175,19 @@ class LossTerm:
 
 @attrs.frozen(kw_only=True)
 class LossConfig:
-    """``[loss]``: L = rec_weight * sum(w_i L_i) + kl_weight * L_KL (+ semantic later)."""
+    """``[loss]``: L = rec_weight * sum(w_i L_i) + sem_weight * sum(v_j S_j) + kl_weight * L_KL.
+
+    ``terms`` are reconstruction losses; ``semantic`` are semantic losses (``siglip``,
+    ``distill``) of the image embedding against the batch's caption embeddings.
+    """
 
     rec_weight: float = attrs.field(default=0.2, validator=_non_negative)
     kl_weight: float = attrs.field(default=1e-8, validator=_non_negative)
     terms: tuple[LossTerm, ...] = attrs.field(
         factory=lambda: (LossTerm(name="l1", weight=1.0),), converter=_tuple
     )
+    sem_weight: float = attrs.field(default=1.0, validator=_non_negative)
+    semantic: tuple[LossTerm, ...] = attrs.field(default=(), converter=_tuple)
 
 
 @attrs.frozen(kw_only=True)
@@ -245,6 +256,7 @@ class RunConfig:
 
 _NESTED: dict[tuple[type, str], type] = {
     (LossConfig, "terms"): LossTerm,
+    (LossConfig, "semantic"): LossTerm,
 }
 
 

@@ -78,6 +78,17 @@ def register_metrics(register: Register) -> None:
     """
 
 
+@hookspec
+def register_text_encoders(register: Register) -> None:
+    """Add text encoders (frozen text towers whose space the semantic embedding is aligned to):
+    ``register("minilm", MiniLMTextEncoder)``.
+
+    The factory takes keyword parameters and returns an
+    :class:`atoken.plugins.text_encoders.TextEncoder` (``dim``, ``encode(texts) -> [T, dim]``).
+    Called when the registries are built. Since 0.1.
+    """
+
+
 # ------------------------------------------------------------------------------ lifecycle
 @hookspec
 def atoken_train_start(trainer: Any) -> None:

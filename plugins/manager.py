@@ -53,6 +53,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.metrics.pixel",
     "atoken.plugins.metrics.perceptual",
     "atoken.plugins.metrics.video",
+    "atoken.plugins.metrics.semantic",
+    "atoken.plugins.text_encoders.minilm",
+    "atoken.plugins.text_encoders.open_clip",
+    "atoken.losses.siglip",
+    "atoken.losses.distill",
 )
 
 _BUILTIN_DIST = "atoken"
@@ -167,7 +172,8 @@ def _call_registration_hook(
 
 def get_registry() -> Registries:
     """The typed registries (``.modalities``, ``.bottlenecks``, ``.heads``, ``.losses``,
-    ``.attention_backends``, ``.metrics``), filled from every loaded plugin on first call.
+    ``.attention_backends``, ``.metrics``, ``.text_encoders``), filled from every loaded
+    plugin on first call.
 
     Raises:
         DuplicateComponentError: two plugins registered one name (both are named).

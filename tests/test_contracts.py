@@ -11,6 +11,7 @@ from atoken.testing.contracts import (
     BottleneckContract,
     LossContract,
     ModalityContract,
+    TextEncoderContract,
 )
 
 REGISTRY = atoken.get_registry()
@@ -43,6 +44,17 @@ class TestEveryAttentionBackend(AttentionBackendContract):
         if request.param == "xformers" and not torch.cuda.is_available():
             pytest.skip("xformers has no CPU kernels (tests/core/test_attention.py has GPU tests)")
         return atoken.get_registry().attention_backends.create(request.param)
+
+
+class TestEveryTextEncoder(TextEncoderContract):
+    @pytest.fixture(params=REGISTRY.text_encoders.names())
+    def text_encoder(self, request):
+        from atoken.text import build_text_encoder
+
+        try:
+            return build_text_encoder(request.param, {})
+        except atoken.WeightsNotFoundError as exc:  # pretrained weights not on this machine
+            pytest.skip(str(exc))
 
 
 # ------------------------------------------------------------- the contracts can fail

@@ -132,3 +132,6 @@ def test_run_file_pca_init(tmp_path):
         load_run_file(path, model={"init_from": str(tmp_path)})
     with pytest.raises(ConfigError, match="stage 2"):
         run_training(load_run_file(path, video={"enabled": True}))
+    semantic = {"semantic": [{"name": "siglip", "weight": 1.0}]}
+    with pytest.raises(ConfigError, match="semantic"):
+        run_training(load_run_file(path, loss=semantic))

@@ -27,7 +27,13 @@ from atoken.core.modality import Modality
 from atoken.plugins.manager import get_registry
 from atoken.testing.strategies import seqlens
 
-__all__ = ["AttentionBackendContract", "BottleneckContract", "LossContract", "ModalityContract"]
+__all__ = [
+    "AttentionBackendContract",
+    "BottleneckContract",
+    "LossContract",
+    "ModalityContract",
+    "TextEncoderContract",
+]
 
 _fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=8)
 _seeds = st.integers(0, 2**16)
@@ -209,3 +215,37 @@ class AttentionBackendContract:
                 alone = backend(*(t[start : start + n] for t in (q, k, v)), torch.tensor([n]))
                 assert torch.allclose(out[start : start + n], alone, atol=1e-5, rtol=1e-5)
             start += n
+
+
+class TextEncoderContract:
+    """A text encoder: ``dim`` known before loading, ``encode`` gives ``[T, dim]`` float32
+    L2-normalised rows, equal texts give equal rows, order is kept, an empty list gives
+    ``[0, dim]``, and a bare string or non-string items raise ``ModalityInputError``."""
+
+    text_encoder_name: ClassVar[str] = ""
+    text_encoder_params: ClassVar[Mapping[str, Any]] = {}
+
+    @pytest.fixture
+    def text_encoder(self) -> Any:
+        if not self.text_encoder_name:
+            pytest.fail("set text_encoder_name or override the `text_encoder` fixture")
+        return get_registry().text_encoders.create(
+            self.text_encoder_name, **self.text_encoder_params
+        )
+
+    def test_encodes_normalised_rows_in_order(self, text_encoder: Any) -> None:
+        dim = text_encoder.dim
+        assert isinstance(dim, int) and dim > 0
+        texts = ["a photo of a cat", "a tax form", "a photo of a cat"]
+        emb = text_encoder.encode(texts)
+        assert emb.shape == (3, dim) and emb.dtype == torch.float32
+        assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-4)
+        assert torch.allclose(emb[0], emb[2], atol=1e-5)
+        swapped = text_encoder.encode([texts[1], texts[0]])
+        assert torch.allclose(swapped, emb[[1, 0]], atol=1e-5)
+        assert text_encoder.encode([]).shape == (0, dim)
+
+    def test_bad_input_raises_typed_error(self, text_encoder: Any) -> None:
+        for bad in ("a bare string", [1, 2], None):
+            with pytest.raises(ModalityInputError):
+                text_encoder.encode(bad)

@@ -24,6 +24,8 @@ from atoken.core.attention import (
 from atoken.testing.strategies import seqlens as seqlens_strategy
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
+
+
 def _qkv(lengths: list[int], heads: int, dim: int, seed: int, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     N = sum(lengths)
