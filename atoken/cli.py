@@ -109,8 +109,17 @@ def _load_tokenizer(checkpoint: str):
 @main.command()
 @click.option("--checkpoint", required=True, help="A saved tokenizer or a run folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--max-frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Videos: reconstruct only the first N frames (the written clips hold every frame in "
+    "memory; the tiled Python API, atoken.tiling.iter_reconstruct, streams).",
+)
 @click.argument("inputs", nargs=-1, required=True)
-def reconstruct(checkpoint: str, out_dir: str, inputs: tuple[str, ...]) -> None:
+def reconstruct(
+    checkpoint: str, out_dir: str, inputs: tuple[str, ...], max_frames: int | None
+) -> None:
     """Encode and decode image or video files; write reconstructions and side-by-sides
     (PNG for images; MP4 and GIF for videos, decoded in temporal tiles)."""
     from pathlib import Path
@@ -132,7 +141,7 @@ def reconstruct(checkpoint: str, out_dir: str, inputs: tuple[str, ...]) -> None:
     rows = []
     for path in videos:
         try:
-            r = reconstruct_video_file(model, path, out)
+            r = reconstruct_video_file(model, path, out, max_frames=max_frames)
         except AtokenError as exc:
             raise _fail(exc) from exc
         rows.append((r["stem"], "x".join(map(str, r["size"])), f"{r['psnr']:.2f}"))
@@ -165,7 +174,37 @@ def reconstruct(checkpoint: str, out_dir: str, inputs: tuple[str, ...]) -> None:
     "data and a text-aligned tokenizer, zeroshot and retrieval are added.",
 )
 @click.option("--digit-classes", default="", help="Digits to evaluate, e.g. '0,1,2' (default all).")
-def eval_command(checkpoint: str, data: str, metrics: str | None, digit_classes: str) -> None:
+@click.option(
+    "--digit-size",
+    type=click.IntRange(min=8),
+    default=64,
+    show_default=True,
+    help="Digits: the run's [data] digit_size.",
+)
+@click.option(
+    "--digit-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Digits: the run's [run] seed, which chose its held-out split (another seed would "
+    "evaluate on training images).",
+)
+@click.option(
+    "--heldout-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Digits: the run's [data] heldout_fraction.",
+)
+def eval_command(
+    checkpoint: str,
+    data: str,
+    metrics: str | None,
+    digit_classes: str,
+    digit_size: int,
+    digit_seed: int,
+    heldout_fraction: float,
+) -> None:
     """Reconstruct a held-out set and report metrics (and semantic ones when the tokenizer is
     aligned to text and the data has captions)."""
     from atoken.data import HELDOUT_PHOTOS, ImageFolder, PhotoSet
@@ -174,7 +213,16 @@ def eval_command(checkpoint: str, data: str, metrics: str | None, digit_classes:
 
     try:
         model = _load_tokenizer(checkpoint)
-        captioned = heldout_digits(digit_classes) if data == "digits" else None
+        captioned = (
+            heldout_digits(
+                digit_classes,
+                size=digit_size,
+                seed=digit_seed,
+                heldout_fraction=heldout_fraction,
+            )
+            if data == "digits"
+            else None
+        )
         if captioned is not None:
             images = list(captioned.images.unbind(0))
         else:

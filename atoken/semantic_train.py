@@ -59,14 +59,19 @@ def evaluate_semantic(
     return out
 
 
-def heldout_digits(classes: str = "", *, size: int = 64, seed: int = 0) -> CaptionedImages:
-    """The held-out captioned digits of a run with default data settings; ``classes`` is a
-    comma list of digits (empty: all ten)."""
+def heldout_digits(
+    classes: str = "", *, size: int = 64, seed: int = 0, heldout_fraction: float = 0.2
+) -> CaptionedImages:
+    """The held-out captioned digits of a run with these data settings (its ``[data]
+    digit_size``, ``heldout_fraction`` and ``[run] seed``); ``classes`` is a comma list of
+    digits (empty: all ten)."""
     try:
         chosen = tuple(int(c) for c in classes.split(",") if c.strip())
     except ValueError as exc:
         raise ConfigError(f"digit classes must be a comma list of digits, got {classes!r}") from exc
-    return load_digit_captions(size=size, classes=chosen, seed=seed)[1]
+    return load_digit_captions(
+        size=size, classes=chosen, seed=seed, heldout_fraction=heldout_fraction
+    )[1]
 
 
 def split_metrics(names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:

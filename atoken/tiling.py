@@ -173,12 +173,16 @@ def iter_decode_tiles(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start frame, reconstructed tile [3, t, H, W])`` of a one-clip latent, in order.
 
+    The tile length defaults to the one :func:`encode_tiled` recorded in the latent's meta.
+
     Raises:
         ConfigError: a latent of several samples or of another modality, or no decoder.
     """
-    cfg = _config(config, tile_frames=tile_frames, kv_cache_steps=kv_cache_steps)
     if latent.batch_size != 1 or latent.modality[0] != "video":
         raise ConfigError("decode_tiled takes the latent of one video clip")
+    if config is None and tile_frames is None:
+        tile_frames = latent.meta[0].get("tile_frames")
+    cfg = _config(config, tile_frames=tile_frames, kv_cache_steps=kv_cache_steps)
     _, decoder, head = tokenizer._require_decoder()
     tokenizer._resolve_attention()
     pt = tokenizer.config.encoder.temporal_patch

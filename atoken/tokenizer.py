@@ -203,19 +203,22 @@ class Tokenizer(nn.Module):
         if isinstance(samples, SparseLatent):
             latent = samples
         else:
+            mod = self.modality(modality)
+            nd = mod.sample_ndim
+            batch = {3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}.get(nd, f"{nd + 1}-D")
             if isinstance(samples, torch.Tensor):
-                if samples.ndim != 4:
+                if samples.ndim != nd + 1:
+                    one = " (one sample x: pass [x])" if samples.ndim == nd else ""
                     raise ModalityInputError(
-                        f"a tensor batch must be [B, C, H, W], got {tuple(samples.shape)}; "
-                        "pass a list for single samples"
+                        f"a {modality} tensor batch must be {batch}, got "
+                        f"{tuple(samples.shape)}; pass a list for single samples{one}"
                     )
                 samples = list(samples.unbind(0))
             if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
                 raise ModalityInputError(
-                    "samples must be a list (or a [B, C, H, W] tensor), "
-                    f"got {type(samples).__name__}"
+                    f"samples must be a list (or a {batch} tensor), got {type(samples).__name__}"
                 )
-            latent = self.modality(modality).pack(samples)
+            latent = mod.pack(samples)
         latent = latent.to(self._device())
         return latent.replace(feats=self._normalize(latent))
 

@@ -31,6 +31,8 @@ class Modality(abc.ABC):
         name: the registry name, stored in every latent made from it.
         layout: the grid layout of its coordinates, ``"thw"`` or ``"xyz"``
             (see :mod:`atoken.core.coords`).
+        sample_ndim: the dimensions of one sample given as a tensor (images ``[C, H, W]``: 3,
+            clips ``[C, T, H, W]``: 4); a tensor with one more dimension is a batch.
 
     Instance attribute:
         value_dim: the size d of one token's values.
@@ -38,6 +40,7 @@ class Modality(abc.ABC):
 
     name: ClassVar[str]
     layout: ClassVar[str] = "thw"
+    sample_ndim: ClassVar[int] = 3
     value_dim: int
 
     @abc.abstractmethod

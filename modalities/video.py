@@ -115,6 +115,7 @@ class VideoModality(Modality):
 
     name = "video"
     layout = "thw"
+    sample_ndim = 4  # [C, T, H, W]; a [B, C, T, H, W] tensor is a batch
 
     def __init__(
         self,

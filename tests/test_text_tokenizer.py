@@ -128,6 +128,13 @@ def test_cli_classify_rejects_an_empty_label_list(tok, tmp_path):
     assert result.exit_code != 0 and "ConfigError" in result.output and "empty" in result.output
 
 
+def _metric_names(output: str) -> list[str]:
+    """The first column of the metrics table (a progress bar may precede the table)."""
+    lines = output.strip().splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+    return [line.split()[0] for line in lines[rule + 1 :] if line.strip()]
+
+
 def test_cli_eval_reports_semantic_metrics_on_captioned_digits(tok, tmp_path):
     tok.save_pretrained(tmp_path / "ckpt")
     result = CliRunner().invoke(
@@ -145,7 +152,7 @@ def test_cli_eval_reports_semantic_metrics_on_captioned_digits(tok, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    names = [line.split()[0] for line in result.output.strip().splitlines()[2:]]
+    names = _metric_names(result.output)
     assert names == ["psnr", "zeroshot_top1", "i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5"]
 
 
@@ -164,8 +171,25 @@ def test_cli_eval_without_text_encoder_reports_image_metrics_only(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    names = [line.split()[0] for line in result.output.strip().splitlines()[2:]]
+    names = _metric_names(result.output)
     assert names == ["psnr", "ssim"]
+
+
+def test_eval_digits_follow_the_runs_data_settings(tmp_path):
+    from atoken.semantic_train import heldout_digits
+
+    a, b = heldout_digits("0,1", seed=0), heldout_digits("0,1", seed=1)
+    assert not torch.equal(a.images, b.images)  # the seed chooses the held-out split
+    small = heldout_digits("0,1", size=32, heldout_fraction=0.5)
+    assert small.images.shape[-1] == 32 and len(small.labels) > len(a.labels)
+    Tokenizer.from_preset("tiny").save_pretrained(tmp_path / "plain")
+    args = ["eval", "--checkpoint", str(tmp_path / "plain"), "--data", "digits"]
+    result = CliRunner().invoke(
+        main, [*args, "--digit-classes", "0,1", "--digit-size", "32", "--digit-seed", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(main, [*args, "--heldout-fraction", "1.5"])
+    assert bad.exit_code != 0 and "heldout-fraction" in bad.output
 
 
 @pytest.mark.slow

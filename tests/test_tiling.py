@@ -157,3 +157,17 @@ def test_reconstruct_cli_accepts_mp4_and_rejects_a_corrupt_one(tok, tmp_path):
         assert (out / name).stat().st_size > 0
     failed = CliRunner().invoke(main, [*args, str(bad)])
     assert failed.exit_code != 0 and "ModalityInputError" in failed.output
+    first = CliRunner().invoke(main, [*args, "--max-frames", "4", str(good)])
+    assert first.exit_code == 0 and "4x32x32" in first.output, first.output
+
+
+def test_decode_uses_the_tile_length_the_latent_was_encoded_with(tok):
+    clip = _clip(3 * 8 + 4, seed=4)
+    latent = encode_tiled(tok, clip, tile_frames=8)
+    assert latent.meta[0]["tile_frames"] == 8
+    default = decode_tiled(tok, latent, kv_cache_steps=0)
+    explicit = decode_tiled(tok, latent, tile_frames=8, kv_cache_steps=0)
+    longer = decode_tiled(tok, latent, tile_frames=16, kv_cache_steps=0)
+    assert default.shape == clip.shape
+    assert torch.allclose(default, explicit, atol=1e-6)
+    assert not torch.allclose(default, longer, atol=1e-4)  # the tile length matters

@@ -160,3 +160,15 @@ def test_encode_with_ids_is_encode_and_tokenize_in_one_pass(tok, fsq):
     assert torch.equal(ids, fsq.tokenize(IMAGES).ids)
     latent, ids = tok.encode_with_ids(IMAGES)
     assert ids is None and torch.equal(latent.feats, tok.encode(IMAGES).feats)
+
+
+def test_tensor_batches_follow_the_modality(tok):
+    clips = torch.rand(2, 3, 8, 32, 32)  # [B, C, T, H, W]
+    latent = tok.encode(clips, "video")
+    assert latent.batch_size == 2 and int(latent.coords[:, 0].max()) == 1  # 8 frames: t 0..1
+    one = tok.encode([clips[1]], "video")
+    assert torch.allclose(latent.unpack()[1].feats, one.feats, atol=1e-5)
+    with pytest.raises(ModalityInputError, match=r"\[B, C, T, H, W\].*pass \[x\]"):
+        tok.encode(clips[0], "video")  # one clip is not a batch of 3
+    with pytest.raises(ModalityInputError, match=r"\[B, C, H, W\]"):
+        tok.encode(clips, "image")

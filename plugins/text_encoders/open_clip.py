@@ -136,7 +136,10 @@ def _tokenizer(arg: Any, model_name: str, model: nn.Module) -> Callable[..., tor
                 f"open_clip: tokenizer={os.fspath(arg)!r} is not a folder. Pass a local Hugging "
                 "Face tokenizer folder or a callable."
             )
-        return open_clip.tokenizer.HFTokenizer(str(folder), context_length=context)
+        # the model's own tokenizer options (SigLIP2: clean="canonicalize"), as get_tokenizer
+        config = open_clip.get_model_config(model_name) or {}
+        options = dict(config.get("text_cfg", {}).get("tokenizer_kwargs", {}))
+        return open_clip.tokenizer.HFTokenizer(str(folder), context_length=context, **options)
     try:
         return open_clip.get_tokenizer(model_name, context_length=context)
     except Exception as exc:  # the hub is offline and the files are not cached

@@ -162,3 +162,28 @@ class TestRandomOpenCLIPTowerPassesTheContract(TextEncoderContract):
     def text_encoder(self, tiny_clip):
         tokenizer = open_clip.SimpleTokenizer(context_length=16)
         return REGISTRY.text_encoders.create("open_clip", model=tiny_clip, tokenizer=tokenizer)
+
+
+def test_local_tokenizer_folder_keeps_the_models_tokenizer_options(tmp_path):
+    """A local Hugging Face tokenizer folder gets the model's own options (SigLIP2 lowercases and
+    strips punctuation: ``clean="canonicalize"``), as ``open_clip.get_tokenizer`` would."""
+    import types
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from atoken.plugins.text_encoders.open_clip import _tokenizer
+
+    vocab = {"[UNK]": 0, "[PAD]": 1, "hello": 2, "world": 3}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]"
+    )
+    fast.save_pretrained(tmp_path)
+    model = types.SimpleNamespace(context_length=8)
+    siglip2 = _tokenizer(tmp_path, "ViT-B-16-SigLIP2", model)
+    assert torch.equal(siglip2(["Hello, World!"]), siglip2(["hello world"]))
+    assert siglip2(["Hello, World!"])[0, :2].tolist() == [2, 3]
+    plain = _tokenizer(tmp_path, "ViT-B-32", model)  # no options: text kept as written
+    assert plain(["Hello, World!"])[0, :2].tolist() == [0, 0]
