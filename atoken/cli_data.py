@@ -114,8 +114,13 @@ def import_images_command(
         )
     except AtokenError as exc:
         raise _fail(exc) from exc
+    _echo_import(report, "images", dst)
+
+
+def _echo_import(report: Any, kind: str, dst: str) -> None:
+    """Print an import report: counts, then each skipped sample and why."""
     click.echo(
-        f"imported {report.added} images into {dst} ({report.already_stored} already stored); "
+        f"imported {report.added} {kind} into {dst} ({report.already_stored} already stored); "
         f"the store holds {report.committed} samples"
     )
     for name, reason in report.bad:
@@ -165,12 +170,7 @@ def import_videos_command(
         )
     except AtokenError as exc:
         raise _fail(exc) from exc
-    click.echo(
-        f"imported {report.added} videos into {dst} ({report.already_stored} already stored); "
-        f"the store holds {report.committed} samples"
-    )
-    for name, reason in report.bad:
-        click.echo(f"skipped {name}: {reason}")
+    _echo_import(report, "videos", dst)
 
 
 @data.command()

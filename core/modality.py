@@ -21,7 +21,15 @@ import torch
 from atoken.core.errors import ModalityInputError
 from atoken.core.latent import SparseLatent
 
-__all__ = ["Modality"]
+__all__ = ["Modality", "check_positive_ints"]
+
+
+def check_positive_ints(owner: str, **values: Any) -> None:
+    """Raise :class:`ModalityInputError` naming the first of ``values`` that is not an int >= 1
+    (a modality's constructor arguments: ``check_positive_ints("image", patch_size=16)``)."""
+    for label, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ModalityInputError(f"{owner}: {label} must be a positive int, got {value!r}")
 
 
 class Modality(abc.ABC):
@@ -42,6 +50,13 @@ class Modality(abc.ABC):
     layout: ClassVar[str] = "thw"
     sample_ndim: ClassVar[int] = 3
     value_dim: int
+
+    def check_values(self, values: torch.Tensor) -> None:
+        """Raise :class:`ModalityInputError` unless ``values`` is ``[n, value_dim]``."""
+        if values.ndim != 2 or values.shape[1] != self.value_dim:
+            raise ModalityInputError(
+                f"{self.name}: values must be [n, {self.value_dim}], got {tuple(values.shape)}"
+            )
 
     @abc.abstractmethod
     def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from atoken.core.errors import ConfigError, ModalityInputError
 
-__all__ = ["ImageBatch", "check_size", "image_list", "image_pairs", "resized_batch"]
+__all__ = ["ImageBatch", "check_size", "image_list", "image_pairs", "pair_up", "resized_batch"]
 
 #: A batch ``[B, 3, H, W]`` or a list of ``[3, H_i, W_i]`` images.
 ImageBatch = torch.Tensor | Sequence[torch.Tensor]
@@ -65,7 +65,17 @@ def image_pairs(
         ModalityInputError: a malformed batch, different lengths or a size mismatch.
     """
     preds = image_list(prediction, who=who, what="prediction")
-    targets = image_list(target, who=who, what="target")
+    return pair_up(preds, image_list(target, who=who, what="target"), who=who)
+
+
+def pair_up(
+    preds: list[torch.Tensor], targets: list[torch.Tensor], *, who: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``(preds, targets)`` once they pair up: equal lengths, each pair of one shape.
+
+    Raises:
+        ModalityInputError: different lengths or a shape mismatch (the index is named).
+    """
     if len(preds) != len(targets):
         raise ModalityInputError(
             f"{who}: {len(preds)} predictions but {len(targets)} targets; they must pair up"

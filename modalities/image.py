@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
-from atoken.core.modality import Modality
+from atoken.core.modality import Modality, check_positive_ints
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["ImageModality", "to_image_tensor"]
@@ -140,14 +140,13 @@ class ImageModality(Modality):
         max_tokens: int = 16384,
         min_side: int = 2,
     ) -> None:
-        for label, value in (
-            ("patch_size", patch_size),
-            ("temporal_patch", temporal_patch),
-            ("max_tokens", max_tokens),
-            ("min_side", min_side),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ModalityInputError(f"image: {label} must be a positive int, got {value!r}")
+        check_positive_ints(
+            "image",
+            patch_size=patch_size,
+            temporal_patch=temporal_patch,
+            max_tokens=max_tokens,
+            min_side=min_side,
+        )
         self.patch_size = patch_size
         self.temporal_patch = temporal_patch
         self.max_tokens = max_tokens
@@ -186,10 +185,7 @@ class ImageModality(Modality):
             raise ModalityInputError(
                 f"image: metadata lacks a valid 'size'/'grid': {meta}"
             ) from exc
-        if values.ndim != 2 or values.shape[1] != self.value_dim:
-            raise ModalityInputError(
-                f"image: values must be [n, {self.value_dim}], got {tuple(values.shape)}"
-            )
+        self.check_values(values)
         p, pt = self.patch_size, self.temporal_patch
         _, gh, gw = grid
         dense, _ = scatter_to_grid(values, coords, grid, layout=self.layout)  # [d, 1, gh, gw]

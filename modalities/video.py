@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
-from atoken.core.modality import Modality
+from atoken.core.modality import Modality, check_positive_ints
 from atoken.modalities.image import to_image_tensor
 from atoken.modalities.video_io import read_video, stack_frames
 from atoken.plugins.hookspecs import hookimpl
@@ -126,15 +126,14 @@ class VideoModality(Modality):
         min_side: int = 2,
         frame_stride: int = 1,
     ) -> None:
-        for label, value in (
-            ("patch_size", patch_size),
-            ("temporal_patch", temporal_patch),
-            ("max_tokens", max_tokens),
-            ("min_side", min_side),
-            ("frame_stride", frame_stride),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ModalityInputError(f"video: {label} must be a positive int, got {value!r}")
+        check_positive_ints(
+            "video",
+            patch_size=patch_size,
+            temporal_patch=temporal_patch,
+            max_tokens=max_tokens,
+            min_side=min_side,
+            frame_stride=frame_stride,
+        )
         self.patch_size = patch_size
         self.temporal_patch = temporal_patch
         self.max_tokens = max_tokens
@@ -183,10 +182,7 @@ class VideoModality(Modality):
             raise ModalityInputError(
                 f"video: metadata lacks a valid 'size'/'grid': {meta}"
             ) from exc
-        if values.ndim != 2 or values.shape[1] != self.value_dim:
-            raise ModalityInputError(
-                f"video: values must be [n, {self.value_dim}], got {tuple(values.shape)}"
-            )
+        self.check_values(values)
         p, pt = self.patch_size, self.temporal_patch
         gt, gh, gw = grid
         dense, _ = scatter_to_grid(values, coords, grid, layout=self.layout)  # [d, gt, gh, gw]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
 from atoken.core.frechet import FeatureStatistics, frechet_distance
+from atoken.losses._images import pair_up
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.metrics._base import ImageMetric
 
@@ -79,15 +80,7 @@ def clip_pairs(
         ModalityInputError: a malformed batch, different lengths or a shape mismatch.
     """
     preds = _clip_list(prediction, who=who, what="prediction")
-    targets = _clip_list(target, who=who, what="target")
-    if len(preds) != len(targets):
-        raise ModalityInputError(f"{who}: {len(preds)} predictions but {len(targets)} targets")
-    for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
-        if p.shape != t.shape:
-            raise ModalityInputError(
-                f"{who}: prediction[{i}] is {tuple(p.shape)} but target[{i}] is {tuple(t.shape)}"
-            )
-    return preds, targets
+    return pair_up(preds, _clip_list(target, who=who, what="target"), who=who)
 
 
 class _PerFrame(ImageMetric):
