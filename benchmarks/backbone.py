@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -37,13 +36,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import atoken
 from atoken.core.config import load_preset
 from atoken.core.encoder import Encoder
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _baselines import (  # noqa: E402
+    masked_padded_attention,
+    padded_inputs,
+    padded_sdpa,
+    per_sample_sdpa,
+    run_padded,
+)
+from _memory import mib, peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
+
 MIXED_SIDES = [64, 128, 192, 256, 320, 384, 448, 512]  # (a): 8 images, 64..512 px
 SINGLE_TOKENS = {"1k": 32, "4k": 64, "16k": 128}  # (c): grid side for 1k, 4k and 16k tokens
 
@@ -102,48 +110,6 @@ def _pack(images: list[torch.Tensor]):
     return values.reshape(-1, 4 * 16 * 16 * 3), latent.coords, latent.seqlens
 
 
-def _padded_inputs(values, coords, seqlens):
-    """Pad every sample to the longest: values [B*L, P], coords [B*L, 4], valid lengths."""
-    lengths = seqlens.tolist()
-    L, P = max(lengths), values.shape[1]
-    vals = values.new_zeros(len(lengths), L, P)  # [B, L, P]
-    crds = coords.new_zeros(len(lengths), L, 4)  # [B, L, 4]; pads sit at (0, 0, 0, 0)
-    start = 0
-    for b, n in enumerate(lengths):
-        vals[b, :n] = values[start : start + n]
-        crds[b, :n] = coords[start : start + n]
-        start += n
-    return vals.reshape(-1, P), crds.reshape(-1, 4), lengths, L
-
-
-def _masked_padded_attention(lengths: list[int], L: int):
-    """SDPA over [B, H, L, D] with a key mask: the padded-batch baseline."""
-    valid = torch.tensor(lengths)
-    mask = (torch.arange(L)[None] < valid[:, None])[:, None, None, :]  # [B, 1, 1, L]
-
-    def fn(q, k, v, seqlens):
-        N, H, D = q.shape
-        B = N // L
-        qb, kb, vb = (t.reshape(B, L, H, D).transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # [B, H, L, D]
-        return out.transpose(1, 2).reshape(N, H, D)
-
-    return fn
-
-
-def _run_padded(enc: Encoder, values, coords, seqlens):
-    """Encode the padded batch; return the real tokens [N, C] (pads dropped) and embeddings."""
-    pv, pc, lengths, L = _padded_inputs(values, coords, seqlens)
-    enc.set_attention_fn(_masked_padded_attention(lengths, L))
-    try:
-        tokens = enc(pv, pc, torch.full((len(lengths),), L, dtype=torch.int64))  # [B*L, C]
-    finally:
-        enc.set_attention_fn(atoken.get_registry().attention_backends.create("sdpa"))
-    keep = torch.cat([torch.arange(b * L, b * L + n) for b, n in enumerate(lengths)])
-    real = tokens[keep]  # [N, C]
-    return real, enc.pool(real, seqlens)
-
-
 def _timed(fns: dict[str, Any], repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` seconds of each function, run interleaved (one warm-up each).
 
@@ -160,31 +126,6 @@ def _timed(fns: dict[str, Any], repeats: int) -> dict[str, float]:
     return {name: min(ts) for name, ts in times.items()}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) so it covers only what follows."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 # ------------------------------------------------------------------------------ child process
 def _child(case: str, arg: str) -> None:
     """Run one forward in this fresh process and print its peak memory growth as JSON."""
@@ -194,8 +135,8 @@ def _child(case: str, arg: str) -> None:
         values, coords, seqlens = _pack(_images(MIXED_SIDES))
         run = (lambda: enc(values, coords, seqlens)) if case == "packed" else None
         if case == "padded":
-            pv, pc, lengths, L = _padded_inputs(values, coords, seqlens)
-            enc.set_attention_fn(_masked_padded_attention(lengths, L))
+            pv, pc, lengths, L = padded_inputs(values, coords, seqlens)
+            enc.set_attention_fn(masked_padded_attention(lengths, L))
             full = torch.full((len(lengths),), L, dtype=torch.int64)
             run = lambda: enc(pv, pc, full)  # noqa: E731
         tokens = int(seqlens.sum())
@@ -210,12 +151,12 @@ def _child(case: str, arg: str) -> None:
         coords[:, 1], coords[:, 2] = xx.flatten(), yy.flatten()
         seqlens = torch.tensor([tokens])
         run = lambda: enc(values, coords, seqlens)  # noqa: E731
-    _reset_peak_rss()
-    before = _rss_bytes()
+    reset_peak_rss()
+    before = rss_bytes()
     t0 = time.perf_counter()
     out = run()
     seconds = time.perf_counter() - t0
-    peak = _peak_rss_bytes()
+    peak = peak_rss_bytes()
     del out
     print(json.dumps({"peak_bytes": max(peak - before, 0), "tokens": tokens, "seconds": seconds}))
 
@@ -234,11 +175,11 @@ def bench_packed_vs_padded(repeats: int) -> dict[str, Any]:
     with torch.no_grad():
         packed = enc(values, coords, seqlens)
         packed_emb = enc.pool(packed, seqlens)
-        padded, padded_emb = _run_padded(enc, values, coords, seqlens)
+        padded, padded_emb = run_padded(enc, values, coords, seqlens)
         times = _timed(
             {
                 "packed": lambda: enc.pool(enc(values, coords, seqlens), seqlens),
-                "padded": lambda: _run_padded(enc, values, coords, seqlens),
+                "padded": lambda: run_padded(enc, values, coords, seqlens),
             },
             repeats,
         )
@@ -329,32 +270,6 @@ SCHEME_CASES = {
 }
 
 
-def _per_sample_sdpa(q, k, v, lengths):
-    """The other exact candidate: one SDPA call per sample."""
-    out, start = q.new_empty(q.shape), 0
-    for n in lengths:
-        if n:
-            qs, ks, vs = (t[start : start + n].transpose(0, 1)[None] for t in (q, k, v))
-            out[start : start + n] = F.scaled_dot_product_attention(qs, ks, vs)[0].transpose(0, 1)
-        start += n
-    return out
-
-
-def _padded_sdpa(q, k, v, lengths):
-    """Pad to the longest sample, one SDPA call with a key mask (exact, wasteful)."""
-    L, (_, H, D) = max(lengths), q.shape
-    pads = [t.new_zeros(len(lengths), L, H, D) for t in (q, k, v)]  # [B, L, H, D] each
-    start = 0
-    for b, n in enumerate(lengths):
-        for pad, t in zip(pads, (q, k, v), strict=True):
-            pad[b, :n] = t[start : start + n]
-        start += n
-    mask = (torch.arange(L)[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
-    out = F.scaled_dot_product_attention(*(p.transpose(1, 2) for p in pads), attn_mask=mask)
-    out = out.transpose(1, 2)  # [B, L, H, D]
-    return torch.cat([out[b, :n] for b, n in enumerate(lengths)])
-
-
 def bench_sdpa_schemes(repeats: int) -> dict[str, Any]:
     """Exact schemes for packed attention (H = 6, D = 64, the small preset's heads)."""
     from atoken.core.attention import attention_sdpa
@@ -367,8 +282,8 @@ def bench_sdpa_schemes(repeats: int) -> dict[str, Any]:
             times = _timed(
                 {
                     "grouped (ours)": lambda q=q, k=k, v=v, ls=lengths: attention_sdpa(q, k, v, ls),
-                    "per-sample": lambda q=q, k=k, v=v, ls=lengths: _per_sample_sdpa(q, k, v, ls),
-                    "padded + mask": lambda q=q, k=k, v=v, ls=lengths: _padded_sdpa(q, k, v, ls),
+                    "per-sample": lambda q=q, k=k, v=v, ls=lengths: per_sample_sdpa(q, k, v, ls),
+                    "padded + mask": lambda q=q, k=k, v=v, ls=lengths: padded_sdpa(q, k, v, ls),
                 },
                 repeats,
             )
@@ -391,10 +306,6 @@ def bench_memory_growth() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ report
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def _table(res: dict[str, Any]) -> str:
     a, m = res["packed_vs_padded"], res["memory_growth"]
     rows = [("figure", "ours", "reference", "ratio", "goal", "met")]
@@ -412,8 +323,8 @@ def _table(res: dict[str, Any]) -> str:
     )
     add(
         "(a) packed vs padded, peak memory",
-        _mib(a["peak_bytes_packed"]),
-        _mib(a["peak_bytes_padded"]),
+        mib(a["peak_bytes_packed"]),
+        mib(a["peak_bytes_padded"]),
         a["memory_ratio"],
         "(report)",
         True,
@@ -434,7 +345,7 @@ def _table(res: dict[str, Any]) -> str:
             (
                 f"(c) peak memory, one sample of {r['tokens']} tok",
                 f"{r['bytes_per_token'] / 1024:.1f} KiB/tok",
-                _mib(r["peak_bytes"]),
+                mib(r["peak_bytes"]),
                 "",
                 "",
                 "",

@@ -40,7 +40,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from backbone import _peak_rss_bytes, _reset_peak_rss, _rss_bytes  # noqa: E402
+from _memory import mib, peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 
 LENGTHS = (32, 64, 128, 256)
 SIDE = 128
@@ -86,8 +86,8 @@ def _child(mode: str, path: str) -> None:
     warm = synthetic_clip(TILE_FRAMES, SIDE)
     list(iter_reconstruct(tok, warm, tile_frames=TILE_FRAMES, kv_cache_steps=KV_STEPS))
     tok.reconstruct([warm], "video")
-    _reset_peak_rss()
-    before = _rss_bytes()
+    reset_peak_rss()
+    before = rss_bytes()
     t0 = time.perf_counter()
     frames = 0
     tile_seconds = []
@@ -107,7 +107,7 @@ def _child(mode: str, path: str) -> None:
         _psnr(recon, clip)
         frames = clip.shape[1]
     seconds = time.perf_counter() - t0
-    peak = _peak_rss_bytes()
+    peak = peak_rss_bytes()
     tile_seconds.sort()
     median = tile_seconds[len(tile_seconds) // 2] if tile_seconds else 0.0
     print(
@@ -148,10 +148,6 @@ def bench_lengths(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _mib(b: float) -> str:
-    return f"{b / 2**20:.1f} MiB"
-
-
 def report_lengths(rows: list[dict[str, Any]]) -> dict[str, Any]:
     print(f"\nclips of 32..256 frames at {SIDE}x{SIDE}, tiny preset, fp32, 1 thread")
     print(f"tiles of {TILE_FRAMES} frames, decoder KV cache {KV_STEPS} latent steps")
@@ -165,9 +161,9 @@ def report_lengths(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         t, w = r["tiled"], r["whole"]
         print(
-            f"| {r['frames']:6d} | {_mib(t['peak_bytes']):>10} | {t['seconds']:9.2f}s "
+            f"| {r['frames']:6d} | {mib(t['peak_bytes']):>10} | {t['seconds']:9.2f}s "
             f"| {1000 * t['seconds'] / r['frames']:14.1f} "
-            f"| {1000 * t['median_tile_seconds']:14.1f} | {_mib(w['peak_bytes']):>10} "
+            f"| {1000 * t['median_tile_seconds']:14.1f} | {mib(w['peak_bytes']):>10} "
             f"| {w['seconds']:9.2f}s |"
         )
     first, last = rows[0], rows[-1]
