@@ -218,15 +218,11 @@ def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict
     crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``trainer.task.pca``.
     """
     torch.manual_seed(cfg.run.seed)
-    if cfg.model.pca_init and cfg.video.enabled:
+    if cfg.model.pca_init and (cfg.video.enabled or cfg.loss.semantic):
         raise ConfigError(
-            "[model] pca_init starts an image run (stage 1); stage 2 ([video] enabled) starts "
-            "from an image checkpoint: set [model] init_from instead"
-        )
-    if cfg.model.pca_init and cfg.loss.semantic:
-        raise ConfigError(
-            "[model] pca_init is for image reconstruction runs; a run with [[loss.semantic]] "
-            "cannot use it (start from a preset or [model] init_from)"
+            "[model] pca_init starts an image reconstruction run (stage 1); stage 2 ([video] "
+            "enabled) and semantic runs ([[loss.semantic]]) start from a preset or an image "
+            "checkpoint ([model] init_from)"
         )
     if cfg.video.enabled:  # stage 2: images + video (atoken.train_video)
         from atoken.train_video import run_image_video_training
