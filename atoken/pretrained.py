@@ -1,13 +1,22 @@
-"""Saving and loading tokenizers: ``config.json`` + ``model.safetensors`` (never unpickled)."""
+"""Saving and loading tokenizers: ``config.json`` + ``model.safetensors`` (never unpickled).
+
+``config.json`` records the modalities the tokenizer was built for (``modalities``), so their
+own projections and heads are rebuilt before the weights load. A saved modality whose plugin
+is not installed is dropped with a warning, with its own weights (the rest loads strictly); a
+file written before ``modalities`` was recorded holds the modalities that need no parameters
+of their own.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_model, save_model
+import attrs
+from safetensors.torch import load_file, load_model, save_model
 
 from atoken.core.checkpoint import CheckpointError
 from atoken.core.config import TokenizerConfig
@@ -52,14 +61,47 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
         )
     try:
         config = TokenizerConfig.from_dict(doc["config"]).with_overrides(**overrides)
-    except (ConfigError, KeyError) as exc:
+    except (ConfigError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{config_path}: invalid config: {exc}") from exc
+    config, dropped = _installed_modalities(cls, config, config_path)
     model = cls(config)
     try:
-        load_model(model, str(weights_path), strict=True)
+        if dropped:
+            prefixes = tuple(f"{part}.{name}." for name in dropped for part in _OWN_PARAMETERS)
+            state = load_file(str(weights_path))
+            model.load_state_dict(
+                {k: v for k, v in state.items() if not k.startswith(prefixes)}, strict=True
+            )
+        else:
+            load_model(model, str(weights_path), strict=True)
     except Exception as exc:
         raise CheckpointError(
             f"the weights in {weights_path} do not match the config in {config_path} "
             f"(a checkpoint from a different config?): {str(exc)[:500]}"
         ) from exc
     return model
+
+
+#: Where a tokenizer keeps a modality's own parameters (``<prefix>.<modality>.*``).
+_OWN_PARAMETERS = ("projections.inputs", "heads")
+
+
+def _installed_modalities(
+    cls: type, config: TokenizerConfig, source: Path
+) -> tuple[TokenizerConfig, list[str]]:
+    """The config restricted to installed modalities, and the saved ones that are not."""
+    from atoken.plugins.manager import get_registry
+
+    if config.modalities is None:  # written before modalities were recorded
+        return attrs.evolve(config, modalities=cls.parameter_free_modalities(config)), []
+    registry = get_registry().modalities
+    dropped = [m for m in config.modalities if m not in registry]
+    if dropped:
+        warnings.warn(
+            f"{source}: modalities {dropped} are not installed (no plugin registers them): "
+            "loading without them and their own weights",
+            stacklevel=3,
+        )
+        kept = tuple(m for m in config.modalities if m in registry)
+        config = attrs.evolve(config, modalities=kept)
+    return config, dropped

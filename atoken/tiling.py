@@ -5,12 +5,15 @@ Shapes:
     S      latent steps per tile, S = tile_frames / pt (16 frames -> 4 steps)
     latent feats [N, L], coords int32 [N, 4] = (t, x, y, 0) with t the clip's absolute step
 
+``Tokenizer.encode``/``decode``/``reconstruct`` already tile a long clip in memory
+(``TokenizerConfig.tile_steps``); this module streams: a video file is read, encoded and decoded
+one tile at a time, so memory is that of one tile however long the file is. It uses only the
+public tokenizer API (``encode``, ``decode_tile``, ``kv_cache``, ``modality``).
+
 The encoder sees each tile alone, with its time re-based to 0 (as in training); the latent's
 coordinates are then shifted back to absolute time. The decoder works tile by tile too and keeps
 a :class:`~atoken.core.kv_cache.KVCache` of the last ``kv_cache_steps`` latent steps, so a tile
-attends to the end of the previous one (``kv_cache_steps=0``: independent tiles). Memory is set
-by one tile plus the cache, not by the clip length: :func:`iter_reconstruct` streams a clip (a
-tensor or a video file, decoded tile by tile) and yields reconstructed tiles as it goes.
+attends to the end of the previous one (``kv_cache_steps=0``: independent tiles).
 
     latent = encode_tiled(tok, clip)                 # SparseLatent, one sample
     recon = decode_tiled(tok, latent)                # [3, T, H, W]
@@ -27,7 +30,6 @@ import attrs
 import torch
 
 from atoken.core.errors import ConfigError, ModalityInputError
-from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
 
 __all__ = [
@@ -132,8 +134,9 @@ def encode_tiled(
 ) -> SparseLatent:
     """One clip -> its latent (one sample), the encoder run on each tile alone.
 
-    ``meta`` holds the clip's ``size [T, H, W]``, ``grid [gt, gh, gw]``, ``patch`` and
-    ``tile_frames``, so :func:`decode_tiled` can rebuild it.
+    ``meta`` holds the clip's ``size [T, H, W]``, ``grid [gt, gh, gw]``, ``patch``,
+    ``tile_frames`` and ``tile_steps``, so :func:`decode_tiled` and ``Tokenizer.decode`` decode
+    it with the same tiles.
     """
     cfg = _config(config, tile_frames=tile_frames, frame_stride=frame_stride)
     pt = tokenizer.config.encoder.temporal_patch
@@ -144,7 +147,7 @@ def encode_tiled(
     T = 0
     size: list[int] = []
     for start, tile in iter_clip_tiles(clip, cfg.tile_frames, frame_stride=cfg.frame_stride):
-        part = tokenizer.encode([tile], "video")  # t re-based to the tile
+        part = tokenizer.encode([tile], "video", tile_steps=S)  # t re-based to the tile
         feats.append(part.feats)
         coords.append(_shift_t(part.coords, (start // cfg.tile_frames) * S))
         patch = part.meta[0]["patch"]
@@ -156,6 +159,7 @@ def encode_tiled(
         "grid": list(modality.grid_of(*size)),
         "patch": patch,
         "tile_frames": cfg.tile_frames,
+        "tile_steps": S,
     }
     all_feats = torch.cat(feats)  # [N, L]
     seqlens = torch.tensor([all_feats.shape[0]], dtype=torch.int64)
@@ -183,27 +187,25 @@ def iter_decode_tiles(
     if config is None and tile_frames is None:
         tile_frames = latent.meta[0].get("tile_frames")
     cfg = _config(config, tile_frames=tile_frames, kv_cache_steps=kv_cache_steps)
-    _, decoder, head = tokenizer._require_decoder()
-    tokenizer._resolve_attention()
     pt = tokenizer.config.encoder.temporal_patch
     S = cfg.steps(pt)
     T, H, W = (int(v) for v in latent.meta[0]["size"])
     modality = tokenizer.modality("video")
     _, gh, gw = modality.grid_of(T, H, W)
-    latent = latent.to(tokenizer._device())
-    cache = KVCache(cfg.kv_cache_steps)
+    cache = tokenizer.kv_cache(cfg.kv_cache_steps)
     t = latent.coords[:, 0]  # [N]
     for start in range(0, T, cfg.tile_frames):
         k = start // cfg.tile_frames
         frames = min(cfg.tile_frames, T - start)
         steps = -(-frames // pt)
-        rows = torch.nonzero((t >= k * S) & (t < k * S + steps)).flatten()  # [n]
+        rows = torch.nonzero((t >= k * S) & (t < k * S + steps)).flatten()  # [n], may be 0
         coords = latent.coords[rows].clone()
         coords[:, 0] -= k * S  # re-based to the tile
-        tokens = decode_with_cache(decoder, latent.feats[rows], coords, cache)  # [n, C]
-        values = tokenizer._denormalize(head(tokens).float(), pt)  # [n, P]
         meta = {"size": [frames, H, W], "grid": [steps, gh, gw], "patch": latent.meta[0]["patch"]}
-        yield start, modality.unpatchify(values, coords, meta)
+        tile = SparseLatent(
+            latent.feats[rows], coords, [rows.numel()], modality="video", meta=[meta]
+        )
+        yield start, tokenizer.decode_tile(tile, cache, steps=steps)[0]
 
 
 def decode_tiled(tokenizer: Any, latent: SparseLatent, **kwargs: Any) -> torch.Tensor:
@@ -226,16 +228,13 @@ def iter_reconstruct(
     cfg = _config(
         config, tile_frames=tile_frames, kv_cache_steps=kv_cache_steps, frame_stride=frame_stride
     )
-    _, decoder, head = tokenizer._require_decoder()
     pt = tokenizer.config.encoder.temporal_patch
-    cfg.steps(pt)
-    cache = KVCache(cfg.kv_cache_steps)
+    S = cfg.steps(pt)
+    cache = tokenizer.kv_cache(cfg.kv_cache_steps)
     for start, tile in iter_clip_tiles(clip, cfg.tile_frames, frame_stride=cfg.frame_stride):
-        part = tokenizer.encode([tile], "video")  # t re-based to the tile
-        tokens = decode_with_cache(decoder, part.feats, part.coords, cache)  # [n, C]
-        values = tokenizer._denormalize(head(tokens).float(), pt)  # [n, P]
-        recon = tokenizer.modality("video").unpatchify(values, part.coords, part.meta[0])
-        yield start, tile, recon
+        part = tokenizer.encode([tile], "video", tile_steps=S)  # t re-based to the tile
+        steps = -(-tile.shape[1] // pt)
+        yield start, tile, tokenizer.decode_tile(part, cache, steps=steps)[0]
 
 
 def reconstruct_tiled(tokenizer: Any, clip: Any, **kwargs: Any) -> torch.Tensor:

@@ -1,44 +1,50 @@
-"""The AToken tokenizer: raw samples in, packed features and semantic embeddings out.
+"""The AToken tokenizer: raw samples of any registered modality in, a sparse 4D latent out.
 
 Shapes:
-    B  samples, N tokens of all samples packed, C encoder width
-    P  values per token (4 x 16 x 16 x 3 = 3072 by default)
+    B  samples, N tokens of all samples packed, C encoder width, L latent channels
+    d  a modality's values per token (``value_dim``; 4 x 16 x 16 x 3 = 3072 for images/video)
+    S  latent time steps per temporal tile (``config.tile_steps``, 4 = 16 frames)
 
-This module is the glue between the core (configs, encoder), the registries (modalities,
-attention backends) and the presets. For now the tokenizer holds the encoder and its MAP head;
-the bottleneck and decoder come with later issues.
+The facade over the model: samples -> modality.patchify/normalize -> per-modality input (the
+shared patch embedding, or the modality's own projection when its ``value_dim`` differs) ->
+encoder -> bottleneck -> decoder -> per-modality head -> modality.denormalize/unpatchify.
 
     tok = Tokenizer.from_preset("tiny")
-    feats = tok.encode_features(images)   # SparseLatent, feats [N, C]: final encoder tokens
-    emb = tok.embed(images)               # [B, C], L2-normalised ([B, D] with a text encoder)
-    txt = tok.embed_text(["a cat"])       # [T, D], L2-normalised (needs config.text_encoder)
+    latent = tok.encode(images)                      # SparseLatent, feats [N, L]
+    recon = tok.decode(latent)                       # samples at native size
+    emb = tok.embed(images)                          # [B, C] L2-normalised ([B, D] with text)
+    mixed = tok.encode([img, clip, depth], modality=["image", "video", "depth"])
 
-Samples are whatever the modality accepts (images: [3, H, W] tensors in [0, 1], PIL images,
-arrays, paths; a [B, 3, H, W] tensor counts as B images). The tokenizer normalises inputs itself
-(``(v - input_mean) / input_std``, SigLIP2: 0.5 and 0.5) on the temporal slots a sample fills
-(images fill slot 0; the other slots stay zero, as in the official release).
+Everything modality-specific comes from the modality (content values, normalisation, whether
+the 2D position table applies, its default head) and from the config (``modalities``,
+``modality_params``, ``heads``, ``head_params``); this module names no modality. A sample
+whose coordinates span more than ``tile_steps`` time steps is encoded tile by tile and decoded
+tile by tile with the decoder's KV cache, so memory is bounded by one tile.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atoken.core.attention import AttentionFn, default_attention_backend
+from atoken.core.batch import PackedBatch, PackedGroup
 from atoken.core.components import BottleneckOutput
 from atoken.core.config import TokenizerConfig, load_preset
 from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
 from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
-from atoken.core.modality import Modality
+from atoken.core.modality import Modality, accepted_arguments, build_modality
+from atoken.core.projection import ModalityProjections
 from atoken.core.semantic import SemanticProjection
 from atoken.core.siglip import encoder_config_from_timm, find_timm_trunk, load_timm_siglip
 from atoken.core.tokens import DiscreteTokens
@@ -48,16 +54,20 @@ from atoken.text import SharedTextEncoder, build_text_encoder
 
 __all__ = ["Tokenizer", "default_attention_backend"]
 
-#: Temporal slots that hold content, per modality (the others are zero padding). Modalities
-#: not listed fill every slot of their tubelets.
-CONTENT_SLOTS: dict[str, int] = {"image": 1}
-
 
 class Tokenizer(nn.Module):
-    """The AToken tokenizer (encoder and MAP head for now).
+    """The AToken tokenizer: encoder, MAP head, bottleneck, decoder and per-modality heads.
 
     Args:
         config: the :class:`~atoken.core.config.TokenizerConfig`.
+
+    Modules:
+        encoder, bottleneck, decoder: the backbone.
+        projections: the own input projections of modalities whose ``value_dim`` differs
+            from the encoder's patch dimension (:class:`ModalityProjections`).
+        head: the shared head (``config.head``) of modalities that decode through it.
+        heads: the own heads (``heads[name]``) of modalities with another head, other head
+            parameters or another ``value_dim`` (their output projection).
 
     The attention backend is ``config.attention`` resolved through
     ``atoken.get_registry().attention_backends``, or, when None, the best one for the device the
@@ -71,17 +81,25 @@ class Tokenizer(nn.Module):
         super().__init__()
         if not isinstance(config, TokenizerConfig):
             raise ConfigError(f"Tokenizer needs a TokenizerConfig, got {type(config).__name__}")
-        self.config = config
-        self.encoder = Encoder(config.encoder)
+        names = config.modalities
+        if names is None:
+            names = tuple(get_registry().modalities.names())
+        self.config = attrs.evolve(config, modalities=tuple(names))
+        enc = config.encoder
+        self.encoder = Encoder(enc)
         mean = torch.tensor(config.input_mean, dtype=torch.float32)  # [c]
         std = torch.tensor(config.input_std, dtype=torch.float32)  # [c]
         self.register_buffer("input_mean", mean, persistent=False)
         self.register_buffer("input_std", std, persistent=False)
+        self.projections = ModalityProjections(
+            patch_dim=enc.patch_dim, width=enc.backbone.width, bias=enc.backbone.bias
+        )
         self._modalities: dict[str, Modality] = {}
         self._attention: tuple[str, str] | None = None  # (device, backend name) in use
         self.bottleneck: nn.Module | None = None
         self.decoder: Decoder | None = None
         self.head: nn.Module | None = None
+        self.heads = nn.ModuleDict()
         if config.decoder is not None:
             self.bottleneck = _build_bottleneck(config)
             self.decoder = Decoder(
@@ -89,12 +107,9 @@ class Tokenizer(nn.Module):
                 latent_dim=self.bottleneck.latent_dim,
                 final_norm=config.decoder_final_norm,
             )
-            self.head = get_registry().heads.create(
-                config.head,
-                width=config.decoder.width,
-                value_dim=config.encoder.patch_dim,
-                bias=config.decoder.bias,
-            )
+            self.head = self._create_head(config.head, enc.patch_dim, None, {})
+        for name in self.config.modalities:
+            self._declare(name)
         self.semantic: SemanticProjection | None = None
         self._frozen_text = SharedTextEncoder(None)
         if config.text_encoder is not None:
@@ -176,77 +191,300 @@ class Tokenizer(nn.Module):
     def _device(self) -> torch.device:
         return self.encoder.patch_embed.proj.weight.device
 
-    # ------------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------------ modalities
     def modality(self, name: str) -> Modality:
-        """The registered modality ``name`` built for this tokenizer's patch size (cached).
+        """The registered modality ``name`` built for this tokenizer (cached): the encoder
+        arguments it accepts plus ``config.modality_params[name]``.
 
         Raises:
             UnknownComponentError: for an unregistered modality.
-            ConfigError: when its values do not fit the patch embedding.
+            ConfigError: a modality that needs its own parameters (projection or head) but is
+                not in ``config.modalities``, or a factory that rejects its arguments.
         """
+        if not isinstance(name, str) or not name:
+            raise ModalityInputError(f"modality must be a registered name, got {name!r}")
         if name not in self._modalities:
-            enc = self.config.encoder
-            mod = get_registry().modalities.create(
-                name, patch_size=enc.patch_size, temporal_patch=enc.temporal_patch
-            )
-            if mod.value_dim != enc.patch_dim:
+            mod = self._build_modality(name)
+            if name not in self.config.modalities and self._needs_parameters(name, mod):
                 raise ConfigError(
-                    f"modality {name!r} gives {mod.value_dim} values per token but the patch "
-                    f"embedding takes {enc.patch_dim}"
+                    f"modality {name!r} needs parameters of its own (a projection or a head) "
+                    f"but this tokenizer was built for {list(self.config.modalities)}; build "
+                    f"it with modalities=[..., {name!r}]"
                 )
             self._modalities[name] = mod
         return self._modalities[name]
 
-    def pack(self, samples: Any, modality: str = "image") -> SparseLatent:
-        """Patchify, pack and normalise ``samples``: feats are normalised values ``[N, P]`` on
-        the model's device. A :class:`SparseLatent` of raw values is normalised as is."""
-        if isinstance(samples, SparseLatent):
-            latent = samples
-        else:
-            mod = self.modality(modality)
-            nd = mod.sample_ndim
-            batch = {3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}.get(nd, f"{nd + 1}-D")
-            if isinstance(samples, torch.Tensor):
-                if samples.ndim != nd + 1:
-                    one = " (one sample x: pass [x])" if samples.ndim == nd else ""
-                    raise ModalityInputError(
-                        f"a {modality} tensor batch must be {batch}, got "
-                        f"{tuple(samples.shape)}; pass a list for single samples{one}"
-                    )
-                samples = list(samples.unbind(0))
-            if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
-                raise ModalityInputError(
-                    f"samples must be a list (or a {batch} tensor), got {type(samples).__name__}"
-                )
-            latent = mod.pack(samples)
-        latent = latent.to(self._device())
-        return latent.replace(feats=self._normalize(latent))
+    @classmethod
+    def parameter_free_modalities(cls, config: TokenizerConfig) -> tuple[str, ...]:
+        """The registered modalities that use only shared parameters under ``config`` (the
+        shared patch embedding and head): what a tokenizer saved before ``modalities`` was
+        recorded holds."""
+        registry = get_registry().modalities
+        out = []
+        for name in registry.names():
+            entry = registry.entry(name)
+            mod = build_modality(
+                name, entry.factory, config, config.modality_params.get(name), plugin=entry.plugin
+            )
+            if not _needs_parameters(config, name, mod):
+                out.append(name)
+        return tuple(out)
 
-    def _normalize(self, latent: SparseLatent) -> torch.Tensor:
-        enc = self.config.encoder
-        N = latent.num_tokens
-        pt, c = enc.temporal_patch, enc.in_channels
-        values = latent.feats.float().reshape(N, pt, -1, c)  # [N, pt, p*p, c]
-        normed = (values - self.input_mean) / self.input_std  # [N, pt, p*p, c]
-        filled = [CONTENT_SLOTS.get(m, pt) for m in latent.modality]  # [B]
-        if all(f >= pt for f in filled):
-            return normed.reshape(N, -1)
-        per_token = torch.repeat_interleave(
-            torch.tensor(filled, device=values.device), latent.seqlens.to(values.device)
-        )  # [N]
-        slot = torch.arange(pt, device=values.device)  # [pt]
-        content = (slot[None] < per_token[:, None])[:, :, None, None]  # [N, pt, 1, 1]
-        return torch.where(content, normed, values).reshape(N, -1)  # padding slots stay as given
+    def _build_modality(self, name: str) -> Modality:
+        entry = get_registry().modalities.entry(name)
+        params = self.config.modality_params.get(name)
+        return build_modality(name, entry.factory, self.config, params, plugin=entry.plugin)
+
+    def _needs_parameters(self, name: str, mod: Modality) -> bool:
+        return _needs_parameters(self.config, name, mod)
+
+    def _declare(self, name: str) -> None:
+        """Build modality ``name`` and the parameters it needs (projection, own head)."""
+        mod = self.modality(name)
+        if "." in name and self._needs_parameters(name, mod):
+            raise ConfigError(f"modality {name!r}: a name with its own parameters has no '.'")
+        self.projections.add(name, mod.value_dim)
+        if self.decoder is not None and self._own_head(name, mod):
+            head_name, params = self._head_choice(name, mod)
+            self.heads[name] = self._create_head(head_name, mod.value_dim, mod, params)
+
+    def _head_choice(self, name: str, mod: Modality) -> tuple[str, dict[str, Any]]:
+        cfg = self.config
+        head = cfg.heads.get(name) or mod.default_head or cfg.head
+        return head, dict(cfg.head_params.get(name, {}))
+
+    def _own_head(self, name: str, mod: Modality) -> bool:
+        head, params = self._head_choice(name, mod)
+        shared = head == self.config.head and mod.value_dim == self.config.encoder.patch_dim
+        return not shared or bool(params)
+
+    def _create_head(
+        self, head: str, value_dim: int, mod: Modality | None, params: dict[str, Any]
+    ) -> nn.Module:
+        """The registered head ``head`` given the documented factory arguments it accepts."""
+        entry = get_registry().heads.entry(head)
+        names, var_kw = accepted_arguments(entry.factory)
+        unknown = sorted(k for k in params if k not in names and not var_kw)
+        if unknown:
+            raise ConfigError(
+                f"head {head!r} (plugin {entry.plugin!r}) does not take {unknown} in "
+                f"head_params; it takes {sorted(names)}"
+            )
+        decoder = self.config.decoder
+        if decoder is None:
+            raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
+        given = {
+            "width": decoder.width,
+            "value_dim": value_dim,
+            "bias": decoder.bias,
+            "modality": mod,
+        }
+        kwargs = {k: v for k, v in given.items() if var_kw or k in names}
+        kwargs.update(params)
+        try:
+            return entry.factory(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"head {head!r} (plugin {entry.plugin!r}) could not be built with "
+                f"{sorted(kwargs)}: {exc}"
+            ) from exc
+
+    def head_for(self, name: str) -> nn.Module:
+        """The head that decodes modality ``name`` (its own, or the shared ``head``)."""
+        _, _, shared = self._require_decoder()
+        self.modality(name)
+        return self.heads[name] if name in self.heads else shared  # noqa: SIM401 (ModuleDict)
+
+    # ------------------------------------------------------------------------ inputs
+    def _names(self, samples: Any, modality: str | Sequence[str] | None, count: int) -> list[str]:
+        if modality is None:
+            modality = self.config.default_modality or _default_modality()
+        if isinstance(modality, str):
+            return [modality] * count
+        names = list(modality)
+        if len(names) != count:
+            raise ModalityInputError(f"{len(names)} modality names for {count} samples")
+        return names
+
+    def _prepare(self, samples: Any, modality: str | Sequence[str] | None) -> PackedBatch:
+        """Patchify and normalise ``samples`` into per-modality groups on the model's device.
+        A :class:`SparseLatent` of raw values keeps its own modality names."""
+        device = self._device()
+        if isinstance(samples, SparseLatent):
+            latent = samples.to(device)
+            groups = []
+            for name in dict.fromkeys(latent.modality):
+                idx = [b for b, m in enumerate(latent.modality) if m == name]
+                part = latent.select(idx) if len(idx) != latent.batch_size else latent
+                mod = self.modality(name)
+                mod.check_values(part.feats)
+                groups.append(
+                    PackedGroup(name, tuple(idx), part.replace(feats=mod.normalize(part.feats)))
+                )
+            return PackedBatch.from_groups(groups)
+        first = modality if isinstance(modality, str) or modality is None else None
+        if isinstance(samples, torch.Tensor):
+            mod = self.modality(self._names(samples, first, 1)[0])
+            nd = mod.sample_ndim
+            if samples.ndim != nd + 1:
+                batch = {2: "[B, H, W]", 3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}.get(
+                    nd, f"{nd + 1}-D"
+                )
+                one = " (one sample x: pass [x])" if samples.ndim == nd else ""
+                raise ModalityInputError(
+                    f"a {mod.name} tensor batch must be {batch}, got "
+                    f"{tuple(samples.shape)}; pass a list for single samples{one}"
+                )
+            samples = list(samples.unbind(0))
+        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
+            raise ModalityInputError(
+                f"samples must be a list (or a batch tensor), got {type(samples).__name__}"
+            )
+        names = self._names(samples, modality, len(samples))
+        groups = []
+        for name in dict.fromkeys(names):
+            idx = tuple(b for b, m in enumerate(names) if m == name)
+            mod = self.modality(name)
+            raw = mod.pack([samples[b] for b in idx]).to(device)
+            groups.append(PackedGroup(name, idx, raw.replace(feats=mod.normalize(raw.feats))))
+        return PackedBatch.from_groups(groups)
+
+    def pack(self, samples: Any, modality: str | None = None) -> SparseLatent:
+        """Patchify, pack and normalise samples of one value size: feats are the normalised
+        values ``[N, d]`` on the model's device. A :class:`SparseLatent` of raw values is
+        normalised as is.
+
+        Raises:
+            ConfigError: the samples' modalities have different value sizes (encode them
+                instead: a mixed batch has no single value tensor).
+        """
+        batch = self._prepare(samples, modality)
+        if not batch.groups:
+            return SparseLatent(
+                torch.zeros(0, self.config.encoder.patch_dim, device=self._device()),
+                torch.zeros(0, 4, dtype=torch.int32, device=self._device()),
+                torch.zeros(0, dtype=torch.int64),
+            )
+        dims = {g.values.channels for g in batch.groups}
+        if len(dims) > 1:
+            raise ConfigError(f"pack: the samples' value sizes differ ({sorted(dims)})")
+        return SparseLatent(
+            batch.gather([g.values.feats for g in batch.groups]),
+            batch.coords.to(self._device()),
+            batch.seqlens,
+            modality=batch.modality,
+            meta=batch.meta,
+            validate=False,
+        )
+
+    def _embed_values(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Normalised values ``[n, d]`` of modality ``name`` -> tokens ``[n, C]``."""
+        if self.projections.has(name):
+            return self.projections.embed(
+                name, values.to(self.projections.inputs[name].weight.dtype)
+            )
+        return self.encoder.patch_embed(values)
+
+    def _encode_batch(self, batch: PackedBatch) -> torch.Tensor:
+        """One encoder pass over a whole packed batch: tokens ``[N, C]`` in batch order."""
+        x = batch.gather([self._embed_values(g.name, g.values.feats) for g in batch.groups])
+        pos = [self.modality(name).uses_pos_table for name in batch.modality]
+        return self.encoder.forward_tokens(
+            x, batch.coords.to(x.device), batch.seqlens, pos_samples=pos
+        )  # [N, C]
+
+    def _tile_steps(self, meta: dict[str, Any] | None = None) -> int | None:
+        steps = (meta or {}).get("tile_steps", self.config.tile_steps)
+        return None if steps is None else int(steps)
+
+    @staticmethod
+    def _time_extent(coords: torch.Tensor) -> int:
+        return int(coords[:, 0].max()) + 1 if coords.shape[0] else 0
+
+    def _encode_long(self, name: str, sample: SparseLatent, S: int) -> torch.Tensor:
+        """One sample longer than a tile: each tile of ``S`` steps encoded alone with its time
+        re-based to 0 (as the official code does); tokens ``[n, C]`` in the sample's order."""
+        coords = sample.coords  # [n, 4]
+        t = coords[:, 0]
+        out = None
+        pos = [self.modality(name).uses_pos_table]
+        for start in range(0, self._time_extent(coords), S):
+            rows = torch.nonzero((t >= start) & (t < start + S)).flatten()  # [n_k]
+            if rows.numel() == 0:
+                continue
+            local = coords[rows].clone()
+            local[:, 0] -= start  # [n_k, 4] re-based to the tile
+            x = self._embed_values(name, sample.feats[rows])  # [n_k, C]
+            seqlens = torch.tensor([rows.numel()], dtype=torch.int64)
+            tokens = self.encoder.forward_tokens(x, local, seqlens, pos_samples=pos)  # [n_k, C]
+            if out is None:
+                out = tokens.new_zeros(coords.shape[0], tokens.shape[1])  # [n, C]
+            out[rows] = tokens
+        if out is None:
+            out = self._embed_values(name, sample.feats)[:0].new_zeros(0, self.encoder.width)
+        return out
+
+    def _encode_prepared(self, batch: PackedBatch, tile_steps: int | None = None) -> SparseLatent:
+        """Encoder tokens of a packed batch, long samples tiled in time: feats ``[N, C]``."""
+        device = self._device()
+        B = batch.batch_size
+        if B == 0:
+            return SparseLatent(
+                torch.zeros(0, self.encoder.width, device=device),
+                torch.zeros(0, 4, dtype=torch.int32, device=device),
+                torch.zeros(0, dtype=torch.int64),
+                modality=(),
+                meta=(),
+            )
+        metas = [dict(m) for m in batch.meta]
+        long: dict[int, int] = {}
+        per_sample = torch.split(batch.coords, batch.seqlens.tolist())
+        S = self._tile_steps() if tile_steps is None else _check_steps(tile_steps)
+        for b, coords in enumerate(per_sample):
+            if S is not None and self._time_extent(coords) > S:
+                long[b] = S
+                metas[b]["tile_steps"] = S
+        if not long:
+            feats = self._encode_batch(batch)  # [N, C]
+        else:
+            short = [b for b in range(B) if b not in long]
+            parts: dict[int, torch.Tensor] = {}
+            if short:
+                sub = batch.select(short)
+                chunks = torch.split(self._encode_batch(sub), sub.seqlens.tolist())
+                parts.update(zip(short, chunks, strict=True))
+            for b, S in long.items():
+                group, sample = batch.sample(b)
+                parts[b] = self._encode_long(group.name, sample, S)
+            feats = torch.cat([parts[b] for b in range(B)])  # [N, C]
+        return SparseLatent(
+            feats,
+            batch.coords.to(feats.device),
+            batch.seqlens,
+            modality=batch.modality,
+            meta=metas,
+            validate=False,
+        )
 
     # ------------------------------------------------------------------------ outputs
-    def encode_features(self, samples: Any, modality: str = "image") -> SparseLatent:
-        """The encoder's final tokens (before any bottleneck): feats ``[N, C]``."""
-        self._resolve_attention()
-        return self.encoder.encode(self.pack(samples, modality))
+    def encode_features(
+        self,
+        samples: Any,
+        modality: str | Sequence[str] | None = None,
+        *,
+        tile_steps: int | None = None,
+    ) -> SparseLatent:
+        """The encoder's final tokens (before any bottleneck): feats ``[N, C]``.
 
-    def embed(self, samples: Any, modality: str = "image") -> torch.Tensor:
+        ``tile_steps`` overrides ``config.tile_steps`` for this call.
+        """
+        self._resolve_attention()
+        return self._encode_prepared(self._prepare(samples, modality), tile_steps)
+
+    def embed(self, samples: Any, modality: str | Sequence[str] | None = None) -> torch.Tensor:
         """The L2-normalised semantic embedding per sample: the MAP head's ``[B, C]``, or, with a
-        text encoder, that pooled embedding projected by W_s into the text space, ``[B, D]``."""
+        text encoder, that pooled embedding projected by W_s into the text space, ``[B, D]``.
+        A clip longer than a tile is pooled over all its tiles' tokens."""
         return self.embed_features(self.encode_features(samples, modality))
 
     def embed_features(self, features: SparseLatent) -> torch.Tensor:
@@ -277,7 +515,7 @@ class Tokenizer(nn.Module):
             )
         return F.normalize(encoder.encode(texts, device=self._device()).float(), dim=-1)
 
-    def forward(self, samples: Any, modality: str = "image") -> torch.Tensor:
+    def forward(self, samples: Any, modality: str | Sequence[str] | None = None) -> torch.Tensor:
         """Same as :meth:`embed`."""
         return self.embed(samples, modality)
 
@@ -288,10 +526,14 @@ class Tokenizer(nn.Module):
         return self.bottleneck, self.decoder, self.head
 
     def _bottleneck(
-        self, samples: Any, modality: str, sample: bool | None
+        self,
+        samples: Any,
+        modality: str | Sequence[str] | None,
+        sample: bool | None,
+        tile_steps: int | None = None,
     ) -> tuple[SparseLatent, BottleneckOutput]:
         bottleneck, _, _ = self._require_decoder()
-        features = self.encode_features(samples, modality)
+        features = self.encode_features(samples, modality, tile_steps=tile_steps)
         kwargs = (
             {}
             if sample is None or getattr(bottleneck, "is_discrete", False)
@@ -301,63 +543,159 @@ class Tokenizer(nn.Module):
         return features.replace(feats=out.latent), out
 
     def encode(
-        self, samples: Any, modality: str = "image", *, sample: bool | None = None
+        self,
+        samples: Any,
+        modality: str | Sequence[str] | None = None,
+        *,
+        sample: bool | None = None,
+        tile_steps: int | None = None,
     ) -> SparseLatent:
         """Samples -> the sparse latent: feats ``[N, latent_dim]`` with coords and metadata.
 
-        A continuous (``kl``) latent is the posterior mean at inference and a sample in training
-        (``sample=True``/``False`` forces either); a discrete one holds the FSQ codes.
+        Args:
+            samples: a list of raw samples (or a batch tensor, or a :class:`SparseLatent` of
+                raw values).
+            modality: the registered modality of every sample, or one name per sample (a
+                mixed batch); None: ``config.default_modality``.
+            sample: a continuous (``kl``) latent is the posterior mean at inference and a
+                sample in training; True/False forces either. A discrete one holds FSQ codes.
+
+            tile_steps: latent time steps per tile for this call (default
+                ``config.tile_steps``). A sample whose coordinates span more is encoded in
+                tiles, each alone with its time re-based to 0; its meta records ``tile_steps``.
         """
-        return self._bottleneck(samples, modality, sample)[0]
+        return self._bottleneck(samples, modality, sample, tile_steps)[0]
 
     def encode_with_ids(
-        self, samples: Any, modality: str = "image"
+        self, samples: Any, modality: str | Sequence[str] | None = None
     ) -> tuple[SparseLatent, torch.Tensor | None]:
         """One encoder pass giving both the latent (as :meth:`encode`) and, for a discrete
         bottleneck, its ids ``[N, G]`` (as :meth:`tokenize`); ids are None otherwise."""
         latent, out = self._bottleneck(samples, modality, None)
         return latent, out.ids
 
-    def decode(self, latent: SparseLatent) -> list[Any]:
-        """The latent back to samples (images ``[3, H, W]`` in [0, 1], unclamped)."""
-        _, decoder, head = self._require_decoder()
+    def kv_cache(self, steps: int | None = None) -> KVCache:
+        """A fresh decoder KV cache of ``steps`` latent steps (default ``config.kv_cache_steps``)
+        for :meth:`decode_tile`."""
+        return KVCache(self.config.kv_cache_steps if steps is None else steps)
+
+    def decode(self, latent: SparseLatent, *, kv_cache_steps: int | None = None) -> list[Any]:
+        """The latent back to samples, each by its modality's head (images ``[3, H, W]`` in
+        [0, 1], unclamped; clips ``[3, T, H, W]``; a plugin's own form).
+
+        A sample longer than its tile (``meta["tile_steps"]``, else ``config.tile_steps``) is
+        decoded tile by tile with the KV cache of ``kv_cache_steps`` steps (default
+        ``config.kv_cache_steps``), so memory is bounded by a tile.
+
+        Raises:
+            ConfigError: no decoder, or a latent of the wrong width.
+            LatentValidationError: ``latent`` is not a :class:`SparseLatent`.
+        """
+        _, decoder, _ = self._require_decoder()
+        if not isinstance(latent, SparseLatent):
+            from atoken.core.errors import LatentValidationError
+
+            raise LatentValidationError(
+                "feats", f"decode takes a SparseLatent, got {type(latent).__name__}"
+            )
         self._resolve_attention()
         latent = latent.to(self._device())
-        tokens = decoder(latent.feats, latent.coords, latent.seqlens)  # [N, C]
-        enc = self.config.encoder
-        pt = enc.temporal_patch
-        # Predict only the temporal slots the samples fill (images: slot 0 of 4): exact, and
-        # a quarter of the head's work and memory for image batches.
-        slots = max((CONTENT_SLOTS.get(m, pt) for m in latent.modality), default=pt)
-        if slots < pt and getattr(head, "partial_values", False):
-            values = head(tokens, num_values=slots * enc.patch_dim // pt)  # [N, slots*p*p*c]
+        if latent.batch_size == 0:
+            return []
+        steps = self.config.kv_cache_steps if kv_cache_steps is None else kv_cache_steps
+        per_sample = torch.split(latent.coords, latent.seqlens.tolist())
+        long = {}
+        for b, coords in enumerate(per_sample):
+            S = self._tile_steps(latent.meta[b])
+            if S is not None and self._time_extent(coords) > S:
+                long[b] = S
+        if not long:
+            tokens = decoder(latent.feats, latent.coords, latent.seqlens)  # [N, C]
         else:
-            slots, values = pt, head(tokens)  # [N, P]
-        values = self._denormalize(values.float(), slots)
-        out: list[Any] = []
-        for part in latent.replace(feats=values).unpack():
-            mod = self._output_modality(part.modality[0], slots)
-            out.append(mod.unpatchify(part.feats, part.coords, part.meta[0]))
+            tokens = self._decode_tokens_tiled(latent, long, steps)  # [N, C]
+        return self._to_samples(tokens, latent)
+
+    def _decode_tokens_tiled(
+        self, latent: SparseLatent, long: dict[int, int], cache_steps: int
+    ) -> torch.Tensor:
+        """Decoder tokens ``[N, C]``: short samples in one pass, long ones tile by tile."""
+        _, decoder, _ = self._require_decoder()
+        B = latent.batch_size
+        parts = latent.unpack()
+        out: dict[int, torch.Tensor] = {}
+        short = [b for b in range(B) if b not in long]
+        if short:
+            sub = latent.select(short)
+            chunks = torch.split(decoder(sub.feats, sub.coords, sub.seqlens), sub.seqlens.tolist())
+            out.update(zip(short, chunks, strict=True))
+        for b, S in long.items():
+            part = parts[b]
+            t = part.coords[:, 0]
+            tokens = part.feats.new_zeros(part.num_tokens, decoder.width)  # [n, C]
+            cache = KVCache(cache_steps)
+            for start in range(0, self._time_extent(part.coords), S):
+                rows = torch.nonzero((t >= start) & (t < start + S)).flatten()  # [n_k]
+                local = part.coords[rows].clone()
+                local[:, 0] -= start  # re-based to the tile
+                tile = decode_with_cache(decoder, part.feats[rows], local, cache, steps=S)
+                tokens[rows] = tile.to(tokens.dtype)  # [n_k, C]
+            out[b] = tokens
+        return torch.cat([out[b] for b in range(B)])
+
+    def decode_tile(
+        self, latent: SparseLatent, cache: KVCache | None = None, *, steps: int | None = None
+    ) -> list[Any]:
+        """Decode one temporal tile: ``latent`` holds one sample whose time is re-based to the
+        tile (t from 0) and whose meta describes the tile. With ``cache`` the tile also attends
+        to the cached steps of the previous tiles and the cache is updated (for streaming,
+        :mod:`atoken.tiling`). ``steps``: the tile's length in latent steps (default: its time
+        extent), by which the cache re-bases time.
+
+        Raises:
+            ConfigError: a latent of more than one sample, or no decoder.
+        """
+        _, decoder, _ = self._require_decoder()
+        if latent.batch_size != 1:
+            raise ConfigError(f"decode_tile takes one sample, got {latent.batch_size}")
+        self._resolve_attention()
+        latent = latent.to(self._device())
+        tokens = decode_with_cache(decoder, latent.feats, latent.coords, cache, steps=steps)
+        return self._to_samples(tokens, latent)
+
+    def _to_samples(self, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
+        """Decoder tokens ``[N, C]`` -> samples, each modality through its own head."""
+        names = latent.modality
+        if len(set(names)) == 1:
+            return self._head_samples(names[0], tokens, latent)
+        out: list[Any] = [None] * latent.batch_size
+        chunks = torch.split(tokens, latent.seqlens.tolist())
+        for name in dict.fromkeys(names):
+            idx = [b for b, m in enumerate(names) if m == name]
+            sub = latent.select(idx)
+            part = torch.cat([chunks[b] for b in idx])  # [n_g, C]
+            for b, sample in zip(idx, self._head_samples(name, part, sub), strict=True):
+                out[b] = sample
         return out
 
-    def _output_modality(self, name: str, slots: int) -> Modality:
-        if slots == self.config.encoder.temporal_patch:
-            return self.modality(name)
-        key = f"{name}@{slots}"
-        if key not in self._modalities:
-            enc = self.config.encoder
-            self._modalities[key] = get_registry().modalities.create(
-                name, patch_size=enc.patch_size, temporal_patch=slots
-            )
-        return self._modalities[key]
-
-    def _denormalize(self, values: torch.Tensor, slots: int) -> torch.Tensor:
-        N = values.shape[0]
-        v = values.reshape(N, slots, -1, self.config.encoder.in_channels)  # [N, slots, p*p, c]
-        return (v * self.input_std + self.input_mean).reshape(N, -1)  # [N, slots*p*p*c]
+    def _head_samples(self, name: str, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
+        """The tokens of samples of one modality through its head, then back to samples."""
+        mod = self.modality(name)
+        head = self.head_for(name)
+        if hasattr(head, "to_samples"):
+            return list(head.to_samples(head(tokens, latent), latent, mod))
+        if getattr(head, "partial_values", False) and mod.content_dim < mod.value_dim:
+            # Predict the content values only (images: slot 0 of 4): exact, and a quarter of
+            # the head's work and memory.
+            values = head(tokens, latent, num_values=mod.content_dim)  # [N, content_dim]
+        else:
+            values = head(tokens, latent)  # [N, d]
+        values = mod.denormalize(values.float())  # [N, k]
+        if values.shape[1] < mod.value_dim:
+            values = F.pad(values, (0, mod.value_dim - values.shape[1]))  # [N, d], zero padding
+        return mod.unpack(latent.replace(feats=values))
 
     def autoencode(
-        self, samples: Any, modality: str = "image"
+        self, samples: Any, modality: str | Sequence[str] | None = None
     ) -> tuple[list[Any], SparseLatent, BottleneckOutput]:
         """Encode and decode with gradients: ``(reconstructions, latent, bottleneck output)``.
 
@@ -367,11 +705,11 @@ class Tokenizer(nn.Module):
         return self.decode(latent), latent, out
 
     @torch.no_grad()
-    def reconstruct(self, samples: Any, modality: str = "image") -> list[Any]:
-        """``decode(encode(samples))`` without gradients."""
+    def reconstruct(self, samples: Any, modality: str | Sequence[str] | None = None) -> list[Any]:
+        """``decode(encode(samples))`` without gradients (tiled for long clips)."""
         return self.decode(self.encode(samples, modality))
 
-    def tokenize(self, samples: Any, modality: str = "image") -> DiscreteTokens:
+    def tokenize(self, samples: Any, modality: str | Sequence[str] | None = None) -> DiscreteTokens:
         """Samples -> discrete ids ``[N, G]`` with coords and metadata (FSQ tokenizers only).
 
         Raises:
@@ -422,7 +760,7 @@ def _build_bottleneck(config: TokenizerConfig) -> nn.Module:
     """The registered bottleneck, given ``in_dim`` and (if it takes it) ``latent_dim``."""
     factory = get_registry().bottlenecks.get(config.bottleneck)
     params = {"in_dim": config.encoder.backbone.width, **dict(config.bottleneck_params)}
-    accepts = inspect.signature(factory).parameters
+    accepts, _ = accepted_arguments(factory)
     if "latent_dim" in accepts and "latent_dim" not in params:
         params["latent_dim"] = config.latent_dim
     bottleneck = factory(**params)
@@ -433,3 +771,25 @@ def _build_bottleneck(config: TokenizerConfig) -> nn.Module:
             f"set latent_dim={bottleneck.latent_dim}"
         )
     return bottleneck
+
+
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"tile_steps must be a positive int, got {steps!r}")
+    return steps
+
+
+def _default_modality() -> str:
+    from atoken.modalities import DEFAULT_MODALITY
+
+    return DEFAULT_MODALITY
+
+
+def _needs_parameters(config: TokenizerConfig, name: str, mod: Modality) -> bool:
+    """Whether modality ``name`` needs parameters of its own under ``config``."""
+    if mod.value_dim != config.encoder.patch_dim:
+        return True
+    if config.decoder is None:
+        return False
+    head = config.heads.get(name) or mod.default_head or config.head
+    return head != config.head or bool(config.head_params.get(name))

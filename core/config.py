@@ -233,6 +233,23 @@ class TokenizerConfig:
             projected to (``minilm``, ``open_clip``); None: no text alignment.
         text_encoder_params: its parameters (e.g. ``{"pretrained": "/path/model.safetensors"}``;
             ``{"trainable": true}`` trains the tower, which is otherwise frozen and not saved).
+        modalities: the registered modalities the tokenizer is built for: their own
+            projections and heads exist from construction (before any optimizer or
+            distributed wrap). None: every registered modality; the built tokenizer records
+            the resolved list (``config.json`` keeps it).
+        modality_params: per modality, the parameters its factory gets on top of the encoder
+            arguments (:data:`atoken.core.modality.ENCODER_ARGUMENTS`), e.g.
+            ``{"depth": {"max_tokens": 4096}}``.
+        default_modality: the modality of raw samples when a call names none (None: the
+            built-in default, :data:`atoken.modalities.DEFAULT_MODALITY`).
+        heads: per modality, the registered head that decodes it (default: the modality's
+            ``default_head``, else ``head``).
+        head_params: per modality, extra parameters of its head factory.
+        tile_steps: latent time steps per temporal tile: a sample whose coordinates span more
+            time steps is encoded and decoded tile by tile, so memory is bounded by a tile
+            (4 steps = 16 frames, the official setting); None: never tile.
+        kv_cache_steps: latent steps of keys and values the decoder keeps across tiles
+            (0: independent tiles).
     """
 
     name: str = attrs.field(default="custom")
@@ -252,8 +269,16 @@ class TokenizerConfig:
     decoder_final_norm: bool = attrs.field(default=True, validator=_is_bool)
     text_encoder: str | None = attrs.field(default=None)
     text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)
+    modalities: tuple[str, ...] | None = attrs.field(default=None, converter=_as_tuple)
+    modality_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    default_modality: str | None = attrs.field(default=None)
+    heads: Mapping[str, str] = attrs.field(factory=dict)
+    head_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    tile_steps: int | None = attrs.field(default=4)
+    kv_cache_steps: int = attrs.field(default=4)
 
     def __attrs_post_init__(self) -> None:
+        self._check_modality_fields()
         if self.text_encoder is not None and (
             not isinstance(self.text_encoder, str) or not self.text_encoder
         ):
@@ -293,6 +318,50 @@ class TokenizerConfig:
             raise ConfigError(
                 f"TokenizerConfig.attention must be a backend name or None, got {self.attention!r}"
             )
+
+    def _check_modality_fields(self) -> None:
+        if self.modalities is not None:
+            if not isinstance(self.modalities, tuple) or not all(
+                isinstance(m, str) and m for m in self.modalities
+            ):
+                raise ConfigError(
+                    "TokenizerConfig.modalities must be a list of modality names or None, "
+                    f"got {self.modalities!r}"
+                )
+            if len(set(self.modalities)) != len(self.modalities):
+                raise ConfigError(f"TokenizerConfig.modalities repeats a name: {self.modalities}")
+        for key in ("modality_params", "head_params"):
+            value = getattr(self, key)
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
+            ):
+                raise ConfigError(
+                    f"TokenizerConfig.{key} must map modality names to parameter tables, "
+                    f"got {value!r}"
+                )
+        if not isinstance(self.heads, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in self.heads.items()
+        ):
+            raise ConfigError(
+                f"TokenizerConfig.heads must map modality names to head names, got {self.heads!r}"
+            )
+        if self.default_modality is not None and (
+            not isinstance(self.default_modality, str) or not self.default_modality
+        ):
+            raise ConfigError(
+                "TokenizerConfig.default_modality must be a modality name or None, "
+                f"got {self.default_modality!r}"
+            )
+        steps = self.tile_steps
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ConfigError(
+                f"TokenizerConfig.tile_steps must be a positive int or None, got {steps!r}"
+            )
+        cache = self.kv_cache_steps
+        if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+            raise ConfigError(f"TokenizerConfig.kv_cache_steps must be an int >= 0, got {cache!r}")
 
     # -------------------------------------------------------------------------- dict form
     def to_dict(self) -> dict[str, Any]:

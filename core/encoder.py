@@ -95,10 +95,52 @@ class Encoder(nn.Module):
                 of its coordinates).
         """
         x = self.patch_embed(values)  # [N, C]
+        return self.forward_tokens(x, coords, seqlens, grids=grids)
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        coords: torch.Tensor,
+        seqlens: torch.Tensor,
+        *,
+        grids: Sequence[tuple[int, int]] | None = None,
+        pos_samples: Sequence[bool] | None = None,
+    ) -> torch.Tensor:
+        """Embedded tokens ``x [N, C]`` (from the patch embedding or a modality's own
+        projection) -> final tokens ``[N, C]``.
+
+        Args:
+            grids: as in :meth:`forward`.
+            pos_samples: per sample, whether the 2D position table applies (a modality's
+                ``uses_pos_table``); None: every sample.
+        """
         if self.pos_table is not None:
-            x = x + self.pos_table(coords, seqlens, grids).to(x.dtype)  # [N, C]
+            x = x + self._positions(coords, seqlens, grids, pos_samples).to(x.dtype)  # [N, C]
         x = self.transformer(x, seqlens, coords)  # [N, C]
         return self.norm(x)
+
+    def _positions(
+        self,
+        coords: torch.Tensor,
+        seqlens: torch.Tensor,
+        grids: Sequence[tuple[int, int]] | None,
+        pos_samples: Sequence[bool] | None,
+    ) -> torch.Tensor:
+        """The position table's vectors ``[N, C]``; zero for samples it does not apply to."""
+        if pos_samples is None or all(pos_samples):
+            return self.pos_table(coords, seqlens, grids)  # [N, C]
+        N = coords.shape[0]
+        out = self.pos_table.weight.new_zeros(N, self.width)  # [N, C]
+        use = [b for b, flag in enumerate(pos_samples) if flag]
+        if not use:
+            return out
+        member = torch.zeros(len(pos_samples), dtype=torch.bool, device=coords.device)
+        member[use] = True
+        lengths = seqlens.to(coords.device)
+        rows = torch.nonzero(member.repeat_interleave(lengths, output_size=N)).flatten()  # [n]
+        sub_grids = None if grids is None else [grids[b] for b in use]
+        out[rows] = self.pos_table(coords[rows], lengths[use], sub_grids)  # [n, C]
+        return out
 
     def encode(self, latent: SparseLatent) -> SparseLatent:
         """Encode a latent whose feats are (normalised) patch values: feats become ``[N, C]``."""

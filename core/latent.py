@@ -290,10 +290,28 @@ class SparseLatent:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> SparseLatent:
-        """Move to ``device``; ``dtype`` applies to feats only (coords stay int32)."""
+        """Move to ``device``; ``dtype`` applies to feats only (coords stay int32).
+
+        Raises:
+            LatentValidationError: ``dtype`` is not floating, or feats overflow it (checked
+                only when its range is smaller than the feats' dtype, e.g. float32 -> float16).
+        """
         feats = self.feats.to(device=device, dtype=dtype)
         if dtype is not None and not feats.is_floating_point():
             raise LatentValidationError("feats", f"dtype must be floating, got {dtype}")
+        if (
+            dtype is not None
+            and self.feats.is_floating_point()
+            and torch.finfo(dtype).max < torch.finfo(self.feats.dtype).max
+            and feats.numel()
+            and not bool(torch.isfinite(feats).all())
+        ):
+            largest = float(self.feats.abs().max())
+            raise LatentValidationError(
+                "feats",
+                f"values up to {largest:.6g} in magnitude overflow {dtype} (largest finite "
+                f"{torch.finfo(dtype).max:.6g}); rescale them or keep a wider dtype",
+            )
         coords = self.coords.to(device=device)
         return SparseLatent(
             feats, coords, self.seqlens, modality=self.modality, meta=self.meta, validate=False

@@ -5,23 +5,64 @@ A modality turns one raw sample into ``values [n, d]`` (d = ``value_dim``, the f
 needs to invert it exactly (original size, grid shape, ...). Subclass :class:`Modality` and
 register the class through the ``register_modalities`` hook.
 
-A modality whose ``value_dim`` differs from the backbone's patch dimension gets its own
-input/output projection in the model (see :class:`atoken.core.projection.ModalityProjections`),
+What the modality owns (the tokenizer hard-codes none of it):
+
+* ``value_dim`` and ``content_dim``: a token holds ``value_dim`` values whose leading
+  ``content_dim`` are content; the rest is zero padding (an image fills temporal slot 0 of a
+  4-slot tubelet) that the model neither normalises nor predicts.
+* its value normalisation: ``normalize``/``denormalize`` (by default a per-channel
+  ``(v - value_mean) / value_std`` over the content values, identity when ``value_mean`` is
+  None);
+* ``uses_pos_table``: whether the learned 2D position table applies (grids of rows and columns:
+  images and video yes; voxels and point sets no; RoPE applies to every modality);
+* ``default_head``: the registered head that decodes it when the config names none.
+
+The tokenizer builds a modality with :func:`build_modality`: it passes the encoder arguments of
+:data:`ENCODER_ARGUMENTS` that the factory accepts, then the user's ``modality_params``. A
+modality whose ``value_dim`` differs from the encoder's patch dimension gets its own input
+projection and its own head instance (see :class:`atoken.core.projection.ModalityProjections`),
 so a one-channel modality plugs in without padding tricks.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any, ClassVar
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from atoken.core.errors import ModalityInputError
+from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
 
-__all__ = ["Modality", "check_positive_ints"]
+if TYPE_CHECKING:
+    from atoken.core.config import TokenizerConfig
+
+__all__ = [
+    "ENCODER_ARGUMENTS",
+    "Modality",
+    "accepted_arguments",
+    "build_modality",
+    "check_positive_ints",
+    "encoder_arguments",
+]
+
+#: What the tokenizer passes to a modality factory, each only when the factory accepts it (by
+#: name, or through ``**kwargs``):
+#:
+#: * ``patch_size``: the encoder's spatial patch p (16);
+#: * ``temporal_patch``: its temporal patch pt (4);
+#: * ``in_channels``: the channels c of its shared patch embedding (3);
+#: * ``input_mean``, ``input_std``: the per-channel normalisation of [0, 1] pixel inputs that
+#:   the shared patch embedding expects (SigLIP2: 0.5, 0.5).
+ENCODER_ARGUMENTS: tuple[str, ...] = (
+    "patch_size",
+    "temporal_patch",
+    "in_channels",
+    "input_mean",
+    "input_std",
+)
 
 
 def check_positive_ints(owner: str, **values: Any) -> None:
@@ -30,6 +71,85 @@ def check_positive_ints(owner: str, **values: Any) -> None:
     for label, value in values.items():
         if not isinstance(value, int) or value < 1:
             raise ModalityInputError(f"{owner}: {label} must be a positive int, got {value!r}")
+
+
+def accepted_arguments(factory: Callable[..., Any]) -> tuple[set[str], bool]:
+    """``(keyword names, takes **kwargs)`` of a factory (a class's ``__init__`` or a function)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: pass everything
+        return set(), True
+    names = {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def encoder_arguments(config: TokenizerConfig) -> dict[str, Any]:
+    """The values of :data:`ENCODER_ARGUMENTS` for a tokenizer config."""
+    enc = config.encoder
+    return {
+        "patch_size": enc.patch_size,
+        "temporal_patch": enc.temporal_patch,
+        "in_channels": enc.in_channels,
+        "input_mean": tuple(config.input_mean),
+        "input_std": tuple(config.input_std),
+    }
+
+
+def build_modality(
+    name: str,
+    factory: Callable[..., Any],
+    config: TokenizerConfig,
+    params: Mapping[str, Any] | None = None,
+    *,
+    plugin: str = "unknown",
+) -> Modality:
+    """Build the registered modality ``name`` for a tokenizer ``config``, as the tokenizer does.
+
+    The factory gets the :data:`ENCODER_ARGUMENTS` it accepts, then ``params`` (the config's
+    ``modality_params[name]``), which take precedence.
+
+    Raises:
+        ConfigError: a parameter the factory does not take, a factory that fails with a
+            ``TypeError``, or a result that is not a :class:`Modality` with a positive
+            ``value_dim``; each names the modality and its plugin.
+    """
+    params = dict(params or {})
+    names, var_kw = accepted_arguments(factory)
+    unknown = sorted(k for k in params if k not in names and not var_kw)
+    if unknown:
+        raise ConfigError(
+            f"modality {name!r} (plugin {plugin!r}) does not take {unknown} in modality_params; "
+            f"it takes {sorted(names)}"
+        )
+    kwargs = {k: v for k, v in encoder_arguments(config).items() if var_kw or k in names}
+    kwargs.update(params)
+    try:
+        modality = factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"modality {name!r} (plugin {plugin!r}) could not be built with {sorted(kwargs)}: {exc}"
+        ) from exc
+    if not isinstance(modality, Modality):
+        raise ConfigError(
+            f"modality {name!r} (plugin {plugin!r}): the factory returned "
+            f"{type(modality).__name__}, not an atoken.Modality"
+        )
+    dim = getattr(modality, "value_dim", None)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigError(
+            f"modality {name!r} (plugin {plugin!r}): value_dim must be a positive int, got {dim!r}"
+        )
+    content = modality.content_dim
+    if isinstance(content, bool) or not isinstance(content, int) or not 0 < content <= dim:
+        raise ConfigError(
+            f"modality {name!r} (plugin {plugin!r}): content_dim must be an int in [1, {dim}], "
+            f"got {content!r}"
+        )
+    return modality
 
 
 class Modality(abc.ABC):
@@ -41,15 +161,70 @@ class Modality(abc.ABC):
             (see :mod:`atoken.core.coords`).
         sample_ndim: the dimensions of one sample given as a tensor (images ``[C, H, W]``: 3,
             clips ``[C, T, H, W]``: 4); a tensor with one more dimension is a batch.
+        uses_pos_table: add the encoder's learned 2D position table, read at each token's
+            (row y, column x) (True for image-like grids; set False for voxels and point sets).
+        default_head: the registered head that decodes this modality when the tokenizer config
+            names none for it (None: the config's ``head``, ``pixels`` by default).
 
-    Instance attribute:
+    Instance attributes:
         value_dim: the size d of one token's values.
+        value_mean, value_std: per-channel normalisation of the content values (channels are
+            the last axis of a token's content, ``len(value_mean)`` of them); None: values are
+            given to the model as they are. Override :meth:`normalize`/:meth:`denormalize` for
+            anything else.
     """
 
     name: ClassVar[str]
     layout: ClassVar[str] = "thw"
     sample_ndim: ClassVar[int] = 3
+    uses_pos_table: ClassVar[bool] = True
+    default_head: ClassVar[str | None] = None
     value_dim: int
+    value_mean: tuple[float, ...] | None = None
+    value_std: tuple[float, ...] | None = None
+
+    @property
+    def content_dim(self) -> int:
+        """The leading values of each token that hold content (the rest is zero padding the
+        model neither normalises nor predicts); ``value_dim`` unless a subclass says less."""
+        return self.value_dim
+
+    def _stats(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.value_mean is None:
+            return None
+        mean = torch.as_tensor(self.value_mean, dtype=torch.float32, device=values.device)  # [c]
+        std = torch.as_tensor(self.value_std, dtype=torch.float32, device=values.device)  # [c]
+        return mean, std
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw token values ``[n, value_dim]`` -> what the model reads (float32, same shape):
+        ``(v - value_mean) / value_std`` per channel on the content values; padding as given."""
+        values = values.float()
+        stats = self._stats(values)
+        if stats is None:
+            return values
+        mean, std = stats
+        n, d = values.shape[0], self.content_dim
+        content = values[:, :d].reshape(n, -1, mean.numel())  # [n, d / c, c]
+        normed = ((content - mean) / std).reshape(n, d)  # [n, d]
+        if d == values.shape[1]:
+            return normed
+        return torch.cat([normed, values[:, d:]], dim=1)  # [n, value_dim]
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Invert :meth:`normalize` on predicted values ``[n, k]`` (k <= ``value_dim``: the
+        leading values, at least the content) -> raw values of the same shape."""
+        values = values.float()
+        stats = self._stats(values)
+        if stats is None:
+            return values
+        mean, std = stats
+        n, d = values.shape[0], min(self.content_dim, values.shape[1])
+        content = values[:, :d].reshape(n, -1, mean.numel())  # [n, d / c, c]
+        raw = (content * std + mean).reshape(n, d)  # [n, d]
+        if d == values.shape[1]:
+            return raw
+        return torch.cat([raw, values[:, d:]], dim=1)  # [n, k]
 
     def check_values(self, values: torch.Tensor) -> None:
         """Raise :class:`ModalityInputError` unless ``values`` is ``[n, value_dim]``."""

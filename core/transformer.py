@@ -11,21 +11,29 @@ Every block is pre-norm: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``. The 
 function is injected (``attention_fn(q, k, v, seqlens)``, see :mod:`atoken.core.attention`), so
 the core never chooses a backend by name; :meth:`Transformer.set_attention_fn` swaps it on a
 built model. qk-norm (per head, over D) is applied before RoPE, as in the official decoder.
+
+With a :class:`~atoken.core.kv_cache.KVCache` (``forward(x, seqlens, coords, cache=cache)``, one
+sample), every layer's queries also attend to the keys and values the cache holds: M held keys
+go in front of the sample's n keys (``kv_seqlens = [M + n]``) and the same backend is called
+through :func:`~atoken.core.attention.call_attention`. Without a cache nothing of that runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from atoken.core.attention import AttentionFn, attention_sdpa
+from atoken.core.attention import AttentionFn, attention_sdpa, call_attention
 from atoken.core.config import BackboneConfig
 from atoken.core.errors import ConfigError
 from atoken.core.rope import Rope4D, RopeTables
+
+if TYPE_CHECKING:
+    from atoken.core.kv_cache import KVCache
 
 __all__ = ["ACTIVATIONS", "NORMS", "Attention", "Block", "Mlp", "Transformer", "make_norm"]
 
@@ -98,8 +106,18 @@ class Attention(nn.Module):
         seqlens: torch.Tensor,
         rope: Rope4D | None = None,
         rope_tables: RopeTables | None = None,
+        *,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        key_tables: RopeTables | None = None,
     ) -> torch.Tensor:
-        """``x [N, C]`` -> ``[N, C]``; RoPE is applied when both ``rope`` and tables are given."""
+        """``x [N, C]`` -> ``[N, C]``; RoPE is applied when both ``rope`` and tables are given.
+
+        With ``cache`` (one sample), layer ``layer``'s held K and V go in front of this
+        sample's and ``key_tables`` (``[M + N, 1, D / 2]``) rotate the keys.
+        """
+        if cache is not None:
+            return self._forward_cached(x, seqlens, rope, rope_tables, cache, layer, key_tables)
         N, C = x.shape
         qkv = self.qkv(x).view(N, 3, self.heads, self.head_dim)  # [N, 3, H, D]
         if self.qk_norm:
@@ -110,6 +128,30 @@ class Attention(nn.Module):
             qk = rope.apply(qk, rope_tables)  # q and k rotated together: fewer kernel launches
         q, k = qk.unbind(1)  # [N, H, D] each
         out = self.attention_fn(q, k, qkv[:, 2], seqlens)  # [N, H, D]
+        return self.proj(out.reshape(N, C))  # [N, C]
+
+    def _forward_cached(
+        self,
+        x: torch.Tensor,
+        seqlens: torch.Tensor,
+        rope: Rope4D | None,
+        rope_tables: RopeTables | None,
+        cache: KVCache,
+        layer: int,
+        key_tables: RopeTables | None,
+    ) -> torch.Tensor:
+        """One sample's queries against (held + its own) keys and values."""
+        N, C = x.shape
+        qkv = self.qkv(x).view(N, 3, self.heads, self.head_dim)  # [N, 3, H, D]
+        q, k, v = qkv.unbind(1)  # [N, H, D] each
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        k, v = cache.extend(layer, k, v)  # [M + N, H, D] each: after qk-norm, before RoPE
+        if rope is not None and rope_tables is not None and key_tables is not None:
+            q = rope.apply(q, rope_tables)  # [N, H, D]
+            k = rope.apply(k, key_tables)  # [M + N, H, D]
+        kv_seqlens = seqlens.new_full((1,), k.shape[0])  # [1]
+        out = call_attention(self.attention_fn, q, k, v, seqlens, kv_seqlens)  # [N, H, D]
         return self.proj(out.reshape(N, C))  # [N, C]
 
 
@@ -180,9 +222,17 @@ class Block(nn.Module):
         seqlens: torch.Tensor,
         rope: Rope4D | None = None,
         rope_tables: RopeTables | None = None,
+        *,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        key_tables: RopeTables | None = None,
     ) -> torch.Tensor:
-        """``x [N, C]`` -> ``[N, C]``."""
-        x = x + self.attn(self.norm1(x), seqlens, rope, rope_tables)
+        """``x [N, C]`` -> ``[N, C]``; ``cache``, ``layer``, ``key_tables``: see
+        :meth:`Attention.forward`."""
+        h = self.norm1(x)  # [N, C]
+        x = x + self.attn(
+            h, seqlens, rope, rope_tables, cache=cache, layer=layer, key_tables=key_tables
+        )
         return x + self.mlp(self.norm2(x))
 
 
@@ -271,13 +321,27 @@ class Transformer(nn.Module):
         return self.blocks[0].attn.attention_fn if len(self.blocks) else None
 
     def forward(
-        self, x: torch.Tensor, seqlens: torch.Tensor, coords: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        seqlens: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """``x [N, C]``, ``seqlens int64 [B]``, ``coords int32 [N, 4]`` -> ``[N, C]``.
 
+        With ``cache`` (one sample, B = 1; ``coords`` in the cache's time frame, i.e. t shifted
+        by ``cache.held_steps``) the queries also attend to the held keys and values, and every
+        layer's (held + new) K and V are staged; the caller then calls ``cache.commit(steps)``
+        (see :func:`atoken.core.kv_cache.decode_with_cache`). That path is for inference: it
+        never checkpoints (recomputing a layer would read the cache twice).
+
         Raises:
-            ConfigError: when the stack has RoPE but no coordinates are given.
+            ConfigError: when the stack has RoPE but no coordinates are given, or a cache is
+                given with no coordinates or for other than one sample.
         """
+        if cache is not None:
+            return self._forward_cached(x, seqlens, coords, cache)
         tables = None
         if self.rope is not None:
             if coords is None:
@@ -288,4 +352,23 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, seqlens, self.rope, tables, use_reentrant=False)
             else:
                 x = block(x, seqlens, self.rope, tables)
+        return x
+
+    def _forward_cached(
+        self, x: torch.Tensor, seqlens: torch.Tensor, coords: torch.Tensor | None, cache: KVCache
+    ) -> torch.Tensor:
+        """:meth:`forward` of one sample whose layers also read and stage ``cache``."""
+        if seqlens.shape != (1,):
+            raise ConfigError(
+                f"a KV cache holds one sample: seqlens must be [1], got {tuple(seqlens.shape)}"
+            )
+        if coords is None:
+            raise ConfigError("decoding with a KV cache needs coords [N, 4] (its time axis)")
+        key_coords = cache.begin(coords)  # [M + N, 4]: held keys first
+        tables = key_tables = None
+        if self.rope is not None:
+            key_tables = self.rope.tables(key_coords)  # [M + N, 1, D/2], shared by all layers
+            tables = key_tables[key_coords.shape[0] - coords.shape[0] :]  # [N, 1, D/2]
+        for i, block in enumerate(self.blocks):
+            x = block(x, seqlens, self.rope, tables, cache=cache, layer=i, key_tables=key_tables)
         return x

@@ -19,7 +19,9 @@ Input conversion rules (documented in docs/concepts/latent.md):
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,29 @@ from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_positive_ints
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["ImageModality", "to_image_tensor"]
+__all__ = ["ImageModality", "rgb_stats", "to_image_tensor"]
+
+
+def rgb_stats(
+    owner: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Check an RGB mean/std pair: three finite numbers each, std > 0.
+
+    Raises:
+        ModalityInputError: naming ``owner`` and the bad argument.
+    """
+    out = []
+    for label, value in (("input_mean", mean), ("input_std", std)):
+        try:
+            triple = tuple(float(v) for v in value)
+        except (TypeError, ValueError) as exc:
+            raise ModalityInputError(f"{owner}: {label} must be 3 numbers, got {value!r}") from exc
+        if len(triple) != 3 or not all(math.isfinite(v) for v in triple):
+            raise ModalityInputError(f"{owner}: {label} must be 3 finite numbers, got {value!r}")
+        out.append(triple)
+    if min(out[1]) <= 0:
+        raise ModalityInputError(f"{owner}: input_std must be positive, got {std!r}")
+    return out[0], out[1]
 
 
 def _from_pil(image: Any) -> torch.Tensor:
@@ -127,6 +151,11 @@ class ImageModality(Modality):
         temporal_patch: temporal patch pt (4); the image occupies slot 0.
         max_tokens: refuse (``TooManyTokensError``) an image with more tokens than this.
         min_side: the smallest accepted height or width in pixels.
+        input_mean, input_std: the per-channel (RGB) normalisation of the [0, 1] pixels the
+            model reads (the tokenizer passes its config's; SigLIP2: 0.5, 0.5).
+
+    Only temporal slot 0 is content (``content_dim = p * p * 3``): the model neither
+    normalises nor predicts the zero slots 1..pt-1.
     """
 
     name = "image"
@@ -139,6 +168,8 @@ class ImageModality(Modality):
         temporal_patch: int = 4,
         max_tokens: int = 16384,
         min_side: int = 2,
+        input_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        input_std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         check_positive_ints(
             "image",
@@ -151,7 +182,13 @@ class ImageModality(Modality):
         self.temporal_patch = temporal_patch
         self.max_tokens = max_tokens
         self.min_side = min_side
+        self.value_mean, self.value_std = rgb_stats("image", input_mean, input_std)
         self.value_dim = temporal_patch * patch_size * patch_size * 3
+
+    @property
+    def content_dim(self) -> int:
+        """Temporal slot 0: ``p * p * 3`` values."""
+        return self.patch_size * self.patch_size * 3
 
     def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         x = to_image_tensor(sample, min_side=self.min_side)  # [3, H, W]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_positive_ints
-from atoken.modalities.image import to_image_tensor
+from atoken.modalities.image import rgb_stats, to_image_tensor
 from atoken.modalities.video_io import read_video, stack_frames
 from atoken.plugins.hookspecs import hookimpl
 
@@ -111,6 +111,11 @@ class VideoModality(Modality):
         max_tokens: refuse (``TooManyTokensError``) a clip with more tokens than this.
         min_side: the smallest accepted frame height or width in pixels.
         frame_stride: keep every ``frame_stride``-th frame of each input (1: all).
+        input_mean, input_std: the per-channel (RGB) normalisation of the [0, 1] pixels the
+            model reads (the tokenizer passes its config's; SigLIP2: 0.5, 0.5).
+
+    Every value is content. The tokenizer encodes and decodes a clip longer than its tile
+    (``TokenizerConfig.tile_steps`` latent steps, 16 frames) in temporal tiles.
     """
 
     name = "video"
@@ -125,6 +130,8 @@ class VideoModality(Modality):
         max_tokens: int = 16384,
         min_side: int = 2,
         frame_stride: int = 1,
+        input_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        input_std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         check_positive_ints(
             "video",
@@ -139,6 +146,7 @@ class VideoModality(Modality):
         self.max_tokens = max_tokens
         self.min_side = min_side
         self.frame_stride = frame_stride
+        self.value_mean, self.value_std = rgb_stats("video", input_mean, input_std)
         self.value_dim = temporal_patch * patch_size * patch_size * 3
 
     def grid_of(self, T: int, H: int, W: int) -> tuple[int, int, int]:

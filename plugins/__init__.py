@@ -3,7 +3,10 @@
 from atoken.plugins.hookspecs import hookimpl, hookspec
 from atoken.plugins.manager import (
     DEFAULT_PLUGINS,
+    PluginDiagnosis,
+    PluginFailure,
     PluginInfo,
+    diagnose_plugins,
     disabled_plugins,
     get_plugin_manager,
     get_registry,
@@ -13,7 +16,10 @@ from atoken.plugins.manager import (
 
 __all__ = [
     "DEFAULT_PLUGINS",
+    "PluginDiagnosis",
+    "PluginFailure",
     "PluginInfo",
+    "diagnose_plugins",
     "disabled_plugins",
     "get_plugin_manager",
     "get_registry",

@@ -1,8 +1,10 @@
 """Built-in attention backends: ``sdpa`` (the CPU default), ``math`` (the reference) and, when
 the package is installed, ``xformers`` (CUDA).
 
-The functions live in :mod:`atoken.core.attention`; this plugin only registers them. xformers is
-never imported here: its backend function imports it on first call.
+The functions live in :mod:`atoken.core.attention`; this plugin only registers them. All three
+take the optional ``kv_seqlens`` keyword (queries and keys packed differently, as the decoder's
+KV cache needs). xformers is never imported here: its backend function imports it on first
+call.
 """
 
 from __future__ import annotations

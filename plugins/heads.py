@@ -1,12 +1,17 @@
 """Built-in decoder heads: ``pixels`` maps decoder tokens to patch values of a modality.
 
-Shapes: tokens [N, width] -> values [N, value_dim] -> the modality's ``unpatchify`` per sample
-(images [3, H, W], clips [3, T, H, W]).
+Shapes: tokens [N, width] -> values [N, value_dim] -> the modality's ``denormalize`` and
+``unpatchify`` per sample (images [3, H, W], clips [3, T, H, W], depth maps [H, W]).
+
+The head protocol (documented in ``docs/plugin_hooks.md``): the factory is called as
+``factory(width=..., value_dim=..., bias=..., modality=..., **head_params)`` (each of the first
+four only when it accepts it), and ``forward(tokens [N, width], latent)`` returns the prediction
+for the tokens of ``latent`` (a :class:`SparseLatent` of those samples' latent codes). A head
+whose prediction is the modality's (normalised) token values needs nothing more; any other head
+also defines ``to_samples(prediction, latent, modality) -> list`` of decoded samples.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +19,6 @@ from torch import nn
 
 from atoken.core.errors import ConfigError
 from atoken.core.latent import SparseLatent
-from atoken.core.modality import Modality
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["PixelHead"]
@@ -44,19 +48,21 @@ class PixelHead(nn.Module):
     #: ``forward`` accepts ``num_values`` to predict only the leading values (temporal slots).
     partial_values = True
 
-    def forward(self, tokens: torch.Tensor, num_values: int | None = None) -> torch.Tensor:
-        """tokens ``[N, width]`` -> values ``[N, num_values or value_dim]``."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        latent: SparseLatent | None = None,
+        *,
+        num_values: int | None = None,
+    ) -> torch.Tensor:
+        """tokens ``[N, width]`` -> values ``[N, num_values or value_dim]`` (``latent`` is
+        not needed: every token is decoded on its own)."""
         if num_values is None or num_values == self.value_dim:
             return self.proj(tokens)  # [N, value_dim]
         if not 0 < num_values <= self.value_dim:
             raise ConfigError(f"pixels: num_values must be in [1, {self.value_dim}]")
         bias = None if self.proj.bias is None else self.proj.bias[:num_values]
         return F.linear(tokens, self.proj.weight[:num_values], bias)  # [N, num_values]
-
-    @staticmethod
-    def to_samples(values: torch.Tensor, latent: SparseLatent, modality: Modality) -> list[Any]:
-        """Unpatchify predicted values ``[N, value_dim]`` at the latent's coords, per sample."""
-        return modality.unpack(latent.replace(feats=values))
 
 
 @hookimpl

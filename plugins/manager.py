@@ -5,9 +5,13 @@ entry point of the group ``atoken``, then ``check_pending()`` so a misspelt hook
 error rather than silence. Nothing loads at import time: the manager and the registries are
 built on first use and cached until :func:`refresh`.
 
+:func:`get_registry` raises on the first plugin that fails to load; :func:`diagnose_plugins`
+(behind ``atoken plugins``) loads what it can and returns every failure instead.
+
 Environment:
     ATOKEN_DISABLE_PLUGINS  comma list of plugin or distribution names that are not loaded.
-    ATOKEN_TRACE_PLUGINS=1  trace every hook call to stderr.
+    ATOKEN_TRACE_PLUGINS=1  print ``atoken: hook <hook> -> <plugin>`` to stderr for every hook
+                            implementation called.
 """
 
 from __future__ import annotations
@@ -17,18 +21,23 @@ import importlib.metadata as metadata
 import os
 import sys
 import threading
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import attrs
 import pluggy
 
-from atoken.core.errors import ComponentError, PluginLoadError
+from atoken.core.errors import DuplicateComponentError, PluginLoadError
 from atoken.core.registry import KINDS, Registries
 from atoken.plugins import hookspecs
 
 __all__ = [
     "DEFAULT_PLUGINS",
+    "LoadStage",
+    "PluginDiagnosis",
+    "PluginFailure",
     "PluginInfo",
+    "diagnose_plugins",
     "disabled_plugins",
     "get_plugin_manager",
     "get_registry",
@@ -66,6 +75,11 @@ _manager: pluggy.PluginManager | None = None
 _registry: Registries | None = None
 _distinfo: dict[str, tuple[str, str]] = {}
 
+#: Where loading a plugin failed: importing it (or loading its entry point), pluggy validating
+#: its hooks (an unknown hook name, a bad signature), or running its ``register_<kind>s`` hooks
+#: (the hook raised, or registered a name another plugin already holds).
+LoadStage = Literal["import", "validate", "register"]
+
 
 @attrs.frozen
 class PluginInfo:
@@ -75,6 +89,42 @@ class PluginInfo:
     distribution: str
     version: str
     hooks: tuple[str, ...]
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin that failed to load: who it is, at which :data:`LoadStage`, and the error.
+
+    ``error`` is the original exception (what :class:`PluginLoadError` chains as its cause);
+    ``hooks`` are the hooks it implements, empty when it could not even be imported.
+    """
+
+    name: str
+    distribution: str
+    version: str
+    stage: LoadStage
+    error: BaseException = attrs.field(eq=False)
+    hooks: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """``"<ErrorType>: <message>"``, as :class:`PluginLoadError` words it."""
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+@attrs.frozen
+class PluginDiagnosis:
+    """What :func:`diagnose_plugins` found: the plugins that loaded, the registries they
+    filled, and every plugin that failed (none of its components are in ``registries``)."""
+
+    plugins: tuple[PluginInfo, ...]
+    failures: tuple[PluginFailure, ...]
+    registries: Registries
+
+    @property
+    def ok(self) -> bool:
+        """True when every plugin loaded."""
+        return not self.failures
 
 
 def disabled_plugins() -> frozenset[str]:
@@ -90,20 +140,100 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str, dist: str) -> None:
+def _dist_of(name: str) -> str:
+    return _distinfo.get(name, ("unknown",))[0]
+
+
+def _load_error(name: str, dist: str, cause: BaseException) -> PluginLoadError:
+    """A :class:`PluginLoadError` chained to ``cause`` whose message says how to skip the
+    plugin (added here unless the error class already words it)."""
+    err = PluginLoadError(name, dist, cause)
+    message = str(err)
+    if "ATOKEN_DISABLE_PLUGINS" not in message.replace(str(cause), ""):
+        message += f"; skip it with ATOKEN_DISABLE_PLUGINS={name}"
+        # ImportError.__str__ prints .msg, BaseException's prints args: keep both in step.
+        err.args, err.msg = (message,), message
+    err.__cause__ = cause
+    return err
+
+
+#: Collects failures while loading; ``None`` means "raise on the first one".
+_Failures = list[PluginFailure] | None
+
+
+def _fail(
+    failures: _Failures,
+    name: str,
+    dist: str,
+    stage: LoadStage,
+    exc: BaseException,
+    hooks: Sequence[str] = (),
+) -> None:
+    if failures is None:
+        raise _load_error(name, dist, exc)
+    failures.append(PluginFailure(name, dist, _version(dist), stage, exc, tuple(hooks)))
+
+
+def _hook_names(pm: pluggy.PluginManager, plugin: object) -> tuple[str, ...]:
+    return tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
+
+
+def _register(
+    pm: pluggy.PluginManager, plugin: object, name: str, dist: str, failures: _Failures
+) -> None:
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(name, dist, exc) from exc
+        _fail(failures, name, dist, "validate", exc)
+        if pm.get_plugin(name) is not None:  # pluggy < 1.7 keeps the hooks it accepted first
+            pm.unregister(name=name)
+        return
     _distinfo[name] = (dist, _version(dist))
 
 
-def _build_manager(load_entrypoints: bool) -> pluggy.PluginManager:
+def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, pluggy.PluginValidationError]:
+    """``check_pending()`` without stopping at the first offender: plugin name -> error."""
+    found: dict[str, pluggy.PluginValidationError] = {}
+    for hook_name, caller in vars(pm.hook).items():
+        if hook_name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook and impl.plugin_name not in found:
+                found[impl.plugin_name] = pluggy.PluginValidationError(
+                    impl.plugin, f"unknown hook {hook_name!r} in plugin {impl.plugin!r}"
+                )
+    return found
+
+
+def _trace_hook_calls(pm: pluggy.PluginManager) -> None:
+    """Print ``atoken: hook <hook> -> <plugin>`` for each implementation, in call order."""
+
+    def before(
+        hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, object]
+    ) -> None:
+        for impl in reversed(impls):  # pluggy calls the last registered first
+            print(f"atoken: hook {hook_name} -> {impl.plugin_name}", file=sys.stderr)
+
+    def after(
+        outcome: pluggy.Result[object],
+        hook_name: str,
+        impls: Sequence[pluggy.HookImpl],
+        kwargs: Mapping[str, object],
+    ) -> None:
+        if outcome.exception is not None:
+            exc = outcome.exception
+            print(f"atoken: hook {hook_name} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy.PluginManager:
+    """Load every plugin. With ``failures`` a list, a plugin that fails is recorded there and
+    left out; without, the first failure raises :class:`PluginLoadError`."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     if os.environ.get("ATOKEN_TRACE_PLUGINS", "") not in ("", "0"):
-        pm.trace.root.setwriter(sys.stderr.write)
-        pm.enable_tracing()
+        _trace_hook_calls(pm)
     blocked = disabled_plugins()
     _distinfo.clear()
     for modname in DEFAULT_PLUGINS:
@@ -113,8 +243,9 @@ def _build_manager(load_entrypoints: bool) -> pluggy.PluginManager:
         try:
             module = importlib.import_module(modname)
         except Exception as exc:
-            raise PluginLoadError(modname, _BUILTIN_DIST, exc) from exc
-        _register(pm, module, modname, _BUILTIN_DIST)
+            _fail(failures, modname, _BUILTIN_DIST, "import", exc)
+            continue
+        _register(pm, module, modname, _BUILTIN_DIST, failures)
     if load_entrypoints:
         for ep in metadata.entry_points(group=hookspecs.PROJECT_NAME):
             dist = ep.dist.name if ep.dist is not None else "unknown"
@@ -126,13 +257,13 @@ def _build_manager(load_entrypoints: bool) -> pluggy.PluginManager:
             try:
                 plugin = ep.load()
             except Exception as exc:
-                raise PluginLoadError(ep.name, dist, exc) from exc
-            _register(pm, plugin, ep.name, dist)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginLoadError(name, _distinfo.get(name, ("unknown",))[0], exc) from exc
+                _fail(failures, ep.name, dist, "import", exc)
+                continue
+            _register(pm, plugin, ep.name, dist, failures)
+    for name, exc in _unknown_hooks(pm).items():
+        hooks = _hook_names(pm, pm.get_plugin(name))
+        _fail(failures, name, _dist_of(name), "validate", exc, hooks)
+        pm.unregister(name=name)
     return pm
 
 
@@ -150,24 +281,36 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
 
 
 def _call_registration_hook(
-    pm: pluggy.PluginManager, hook_name: str, registries: Registries, attr: str
+    pm: pluggy.PluginManager,
+    hook_name: str,
+    registries: Registries,
+    attr: str,
+    skip: frozenset[str],
 ) -> None:
     registry = getattr(registries, attr)
     caller = getattr(pm.hook, hook_name)
     for impl in caller.get_hookimpls():
-        others = [p for p in pm.get_plugins() if p is not impl.plugin]
         plugin_name = impl.plugin_name
+        if plugin_name in skip:
+            continue
+        others = [p for p in pm.get_plugins() if p is not impl.plugin]
 
         def register(name: str, factory: Any, _plugin: str = plugin_name) -> None:
             registry.add(name, factory, plugin=_plugin)
 
         try:
             pm.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
-        except ComponentError:
-            raise
+        except DuplicateComponentError:
+            raise  # names both plugins already
         except Exception as exc:
-            dist = _distinfo.get(plugin_name, ("unknown",))[0]
-            raise PluginLoadError(plugin_name, dist, exc) from exc
+            raise _load_error(plugin_name, _dist_of(plugin_name), exc) from exc
+
+
+def _fill_registries(pm: pluggy.PluginManager, skip: frozenset[str] = frozenset()) -> Registries:
+    registries = Registries()
+    for attr, _ in KINDS:
+        _call_registration_hook(pm, f"register_{attr}", registries, attr, skip)
+    return registries
 
 
 def get_registry() -> Registries:
@@ -177,16 +320,13 @@ def get_registry() -> Registries:
 
     Raises:
         DuplicateComponentError: two plugins registered one name (both are named).
-        PluginLoadError: a plugin failed to load or its registration hook raised.
+        PluginLoadError: a plugin failed to load or its registration hook raised (the message
+            names the plugin, its distribution and the ``ATOKEN_DISABLE_PLUGINS`` to skip it).
     """
     global _registry
     with _lock:
         if _registry is None:
-            pm = get_plugin_manager()
-            registries = Registries()
-            for attr, _ in KINDS:
-                _call_registration_hook(pm, f"register_{attr}", registries, attr)
-            _registry = registries
+            _registry = _fill_registries(get_plugin_manager())
         return _registry
 
 
@@ -199,14 +339,50 @@ def refresh(*, manager: bool = False) -> None:
             _manager = None
 
 
-def list_plugins() -> list[PluginInfo]:
-    """Every loaded plugin with its distribution, version and implemented hooks."""
-    pm = get_plugin_manager()
+def _plugin_infos(pm: pluggy.PluginManager, skip: frozenset[str]) -> list[PluginInfo]:
     out = []
     for name, plugin in pm.list_name_plugin():
-        if plugin is None:
-            continue  # blocked
+        if plugin is None or name in skip:
+            continue  # blocked, or failed
         dist, version = _distinfo.get(name, ("unknown", "unknown"))
-        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
-        out.append(PluginInfo(name, dist, version, hooks))
+        out.append(PluginInfo(name, dist, version, _hook_names(pm, plugin)))
     return out
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every loaded plugin with its distribution, version and implemented hooks."""
+    return _plugin_infos(get_plugin_manager(), frozenset())
+
+
+def diagnose_plugins(load_entrypoints: bool = True) -> PluginDiagnosis:
+    """Load every plugin that can be loaded and report the others instead of raising.
+
+    Uses the process-wide manager when it builds (so plugins added with
+    :func:`atoken.testing.registered_plugin` count), else a separate one that leaves out each
+    plugin that fails to import or to validate. Registration hooks then run on every remaining
+    plugin; one that raises, or registers a name an earlier plugin holds, is a failure too and
+    none of its components are kept. The cached registries are not changed.
+    """
+    failures: list[PluginFailure] = []
+    with _lock:
+        try:
+            pm = get_plugin_manager(load_entrypoints)
+        except PluginLoadError:
+            pm = _build_manager(load_entrypoints, failures)
+        for name, exc in _unknown_hooks(pm).items():  # registered after the manager was built
+            hooks = _hook_names(pm, pm.get_plugin(name))
+            _fail(failures, name, _dist_of(name), "validate", exc, hooks)
+        while True:  # each pass leaves out one more failing plugin, so this ends
+            skip = frozenset(f.name for f in failures)
+            try:
+                registries = _fill_registries(pm, skip)
+            except PluginLoadError as err:
+                name, cause = err.plugin, err.__cause__ or err
+            except DuplicateComponentError as err:
+                name, cause = err.plugins[1], err
+            else:
+                break
+            hooks = _hook_names(pm, pm.get_plugin(name))
+            _fail(failures, name, _dist_of(name), "register", cause, hooks)
+        plugins = _plugin_infos(pm, skip)
+    return PluginDiagnosis(tuple(plugins), tuple(failures), registries)

@@ -9,9 +9,11 @@ import atoken
 from atoken.testing.contracts import (
     AttentionBackendContract,
     BottleneckContract,
+    HeadContract,
     LossContract,
     ModalityContract,
     TextEncoderContract,
+    TokenizerRoundTripContract,
 )
 
 REGISTRY = atoken.get_registry()
@@ -124,3 +126,31 @@ def test_bottleneck_contract_passes_and_fails():
     contract.test_shapes.hypothesis.inner_test(contract, good, 5, 0)
     with pytest.raises(AssertionError):
         contract.test_ids_round_trip.hypothesis.inner_test(contract, bad, 5, 0)
+
+
+# ------------------------------------------------------------- through the public tokenizer
+class TestEveryModalityThroughTheTokenizer(TokenizerRoundTripContract):
+    @pytest.fixture(params=REGISTRY.modalities.names())
+    def name(self, request):
+        return request.param
+
+
+def _head_cases() -> list[tuple[str, str]]:
+    """Each registered head with a modality it decodes (one whose default head it is)."""
+    from atoken.modalities import DEFAULT_MODALITY
+
+    cases = []
+    for head in REGISTRY.heads.names():
+        users = [
+            m
+            for m in REGISTRY.modalities.names()
+            if getattr(REGISTRY.modalities.get(m), "default_head", None) == head
+        ]
+        cases.append((head, users[0] if users else DEFAULT_MODALITY))
+    return cases
+
+
+class TestEveryHead(HeadContract):
+    @pytest.fixture(params=_head_cases(), ids=lambda case: f"{case[0]}-{case[1]}")
+    def head_and_modality(self, request):
+        return request.param

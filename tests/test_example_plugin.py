@@ -45,7 +45,36 @@ def test_one_channel_modality_gets_its_own_projection():
     latent = depth.pack(depth.examples(0))
     tokens = proj.embed("depth", latent.feats)
     assert tokens.shape == (latent.num_tokens, 32)
-    assert proj.unembed("depth", tokens).shape == latent.feats.shape
     tokens.sum().backward()
     assert proj.inputs["depth"].weight.grad is not None
     assert torch.isfinite(proj.inputs["depth"].weight.grad).all()
+
+
+def test_the_readme_session_runs_through_the_tokenizer():
+    """The acceptance command: a [H, W] depth map at native value size, own projection/head."""
+    code = (
+        "import atoken, torch; t = atoken.Tokenizer.from_preset('tiny'); "
+        "l = t.encode([torch.rand(40, 56)], modality='depth'); print(t.decode(l)[0].shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "torch.Size([40, 56])"
+
+
+def test_depth_trains_through_its_own_projection_and_head():
+    torch.manual_seed(0)
+    tok = atoken.Tokenizer.from_preset("tiny", modality_params={"depth": {"depth_std": 5.0}})
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(32, 48, generator=g) * 10, torch.rand(20, 20, generator=g) * 10]
+    opt = torch.optim.Adam(tok.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        recon, _, _ = tok.autoencode(maps, "depth")
+        loss = sum(((r - m) ** 2).mean() for r, m in zip(recon, maps, strict=True))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert tok.projections.inputs["depth"].weight.grad is not None
+    assert tok.heads["depth"].proj.weight.grad is not None
+    assert tok.encoder.patch_embed.proj.weight.grad is None  # depth never uses the RGB path
+    assert losses[-1] < 0.5 * losses[0]

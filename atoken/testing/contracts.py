@@ -20,19 +20,22 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atoken.core.attention import attention_math
+from atoken.core.attention import attention_math, call_attention
 from atoken.core.coords import grid_index
 from atoken.core.errors import ModalityInputError
 from atoken.core.modality import Modality
 from atoken.plugins.manager import get_registry
 from atoken.testing.strategies import seqlens
+from atoken.testing.tokenizer_contracts import HeadContract, TokenizerRoundTripContract
 
 __all__ = [
     "AttentionBackendContract",
     "BottleneckContract",
+    "HeadContract",
     "LossContract",
     "ModalityContract",
     "TextEncoderContract",
+    "TokenizerRoundTripContract",
 ]
 
 _fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=8)
@@ -181,9 +184,22 @@ class BottleneckContract:
         assert torch.equal(bottleneck.ids_to_codes(ids), z_q)
 
 
+@st.composite
+def _kv_lengths(
+    draw: st.DrawFn, *, max_samples: int = 5, max_len: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seqlens, kv_seqlens) int64 ``[B]``: a sample with queries has at least one key."""
+    q_lens = draw(seqlens(max_samples=max_samples, max_len=max_len))
+    kv_lens = [draw(st.integers(1 if n else 0, max_len)) for n in q_lens.tolist()]
+    return q_lens, torch.tensor(kv_lens, dtype=torch.int64)
+
+
 class AttentionBackendContract:
     """``fn(q, k, v, seqlens)`` over packed samples: shape and dtype kept, equal to the ``math``
-    reference and to running each sample alone (fp32, 1e-5), zero-length samples included."""
+    reference and to running each sample alone (fp32, 1e-5), zero-length samples included.
+    Keys packed apart (``kv_seqlens``, through :func:`~atoken.core.attention.call_attention`,
+    natively or by its fallback) equal ``math`` too, and empty inputs give ``[0, H, D]``: no
+    samples, samples without tokens, and samples with keys but no queries."""
 
     backend_name: ClassVar[str] = ""
 
@@ -215,6 +231,55 @@ class AttentionBackendContract:
                 alone = backend(*(t[start : start + n] for t in (q, k, v)), torch.tensor([n]))
                 assert torch.allclose(out[start : start + n], alone, atol=1e-5, rtol=1e-5)
             start += n
+
+    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=25)
+    @given(
+        lengths=_kv_lengths(max_samples=5, max_len=16),
+        heads=st.integers(1, 3),
+        dim=st.sampled_from([4, 8, 16]),
+        seed=_seeds,
+    )
+    def test_kv_seqlens_match_math_natively_and_by_fallback(
+        self,
+        backend: Any,
+        lengths: tuple[torch.Tensor, torch.Tensor],
+        heads: int,
+        dim: int,
+        seed: int,
+    ) -> None:
+        q_lens, kv_lens = lengths
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(int(q_lens.sum()), heads, dim, generator=g)
+        k, v = (torch.randn(int(kv_lens.sum()), heads, dim, generator=g) for _ in range(2))
+        ref = attention_math(q, k, v, q_lens, kv_seqlens=kv_lens)
+        out = call_attention(backend, q, k, v, q_lens, kv_lens)
+        assert out.shape == q.shape and out.dtype == q.dtype
+        assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+        def plain(q, k, v, seqlens):  # the minimal signature: call_attention must fall back
+            return backend(q, k, v, seqlens)
+
+        fallback = call_attention(plain, q, k, v, q_lens, kv_lens)
+        assert fallback.shape == q.shape
+        assert torch.allclose(fallback, ref, atol=1e-5, rtol=1e-5)
+
+    def test_empty_inputs(self, backend: Any) -> None:
+        H, D = 2, 8
+        empty = torch.zeros(0, H, D)
+        none = torch.zeros(0, dtype=torch.int64)
+        zeros = torch.zeros(2, dtype=torch.int64)
+        assert backend(empty, empty, empty, none).shape == (0, H, D)  # B = 0
+        assert backend(empty, empty, empty, zeros).shape == (0, H, D)  # samples without tokens
+        assert call_attention(backend, empty, empty, empty, none, none).shape == (0, H, D)
+        assert call_attention(backend, empty, empty, empty, zeros, zeros).shape == (0, H, D)
+        k, v = (torch.randn(5, H, D, generator=torch.Generator().manual_seed(i)) for i in (0, 1))
+        no_queries = call_attention(backend, empty, k, v, torch.tensor([0]), torch.tensor([5]))
+        assert no_queries.shape == (0, H, D)  # keys but no queries
+        q = torch.randn(3, H, D, generator=torch.Generator().manual_seed(2))
+        q_lens, kv_lens = torch.tensor([0, 3, 0]), torch.tensor([2, 3, 0])
+        out = call_attention(backend, q, k, v, q_lens, kv_lens)
+        ref = attention_math(q, k, v, q_lens, kv_seqlens=kv_lens)
+        assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
 class TextEncoderContract:

@@ -73,6 +73,68 @@ def test_to_dtype_keeps_coords_int32(latent):
     assert torch.equal(moved.feats.float(), latent.feats)
 
 
+def _with_value(value: float, dtype: torch.dtype = torch.float32) -> SparseLatent:
+    lat = _latent()
+    feats = lat.feats.to(dtype)
+    feats[1, 2] = value
+    return lat.replace(feats=feats)
+
+
+@pytest.mark.parametrize(
+    ("value", "source", "target"),
+    [
+        (-1e5, torch.float32, torch.float16),
+        (65520.0, torch.float32, torch.float16),  # the first value that rounds to inf
+        (1e39, torch.float64, torch.float32),
+        (1e39, torch.float64, torch.bfloat16),
+    ],
+)
+def test_to_a_narrower_dtype_that_overflows_raises(value, source, target):
+    with pytest.raises(LatentValidationError) as err:
+        _with_value(value, source).to(dtype=target)
+    assert err.value.field == "feats"
+    message = str(err.value)
+    assert str(target) in message
+    assert f"{abs(value):.6g}" in message
+
+
+@given(value=st.floats(-65519, 65519, allow_nan=False, width=32))
+def test_to_float16_converts_values_that_fit(value):
+    lat = _with_value(value)
+    half = lat.to(dtype=torch.float16)
+    assert half.feats.dtype == torch.float16
+    assert torch.equal(half.feats, lat.feats.half())
+    assert bool(torch.isfinite(half.feats).all())
+
+
+def test_to_bfloat16_keeps_large_values():
+    lat = _with_value(3e38)
+    bf = lat.to(dtype=torch.bfloat16)
+    assert bf.feats.dtype == torch.bfloat16
+    assert bool(torch.isfinite(bf.feats).all())
+    assert torch.allclose(bf.feats[1, 2].float(), torch.tensor(3e38), rtol=1e-2)
+
+
+def test_overflow_is_checked_only_for_narrower_dtypes(monkeypatch):
+    lat = _with_value(1e5)
+    calls = []
+    real = torch.isfinite
+
+    def spy(t):
+        calls.append(t.dtype)
+        return real(t)
+
+    monkeypatch.setattr(torch, "isfinite", spy)
+    lat.to(dtype=torch.float64)
+    lat.to(dtype=torch.float32)
+    lat.to(device="cpu")
+    assert calls == []  # wider, equal or no dtype: no scan of the values
+    lat.to(dtype=torch.bfloat16)
+    assert calls == [torch.bfloat16]
+    empty = SparseLatent(torch.zeros(0, 5), torch.zeros(0, 4, dtype=torch.int32), [])
+    assert empty.to(dtype=torch.float16).feats.dtype == torch.float16
+
+
 def test_replace_feats_may_change_channels():
     lat = _latent()
     new = lat.replace(feats=torch.zeros(lat.num_tokens, 7))

@@ -124,7 +124,9 @@ def test_rope_changes_the_output_and_loads_the_same_weights() -> None:
     assert joint.encoder.transformer.rope is not None
     ours, theirs = plain.state_dict(), joint.state_dict()
     assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # The encoder comes from the trunk; other modalities' own projections start random.
+    loaded = [k for k in ours if k.startswith("encoder.")]
+    assert loaded and all(torch.equal(ours[k], theirs[k]) for k in loaded)
     with torch.no_grad():
         assert not torch.allclose(plain.embed(images), joint.embed(images), atol=1e-3)
 

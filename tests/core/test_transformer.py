@@ -22,6 +22,7 @@ from atoken.core.config import (
 )
 from atoken.core.encoder import Encoder
 from atoken.core.errors import ConfigError, LatentValidationError, UnknownComponentError
+from atoken.core.kv_cache import KVCache
 from atoken.core.patch_embed import PatchEmbed4D, PositionTable2D
 from atoken.core.pooling import MAPHead
 from atoken.core.rope import Rope4D
@@ -165,6 +166,42 @@ def test_empty_batch_and_empty_samples() -> None:
         values, coords, seqlens = _packed([(2, 2), (0, 0), (1, 3)], P)
         emb = enc.pool(enc(values, coords, seqlens), seqlens)
     assert emb.shape == (3, W) and torch.isfinite(emb).all()
+
+
+def _plain_math(q, k, v, seqlens):
+    """A backend with only the minimal signature (call_attention falls back for it)."""
+    return attention_math(q, k, v, seqlens)
+
+
+@pytest.mark.parametrize("backend", [*atoken.get_registry().attention_backends.names(), "plain"])
+def test_transformer_handles_empty_input_with_every_backend(backend) -> None:
+    if backend == "xformers" and not torch.cuda.is_available():
+        pytest.skip("xformers has no CPU kernels")
+    fn = (
+        _plain_math
+        if backend == "plain"
+        else atoken.get_registry().attention_backends.create(backend)
+    )
+    torch.manual_seed(0)
+    stack = Transformer(2, W, HEADS, 64, rope=Rope4D(W // HEADS), qk_norm=True, attention_fn=fn)
+    none = torch.zeros(0, dtype=torch.int64)
+    no_coords = torch.zeros(0, 4, dtype=torch.int32)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        assert stack(torch.zeros(0, W), none, no_coords).shape == (0, W)  # B = 0
+        x = torch.randn(5, W, generator=g)
+        coords = torch.randint(0, 4, (5, 4), generator=g, dtype=torch.int32)
+        out = stack(x, torch.tensor([0, 3, 0, 2]), coords)  # samples without tokens
+        assert torch.allclose(out[:3], stack(x[:3], torch.tensor([3]), coords[:3]), atol=1e-5)
+        assert torch.allclose(out[3:], stack(x[3:], torch.tensor([2]), coords[3:]), atol=1e-5)
+        cache = KVCache(2)
+        empty = stack(torch.zeros(0, W), torch.tensor([0]), no_coords, cache=cache)
+        assert empty.shape == (0, W)  # no queries and no keys
+        stack(x, torch.tensor([5]), coords, cache=cache)
+        cache.commit(4)
+        assert cache.layer(0)[0].shape[0] > 0
+        empty = stack(torch.zeros(0, W), torch.tensor([0]), no_coords, cache=cache)
+        assert empty.shape == (0, W)  # no queries, some keys
 
 
 # ------------------------------------------------------------------------------ patch embedding

@@ -123,7 +123,8 @@ def test_registration_hook_that_raises_is_wrapped():
 
 def test_disable_plugins_env_blocks_builtin_and_entrypoint(fresh_plugins):
     fresh_plugins.setenv(
-        "ATOKEN_DISABLE_PLUGINS", "atoken.modalities.image, atoken.modalities.video, depth"
+        "ATOKEN_DISABLE_PLUGINS",
+        "atoken.modalities.image, atoken.modalities.video, depth, occupancy",
     )
     manager.refresh(manager=True)
     assert atoken.get_registry().modalities.names() == []
@@ -152,6 +153,7 @@ def test_cli_json_lists_builtins_and_example_plugin():
         "image": "atoken.modalities.image",
         "video": "atoken.modalities.video",
         "depth": "depth",
+        "occupancy": "occupancy",
     }
 
 

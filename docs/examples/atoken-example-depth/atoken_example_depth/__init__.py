@@ -8,8 +8,12 @@ Shapes:
     values  float32 [n, p * p], one channel per pixel of a p x p patch, laid out (ph, pw)
     coords  int32 [n, 4] = (0, x, y, 0): x the patch column, y the patch row
 
-Its value dimension (p * p = 256) differs from the backbone's patch dimension (3072), so the
-model gives it its own input/output projection instead of padding it to three channels.
+Its value dimension (p * p = 256) differs from the encoder's patch dimension (3072), so the
+tokenizer gives it its own input projection (``tok.projections.inputs["depth"]``) and its own
+``pixels`` head built for 256 values (``tok.heads["depth"]``) instead of padding it to three
+channels. Depths are normalised as ``(d - depth_mean) / depth_std`` (set both to your data's
+statistics through ``modality_params={"depth": {...}}``); the 2D position table applies, as
+for images.
 """
 
 from __future__ import annotations
@@ -30,13 +34,26 @@ class DepthModality(atoken.Modality):
 
     name = "depth"
     layout = "thw"
+    sample_ndim = 2  # [H, W]; a [B, H, W] tensor is a batch
+    uses_pos_table = True
 
-    def __init__(self, *, patch_size: int = 16, max_tokens: int = 16384) -> None:
-        if not isinstance(patch_size, int) or patch_size < 1:
-            raise atoken.ModalityInputError(f"depth: patch_size must be >= 1, got {patch_size!r}")
+    def __init__(
+        self,
+        *,
+        patch_size: int = 16,
+        max_tokens: int = 16384,
+        depth_mean: float = 0.0,
+        depth_std: float = 1.0,
+    ) -> None:
+        for label, value in (("patch_size", patch_size), ("max_tokens", max_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise atoken.ModalityInputError(f"depth: {label} must be >= 1, got {value!r}")
+        if not float(depth_std) > 0:
+            raise atoken.ModalityInputError(f"depth: depth_std must be > 0, got {depth_std!r}")
         self.patch_size = patch_size
         self.max_tokens = max_tokens
         self.value_dim = patch_size * patch_size
+        self.value_mean, self.value_std = (float(depth_mean),), (float(depth_std),)
 
     def _check(self, sample: Any) -> torch.Tensor:
         if not isinstance(sample, torch.Tensor):
@@ -73,8 +90,12 @@ class DepthModality(atoken.Modality):
     def unpatchify(
         self, values: torch.Tensor, coords: torch.Tensor, meta: dict[str, Any]
     ) -> torch.Tensor:
-        H, W = meta["size"]
-        _, gh, gw = grid = self.grid_shape(meta)
+        try:
+            H, W = (int(v) for v in meta["size"])
+            _, gh, gw = grid = self.grid_shape(meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise atoken.ModalityInputError(f"depth: metadata lacks 'size'/'grid': {meta}") from exc
+        self.check_values(values)
         p = self.patch_size
         dense, _ = scatter_to_grid(values, coords, grid, layout=self.layout)  # [p*p, 1, gh, gw]
         d = dense.reshape(p, p, gh, gw).permute(2, 0, 3, 1)  # [gh, p, gw, p]
