@@ -479,7 +479,53 @@ class Tokenizer(nn.Module):
         ``tile_steps`` overrides ``config.tile_steps`` for this call.
         """
         self._resolve_attention()
-        return self._encode_prepared(self._prepare(samples, modality), tile_steps)
+        S = self._tile_steps() if tile_steps is None else _check_steps(tile_steps)
+        if isinstance(samples, (SparseLatent, torch.Tensor)) or S is None:
+            return self._encode_prepared(self._prepare(samples, modality), S)
+        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
+            return self._encode_prepared(self._prepare(samples, modality), S)
+        names = self._names(samples, modality, len(samples))
+        split: dict[int, list[Any]] = {}
+        for b, (sample, name) in enumerate(zip(samples, names, strict=True)):
+            pieces = self.modality(name).split_time(sample, S)
+            if pieces is not None and len(pieces) > 1:
+                split[b] = pieces
+        if not split:
+            return self._encode_prepared(self._prepare(samples, names), S)
+        rest = [b for b in range(len(samples)) if b not in split]
+        parts: dict[int, SparseLatent] = {}
+        if rest:
+            latent = self._encode_prepared(
+                self._prepare([samples[b] for b in rest], [names[b] for b in rest]), S
+            )
+            parts.update(zip(rest, latent.unpack(), strict=True))
+        for b, pieces in split.items():
+            parts[b] = self._encode_pieces(names[b], pieces, S)
+        return SparseLatent.pack(parts[b] for b in range(len(samples)))
+
+    def _encode_pieces(self, name: str, pieces: list[Any], S: int) -> SparseLatent:
+        """A long sample from its modality's ``split_time`` pieces: each patchified, normalised
+        and encoded alone (time re-based to 0), so memory is bounded by one piece."""
+        mod = self.modality(name)
+        device = self._device()
+        feats, coords, metas = [], [], []
+        pos = [mod.uses_pos_table]
+        for k, piece in enumerate(pieces):
+            values, local, meta = mod.patchify(piece)  # [n_k, d], [n_k, 4]
+            values, local = values.to(device), local.to(device)
+            x = self._embed_values(name, mod.normalize(values))  # [n_k, C]
+            seqlens = torch.tensor([values.shape[0]], dtype=torch.int64)
+            feats.append(self.encoder.forward_tokens(x, local, seqlens, pos_samples=pos))
+            shifted = local.clone()
+            shifted[:, 0] += k * S  # back to the sample's time
+            coords.append(shifted)
+            metas.append(meta)
+        meta = {**mod.join_meta(metas), "tile_steps": S, "tiles": metas}
+        all_feats = torch.cat(feats)  # [n, C]
+        seqlens = torch.tensor([all_feats.shape[0]], dtype=torch.int64)
+        return SparseLatent(
+            all_feats, torch.cat(coords), seqlens, modality=name, meta=[meta], validate=False
+        )
 
     def embed(self, samples: Any, modality: str | Sequence[str] | None = None) -> torch.Tensor:
         """The L2-normalised semantic embedding per sample: the MAP head's ``[B, C]``, or, with a
@@ -609,11 +655,51 @@ class Tokenizer(nn.Module):
             S = self._tile_steps(latent.meta[b])
             if S is not None and self._time_extent(coords) > S:
                 long[b] = S
+        pieces = {b for b in long if "tiles" in latent.meta[b]}
+        if pieces:
+            return self._decode_with_pieces(latent, pieces, steps)
         if not long:
             tokens = decoder(latent.feats, latent.coords, latent.seqlens)  # [N, C]
         else:
             tokens = self._decode_tokens_tiled(latent, long, steps)  # [N, C]
         return self._to_samples(tokens, latent)
+
+    def _decode_with_pieces(
+        self, latent: SparseLatent, pieces: set[int], cache_steps: int
+    ) -> list[Any]:
+        """Samples encoded piece by piece (their meta lists the ``tiles``) are decoded tile by
+        tile with the KV cache and joined by their modality; the others as usual."""
+        rest = [b for b in range(latent.batch_size) if b not in pieces]
+        out: dict[int, Any] = {}
+        if rest:
+            out.update(zip(rest, self.decode(latent.select(rest)), strict=True))
+        parts = latent.unpack()
+        for b in sorted(pieces):
+            out[b] = self._join_pieces(parts[b], cache_steps)
+        return [out[b] for b in range(latent.batch_size)]
+
+    def _join_pieces(self, part: SparseLatent, cache_steps: int) -> Any:
+        meta = part.meta[0]
+        name, S = part.modality[0], int(meta["tile_steps"])
+        t = part.coords[:, 0]
+        cache = KVCache(cache_steps)
+
+        def tiles():
+            for k, tile_meta in enumerate(meta["tiles"]):
+                rows = torch.nonzero((t >= k * S) & (t < (k + 1) * S)).flatten()  # [n_k]
+                local = part.coords[rows].clone()
+                local[:, 0] -= k * S  # re-based to the tile
+                tile = SparseLatent(
+                    part.feats[rows],
+                    local,
+                    [rows.numel()],
+                    modality=name,
+                    meta=[tile_meta],
+                    validate=False,
+                )
+                yield self.decode_tile(tile, cache, steps=S)[0]
+
+        return self.modality(name).join_time(tiles(), meta)
 
     def _decode_tokens_tiled(
         self, latent: SparseLatent, long: dict[int, int], cache_steps: int

@@ -257,6 +257,27 @@ class Modality(abc.ABC):
     def invalid_examples(self) -> list[Any]:
         """Inputs that :meth:`patchify` must reject with :class:`ModalityInputError`."""
 
+    # ------------------------------------------------------------------------ time tiles
+    def split_time(self, sample: Any, steps: int) -> list[Any] | None:
+        """Split one raw sample into consecutive pieces of ``steps`` latent time steps (the
+        last may be shorter) whose ``patchify`` gives exactly the tokens of those steps with
+        time re-based to 0; None (the default) when the sample has no time axis to split.
+
+        The tokenizer then patchifies, encodes and decodes a long sample piece by piece, so
+        memory is bounded by one tile. A modality that splits also implements
+        :meth:`join_meta` and :meth:`join_time`.
+        """
+        return None
+
+    def join_meta(self, metas: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The whole sample's meta from its pieces' metas (see :meth:`split_time`)."""
+        raise NotImplementedError(f"{self.name}: split_time without join_meta")
+
+    def join_time(self, pieces: Any, meta: dict[str, Any]) -> Any:
+        """The whole sample from an iterable of decoded pieces, in order (see
+        :meth:`split_time`); consume it lazily so only one piece is alive at a time."""
+        raise NotImplementedError(f"{self.name}: split_time without join_time")
+
     # ------------------------------------------------------------------------ batch helpers
     def pack(self, samples: Sequence[Any]) -> SparseLatent:
         """Patchify each sample and pack them: feats are the token values ``[N, value_dim]``."""

@@ -176,6 +176,34 @@ class VideoModality(Modality):
         meta = {"size": [T, H, W], "grid": [gt, gh, gw], "patch": [pt, p, p]}
         return values.contiguous(), coords, meta
 
+    def split_time(self, sample: Any, steps: int) -> list[torch.Tensor] | None:
+        """Views of ``steps * pt`` frames each (the last shorter): the tokenizer tiles a long
+        clip without patchifying it whole (None with a ``frame_stride``: the stride applies to
+        the whole clip)."""
+        if self.frame_stride != 1:
+            return None
+        x = to_video_tensor(sample, min_side=self.min_side, frame_stride=self.frame_stride)
+        span = steps * self.temporal_patch
+        return [x[:, s : s + span] for s in range(0, x.shape[1], span)]
+
+    def join_meta(self, metas: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        T = sum(int(m["size"][0]) for m in metas)
+        _, H, W = (int(v) for v in metas[0]["size"])
+        return {"size": [T, H, W], "grid": list(self.grid_of(T, H, W)), "patch": metas[0]["patch"]}
+
+    def join_time(self, pieces: Any, meta: dict[str, Any]) -> torch.Tensor:
+        T, H, W = (int(v) for v in meta["size"])
+        out = None
+        start = 0
+        for piece in pieces:  # [3, t, H, W] each, filled into one clip buffer
+            if out is None:
+                out = piece.new_empty(3, T, H, W)
+            out[:, start : start + piece.shape[1]] = piece
+            start += piece.shape[1]
+        if out is None or start != T:
+            raise ModalityInputError(f"video: pieces give {start} frames, the meta says {T}")
+        return out
+
     def grid_shape(self, meta: dict[str, Any]) -> tuple[int, int, int]:
         gt, gh, gw = meta["grid"]
         return int(gt), int(gh), int(gw)

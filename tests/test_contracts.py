@@ -154,3 +154,19 @@ class TestEveryHead(HeadContract):
     @pytest.fixture(params=_head_cases(), ids=lambda case: f"{case[0]}-{case[1]}")
     def head_and_modality(self, request):
         return request.param
+
+
+def test_several_contract_subclasses_run_in_one_session(tmp_path):
+    """Hypothesis' differing_executors check must not fire for a second subclass."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_two.py").write_text(
+        "from atoken.testing.contracts import ModalityContract\n"
+        "class TestA(ModalityContract):\n    modality_name = 'image'\n"
+        "class TestB(ModalityContract):\n    modality_name = 'video'\n"
+    )
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "12 passed" in out.stdout  # 6 contract tests x 2 subclasses
