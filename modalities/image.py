@@ -99,7 +99,9 @@ def _from_tensor(x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255.0
     elif x.is_floating_point():
         x = x.float()
-        if not bool(torch.isfinite(x).all()):
+        # A sum is NaN/inf when any value is (no clip-sized temporaries, unlike isfinite);
+        # the exact check runs only then.
+        if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ModalityInputError("image: contains NaN or infinite values")
         if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
             raise ModalityInputError(
