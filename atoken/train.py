@@ -55,6 +55,7 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
         "bottleneck": m.bottleneck,
         "head": m.head,
         "bottleneck_params": dict(m.bottleneck_params),
+        "modality_params": dict(m.modality_params),
         **dict(m.overrides),
     }
     if m.attention:

@@ -101,6 +101,9 @@ class ModelConfig:
     init_from: str = ""  # a checkpoint folder (save_pretrained) to start from
     text_encoder: str = ""  # a registered text encoder to align to (empty: none)
     text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)  # trainable = true: train it
+    # per modality, the parameters of its factory (TokenizerConfig.modality_params), e.g.
+    # modality_params = { depth = { depth_mean = 2.5 } }
+    modality_params: Mapping[str, Any] = attrs.field(factory=dict)
     # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
     # final_norm = false, decoder_final_norm = false, decoder_bias = true
     pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))

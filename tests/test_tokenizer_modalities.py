@@ -214,3 +214,16 @@ def test_a_saved_modality_whose_plugin_is_gone_is_dropped_with_a_warning(tok, tm
         loaded = Tokenizer.from_pretrained(tmp_path)
     assert "ghost" not in loaded.config.modalities
     assert torch.equal(loaded.heads["depth"].proj.weight, tok.heads["depth"].proj.weight)
+
+
+def test_a_run_file_passes_modality_params_to_the_tokenizer(tmp_path):
+    from atoken.core.runconfig import load_run_file
+    from atoken.train import build_tokenizer
+
+    run = tmp_path / "run.toml"
+    run.write_text('[model]\npreset = "tiny"\nmodality_params = { depth = { depth_mean = 2.5 } }\n')
+    tok = build_tokenizer(load_run_file(run))
+    assert tok.modality("depth").value_mean == (2.5,)
+    run.write_text('[model]\nmodality_params = { depth = { depht_mean = 2.5 } }\n')
+    with pytest.raises(ConfigError, match="depht_mean"):
+        build_tokenizer(load_run_file(run))
