@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atoken import _tiles, components
 from atoken.core.attention import AttentionFn, default_attention_backend
 from atoken.core.batch import PackedBatch, PackedGroup
 from atoken.core.components import BottleneckOutput
@@ -43,7 +44,7 @@ from atoken.core.encoder import Encoder
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
-from atoken.core.modality import Modality, accepted_arguments, build_modality
+from atoken.core.modality import Modality, build_modality
 from atoken.core.projection import ModalityProjections
 from atoken.core.semantic import SemanticProjection
 from atoken.core.siglip import encoder_config_from_timm, find_timm_trunk, load_timm_siglip
@@ -101,13 +102,13 @@ class Tokenizer(nn.Module):
         self.head: nn.Module | None = None
         self.heads = nn.ModuleDict()
         if config.decoder is not None:
-            self.bottleneck = _build_bottleneck(config)
+            self.bottleneck = components.build_bottleneck(config)
             self.decoder = Decoder(
                 config.decoder,
                 latent_dim=self.bottleneck.latent_dim,
                 final_norm=config.decoder_final_norm,
             )
-            self.head = self._create_head(config.head, enc.patch_dim, None, {})
+            self.head = components.create_head(config, config.head, enc.patch_dim, None, {})
         for name in self.config.modalities:
             self._declare(name)
         self.semantic: SemanticProjection | None = None
@@ -205,7 +206,8 @@ class Tokenizer(nn.Module):
             raise ModalityInputError(f"modality must be a registered name, got {name!r}")
         if name not in self._modalities:
             mod = self._build_modality(name)
-            if name not in self.config.modalities and self._needs_parameters(name, mod):
+            needs = components.needs_parameters(self.config, name, mod)
+            if name not in self.config.modalities and needs:
                 raise ConfigError(
                     f"modality {name!r} needs parameters of its own (a projection or a head) "
                     f"but this tokenizer was built for {list(self.config.modalities)}; build "
@@ -216,78 +218,26 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def parameter_free_modalities(cls, config: TokenizerConfig) -> tuple[str, ...]:
-        """The registered modalities that use only shared parameters under ``config`` (the
-        shared patch embedding and head): what a tokenizer saved before ``modalities`` was
-        recorded holds."""
-        registry = get_registry().modalities
-        out = []
-        for name in registry.names():
-            entry = registry.entry(name)
-            mod = build_modality(
-                name, entry.factory, config, config.modality_params.get(name), plugin=entry.plugin
-            )
-            if not _needs_parameters(config, name, mod):
-                out.append(name)
-        return tuple(out)
+        """The registered modalities that use only shared parameters under ``config``
+        (:func:`atoken.components.parameter_free_modalities`)."""
+        return components.parameter_free_modalities(config)
 
     def _build_modality(self, name: str) -> Modality:
         entry = get_registry().modalities.entry(name)
         params = self.config.modality_params.get(name)
         return build_modality(name, entry.factory, self.config, params, plugin=entry.plugin)
 
-    def _needs_parameters(self, name: str, mod: Modality) -> bool:
-        return _needs_parameters(self.config, name, mod)
-
     def _declare(self, name: str) -> None:
         """Build modality ``name`` and the parameters it needs (projection, own head)."""
         mod = self.modality(name)
-        if "." in name and self._needs_parameters(name, mod):
+        if "." in name and components.needs_parameters(self.config, name, mod):
             raise ConfigError(f"modality {name!r}: a name with its own parameters has no '.'")
         self.projections.add(name, mod.value_dim)
-        if self.decoder is not None and self._own_head(name, mod):
-            head_name, params = self._head_choice(name, mod)
-            self.heads[name] = self._create_head(head_name, mod.value_dim, mod, params)
-
-    def _head_choice(self, name: str, mod: Modality) -> tuple[str, dict[str, Any]]:
-        cfg = self.config
-        head = cfg.heads.get(name) or mod.default_head or cfg.head
-        return head, dict(cfg.head_params.get(name, {}))
-
-    def _own_head(self, name: str, mod: Modality) -> bool:
-        head, params = self._head_choice(name, mod)
-        shared = head == self.config.head and mod.value_dim == self.config.encoder.patch_dim
-        return not shared or bool(params)
-
-    def _create_head(
-        self, head: str, value_dim: int, mod: Modality | None, params: dict[str, Any]
-    ) -> nn.Module:
-        """The registered head ``head`` given the documented factory arguments it accepts."""
-        entry = get_registry().heads.entry(head)
-        names, var_kw = accepted_arguments(entry.factory)
-        unknown = sorted(k for k in params if k not in names and not var_kw)
-        if unknown:
-            raise ConfigError(
-                f"head {head!r} (plugin {entry.plugin!r}) does not take {unknown} in "
-                f"head_params; it takes {sorted(names)}"
+        if components.own_head(self.config, name, mod):
+            head_name, params = components.head_choice(self.config, name, mod)
+            self.heads[name] = components.create_head(
+                self.config, head_name, mod.value_dim, mod, params
             )
-        decoder = self.config.decoder
-        if decoder is None:
-            raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
-        given = {
-            "width": decoder.width,
-            "value_dim": value_dim,
-            "bias": decoder.bias,
-            "modality": mod,
-        }
-        kwargs = {k: v for k, v in given.items() if var_kw or k in names}
-        kwargs.update(params)
-        try:
-            return entry.factory(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(
-                f"head {head!r} (plugin {entry.plugin!r}) could not be built with "
-                f"{sorted(kwargs)}: {exc}"
-            ) from exc
 
     def head_for(self, name: str) -> nn.Module:
         """The head that decodes modality ``name`` (its own, or the shared ``head``)."""
@@ -298,7 +248,7 @@ class Tokenizer(nn.Module):
     # ------------------------------------------------------------------------ inputs
     def _names(self, samples: Any, modality: str | Sequence[str] | None, count: int) -> list[str]:
         if modality is None:
-            modality = self.config.default_modality or _default_modality()
+            modality = components.default_modality(self.config)
         if isinstance(modality, str):
             return [modality] * count
         names = list(modality)
@@ -397,33 +347,6 @@ class Tokenizer(nn.Module):
         steps = (meta or {}).get("tile_steps", self.config.tile_steps)
         return None if steps is None else int(steps)
 
-    @staticmethod
-    def _time_extent(coords: torch.Tensor) -> int:
-        return int(coords[:, 0].max()) + 1 if coords.shape[0] else 0
-
-    def _encode_long(self, name: str, sample: SparseLatent, S: int) -> torch.Tensor:
-        """One sample longer than a tile: each tile of ``S`` steps encoded alone with its time
-        re-based to 0 (as the official code does); tokens ``[n, C]`` in the sample's order."""
-        coords = sample.coords  # [n, 4]
-        t = coords[:, 0]
-        out = None
-        pos = [self.modality(name).uses_pos_table]
-        for start in range(0, self._time_extent(coords), S):
-            rows = torch.nonzero((t >= start) & (t < start + S)).flatten()  # [n_k]
-            if rows.numel() == 0:
-                continue
-            local = coords[rows].clone()
-            local[:, 0] -= start  # [n_k, 4] re-based to the tile
-            x = self._embed_values(name, sample.feats[rows])  # [n_k, C]
-            seqlens = torch.tensor([rows.numel()], dtype=torch.int64)
-            tokens = self.encoder.forward_tokens(x, local, seqlens, pos_samples=pos)  # [n_k, C]
-            if out is None:
-                out = tokens.new_zeros(coords.shape[0], tokens.shape[1])  # [n, C]
-            out[rows] = tokens
-        if out is None:
-            out = self._embed_values(name, sample.feats)[:0].new_zeros(0, self.encoder.width)
-        return out
-
     def _encode_prepared(self, batch: PackedBatch, tile_steps: int | None = None) -> SparseLatent:
         """Encoder tokens of a packed batch, long samples tiled in time: feats ``[N, C]``."""
         device = self._device()
@@ -441,7 +364,7 @@ class Tokenizer(nn.Module):
         per_sample = torch.split(batch.coords, batch.seqlens.tolist())
         S = self._tile_steps() if tile_steps is None else _check_steps(tile_steps)
         for b, coords in enumerate(per_sample):
-            if S is not None and self._time_extent(coords) > S:
+            if S is not None and _tiles.time_extent(coords) > S:
                 long[b] = S
                 metas[b]["tile_steps"] = S
         if not long:
@@ -455,7 +378,7 @@ class Tokenizer(nn.Module):
                 parts.update(zip(short, chunks, strict=True))
             for b, S in long.items():
                 group, sample = batch.sample(b)
-                parts[b] = self._encode_long(group.name, sample, S)
+                parts[b] = _tiles.encode_long(self, group.name, sample, S)
             feats = torch.cat([parts[b] for b in range(B)])  # [N, C]
         return SparseLatent(
             feats,
@@ -500,32 +423,8 @@ class Tokenizer(nn.Module):
             )
             parts.update(zip(rest, latent.unpack(), strict=True))
         for b, pieces in split.items():
-            parts[b] = self._encode_pieces(names[b], pieces, S)
+            parts[b] = _tiles.encode_pieces(self, names[b], pieces, S)
         return SparseLatent.pack(parts[b] for b in range(len(samples)))
-
-    def _encode_pieces(self, name: str, pieces: list[Any], S: int) -> SparseLatent:
-        """A long sample from its modality's ``split_time`` pieces: each patchified, normalised
-        and encoded alone (time re-based to 0), so memory is bounded by one piece."""
-        mod = self.modality(name)
-        device = self._device()
-        feats, coords, metas = [], [], []
-        pos = [mod.uses_pos_table]
-        for k, piece in enumerate(pieces):
-            values, local, meta = mod.patchify(piece)  # [n_k, d], [n_k, 4]
-            values, local = values.to(device), local.to(device)
-            x = self._embed_values(name, mod.normalize(values))  # [n_k, C]
-            seqlens = torch.tensor([values.shape[0]], dtype=torch.int64)
-            feats.append(self.encoder.forward_tokens(x, local, seqlens, pos_samples=pos))
-            shifted = local.clone()
-            shifted[:, 0] += k * S  # back to the sample's time
-            coords.append(shifted)
-            metas.append(meta)
-        meta = {**mod.join_meta(metas), "tile_steps": S, "tiles": metas}
-        all_feats = torch.cat(feats)  # [n, C]
-        seqlens = torch.tensor([all_feats.shape[0]], dtype=torch.int64)
-        return SparseLatent(
-            all_feats, torch.cat(coords), seqlens, modality=name, meta=[meta], validate=False
-        )
 
     def embed(self, samples: Any, modality: str | Sequence[str] | None = None) -> torch.Tensor:
         """The L2-normalised semantic embedding per sample: the MAP head's ``[B, C]``, or, with a
@@ -653,80 +552,16 @@ class Tokenizer(nn.Module):
         long = {}
         for b, coords in enumerate(per_sample):
             S = self._tile_steps(latent.meta[b])
-            if S is not None and self._time_extent(coords) > S:
+            if S is not None and _tiles.time_extent(coords) > S:
                 long[b] = S
         pieces = {b for b in long if "tiles" in latent.meta[b]}
         if pieces:
-            return self._decode_with_pieces(latent, pieces, steps)
+            return _tiles.decode_with_pieces(self, latent, pieces, steps)
         if not long:
             tokens = decoder(latent.feats, latent.coords, latent.seqlens)  # [N, C]
         else:
-            tokens = self._decode_tokens_tiled(latent, long, steps)  # [N, C]
+            tokens = _tiles.decode_tokens_tiled(self, latent, long, steps)  # [N, C]
         return self._to_samples(tokens, latent)
-
-    def _decode_with_pieces(
-        self, latent: SparseLatent, pieces: set[int], cache_steps: int
-    ) -> list[Any]:
-        """Samples encoded piece by piece (their meta lists the ``tiles``) are decoded tile by
-        tile with the KV cache and joined by their modality; the others as usual."""
-        rest = [b for b in range(latent.batch_size) if b not in pieces]
-        out: dict[int, Any] = {}
-        if rest:
-            out.update(zip(rest, self.decode(latent.select(rest)), strict=True))
-        parts = latent.unpack()
-        for b in sorted(pieces):
-            out[b] = self._join_pieces(parts[b], cache_steps)
-        return [out[b] for b in range(latent.batch_size)]
-
-    def _join_pieces(self, part: SparseLatent, cache_steps: int) -> Any:
-        meta = part.meta[0]
-        name, S = part.modality[0], int(meta["tile_steps"])
-        t = part.coords[:, 0]
-        cache = KVCache(cache_steps)
-
-        def tiles():
-            for k, tile_meta in enumerate(meta["tiles"]):
-                rows = torch.nonzero((t >= k * S) & (t < (k + 1) * S)).flatten()  # [n_k]
-                local = part.coords[rows].clone()
-                local[:, 0] -= k * S  # re-based to the tile
-                tile = SparseLatent(
-                    part.feats[rows],
-                    local,
-                    [rows.numel()],
-                    modality=name,
-                    meta=[tile_meta],
-                    validate=False,
-                )
-                yield self.decode_tile(tile, cache, steps=S)[0]
-
-        return self.modality(name).join_time(tiles(), meta)
-
-    def _decode_tokens_tiled(
-        self, latent: SparseLatent, long: dict[int, int], cache_steps: int
-    ) -> torch.Tensor:
-        """Decoder tokens ``[N, C]``: short samples in one pass, long ones tile by tile."""
-        _, decoder, _ = self._require_decoder()
-        B = latent.batch_size
-        parts = latent.unpack()
-        out: dict[int, torch.Tensor] = {}
-        short = [b for b in range(B) if b not in long]
-        if short:
-            sub = latent.select(short)
-            chunks = torch.split(decoder(sub.feats, sub.coords, sub.seqlens), sub.seqlens.tolist())
-            out.update(zip(short, chunks, strict=True))
-        for b, S in long.items():
-            part = parts[b]
-            t = part.coords[:, 0]
-            tokens = part.feats.new_zeros(part.num_tokens, decoder.width)  # [n, C]
-            cache = KVCache(cache_steps)
-            for start in range(0, self._time_extent(part.coords), S):
-                rows = torch.nonzero((t >= start) & (t < start + S)).flatten()  # [n_k]
-                local = part.coords[rows].clone()
-                local[:, 0] -= start  # re-based to the tile
-                tile = decode_with_cache(decoder, part.feats[rows], local, cache, steps=S)
-                tokens[rows] = tile.to(tokens.dtype)  # [n_k, C]
-            out[b] = tokens
-        return torch.cat([out[b] for b in range(B)])
 
     def decode_tile(
         self, latent: SparseLatent, cache: KVCache | None = None, *, steps: int | None = None
@@ -842,40 +677,7 @@ class Tokenizer(nn.Module):
         return load_pretrained(cls, folder, **overrides)
 
 
-def _build_bottleneck(config: TokenizerConfig) -> nn.Module:
-    """The registered bottleneck, given ``in_dim`` and (if it takes it) ``latent_dim``."""
-    factory = get_registry().bottlenecks.get(config.bottleneck)
-    params = {"in_dim": config.encoder.backbone.width, **dict(config.bottleneck_params)}
-    accepts, _ = accepted_arguments(factory)
-    if "latent_dim" in accepts and "latent_dim" not in params:
-        params["latent_dim"] = config.latent_dim
-    bottleneck = factory(**params)
-    if bottleneck.latent_dim != config.latent_dim:
-        raise ConfigError(
-            f"bottleneck {config.bottleneck!r} with {dict(config.bottleneck_params)} gives a "
-            f"{bottleneck.latent_dim}-channel latent but latent_dim is {config.latent_dim}; "
-            f"set latent_dim={bottleneck.latent_dim}"
-        )
-    return bottleneck
-
-
 def _check_steps(steps: Any) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"tile_steps must be a positive int, got {steps!r}")
     return steps
-
-
-def _default_modality() -> str:
-    from atoken.modalities import DEFAULT_MODALITY
-
-    return DEFAULT_MODALITY
-
-
-def _needs_parameters(config: TokenizerConfig, name: str, mod: Modality) -> bool:
-    """Whether modality ``name`` needs parameters of its own under ``config``."""
-    if mod.value_dim != config.encoder.patch_dim:
-        return True
-    if config.decoder is None:
-        return False
-    head = config.heads.get(name) or mod.default_head or config.head
-    return head != config.head or bool(config.head_params.get(name))

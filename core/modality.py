@@ -205,7 +205,7 @@ class Modality(abc.ABC):
             return values
         mean, std = stats
         n, d = values.shape[0], self.content_dim
-        content = values[:, :d].reshape(n, -1, mean.numel())  # [n, d / c, c]
+        content = values[:, :d].reshape(n, d // mean.numel(), mean.numel())  # [n, d / c, c]
         normed = ((content - mean) / std).reshape(n, d)  # [n, d]
         if d == values.shape[1]:
             return normed
@@ -220,7 +220,7 @@ class Modality(abc.ABC):
             return values
         mean, std = stats
         n, d = values.shape[0], min(self.content_dim, values.shape[1])
-        content = values[:, :d].reshape(n, -1, mean.numel())  # [n, d / c, c]
+        content = values[:, :d].reshape(n, d // mean.numel(), mean.numel())  # [n, d / c, c]
         raw = (content * std + mean).reshape(n, d)  # [n, d]
         if d == values.shape[1]:
             return raw

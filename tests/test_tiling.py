@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.latent import SparseLatent
 from atoken.modalities.video_io import write_video
 from atoken.tiling import (
     TilingConfig,
@@ -171,3 +172,24 @@ def test_decode_uses_the_tile_length_the_latent_was_encoded_with(tok):
     assert default.shape == clip.shape
     assert torch.allclose(default, explicit, atol=1e-6)
     assert not torch.allclose(default, longer, atol=1e-4)  # the tile length matters
+
+
+def test_decode_tiled_of_a_latent_with_an_empty_tile(tok):
+    """A box query can leave a tile without tokens: it decodes (to the head's empty output)
+    and the next tile keeps the true time distance to the one before."""
+    clip = _clip(3 * TILE, seed=5)
+    latent = encode_tiled(tok, clip, tile_frames=TILE)
+    t = latent.coords[:, 0]
+    keep = torch.nonzero((t < 2) | (t >= 4)).flatten()  # drop tile 1 (steps 2, 3)
+    holed = SparseLatent(
+        latent.feats[keep], latent.coords[keep], [keep.numel()], modality="video", meta=latent.meta
+    )
+    recon = decode_tiled(tok, holed, tile_frames=TILE, kv_cache_steps=2)
+    assert recon.shape == clip.shape and bool(torch.isfinite(recon).all())
+    full = decode_tiled(tok, latent, tile_frames=TILE, kv_cache_steps=2)
+    assert torch.allclose(recon[:, :TILE], full[:, :TILE], atol=1e-5)  # tile 0 unchanged
+    # Tile 2 no longer sees tile 1 (empty) and tile 0 is out of its 2-step window.
+    with torch.no_grad():
+        alone = decode_tiled(tok, holed, tile_frames=TILE, kv_cache_steps=0)
+    assert torch.allclose(recon[:, 2 * TILE :], alone[:, 2 * TILE :], atol=1e-5)
+    assert not torch.allclose(recon[:, 2 * TILE :], full[:, 2 * TILE :], atol=1e-4)

@@ -185,6 +185,12 @@ class TokenizerRoundTripContract:
             emb = tokenizer.embed(emptied)
         assert len(decoded) == 2 and bool(torch.isfinite(emb).all())
         assert _as_tensor(decoded[0]).shape == _canonical(mod, samples[0]).shape
+        alone = emptied.select([0])  # a batch whose only sample has no tokens: N = 0
+        with torch.no_grad():
+            latent = tokenizer.encode(alone)
+            assert latent.num_tokens == 0 and latent.batch_size == 1
+            assert _as_tensor(tokenizer.decode(latent)[0]).shape == _as_tensor(decoded[0]).shape
+            assert bool(torch.isfinite(tokenizer.embed(alone)).all())
         fsq = _tokenizer(self.preset, name, self.modality_params, **FSQ_OVERRIDES)
         with torch.no_grad():
             assert fsq.tokenize(emptied).seqlens.tolist() == [0, int(raw.seqlens[1])]

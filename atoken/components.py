@@ -1,0 +1,136 @@
+"""Building a tokenizer's components from its config and the registries.
+
+* :func:`build_bottleneck`: the registered bottleneck (W_r) for the encoder width.
+* :func:`head_choice`, :func:`needs_parameters`: which head decodes a modality and whether the
+  modality needs parameters of its own (an input projection when its ``value_dim`` differs
+  from the encoder's patch dimension; a head when it is not the shared one).
+* :func:`create_head`: a registered head from the documented factory arguments (``width``,
+  ``value_dim``, ``bias``, ``modality``, each when accepted) and the config's ``head_params``.
+* :func:`parameter_free_modalities`: the registered modalities that need nothing of their own.
+
+No modality is named here: everything comes from the config and from the modalities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from atoken.core.config import TokenizerConfig
+from atoken.core.errors import ConfigError
+from atoken.core.modality import Modality, accepted_arguments, build_modality
+from atoken.plugins.manager import get_registry
+
+__all__ = [
+    "build_bottleneck",
+    "create_head",
+    "default_modality",
+    "head_choice",
+    "needs_parameters",
+    "own_head",
+    "parameter_free_modalities",
+]
+
+
+def default_modality(config: TokenizerConfig) -> str:
+    """The modality of raw samples when a call names none: ``config.default_modality``, else
+    :data:`atoken.modalities.DEFAULT_MODALITY`."""
+    if config.default_modality:
+        return config.default_modality
+    from atoken.modalities import DEFAULT_MODALITY
+
+    return DEFAULT_MODALITY
+
+
+def build_bottleneck(config: TokenizerConfig) -> nn.Module:
+    """The registered bottleneck, given ``in_dim`` and (if it takes it) ``latent_dim``.
+
+    Raises:
+        ConfigError: the bottleneck's latent width differs from ``config.latent_dim``.
+    """
+    factory = get_registry().bottlenecks.get(config.bottleneck)
+    params = {"in_dim": config.encoder.backbone.width, **dict(config.bottleneck_params)}
+    accepts, _ = accepted_arguments(factory)
+    if "latent_dim" in accepts and "latent_dim" not in params:
+        params["latent_dim"] = config.latent_dim
+    bottleneck = factory(**params)
+    if bottleneck.latent_dim != config.latent_dim:
+        raise ConfigError(
+            f"bottleneck {config.bottleneck!r} with {dict(config.bottleneck_params)} gives a "
+            f"{bottleneck.latent_dim}-channel latent but latent_dim is {config.latent_dim}; "
+            f"set latent_dim={bottleneck.latent_dim}"
+        )
+    return bottleneck
+
+
+def head_choice(config: TokenizerConfig, name: str, mod: Modality) -> tuple[str, dict[str, Any]]:
+    """``(head name, head params)`` of modality ``name``: ``config.heads[name]``, else its
+    ``default_head``, else ``config.head``; params from ``config.head_params[name]``."""
+    head = config.heads.get(name) or mod.default_head or config.head
+    return head, dict(config.head_params.get(name, {}))
+
+
+def own_head(config: TokenizerConfig, name: str, mod: Modality) -> bool:
+    """Whether modality ``name`` gets its own head instance (not the shared ``head``)."""
+    if config.decoder is None:
+        return False
+    head, params = head_choice(config, name, mod)
+    shared = head == config.head and mod.value_dim == config.encoder.patch_dim
+    return not shared or bool(params)
+
+
+def needs_parameters(config: TokenizerConfig, name: str, mod: Modality) -> bool:
+    """Whether modality ``name`` needs parameters of its own (a projection or a head)."""
+    return mod.value_dim != config.encoder.patch_dim or own_head(config, name, mod)
+
+
+def create_head(
+    config: TokenizerConfig,
+    head: str,
+    value_dim: int,
+    mod: Modality | None,
+    params: dict[str, Any],
+) -> nn.Module:
+    """The registered head ``head`` given the documented factory arguments it accepts.
+
+    Raises:
+        ConfigError: a parameter the factory does not take, a factory that fails with a
+            ``TypeError`` (both naming the head and its plugin), or no decoder.
+    """
+    entry = get_registry().heads.entry(head)
+    names, var_kw = accepted_arguments(entry.factory)
+    unknown = sorted(k for k in params if k not in names and not var_kw)
+    if unknown:
+        raise ConfigError(
+            f"head {head!r} (plugin {entry.plugin!r}) does not take {unknown} in "
+            f"head_params; it takes {sorted(names)}"
+        )
+    decoder = config.decoder
+    if decoder is None:
+        raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
+    given = {"width": decoder.width, "value_dim": value_dim, "bias": decoder.bias, "modality": mod}
+    kwargs = {k: v for k, v in given.items() if var_kw or k in names}
+    kwargs.update(params)
+    try:
+        return entry.factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"head {head!r} (plugin {entry.plugin!r}) could not be built with "
+            f"{sorted(kwargs)}: {exc}"
+        ) from exc
+
+
+def parameter_free_modalities(config: TokenizerConfig) -> tuple[str, ...]:
+    """The registered modalities that use only shared parameters under ``config`` (the shared
+    patch embedding and head): what a tokenizer saved before ``modalities`` was recorded
+    holds."""
+    registry = get_registry().modalities
+    out = []
+    for name in registry.names():
+        entry = registry.entry(name)
+        params = config.modality_params.get(name)
+        mod = build_modality(name, entry.factory, config, params, plugin=entry.plugin)
+        if not needs_parameters(config, name, mod):
+            out.append(name)
+    return tuple(out)
