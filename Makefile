@@ -32,6 +32,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m pytest -p no:cacheprovider -q tests/test_layering.py tests/test_no_modality_names.py
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -9,6 +9,9 @@ import sys
 import click
 
 import atoken
+from atoken.cli_classify import classify
+from atoken.cli_common import _fail, _load_tokenizer, _table
+from atoken.cli_data import data, encode
 from atoken.core.errors import AtokenError
 from atoken.plugins.manager import diagnose_plugins, get_registry
 
@@ -107,23 +110,26 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(1)
 
 
-def _fail(exc: AtokenError) -> click.ClickException:
-    return click.ClickException(f"{type(exc).__name__}: {exc}")
-
-
 @main.command()
 @click.argument("run_file", type=click.Path(dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the run's newest checkpoint.")
 @click.option("--steps", type=int, default=None, help="Override [train] steps.")
 @click.option("--out", "out_dir", default=None, help="Override [run] out_dir.")
-def train(run_file: str, resume: bool, steps: int | None, out_dir: str | None) -> None:
+@click.option(
+    "--device", default=None, help="Override [train] device: auto (CUDA if any), cpu, cuda[:N]."
+)
+def train(
+    run_file: str, resume: bool, steps: int | None, out_dir: str | None, device: str | None
+) -> None:
     """Train a tokenizer as RUN_FILE (TOML) describes."""
     from atoken.core.runconfig import load_run_file
     from atoken.train import run_training
 
     overrides: dict = {}
-    if steps is not None:
-        overrides["train"] = {"steps": steps}
+    if steps is not None or device is not None:
+        overrides["train"] = {
+            k: v for k, v in (("steps", steps), ("device", device)) if v is not None
+        }
     if out_dir is not None:
         overrides["run"] = {"out_dir": out_dir}
     try:
@@ -133,19 +139,6 @@ def train(run_file: str, resume: bool, steps: int | None, out_dir: str | None) -
         raise _fail(exc) from exc
     click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")
     _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
-
-
-def _load_tokenizer(checkpoint: str):
-    from pathlib import Path
-
-    from atoken.tokenizer import Tokenizer
-
-    folder = Path(checkpoint)
-    if (folder / "tokenizer" / "config.json").exists():  # a run folder
-        folder = folder / "tokenizer"
-    model = Tokenizer.from_pretrained(folder)
-    model.eval()
-    return model
 
 
 @main.command()
@@ -286,20 +279,8 @@ def eval_command(
     _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in (header, tuple("-" * w for w in widths), *rows):
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
-
-
-# Registered last: atoken.cli_data imports nothing from this module at import time.
-from atoken.cli_data import data, encode  # noqa: E402
-
 main.add_command(data)
 main.add_command(encode)
-
-from atoken.cli_classify import classify  # noqa: E402
-
 main.add_command(classify)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ __all__ = ["classify"]
 @click.argument("images", nargs=-1, required=True)
 def classify(checkpoint: str, labels: str, template: str, images: tuple[str, ...]) -> None:
     """Print each image's probability for every label (zero-shot, no training)."""
-    from atoken.cli import _fail, _load_tokenizer, _table
+    from atoken.cli_common import _fail, _load_tokenizer, _table
     from atoken.modalities.image import to_image_tensor
     from atoken.zeroshot import classify as classify_images
     from atoken.zeroshot import parse_labels

@@ -295,7 +295,7 @@ def encode(
 ) -> None:
     """Encode DATA (a media store URL, an image folder or 'photos') into the latent store OUT:
     SparseLatents, and for FSQ tokenizers their ids."""
-    from atoken.cli import _load_tokenizer
+    from atoken.cli_common import _load_tokenizer
 
     options = _options(storage_options)
     try:

@@ -27,9 +27,9 @@ from torch import nn
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import RunConfig
 from atoken.data.digits import CaptionedImages, DigitSampler, load_digit_captions
+from atoken.image_training import evaluate_images
 from atoken.plugins.manager import get_registry
 from atoken.tokenizer import Tokenizer
-from atoken.train import evaluate_images
 from atoken.viz import save_side_by_side
 
 __all__ = ["SemanticTask", "embed_in_chunks", "evaluate_semantic", "heldout_digits"]

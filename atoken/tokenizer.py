@@ -408,11 +408,14 @@ class Tokenizer(nn.Module):
         if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
             return self._encode_prepared(self._prepare(samples, modality), S)
         names = self._names(samples, modality, len(samples))
+        samples = list(samples)
         split: dict[int, list[Any]] = {}
         for b, (sample, name) in enumerate(zip(samples, names, strict=True)):
             pieces = self.modality(name).split_time(sample, S)
             if pieces is not None and len(pieces) > 1:
                 split[b] = pieces
+            elif pieces:
+                samples[b] = pieces[0]  # already converted (a file is not read twice)
         if not split:
             return self._encode_prepared(self._prepare(samples, names), S)
         rest = [b for b in range(len(samples)) if b not in split]

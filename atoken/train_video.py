@@ -33,10 +33,10 @@ from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
 from atoken.data.videos import ClipSampler, VideoSet, ZarrVideos
 from atoken.data.zarr_dataset import is_store_url
+from atoken.image_training import ImageReconstructionTask, build_tokenizer
 from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.tiling import reconstruct_tiled
 from atoken.tokenizer import Tokenizer
-from atoken.train import ImageReconstructionTask, build_tokenizer
 from atoken.viz_video import save_clip_side_by_side
 
 __all__ = [
@@ -153,7 +153,7 @@ class ImageVideoTask:
         for name, clip in zip(self.heldout_names, self.heldout, strict=True):
             recon = reconstruct_tiled(
                 model, clip, tile_frames=v.tile_frames, kv_cache_steps=v.kv_cache_steps
-            ).clamp(0, 1)
+            ).clamp(0, 1).cpu()
             recons.append(recon)
             save_clip_side_by_side(clip, recon, out_dir / f"video_step{step:06d}_{name}", fps=v.fps)
         for metric in self.video_metrics.values():
@@ -177,7 +177,7 @@ def run_image_video_training(
     task = ImageVideoTask(cfg, tokenizer)
     if cfg.model.init_from:
         task.pretrained_prefixes = ("encoder.",)
-    trainer = Trainer(cfg, task, hooks=get_plugin_manager().hook)
+    trainer = Trainer(cfg, task, hooks=get_plugin_manager().hook, device=cfg.train.device)
     metrics = trainer.fit(resume=resume)
     tokenizer.load_state_dict(trainer.eval_model.state_dict())
     tokenizer.save_pretrained(cfg.run.output / "tokenizer")

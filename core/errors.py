@@ -102,12 +102,13 @@ class UnknownComponentError(ComponentError, LookupError):
 
 
 class PluginLoadError(ComponentError, ImportError):
-    """A plugin failed to load; the message names the plugin and its distribution."""
+    """A plugin failed to load; the message names the plugin, its distribution and how to
+    skip it (``ATOKEN_DISABLE_PLUGINS=<plugin>``)."""
 
     def __init__(self, plugin: str, distribution: str, cause: BaseException) -> None:
         super().__init__(
             f"plugin {plugin!r} from distribution {distribution!r} failed to load: "
-            f"{type(cause).__name__}: {cause}"
+            f"{type(cause).__name__}: {cause}; skip it with ATOKEN_DISABLE_PLUGINS={plugin}"
         )
         self.plugin, self.distribution = plugin, distribution
 

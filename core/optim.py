@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from atoken.core.patch_embed import PositionTable2D
+from atoken.core.pooling import MAPHead
 from atoken.core.runconfig import OptimConfig
 
 __all__ = ["build_optimizer", "grad_norm", "lr_at", "param_groups", "set_lr"]
@@ -23,10 +25,11 @@ def param_groups(
 ) -> list[dict]:
     """Four groups: (decay or not) x (pretrained or not), each with its ``lr_mult``."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    exempt = _no_decay(model)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = p.ndim >= 2 and "pos_embed" not in name and "probe" not in name
+        decay = p.ndim >= 2 and id(p) not in exempt
         groups.setdefault((decay, pretrained(name)), []).append(p)
     out = []
     for (decay, is_pretrained), params in sorted(groups.items()):
@@ -37,6 +40,18 @@ def param_groups(
                 "lr_mult": cfg.encoder_lr_mult if is_pretrained else 1.0,
             }
         )
+    return out
+
+
+def _no_decay(model: nn.Module) -> set[int]:
+    """Ids of the matrices that are embeddings, not weights: position tables and MAP probes
+    (found by module type, whatever the parameter is called)."""
+    out: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, PositionTable2D):
+            out.update(id(p) for p in module.parameters(recurse=False))
+        elif isinstance(module, MAPHead):
+            out.add(id(module.probe))
     return out
 
 

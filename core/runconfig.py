@@ -165,6 +165,8 @@ class TrainConfig:
     log_every: int = attrs.field(default=10, validator=_positive)
     max_nonfinite: int = attrs.field(default=5, validator=_positive)
     progress: bool = True
+    # "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; --device overrides
+    device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
 
 
 @attrs.frozen(kw_only=True)

@@ -33,7 +33,7 @@ from atoken.core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from atoken.core.errors import AtokenError
+from atoken.core.errors import AtokenError, ConfigError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.runconfig import RunConfig
 
@@ -85,6 +85,39 @@ def fast_bf16(device: torch.device) -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ConfigError: an unknown device, or CUDA asked for where there is none.
+    """
+    if isinstance(name, torch.device):
+        device = name
+    elif name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"[train] device: {name!r} is not a device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"[train] device: {name!r} asked for, but CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"[train] device must be auto, cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors in a batch (nested lists, tuples and dicts) moved to ``device``; the rest as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
 def _step_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1)
 
@@ -96,7 +129,8 @@ class Trainer:
         cfg: the run configuration.
         task: the model, data and loss.
         hooks: lifecycle hook caller (pluggy ``pm.hook`` or any object with those methods).
-        device: where to train (default CPU).
+        device: where to train (default CPU; see :func:`resolve_device`); batches are moved
+            there.
     """
 
     def __init__(
@@ -109,7 +143,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.task = cfg, task
         self.hooks = hooks if hooks is not None else _NoHooks()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.out_dir = cfg.run.output
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -198,7 +232,7 @@ class Trainer:
 
     def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         torch.manual_seed(_step_seed(self.cfg.run.seed, step, micro))
-        batch = self.task.batch(step, micro)
+        batch = to_device(self.task.batch(step, micro), self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss, terms = self.task.loss(self.model, batch)
         (loss / self.cfg.optim.grad_accum).backward()

@@ -134,7 +134,7 @@ class GramLoss(nn.Module):
         self.network_name, self.criterion = network, criterion
         self.size = check_size(size, who="gram")
         if network == "efficientnet_lite0":
-            from atoken.plugins.metrics.effnet import effnet_weights_path
+            from atoken.losses.effnet import effnet_weights_path
 
             self.weights_path = effnet_weights_path(weights_path)
         else:
@@ -148,7 +148,7 @@ class GramLoss(nn.Module):
         """The frozen feature network, built on first call (then moved to ``device``)."""
         if self.net is None:
             if self.network_name == "efficientnet_lite0":
-                from atoken.plugins.metrics.effnet import EfficientNetLite0
+                from atoken.losses.effnet import EfficientNetLite0
 
                 self.net = EfficientNetLite0(weights_path=self.weights_path)
             else:

@@ -145,14 +145,8 @@ def _dist_of(name: str) -> str:
 
 
 def _load_error(name: str, dist: str, cause: BaseException) -> PluginLoadError:
-    """A :class:`PluginLoadError` chained to ``cause`` whose message says how to skip the
-    plugin (added here unless the error class already words it)."""
+    """A :class:`PluginLoadError` chained to ``cause`` (its message says how to skip it)."""
     err = PluginLoadError(name, dist, cause)
-    message = str(err)
-    if "ATOKEN_DISABLE_PLUGINS" not in message.replace(str(cause), ""):
-        message += f"; skip it with ATOKEN_DISABLE_PLUGINS={name}"
-        # ImportError.__str__ prints .msg, BaseException's prints args: keep both in step.
-        err.args, err.msg = (message,), message
     err.__cause__ = cause
     return err
 

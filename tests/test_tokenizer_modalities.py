@@ -224,6 +224,6 @@ def test_a_run_file_passes_modality_params_to_the_tokenizer(tmp_path):
     run.write_text('[model]\npreset = "tiny"\nmodality_params = { depth = { depth_mean = 2.5 } }\n')
     tok = build_tokenizer(load_run_file(run))
     assert tok.modality("depth").value_mean == (2.5,)
-    run.write_text('[model]\nmodality_params = { depth = { depht_mean = 2.5 } }\n')
+    run.write_text("[model]\nmodality_params = { depth = { depht_mean = 2.5 } }\n")
     with pytest.raises(ConfigError, match="depht_mean"):
         build_tokenizer(load_run_file(run))

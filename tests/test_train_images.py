@@ -153,3 +153,42 @@ def test_folder_heldout_names_must_exist(tmp_path, folder):
 
     task = ImageReconstructionTask(task_cfg, build_tokenizer(task_cfg))
     assert task.heldout_names == ("img1.png",) and len(task.sampler.source) == 2
+
+
+def test_cli_train_runs_on_the_device_it_is_told(tmp_path, folder, monkeypatch):
+    import torch
+
+    from atoken.core import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.device)
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", spy)
+    run_file = _run_file(tmp_path, folder, "dev", steps=1)
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(run_file), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen == [torch.device("cpu")]
+    result = runner.invoke(main, ["train", str(run_file), "--device", "cuda"])
+    if not torch.cuda.is_available():  # a typed error naming the key, not a crash
+        assert result.exit_code == 1 and "CUDA is not available" in result.output
+    result = runner.invoke(main, ["train", str(run_file), "--device", "tpu"])
+    assert result.exit_code == 1 and "[train] device" in result.output
+
+
+def test_auto_device_is_cuda_when_present(monkeypatch):
+    import torch
+
+    from atoken.core.trainer import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")

@@ -184,7 +184,7 @@ class FDEffNet(FrechetFeatureMetric):
         batch_size: int = 32,
         method: str = "eigh",
     ) -> None:
-        from atoken.plugins.metrics.effnet import EfficientNetLite0
+        from atoken.losses.effnet import EfficientNetLite0
 
         net = EfficientNetLite0(weights_path=weights_path)
         super().__init__(

@@ -237,3 +237,17 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
 def test_run_config_round_trips_through_its_dict(tmp_path):
     cfg = _cfg(tmp_path, steps=3)
     assert structure(RunConfig, cfg.to_dict(), "again") == cfg
+
+
+def test_position_tables_and_probes_are_not_decayed_whatever_their_names():
+    from atoken.core.optim import param_groups
+    from atoken.core.runconfig import OptimConfig
+    from atoken.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_preset("tiny")
+    groups = param_groups(tok, OptimConfig(weight_decay=0.1))
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    table, probe = tok.encoder.pos_table.weight, tok.encoder.head.probe
+    assert table.ndim == 3 and probe.ndim == 2  # matrices that the ndim rule alone would decay
+    assert decay[id(table)] == 0.0 and decay[id(probe)] == 0.0
+    assert decay[id(tok.encoder.patch_embed.proj.weight)] == 0.1
