@@ -93,7 +93,9 @@ def decode_with_pieces(
     rest = [b for b in range(latent.batch_size) if b not in pieces]
     out: dict[int, Any] = {}
     if rest:
-        out.update(zip(rest, tok.decode(latent.select(rest)), strict=True))
+        out.update(
+            zip(rest, tok.decode(latent.select(rest), kv_cache_steps=cache_steps), strict=True)
+        )
     parts = latent.unpack()
     for b in sorted(pieces):
         out[b] = join_pieces(tok, parts[b], cache_steps)

@@ -13,6 +13,7 @@ No modality is named here: everything comes from the config and from the modalit
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from torch import nn
@@ -24,6 +25,8 @@ from atoken.plugins.manager import get_registry
 
 __all__ = [
     "build_bottleneck",
+    "check_modality_keys",
+    "check_parameter_name",
     "create_head",
     "default_modality",
     "head_choice",
@@ -134,3 +137,39 @@ def parameter_free_modalities(config: TokenizerConfig) -> tuple[str, ...]:
         if not needs_parameters(config, name, mod):
             out.append(name)
     return tuple(out)
+
+
+def check_modality_keys(config: TokenizerConfig) -> None:
+    """Every key of ``modality_params``, ``heads`` and ``head_params`` names a modality of
+    ``config.modalities``.
+
+    Raises:
+        ConfigError: naming the key, the table and close matches.
+    """
+    known = list(config.modalities or ())
+    for table in ("modality_params", "heads", "head_params"):
+        for key in getattr(config, table):
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ConfigError(
+                    f"{table} names {key!r}, which is not a modality of this tokenizer "
+                    f"({known}).{hint}"
+                )
+
+
+#: Names a module dict cannot hold (attributes of ``nn.ModuleDict``).
+_RESERVED = frozenset(dir(nn.ModuleDict()))
+
+
+def check_parameter_name(name: str) -> None:
+    """A modality with parameters of its own is a key of ``projections``/``heads``.
+
+    Raises:
+        ConfigError: a name with a '.' or one that ``nn.ModuleDict`` reserves.
+    """
+    if "." in name or name in _RESERVED:
+        raise ConfigError(
+            f"modality {name!r} needs parameters of its own, but a module dict cannot hold "
+            "that name (no '.', and none of nn.ModuleDict's attributes): rename it"
+        )

@@ -45,7 +45,14 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     """The tokenizer a run file's ``[model]`` section describes."""
     m = cfg.model
     if m.init_from:
-        return Tokenizer.from_pretrained(m.init_from)
+        tokenizer = Tokenizer.from_pretrained(m.init_from)
+        if not m.modality_params:
+            return tokenizer
+        # [model] modality_params apply to the checkpoint too; a modality they name that the
+        # checkpoint lacks is added with fresh parameters of its own.
+        names = tuple(dict.fromkeys([*tokenizer.config.modalities, *m.modality_params]))
+        params = {**tokenizer.config.modality_params, **dict(m.modality_params)}
+        return Tokenizer.from_pretrained(m.init_from, modalities=names, modality_params=params)
     overrides = {
         "latent_dim": m.latent_dim,
         "bottleneck": m.bottleneck,

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from atoken.baselines import PCATokenizer
+from atoken.components import default_modality
 from atoken.core.errors import ConfigError
 
 __all__ = ["PCA_MAPS", "init_from_pca", "zero_residual_branches"]
@@ -110,8 +111,11 @@ def init_from_pca(tokenizer: nn.Module, pca: PCATokenizer) -> nn.Module:
     mean = pca.mean.to(device, torch.float64)  # [d]
     d = comps.shape[1]
     c = tokenizer.config.encoder.in_channels
-    std = tokenizer.input_std.to(device, torch.float64).repeat(d // c)  # [d] in (ph, pw, c)
-    shift = tokenizer.input_mean.to(device, torch.float64).repeat(d // c)  # [d]
+    # the normalisation the image modality applies (the config's input_mean/std by default)
+    images = tokenizer.modality(default_modality(tokenizer.config))
+    stats = torch.tensor([images.value_std, images.value_mean], dtype=torch.float64)  # [2, c]
+    std = stats[0].to(device).repeat(d // c)  # [d] in (ph, pw, c)
+    shift = stats[1].to(device).repeat(d // c)  # [d]
 
     # encoder: codes = (s * v' + m - mean) @ C^T on channels 0..k-1, temporal slot 0 only
     weight[:k] = 0

@@ -3,8 +3,9 @@
 ``config.json`` records the modalities the tokenizer was built for (``modalities``), so their
 own projections and heads are rebuilt before the weights load. A saved modality whose plugin
 is not installed is dropped with a warning, with its own weights (the rest loads strictly); a
-file written before ``modalities`` was recorded holds the modalities that need no parameters
-of their own.
+modality added by an override (``from_pretrained(folder, modalities=[..., "depth"])``) starts
+with fresh parameters of its own; a file written before ``modalities`` was recorded holds the
+modalities that need no parameters of their own.
 """
 
 from __future__ import annotations
@@ -63,15 +64,22 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
         config = TokenizerConfig.from_dict(doc["config"]).with_overrides(**overrides)
     except (ConfigError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{config_path}: invalid config: {exc}") from exc
+    saved = doc["config"].get("modalities") if isinstance(doc["config"], dict) else None
     config, dropped = _installed_modalities(cls, config, config_path)
     model = cls(config)
+    # Modalities added by an override (not in the file) keep their fresh parameters.
+    added = [m for m in model.config.modalities if saved is not None and m not in saved]
+    skip = tuple(f"{part}.{name}." for name in dropped for part in _OWN_PARAMETERS)
+    fresh = tuple(f"{part}.{name}." for name in added for part in _OWN_PARAMETERS)
     try:
-        if dropped:
-            prefixes = tuple(f"{part}.{name}." for name in dropped for part in _OWN_PARAMETERS)
-            state = load_file(str(weights_path))
-            model.load_state_dict(
-                {k: v for k, v in state.items() if not k.startswith(prefixes)}, strict=True
-            )
+        if skip or fresh:
+            state = {
+                k: v for k, v in load_file(str(weights_path)).items() if not k.startswith(skip)
+            }
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            stray = sorted(unexpected) + sorted(k for k in missing if not k.startswith(fresh))
+            if stray:
+                raise CheckpointError(f"unexpected or missing keys: {stray[:20]}")
         else:
             load_model(model, str(weights_path), strict=True)
     except Exception as exc:
@@ -103,5 +111,12 @@ def _installed_modalities(
             stacklevel=3,
         )
         kept = tuple(m for m in config.modalities if m in registry)
-        config = attrs.evolve(config, modalities=kept)
+        config = attrs.evolve(
+            config,
+            modalities=kept,
+            **{
+                table: {k: v for k, v in getattr(config, table).items() if k in kept}
+                for table in ("modality_params", "heads", "head_params")
+            },
+        )
     return config, dropped

@@ -25,6 +25,7 @@ tile by tile with the decoder's KV cache, so memory is bounded by one tile.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from atoken.core.components import BottleneckOutput
 from atoken.core.config import TokenizerConfig, load_preset
 from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
-from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.errors import ConfigError, LatentValidationError, ModalityInputError
 from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality, build_modality
@@ -82,10 +83,9 @@ class Tokenizer(nn.Module):
         super().__init__()
         if not isinstance(config, TokenizerConfig):
             raise ConfigError(f"Tokenizer needs a TokenizerConfig, got {type(config).__name__}")
-        names = config.modalities
-        if names is None:
-            names = tuple(get_registry().modalities.names())
-        self.config = attrs.evolve(config, modalities=tuple(names))
+        implicit = config.modalities is None
+        names = tuple(get_registry().modalities.names()) if implicit else config.modalities
+        self.config = attrs.evolve(config, modalities=names)
         enc = config.encoder
         self.encoder = Encoder(enc)
         mean = torch.tensor(config.input_mean, dtype=torch.float32)  # [c]
@@ -109,12 +109,12 @@ class Tokenizer(nn.Module):
                 final_norm=config.decoder_final_norm,
             )
             self.head = components.create_head(config, config.head, enc.patch_dim, None, {})
-        for name in self.config.modalities:
-            self._declare(name)
         self.semantic: SemanticProjection | None = None
         self._frozen_text = SharedTextEncoder(None)
         if config.text_encoder is not None:
             self._build_text(config)
+        # Last, so the shared parameters initialise alike whatever plugins are installed.
+        self._declare_all(implicit)
 
     def _build_text(self, config: TokenizerConfig) -> None:
         if not config.encoder.map_head:
@@ -227,11 +227,32 @@ class Tokenizer(nn.Module):
         params = self.config.modality_params.get(name)
         return build_modality(name, entry.factory, self.config, params, plugin=entry.plugin)
 
+    def _declare_all(self, implicit: bool) -> None:
+        """Build every modality of ``config.modalities`` and its own parameters. With an
+        implicit list (every registered modality), one whose factory fails is left out with a
+        warning naming its plugin, so one broken plugin does not stop every tokenizer (unless
+        the config gives it parameters or a head: then the error is the user's to see)."""
+        components.check_modality_keys(self.config)
+        kept = []
+        for name in self.config.modalities:
+            try:
+                self._declare(name)
+            except ConfigError as exc:
+                cfg = self.config
+                named = name in cfg.modality_params or name in cfg.heads or name in cfg.head_params
+                if not implicit or named:  # the user asked for it: their config is wrong
+                    raise
+                warnings.warn(f"modality {name!r} left out of the tokenizer: {exc}", stacklevel=3)
+                continue
+            kept.append(name)
+        if len(kept) != len(self.config.modalities):
+            self.config = attrs.evolve(self.config, modalities=tuple(kept))
+
     def _declare(self, name: str) -> None:
         """Build modality ``name`` and the parameters it needs (projection, own head)."""
         mod = self.modality(name)
-        if "." in name and components.needs_parameters(self.config, name, mod):
-            raise ConfigError(f"modality {name!r}: a name with its own parameters has no '.'")
+        if components.needs_parameters(self.config, name, mod):
+            components.check_parameter_name(name)
         self.projections.add(name, mod.value_dim)
         if components.own_head(self.config, name, mod):
             head_name, params = components.head_choice(self.config, name, mod)
@@ -251,17 +272,56 @@ class Tokenizer(nn.Module):
             modality = components.default_modality(self.config)
         if isinstance(modality, str):
             return [modality] * count
+        if not isinstance(modality, Sequence) or not all(isinstance(m, str) for m in modality):
+            raise ModalityInputError(
+                f"modality must be a name or one name per sample, got {modality!r}"
+            )
         names = list(modality)
         if len(names) != count:
             raise ModalityInputError(f"{len(names)} modality names for {count} samples")
         return names
 
+    def _as_list(self, samples: Any, modality: str | Sequence[str] | None) -> list[Any]:
+        """Raw samples as a list: a tensor with one more dimension than the modality's samples
+        is a batch."""
+        if isinstance(samples, torch.Tensor):
+            names = set(self._names(samples, modality, samples.shape[0] if samples.ndim else 1))
+            if len(names) != 1:
+                raise ModalityInputError("a tensor batch holds samples of one modality")
+            mod = self.modality(names.pop())
+            nd = mod.sample_ndim
+            if samples.ndim != nd + 1:
+                shapes = {2: "[B, H, W]", 3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}
+                batch = shapes.get(nd) if mod.layout == "thw" else None
+                batch = batch or f"{nd + 1}-D [B, ...]"
+                one = " (one sample x: pass [x])" if samples.ndim == nd else ""
+                raise ModalityInputError(
+                    f"a {mod.name} tensor batch must be {batch}, got "
+                    f"{tuple(samples.shape)}; pass a list for single samples{one}"
+                )
+            return list(samples.unbind(0))
+        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
+            raise ModalityInputError(
+                f"samples must be a list (or a batch tensor), got {type(samples).__name__}"
+            )
+        return list(samples)
+
     def _prepare(self, samples: Any, modality: str | Sequence[str] | None) -> PackedBatch:
         """Patchify and normalise ``samples`` into per-modality groups on the model's device.
-        A :class:`SparseLatent` of raw values keeps its own modality names."""
+        A :class:`SparseLatent` of raw values keeps its own modality names.
+
+        Raises:
+            ModalityInputError: ``modality`` names other modalities than the latent's.
+        """
         device = self._device()
         if isinstance(samples, SparseLatent):
             latent = samples.to(device)
+            if modality is not None:
+                given = self._names(latent, modality, latent.batch_size)
+                if tuple(given) != latent.modality:
+                    raise ModalityInputError(
+                        f"modality={modality!r} but the latent's samples are {latent.modality}"
+                    )
             groups = []
             for name in dict.fromkeys(latent.modality):
                 idx = [b for b, m in enumerate(latent.modality) if m == name]
@@ -272,24 +332,7 @@ class Tokenizer(nn.Module):
                     PackedGroup(name, tuple(idx), part.replace(feats=mod.normalize(part.feats)))
                 )
             return PackedBatch.from_groups(groups)
-        first = modality if isinstance(modality, str) or modality is None else None
-        if isinstance(samples, torch.Tensor):
-            mod = self.modality(self._names(samples, first, 1)[0])
-            nd = mod.sample_ndim
-            if samples.ndim != nd + 1:
-                batch = {2: "[B, H, W]", 3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}.get(
-                    nd, f"{nd + 1}-D"
-                )
-                one = " (one sample x: pass [x])" if samples.ndim == nd else ""
-                raise ModalityInputError(
-                    f"a {mod.name} tensor batch must be {batch}, got "
-                    f"{tuple(samples.shape)}; pass a list for single samples{one}"
-                )
-            samples = list(samples.unbind(0))
-        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
-            raise ModalityInputError(
-                f"samples must be a list (or a batch tensor), got {type(samples).__name__}"
-            )
+        samples = self._as_list(samples, modality)
         names = self._names(samples, modality, len(samples))
         groups = []
         for name in dict.fromkeys(names):
@@ -344,11 +387,21 @@ class Tokenizer(nn.Module):
         )  # [N, C]
 
     def _tile_steps(self, meta: dict[str, Any] | None = None) -> int | None:
+        """The tile length of a sample: its meta's ``tile_steps`` (0: untiled), else the
+        config's; None: no tiling."""
         steps = (meta or {}).get("tile_steps", self.config.tile_steps)
-        return None if steps is None else int(steps)
+        if steps is None or steps == 0:
+            return None
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise LatentValidationError("meta", f"tile_steps must be an int >= 0, got {steps!r}")
+        return steps
 
-    def _encode_prepared(self, batch: PackedBatch, tile_steps: int | None = None) -> SparseLatent:
-        """Encoder tokens of a packed batch, long samples tiled in time: feats ``[N, C]``."""
+    def _encode_prepared(
+        self, batch: PackedBatch, S: int | None, override: int | None = None
+    ) -> SparseLatent:
+        """Encoder tokens of a packed batch, samples longer than ``S`` steps tiled in time:
+        feats ``[N, C]``. A per-call ``override`` of the tile length is recorded in every
+        sample's meta (``tile_steps``, 0: untiled), so decode uses the same tiles."""
         device = self._device()
         B = batch.batch_size
         if B == 0:
@@ -362,11 +415,12 @@ class Tokenizer(nn.Module):
         metas = [dict(m) for m in batch.meta]
         long: dict[int, int] = {}
         per_sample = torch.split(batch.coords, batch.seqlens.tolist())
-        S = self._tile_steps() if tile_steps is None else _check_steps(tile_steps)
         for b, coords in enumerate(per_sample):
             if S is not None and _tiles.time_extent(coords) > S:
                 long[b] = S
                 metas[b]["tile_steps"] = S
+            elif override is not None:
+                metas[b]["tile_steps"] = S or 0
         if not long:
             feats = self._encode_batch(batch)  # [N, C]
         else:
@@ -403,12 +457,10 @@ class Tokenizer(nn.Module):
         """
         self._resolve_attention()
         S = self._tile_steps() if tile_steps is None else _check_steps(tile_steps)
-        if isinstance(samples, (SparseLatent, torch.Tensor)) or S is None:
-            return self._encode_prepared(self._prepare(samples, modality), S)
-        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
-            return self._encode_prepared(self._prepare(samples, modality), S)
+        if isinstance(samples, SparseLatent) or S is None:
+            return self._encode_prepared(self._prepare(samples, modality), S, tile_steps)
+        samples = self._as_list(samples, modality)
         names = self._names(samples, modality, len(samples))
-        samples = list(samples)
         split: dict[int, list[Any]] = {}
         for b, (sample, name) in enumerate(zip(samples, names, strict=True)):
             pieces = self.modality(name).split_time(sample, S)
@@ -417,12 +469,12 @@ class Tokenizer(nn.Module):
             elif pieces:
                 samples[b] = pieces[0]  # already converted (a file is not read twice)
         if not split:
-            return self._encode_prepared(self._prepare(samples, names), S)
+            return self._encode_prepared(self._prepare(samples, names), S, tile_steps)
         rest = [b for b in range(len(samples)) if b not in split]
         parts: dict[int, SparseLatent] = {}
         if rest:
             latent = self._encode_prepared(
-                self._prepare([samples[b] for b in rest], [names[b] for b in rest]), S
+                self._prepare([samples[b] for b in rest], [names[b] for b in rest]), S, tile_steps
             )
             parts.update(zip(rest, latent.unpack(), strict=True))
         for b, pieces in split.items():
@@ -533,7 +585,10 @@ class Tokenizer(nn.Module):
 
         A sample longer than its tile (``meta["tile_steps"]``, else ``config.tile_steps``) is
         decoded tile by tile with the KV cache of ``kv_cache_steps`` steps (default
-        ``config.kv_cache_steps``), so memory is bounded by a tile.
+        ``config.kv_cache_steps``; in training mode tiles are independent, as in the official
+        training, so every tile gets its own gradients). A sample encoded piece by piece
+        (its meta lists the ``tiles``) is decoded and joined piece by piece, so memory is
+        bounded by a tile plus the output; other long samples hold their values once.
 
         Raises:
             ConfigError: no decoder, or a latent of the wrong width.
@@ -541,8 +596,6 @@ class Tokenizer(nn.Module):
         """
         _, decoder, _ = self._require_decoder()
         if not isinstance(latent, SparseLatent):
-            from atoken.core.errors import LatentValidationError
-
             raise LatentValidationError(
                 "feats", f"decode takes a SparseLatent, got {type(latent).__name__}"
             )
@@ -551,6 +604,8 @@ class Tokenizer(nn.Module):
         if latent.batch_size == 0:
             return []
         steps = self.config.kv_cache_steps if kv_cache_steps is None else kv_cache_steps
+        if self.training:
+            steps = 0  # independent tiles: the cache's detached keys would cut gradients
         per_sample = torch.split(latent.coords, latent.seqlens.tolist())
         long = {}
         for b, coords in enumerate(per_sample):
@@ -572,15 +627,20 @@ class Tokenizer(nn.Module):
         """Decode one temporal tile: ``latent`` holds one sample whose time is re-based to the
         tile (t from 0) and whose meta describes the tile. With ``cache`` the tile also attends
         to the cached steps of the previous tiles and the cache is updated (for streaming,
-        :mod:`atoken.tiling`). ``steps``: the tile's length in latent steps (default: its time
-        extent), by which the cache re-bases time.
+        :mod:`atoken.tiling`). ``steps``: the tile's length in latent steps, by which the cache
+        re-bases time (default: ``meta["tile_steps"]``, else ``config.tile_steps``, else the
+        tile's time extent); pass the true length of a short last tile.
 
         Raises:
-            ConfigError: a latent of more than one sample, or no decoder.
+            ConfigError: no decoder.
+            LatentValidationError: not a one-sample :class:`SparseLatent`.
         """
         _, decoder, _ = self._require_decoder()
-        if latent.batch_size != 1:
-            raise ConfigError(f"decode_tile takes one sample, got {latent.batch_size}")
+        if not isinstance(latent, SparseLatent) or latent.batch_size != 1:
+            got = latent.batch_size if isinstance(latent, SparseLatent) else type(latent).__name__
+            raise LatentValidationError("seqlens", f"decode_tile takes one sample, got {got}")
+        if steps is None:
+            steps = self._tile_steps(latent.meta[0])
         self._resolve_attention()
         latent = latent.to(self._device())
         tokens = decode_with_cache(decoder, latent.feats, latent.coords, cache, steps=steps)
@@ -613,6 +673,18 @@ class Tokenizer(nn.Module):
             values = head(tokens, latent, num_values=mod.content_dim)  # [N, content_dim]
         else:
             values = head(tokens, latent)  # [N, d]
+        N = tokens.shape[0]
+        if not isinstance(values, torch.Tensor) or values.shape not in (
+            (N, mod.content_dim),
+            (N, mod.value_dim),
+        ):
+            head_name = components.head_choice(self.config, name, mod)[0]
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
+            raise ConfigError(
+                f"head {head_name!r} gave {got} for {N} tokens of modality {name!r}: a head "
+                f"without to_samples must give [N, {mod.value_dim}] values (or "
+                f"[N, {mod.content_dim}] content values)"
+            )
         values = mod.denormalize(values.float())  # [N, k]
         if values.shape[1] < mod.value_dim:
             values = F.pad(values, (0, mod.value_dim - values.shape[1]))  # [N, d], zero padding
@@ -680,7 +752,8 @@ class Tokenizer(nn.Module):
         return load_pretrained(cls, folder, **overrides)
 
 
-def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"tile_steps must be a positive int, got {steps!r}")
-    return steps
+def _check_steps(steps: Any) -> int | None:
+    """A per-call tile length: a positive int, or 0 for no tiling (None)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"tile_steps must be an int >= 0 (0: no tiling), got {steps!r}")
+    return steps or None

@@ -151,9 +151,13 @@ class ImageVideoTask:
         v = self.cfg.video
         recons = []
         for name, clip in zip(self.heldout_names, self.heldout, strict=True):
-            recon = reconstruct_tiled(
-                model, clip, tile_frames=v.tile_frames, kv_cache_steps=v.kv_cache_steps
-            ).clamp(0, 1).cpu()
+            recon = (
+                reconstruct_tiled(
+                    model, clip, tile_frames=v.tile_frames, kv_cache_steps=v.kv_cache_steps
+                )
+                .clamp(0, 1)
+                .cpu()
+            )
             recons.append(recon)
             save_clip_side_by_side(clip, recon, out_dir / f"video_step{step:06d}_{name}", fps=v.fps)
         for metric in self.video_metrics.values():

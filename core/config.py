@@ -100,6 +100,18 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def _as_json(value: Any) -> Any:
+    """The JSON form of a parameter table (what ``config.json`` will hold), so a saved and
+    loaded config equals the original; a value JSON cannot hold is a ``ConfigError`` now, not
+    when the trained tokenizer is saved."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"parameter tables must hold JSON values (str, numbers, lists): {exc}"
+        ) from exc
+
+
 # ------------------------------------------------------------------------------ configs
 @attrs.frozen(kw_only=True)
 class BackboneConfig:
@@ -270,10 +282,10 @@ class TokenizerConfig:
     text_encoder: str | None = attrs.field(default=None)
     text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)
     modalities: tuple[str, ...] | None = attrs.field(default=None, converter=_as_tuple)
-    modality_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    modality_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, converter=_as_json)
     default_modality: str | None = attrs.field(default=None)
     heads: Mapping[str, str] = attrs.field(factory=dict)
-    head_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    head_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, converter=_as_json)
     tile_steps: int | None = attrs.field(default=4)
     kv_cache_steps: int = attrs.field(default=4)
 

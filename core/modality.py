@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -129,7 +130,7 @@ def build_modality(
     kwargs.update(params)
     try:
         modality = factory(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ModalityInputError) as exc:  # its arguments, rejected
         raise ConfigError(
             f"modality {name!r} (plugin {plugin!r}) could not be built with {sorted(kwargs)}: {exc}"
         ) from exc
@@ -149,7 +150,31 @@ def build_modality(
             f"modality {name!r} (plugin {plugin!r}): content_dim must be an int in [1, {dim}], "
             f"got {content!r}"
         )
+    _check_stats(modality, f"modality {name!r} (plugin {plugin!r})")
     return modality
+
+
+def _check_stats(modality: Modality, owner: str) -> None:
+    """``value_mean``/``value_std``: both None, or equal-length finite numbers whose channel
+    count divides ``content_dim``, with every std > 0."""
+    mean, std = modality.value_mean, modality.value_std
+    if mean is None and std is None:
+        return
+    try:
+        mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{owner}: value_mean/value_std must be numbers, got {mean!r}, {std!r}"
+        ) from exc
+    if not mean_t or len(mean_t) != len(std_t) or modality.content_dim % len(mean_t):
+        raise ConfigError(
+            f"{owner}: value_mean and value_std need one number per channel, equally many, "
+            f"dividing content_dim={modality.content_dim}; got {mean!r} and {std!r}"
+        )
+    if not all(math.isfinite(v) for v in mean_t + std_t) or min(std_t) <= 0:
+        raise ConfigError(
+            f"{owner}: value_mean must be finite and value_std > 0, got {mean!r}, {std!r}"
+        )
 
 
 class Modality(abc.ABC):

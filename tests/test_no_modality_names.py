@@ -8,7 +8,10 @@ from pathlib import Path
 import atoken
 
 ROOT = Path(__file__).resolve().parents[1]
-GUARDED = [*sorted((ROOT / "core").rglob("*.py")), ROOT / "atoken" / "tokenizer.py"]
+GUARDED = [
+    *sorted((ROOT / "core").rglob("*.py")),
+    *(ROOT / "atoken" / f for f in ("tokenizer.py", "components.py", "_tiles.py")),
+]
 #: Literals that equal a modality name but mean something else: (file, value, why).
 NOT_MODALITIES = {("core/siglip.py", "depth")}  # the backbone's depth, a config key
 

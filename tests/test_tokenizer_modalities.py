@@ -115,8 +115,12 @@ class _NeedyPlugin:
 def test_a_factory_that_fails_is_a_config_error_naming_the_plugin():
     with registered_plugin(_NeedyPlugin(), name="needy-plugin"):
         with pytest.raises(ConfigError, match="'needy' \\(plugin 'needy-plugin'\\)") as err:
-            Tokenizer.from_preset("tiny")
-    assert isinstance(err.value.__cause__, TypeError)
+            Tokenizer.from_preset("tiny", modalities=["image", "needy"])
+        assert isinstance(err.value.__cause__, TypeError)
+        # Implicitly (every registered modality), a broken plugin is left out, not fatal.
+        with pytest.warns(UserWarning, match="'needy' left out"):
+            tok = Tokenizer.from_preset("tiny")
+    assert "needy" not in tok.config.modalities and "image" in tok.config.modalities
 
 
 def test_a_modality_outside_the_config_needs_declaring():
@@ -227,3 +231,144 @@ def test_a_run_file_passes_modality_params_to_the_tokenizer(tmp_path):
     run.write_text("[model]\nmodality_params = { depth = { depht_mean = 2.5 } }\n")
     with pytest.raises(ConfigError, match="depht_mean"):
         build_tokenizer(load_run_file(run))
+
+
+def test_unknown_modality_keys_are_named_with_close_matches():
+    with pytest.raises(ConfigError, match=r"modality_params names 'dpeth'.*'depth'"):
+        Tokenizer.from_preset("tiny", modality_params={"dpeth": {"depth_mean": 1.0}})
+    with pytest.raises(ConfigError, match="heads names 'vdieo'"):
+        Tokenizer.from_preset("tiny", heads={"vdieo": "pixels"})
+    with pytest.raises(ConfigError, match="JSON"):
+        Tokenizer.from_preset("tiny", modality_params={"depth": {"depth_mean": object()}})
+
+
+class _Keys(atoken.get_registry().modalities.get("depth")):
+    name = "keys"
+
+
+class _BadStats(atoken.get_registry().modalities.get("depth")):
+    name = "badstats"
+
+    def __init__(self, *, patch_size=16):
+        super().__init__(patch_size=patch_size)
+        self.value_mean, self.value_std = (0.5, 0.5, 0.5), (0.5, 0.5)
+
+
+class _OddPlugin:
+    def __init__(self, name, cls):
+        self.name, self.cls = name, cls
+
+    @atoken.hookimpl
+    def register_modalities(self, register):
+        register(self.name, self.cls)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "match"),
+    [("keys", _Keys, "module dict"), ("badstats", _BadStats, "value_mean and value_std")],
+)
+def test_a_modality_the_model_cannot_hold_is_a_config_error(name, cls, match):
+    with registered_plugin(_OddPlugin(name, cls), name=f"{name}-plugin"):
+        with pytest.raises(ConfigError, match=match):
+            Tokenizer.from_preset("tiny", modalities=["image", name])
+
+
+class _ShortHead(torch.nn.Module):
+    def __init__(self, *, width, value_dim):
+        super().__init__()
+        self.proj = torch.nn.Linear(width, value_dim - 1)
+
+    def forward(self, tokens, latent):
+        return self.proj(tokens)
+
+
+class _ShortHeadPlugin:
+    @atoken.hookimpl
+    def register_heads(self, register):
+        register("short", _ShortHead)
+
+
+def test_a_head_giving_the_wrong_width_is_named():
+    with registered_plugin(_ShortHeadPlugin(), name="short-head"):
+        tok = Tokenizer.from_preset("tiny", heads={"depth": "short"})
+        with torch.no_grad(), pytest.raises(ConfigError, match="head 'short' gave"):
+            tok.reconstruct([torch.rand(16, 16)], "depth")
+
+
+def test_bad_arguments_are_typed_errors(tok):
+    image = torch.rand(3, 16, 16)
+    with pytest.raises(ModalityInputError, match="one name per sample"):
+        tok.encode([image], modality=123)
+    with pytest.raises(atoken.LatentValidationError, match="one sample"):
+        tok.decode_tile([1])
+    with torch.no_grad():
+        latent = tok.encode([image])
+    with pytest.raises(ModalityInputError, match="the latent's samples"):
+        tok.encode(tok.pack([image]).replace(), modality="video")
+    bad = latent.replace(meta=[{**latent.meta[0], "tile_steps": "4"}])
+    with pytest.raises(atoken.LatentValidationError, match="tile_steps"):
+        tok.decode(bad)
+    depth = torch.rand(2, 16, 24)  # a [B, H, W] batch named once per sample
+    with torch.no_grad():
+        assert tok.encode(depth, modality=["depth", "depth"]).batch_size == 2
+
+
+def test_a_per_call_tile_length_is_kept_for_decode(tok):
+    clip = torch.rand(3, 32, 32, 32, generator=torch.Generator().manual_seed(6))  # 8 steps
+    eight = Tokenizer.from_config(tok.config.with_overrides(tile_steps=8))
+    eight.load_state_dict(tok.state_dict())
+    one = Tokenizer.from_config(tok.config.with_overrides(tile_steps=None))
+    one.load_state_dict(tok.state_dict())
+    with torch.no_grad():
+        latent = tok.encode([clip], "video", tile_steps=8)
+        assert latent.meta[0]["tile_steps"] == 8
+        assert torch.allclose(tok.decode(latent)[0], eight.eval().reconstruct([clip], "video")[0])
+        untiled = tok.encode([clip], "video", tile_steps=0)
+        assert untiled.meta[0]["tile_steps"] == 0
+        want = one.eval().reconstruct([clip], "video")[0]
+        assert torch.allclose(tok.decode(untiled)[0], want, atol=1e-5)
+
+
+def test_training_decodes_long_clips_in_independent_tiles(tok):
+    clip = torch.rand(3, 32, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        latent = tok.encode([clip], "video")
+        independent = tok.decode(latent, kv_cache_steps=0)[0]
+        cached = tok.decode(latent)[0]
+        tok.train()
+        try:
+            trained = tok.decode(latent)[0]
+        finally:
+            tok.eval()
+    assert torch.allclose(trained, independent, atol=1e-6)
+    assert not torch.allclose(trained, cached, atol=1e-4)
+
+
+def test_a_long_clip_file_and_a_mixed_batch_with_a_long_clip(tok, tmp_path):
+    from atoken.modalities.video_io import write_video
+
+    g = torch.Generator().manual_seed(8)
+    clip = (torch.rand(3, 40, 32, 32, generator=g) * 255).to(torch.uint8)
+    path = write_video(clip, tmp_path / "long.mp4", fps=8)
+    image = torch.rand(3, 24, 40, generator=g)
+    with torch.no_grad():
+        from_file = tok.reconstruct([path], "video")[0]
+        mixed = tok.encode([image, path], modality=["image", "video"])
+        out = tok.decode(mixed)
+        alone = tok.reconstruct([image])[0]
+    assert from_file.shape == (3, 40, 32, 32)
+    assert len(mixed.meta[1]["tiles"]) == 3 and mixed.meta[1]["tile_steps"] == 4
+    assert torch.allclose(out[1], from_file, atol=1e-5)
+    assert torch.allclose(out[0], alone, atol=1e-5)
+
+
+def test_a_pretrained_tokenizer_can_gain_a_modality(tmp_path):
+    torch.manual_seed(0)
+    old = _randomize(Tokenizer.from_preset("tiny", modalities=["image", "video"]))
+    old.save_pretrained(tmp_path)
+    grown = Tokenizer.from_pretrained(tmp_path, modalities=["image", "video", "depth"]).eval()
+    assert grown.projections.has("depth") and "depth" in grown.heads
+    image = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(grown.reconstruct([image])[0], old.reconstruct([image])[0])
+        assert grown.reconstruct([torch.rand(20, 20)], "depth")[0].shape == (20, 20)

@@ -16,7 +16,7 @@ from atoken import ConfigError
 from atoken.core.runconfig import DataConfig, ModelConfig, RunConfig, TrainConfig
 from atoken.data import MediaWriter, StoreLayout, ZarrDataset, ZarrImages, collate_list
 from atoken.tokenizer import Tokenizer
-from atoken.train import ImageReconstructionTask, _sources
+from atoken.image_training import ImageReconstructionTask, _sources
 
 N = 40
 
