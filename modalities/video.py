@@ -163,7 +163,8 @@ class VideoModality(Modality):
         if n > self.max_tokens:
             raise TooManyTokensError(
                 f"video: {T}x{H}x{W} gives {n} tokens, above max_tokens={self.max_tokens}; "
-                "encode it in temporal tiles (atoken.tiling) or raise max_tokens"
+                'raise max_tokens (modality_params={"video": {"max_tokens": ...}}) or stream '
+                "it in tiles with atoken.tiling"
             )
         if gt * pt != T:  # repeat the last frame
             x = torch.cat([x, x[:, -1:].expand(-1, gt * pt - T, -1, -1)], dim=1)
