@@ -170,8 +170,9 @@ class ImageReconstructionTask:
         return self.sampler.batch(step, micro)
 
     def loss(self, model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        recon, latent, out = model.autoencode(batch, "image")
-        context = {"latent": latent, **out.terms}
+        out = model(model.prepare(batch, "image"))  # the training step: ModelOutput
+        recon, latent = out.samples, out.latent
+        context = {"latent": latent, **out.bottleneck.terms}
         rec = torch.zeros((), device=latent.feats.device)
         logs: dict[str, float] = {}
         for name, (loss_fn, weight) in self.losses.items():
@@ -179,7 +180,7 @@ class ImageReconstructionTask:
             logs[name] = float(value.detach())
             rec = rec + weight * value.float()
         total = self.cfg.loss.rec_weight * rec
-        if self.kl_loss is not None and "kl" in out.terms:
+        if self.kl_loss is not None and "kl" in out.bottleneck.terms:
             kl = self.kl_loss(recon, batch, context)
             logs["kl"] = float(kl.detach())
             total = total + self.cfg.loss.kl_weight * kl.float()

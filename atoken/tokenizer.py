@@ -46,6 +46,7 @@ from atoken.core.errors import ConfigError, LatentValidationError, ModalityInput
 from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality, build_modality
+from atoken.core.model import ATokenModel, ModelOutput
 from atoken.core.projection import ModalityProjections
 from atoken.core.semantic import SemanticProjection
 from atoken.core.siglip import encoder_config_from_timm, find_timm_trunk, load_timm_siglip
@@ -57,7 +58,7 @@ from atoken.text import SharedTextEncoder, build_text_encoder
 __all__ = ["Tokenizer", "default_attention_backend"]
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(ATokenModel):
     """The AToken tokenizer: encoder, MAP head, bottleneck, decoder and per-modality heads.
 
     Args:
@@ -189,9 +190,6 @@ class Tokenizer(nn.Module):
                 self.decoder.set_attention_fn(fn)
             self._attention = key
 
-    def _device(self) -> torch.device:
-        return self.encoder.patch_embed.proj.weight.device
-
     # ------------------------------------------------------------------------ modalities
     def modality(self, name: str) -> Modality:
         """The registered modality ``name`` built for this tokenizer (cached): the encoder
@@ -259,12 +257,6 @@ class Tokenizer(nn.Module):
             self.heads[name] = components.create_head(
                 self.config, head_name, mod.value_dim, mod, params
             )
-
-    def head_for(self, name: str) -> nn.Module:
-        """The head that decodes modality ``name`` (its own, or the shared ``head``)."""
-        _, _, shared = self._require_decoder()
-        self.modality(name)
-        return self.heads[name] if name in self.heads else shared  # noqa: SIM401 (ModuleDict)
 
     # ------------------------------------------------------------------------ inputs
     def _names(self, samples: Any, modality: str | Sequence[str] | None, count: int) -> list[str]:
@@ -370,22 +362,6 @@ class Tokenizer(nn.Module):
             validate=False,
         )
 
-    def _embed_values(self, name: str, values: torch.Tensor) -> torch.Tensor:
-        """Normalised values ``[n, d]`` of modality ``name`` -> tokens ``[n, C]``."""
-        if self.projections.has(name):
-            return self.projections.embed(
-                name, values.to(self.projections.inputs[name].weight.dtype)
-            )
-        return self.encoder.patch_embed(values)
-
-    def _encode_batch(self, batch: PackedBatch) -> torch.Tensor:
-        """One encoder pass over a whole packed batch: tokens ``[N, C]`` in batch order."""
-        x = batch.gather([self._embed_values(g.name, g.values.feats) for g in batch.groups])
-        pos = [self.modality(name).uses_pos_table for name in batch.modality]
-        return self.encoder.forward_tokens(
-            x, batch.coords.to(x.device), batch.seqlens, pos_samples=pos
-        )  # [N, C]
-
     def _tile_steps(self, meta: dict[str, Any] | None = None) -> int | None:
         """The tile length of a sample: its meta's ``tile_steps`` (0: untiled), else the
         config's; None: no tiling."""
@@ -487,13 +463,6 @@ class Tokenizer(nn.Module):
         A clip longer than a tile is pooled over all its tiles' tokens."""
         return self.embed_features(self.encode_features(samples, modality))
 
-    def embed_features(self, features: SparseLatent) -> torch.Tensor:
-        """:meth:`embed` from the encoder's final tokens (one encoder pass for both paths)."""
-        if self.semantic is None:
-            return self.encoder.pool(features.feats, features.seqlens)
-        pooled = self.encoder.head(features.feats, features.seqlens, normalize=False)  # [B, C]
-        return self.semantic(pooled)  # [B, D]
-
     @property
     def text_encoder(self) -> Any:
         """The text encoder named by ``config.text_encoder`` (None without one)."""
@@ -515,16 +484,23 @@ class Tokenizer(nn.Module):
             )
         return F.normalize(encoder.encode(texts, device=self._device()).float(), dim=-1)
 
-    def forward(self, samples: Any, modality: str | Sequence[str] | None = None) -> torch.Tensor:
-        """Same as :meth:`embed`."""
+    def forward(  # type: ignore[override]
+        self, samples: Any, modality: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> torch.Tensor | ModelOutput:
+        """``model(batch)`` with a :class:`PackedBatch` (from :meth:`prepare`) is the training
+        step, :meth:`ATokenModel.forward` (keyword options ``sample``, ``decode``, ``embed``);
+        with raw samples it is the same as :meth:`embed`."""
+        if isinstance(samples, PackedBatch):
+            self._resolve_attention()
+            return super().forward(samples, **kwargs)
         return self.embed(samples, modality)
 
-    # ------------------------------------------------------------------------ latent
-    def _require_decoder(self) -> tuple[nn.Module, Decoder, nn.Module]:
-        if self.bottleneck is None or self.decoder is None or self.head is None:
-            raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
-        return self.bottleneck, self.decoder, self.head
+    def prepare(self, samples: Any, modality: str | Sequence[str] | None = None) -> PackedBatch:
+        """Raw samples (or a :class:`SparseLatent` of raw values) -> the packed, normalised
+        batch that ``model(batch)`` takes: one group per modality, on the model's device."""
+        return self._prepare(samples, modality)
 
+    # ------------------------------------------------------------------------ latent
     def _bottleneck(
         self,
         samples: Any,
@@ -645,50 +621,6 @@ class Tokenizer(nn.Module):
         latent = latent.to(self._device())
         tokens = decode_with_cache(decoder, latent.feats, latent.coords, cache, steps=steps)
         return self._to_samples(tokens, latent)
-
-    def _to_samples(self, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
-        """Decoder tokens ``[N, C]`` -> samples, each modality through its own head."""
-        names = latent.modality
-        if len(set(names)) == 1:
-            return self._head_samples(names[0], tokens, latent)
-        out: list[Any] = [None] * latent.batch_size
-        chunks = torch.split(tokens, latent.seqlens.tolist())
-        for name in dict.fromkeys(names):
-            idx = [b for b, m in enumerate(names) if m == name]
-            sub = latent.select(idx)
-            part = torch.cat([chunks[b] for b in idx])  # [n_g, C]
-            for b, sample in zip(idx, self._head_samples(name, part, sub), strict=True):
-                out[b] = sample
-        return out
-
-    def _head_samples(self, name: str, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
-        """The tokens of samples of one modality through its head, then back to samples."""
-        mod = self.modality(name)
-        head = self.head_for(name)
-        if hasattr(head, "to_samples"):
-            return list(head.to_samples(head(tokens, latent), latent, mod))
-        if getattr(head, "partial_values", False) and mod.content_dim < mod.value_dim:
-            # Predict the content values only (images: slot 0 of 4): exact, and a quarter of
-            # the head's work and memory.
-            values = head(tokens, latent, num_values=mod.content_dim)  # [N, content_dim]
-        else:
-            values = head(tokens, latent)  # [N, d]
-        N = tokens.shape[0]
-        if not isinstance(values, torch.Tensor) or values.shape not in (
-            (N, mod.content_dim),
-            (N, mod.value_dim),
-        ):
-            head_name = components.head_choice(self.config, name, mod)[0]
-            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
-            raise ConfigError(
-                f"head {head_name!r} gave {got} for {N} tokens of modality {name!r}: a head "
-                f"without to_samples must give [N, {mod.value_dim}] values (or "
-                f"[N, {mod.content_dim}] content values)"
-            )
-        values = mod.denormalize(values.float())  # [N, k]
-        if values.shape[1] < mod.value_dim:
-            values = F.pad(values, (0, mod.value_dim - values.shape[1]))  # [N, d], zero padding
-        return mod.unpack(latent.replace(feats=values))
 
     def autoencode(
         self, samples: Any, modality: str | Sequence[str] | None = None

@@ -134,7 +134,8 @@ class ImageVideoTask:
         kind, samples = batch
         if kind == "image":
             return self.image.loss(model, samples)
-        recon, _, out = model.autoencode(samples, "video")
+        step = model(model.prepare(samples, "video"))  # the training step: ModelOutput
+        recon, out = step.samples, step.bottleneck
         l1 = torch.stack(
             [(r.float() - x.to(r.device)).abs().mean() for r, x in zip(recon, samples, strict=True)]
         ).mean()

@@ -291,7 +291,7 @@ class _ShortHeadPlugin:
 def test_a_head_giving_the_wrong_width_is_named():
     with registered_plugin(_ShortHeadPlugin(), name="short-head"):
         tok = Tokenizer.from_preset("tiny", heads={"depth": "short"})
-        with torch.no_grad(), pytest.raises(ConfigError, match="head 'short' gave"):
+        with torch.no_grad(), pytest.raises(ConfigError, match="head _ShortHead gave"):
             tok.reconstruct([torch.rand(16, 16)], "depth")
 
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from atoken import ConfigError
 from atoken.core.runconfig import DataConfig, ModelConfig, RunConfig, TrainConfig
 from atoken.data import MediaWriter, StoreLayout, ZarrDataset, ZarrImages, collate_list
-from atoken.tokenizer import Tokenizer
 from atoken.image_training import ImageReconstructionTask, _sources
+from atoken.tokenizer import Tokenizer
 
 N = 40
 
