@@ -124,13 +124,13 @@ class SemanticTask:
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple:
         images, labels = batch
         cfg = self.cfg.loss
-        features = model.encode_features(images)  # feats [N, C]
+        reconstruct = cfg.rec_weight > 0 or self.kl_loss is not None
+        align = cfg.sem_weight > 0 and bool(self.semantic)
+        step = model(model.prepare(images, "image"), decode=reconstruct, embed=align)
         logs: dict[str, float] = {}
-        total = torch.zeros((), device=features.feats.device)
-        if cfg.rec_weight > 0 or self.kl_loss is not None:
-            out = model.bottleneck(features.feats)
-            latent = features.replace(feats=out.latent)
-            recon = model.decode(latent)
+        total = torch.zeros((), device=step.features.feats.device)
+        if reconstruct:
+            out, latent, recon = step.bottleneck, step.latent, step.samples
             context = {"latent": latent, **out.terms}
             rec = torch.zeros((), device=total.device)
             for name, (fn, weight) in self.losses.items():
@@ -142,12 +142,14 @@ class SemanticTask:
                 kl = self.kl_loss(recon, images, context)
                 logs["kl"] = float(kl.detach())
                 total = total + cfg.kl_weight * kl.float()
-        if cfg.sem_weight > 0 and self.semantic:
-            total = total + cfg.sem_weight * self._semantic(model, features, images, labels, logs)
+        if align:
+            total = total + cfg.sem_weight * self._semantic(
+                model, step.embedding, images, labels, logs
+            )
         return total, logs
 
-    def _semantic(self, model, features, images, labels, logs) -> torch.Tensor:
-        image = model.embed_features(features)  # [B, D]
+    def _semantic(self, model, image, images, labels, logs) -> torch.Tensor:
+        """The semantic terms of the image embeddings ``image [B, D]``."""
         present = torch.unique(labels)  # [T]: the batch's distinct captions
         text = model.embed_text([self.train_set.captions[int(i)] for i in present])  # [T, D]
         context = {
