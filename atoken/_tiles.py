@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from atoken.core.batch import PackedBatch
+from atoken.core.coords import time_window
+from atoken.core.errors import ConfigError, LatentValidationError
 from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
 
@@ -27,7 +30,10 @@ __all__ = [
     "decode_with_pieces",
     "encode_long",
     "encode_pieces",
+    "encode_prepared",
+    "encode_samples",
     "join_pieces",
+    "tile_steps",
     "time_extent",
 ]
 
@@ -40,15 +46,12 @@ def encode_long(tok: Any, name: str, sample: SparseLatent, S: int) -> torch.Tens
     """One sample longer than a tile: each tile of ``S`` steps encoded alone with its time
     re-based to 0 (as the official code does); tokens ``[n, C]`` in the sample's order."""
     coords = sample.coords  # [n, 4]
-    t = coords[:, 0]
     out = None
     pos = [tok.modality(name).uses_pos_table]
     for start in range(0, time_extent(coords), S):
-        rows = torch.nonzero((t >= start) & (t < start + S)).flatten()  # [n_k]
+        rows, local = time_window(coords, start, S)  # [n_k], [n_k, 4] re-based to the tile
         if rows.numel() == 0:
             continue
-        local = coords[rows].clone()
-        local[:, 0] -= start  # [n_k, 4] re-based to the tile
         x = tok._embed_values(name, sample.feats[rows])  # [n_k, C]
         seqlens = torch.tensor([rows.numel()], dtype=torch.int64)
         tokens = tok.encoder.forward_tokens(x, local, seqlens, pos_samples=pos)  # [n_k, C]
@@ -105,14 +108,11 @@ def decode_with_pieces(
 def join_pieces(tok: Any, part: SparseLatent, cache_steps: int) -> Any:
     meta = part.meta[0]
     name, S = part.modality[0], int(meta["tile_steps"])
-    t = part.coords[:, 0]
     cache = KVCache(cache_steps)
 
     def tiles():
         for k, tile_meta in enumerate(meta["tiles"]):
-            rows = torch.nonzero((t >= k * S) & (t < (k + 1) * S)).flatten()  # [n_k]
-            local = part.coords[rows].clone()
-            local[:, 0] -= k * S  # re-based to the tile
+            rows, local = time_window(part.coords, k * S, S)  # [n_k], [n_k, 4]
             tile = SparseLatent(
                 part.feats[rows],
                 local,
@@ -141,14 +141,106 @@ def decode_tokens_tiled(
         out.update(zip(short, chunks, strict=True))
     for b, S in long.items():
         part = parts[b]
-        t = part.coords[:, 0]
         tokens = part.feats.new_zeros(part.num_tokens, decoder.width)  # [n, C]
         cache = KVCache(cache_steps)
         for start in range(0, time_extent(part.coords), S):
-            rows = torch.nonzero((t >= start) & (t < start + S)).flatten()  # [n_k]
-            local = part.coords[rows].clone()
-            local[:, 0] -= start  # re-based to the tile
+            rows, local = time_window(part.coords, start, S)  # [n_k], [n_k, 4]
             tile = decode_with_cache(decoder, part.feats[rows], local, cache, steps=S)
             tokens[rows] = tile.to(tokens.dtype)  # [n_k, C]
         out[b] = tokens
     return torch.cat([out[b] for b in range(B)])
+
+
+def tile_steps(tok: Any, meta: dict[str, Any] | None = None) -> int | None:
+    """The tile length of a sample: its meta's ``tile_steps`` (0: untiled), else the
+    config's; None: no tiling."""
+    steps = (meta or {}).get("tile_steps", tok.config.tile_steps)
+    if steps is None or steps == 0:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise LatentValidationError("meta", f"tile_steps must be an int >= 0, got {steps!r}")
+    return steps
+
+
+def encode_prepared(
+    tok: Any, batch: PackedBatch, S: int | None, override: int | None = None
+) -> SparseLatent:
+    """Encoder tokens of a packed batch, samples longer than ``S`` steps tiled in time:
+    feats ``[N, C]``. A per-call ``override`` of the tile length is recorded in every
+    sample's meta (``tile_steps``, 0: untiled), so decode uses the same tiles."""
+    device = tok._device()
+    B = batch.batch_size
+    if B == 0:
+        return SparseLatent(
+            torch.zeros(0, tok.encoder.width, device=device),
+            torch.zeros(0, 4, dtype=torch.int32, device=device),
+            torch.zeros(0, dtype=torch.int64),
+            modality=(),
+            meta=(),
+        )
+    metas = [dict(m) for m in batch.meta]
+    long: dict[int, int] = {}
+    per_sample = torch.split(batch.coords, batch.seqlens.tolist())
+    for b, coords in enumerate(per_sample):
+        if S is not None and time_extent(coords) > S:
+            long[b] = S
+            metas[b]["tile_steps"] = S
+        elif override is not None:
+            metas[b]["tile_steps"] = S or 0
+    if not long:
+        feats = tok._encode_batch(batch)  # [N, C]
+    else:
+        short = [b for b in range(B) if b not in long]
+        parts: dict[int, torch.Tensor] = {}
+        if short:
+            sub = batch.select(short)
+            chunks = torch.split(tok._encode_batch(sub), sub.seqlens.tolist())
+            parts.update(zip(short, chunks, strict=True))
+        for b, S in long.items():
+            group, sample = batch.sample(b)
+            parts[b] = encode_long(tok, group.name, sample, S)
+        feats = torch.cat([parts[b] for b in range(B)])  # [N, C]
+    return SparseLatent(
+        feats,
+        batch.coords.to(feats.device),
+        batch.seqlens,
+        modality=batch.modality,
+        meta=metas,
+        validate=False,
+    )
+
+
+def encode_samples(tok: Any, samples: Any, modality: Any, override: int | None) -> SparseLatent:
+    """Encoder tokens of raw samples (or a latent of raw values), with tiles of ``override``
+    steps (0: none) or the config's: a sample whose modality splits it into more than one
+    piece is encoded piece by piece (:func:`encode_pieces`), the others in one packed pass
+    (:func:`encode_prepared`)."""
+    S = tile_steps(tok) if override is None else _check_steps(override)
+    if isinstance(samples, SparseLatent) or S is None:
+        return encode_prepared(tok, tok._prepare(samples, modality), S, override)
+    samples = tok._as_list(samples, modality)
+    names = tok._names(samples, modality, len(samples))
+    split: dict[int, list[Any]] = {}
+    for b, (sample, name) in enumerate(zip(samples, names, strict=True)):
+        pieces = tok.modality(name).split_time(sample, S)
+        if pieces is not None and len(pieces) > 1:
+            split[b] = pieces
+        elif pieces:
+            samples[b] = pieces[0]  # already converted (a file is not read twice)
+    if not split:
+        return encode_prepared(tok, tok._prepare(samples, names), S, override)
+    rest = [b for b in range(len(samples)) if b not in split]
+    parts: dict[int, SparseLatent] = {}
+    if rest:
+        batch = tok._prepare([samples[b] for b in rest], [names[b] for b in rest])
+        parts.update(zip(rest, encode_prepared(tok, batch, S, override).unpack(), strict=True))
+    for b, pieces in split.items():
+        parts[b] = encode_pieces(tok, names[b], pieces, S)
+    return SparseLatent.pack(parts[b] for b in range(len(samples)))
+
+
+def _check_steps(steps: Any) -> int | None:
+    """A per-call tile length: a positive int, or 0 for no tiling (None)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"tile_steps must be an int >= 0 (0: no tiling), got {steps!r}")
+    return steps or None

@@ -7,6 +7,8 @@
 * :func:`create_head`: a registered head from the documented factory arguments (``width``,
   ``value_dim``, ``bias``, ``modality``, each when accepted) and the config's ``head_params``.
 * :func:`parameter_free_modalities`: the registered modalities that need nothing of their own.
+* :func:`registered_modality`, :func:`declare_modalities`: build a registered modality for a
+  config, and give a tokenizer every declared modality with its own projection and head.
 
 No modality is named here: everything comes from the config and from the modalities.
 """
@@ -14,8 +16,10 @@ No modality is named here: everything comes from the config and from the modalit
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import Any
 
+import attrs
 from torch import nn
 
 from atoken.core.config import TokenizerConfig
@@ -28,11 +32,14 @@ __all__ = [
     "check_modality_keys",
     "check_parameter_name",
     "create_head",
+    "declare",
+    "declare_modalities",
     "default_modality",
     "head_choice",
     "needs_parameters",
     "own_head",
     "parameter_free_modalities",
+    "registered_modality",
 ]
 
 
@@ -128,15 +135,52 @@ def parameter_free_modalities(config: TokenizerConfig) -> tuple[str, ...]:
     """The registered modalities that use only shared parameters under ``config`` (the shared
     patch embedding and head): what a tokenizer saved before ``modalities`` was recorded
     holds."""
-    registry = get_registry().modalities
     out = []
-    for name in registry.names():
-        entry = registry.entry(name)
-        params = config.modality_params.get(name)
-        mod = build_modality(name, entry.factory, config, params, plugin=entry.plugin)
-        if not needs_parameters(config, name, mod):
+    for name in get_registry().modalities.names():
+        if not needs_parameters(config, name, registered_modality(config, name)):
             out.append(name)
     return tuple(out)
+
+
+def registered_modality(config: TokenizerConfig, name: str) -> Modality:
+    """The registered modality ``name`` built for ``config`` (:func:`build_modality` with its
+    ``modality_params``)."""
+    entry = get_registry().modalities.entry(name)
+    params = config.modality_params.get(name)
+    return build_modality(name, entry.factory, config, params, plugin=entry.plugin)
+
+
+def declare_modalities(tok: Any, implicit: bool) -> None:
+    """Build every modality of ``tok.config.modalities`` and its own parameters. With an
+    implicit list (every registered modality), one whose factory fails is left out with a
+    warning naming its plugin, so one broken plugin does not stop every tokenizer (unless
+    the config gives it parameters or a head: then the error is the user's to see)."""
+    check_modality_keys(tok.config)
+    kept = []
+    for name in tok.config.modalities:
+        try:
+            declare(tok, name)
+        except ConfigError as exc:
+            cfg = tok.config
+            named = name in cfg.modality_params or name in cfg.heads or name in cfg.head_params
+            if not implicit or named:  # the user asked for it: their config is wrong
+                raise
+            warnings.warn(f"modality {name!r} left out of the tokenizer: {exc}", stacklevel=3)
+            continue
+        kept.append(name)
+    if len(kept) != len(tok.config.modalities):
+        tok.config = attrs.evolve(tok.config, modalities=tuple(kept))
+
+
+def declare(tok: Any, name: str) -> None:
+    """Build modality ``name`` on ``tok`` and the parameters it needs (projection, own head)."""
+    mod = tok.modality(name)
+    if needs_parameters(tok.config, name, mod):
+        check_parameter_name(name)
+    tok.projections.add(name, mod.value_dim)
+    if own_head(tok.config, name, mod):
+        head_name, params = head_choice(tok.config, name, mod)
+        tok.heads[name] = create_head(tok.config, head_name, mod.value_dim, mod, params)
 
 
 def check_modality_keys(config: TokenizerConfig) -> None:

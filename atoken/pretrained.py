@@ -65,7 +65,7 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
     except (ConfigError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{config_path}: invalid config: {exc}") from exc
     saved = doc["config"].get("modalities") if isinstance(doc["config"], dict) else None
-    config, dropped = _installed_modalities(cls, config, config_path)
+    config, dropped = _installed_modalities(config, config_path)
     model = cls(config)
     # Modalities added by an override (not in the file) keep their fresh parameters.
     added = [m for m in model.config.modalities if saved is not None and m not in saved]
@@ -95,13 +95,15 @@ _OWN_PARAMETERS = ("projections.inputs", "heads")
 
 
 def _installed_modalities(
-    cls: type, config: TokenizerConfig, source: Path
+    config: TokenizerConfig, source: Path
 ) -> tuple[TokenizerConfig, list[str]]:
     """The config restricted to installed modalities, and the saved ones that are not."""
     from atoken.plugins.manager import get_registry
 
     if config.modalities is None:  # written before modalities were recorded
-        return attrs.evolve(config, modalities=cls.parameter_free_modalities(config)), []
+        from atoken.components import parameter_free_modalities
+
+        return attrs.evolve(config, modalities=parameter_free_modalities(config)), []
     registry = get_registry().modalities
     dropped = [m for m in config.modalities if m not in registry]
     if dropped:

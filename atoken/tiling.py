@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import torch
 
+from atoken.core.coords import time_window
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
 
@@ -193,14 +194,11 @@ def iter_decode_tiles(
     modality = tokenizer.modality("video")
     _, gh, gw = modality.grid_of(T, H, W)
     cache = tokenizer.kv_cache(cfg.kv_cache_steps)
-    t = latent.coords[:, 0]  # [N]
     for start in range(0, T, cfg.tile_frames):
         k = start // cfg.tile_frames
         frames = min(cfg.tile_frames, T - start)
         steps = -(-frames // pt)
-        rows = torch.nonzero((t >= k * S) & (t < k * S + steps)).flatten()  # [n], may be 0
-        coords = latent.coords[rows].clone()
-        coords[:, 0] -= k * S  # re-based to the tile
+        rows, coords = time_window(latent.coords, k * S, steps)  # [n] (may be 0), [n, 4]
         meta = {"size": [frames, H, W], "grid": [steps, gh, gw], "patch": latent.meta[0]["patch"]}
         tile = SparseLatent(
             latent.feats[rows], coords, [rows.numel()], modality="video", meta=[meta]

@@ -25,7 +25,6 @@ tile by tile with the decoder's KV cache, so memory is bounded by one tile.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from torch import nn
 
 from atoken import _tiles, components
 from atoken.core.attention import AttentionFn, default_attention_backend
-from atoken.core.batch import PackedBatch, PackedGroup
+from atoken.core.batch import PackedBatch
 from atoken.core.components import BottleneckOutput
 from atoken.core.config import TokenizerConfig, load_preset
 from atoken.core.decoder import Decoder
@@ -45,7 +44,7 @@ from atoken.core.encoder import Encoder
 from atoken.core.errors import ConfigError, LatentValidationError, ModalityInputError
 from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
-from atoken.core.modality import Modality, build_modality
+from atoken.core.modality import Modality
 from atoken.core.model import ATokenModel, ModelOutput
 from atoken.core.projection import ModalityProjections
 from atoken.core.semantic import SemanticProjection
@@ -77,9 +76,6 @@ class Tokenizer(ATokenModel):
     model is on (:func:`default_attention_backend`), chosen again when the device changes.
     """
 
-    input_mean: torch.Tensor
-    input_std: torch.Tensor
-
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         if not isinstance(config, TokenizerConfig):
@@ -89,10 +85,6 @@ class Tokenizer(ATokenModel):
         self.config = attrs.evolve(config, modalities=names)
         enc = config.encoder
         self.encoder = Encoder(enc)
-        mean = torch.tensor(config.input_mean, dtype=torch.float32)  # [c]
-        std = torch.tensor(config.input_std, dtype=torch.float32)  # [c]
-        self.register_buffer("input_mean", mean, persistent=False)
-        self.register_buffer("input_std", std, persistent=False)
         self.projections = ModalityProjections(
             patch_dim=enc.patch_dim, width=enc.backbone.width, bias=enc.backbone.bias
         )
@@ -115,7 +107,7 @@ class Tokenizer(ATokenModel):
         if config.text_encoder is not None:
             self._build_text(config)
         # Last, so the shared parameters initialise alike whatever plugins are installed.
-        self._declare_all(implicit)
+        components.declare_modalities(self, implicit)
 
     def _build_text(self, config: TokenizerConfig) -> None:
         if not config.encoder.map_head:
@@ -203,7 +195,7 @@ class Tokenizer(ATokenModel):
         if not isinstance(name, str) or not name:
             raise ModalityInputError(f"modality must be a registered name, got {name!r}")
         if name not in self._modalities:
-            mod = self._build_modality(name)
+            mod = components.registered_modality(self.config, name)
             needs = components.needs_parameters(self.config, name, mod)
             if name not in self.config.modalities and needs:
                 raise ConfigError(
@@ -214,210 +206,9 @@ class Tokenizer(ATokenModel):
             self._modalities[name] = mod
         return self._modalities[name]
 
-    @classmethod
-    def parameter_free_modalities(cls, config: TokenizerConfig) -> tuple[str, ...]:
-        """The registered modalities that use only shared parameters under ``config``
-        (:func:`atoken.components.parameter_free_modalities`)."""
-        return components.parameter_free_modalities(config)
-
-    def _build_modality(self, name: str) -> Modality:
-        entry = get_registry().modalities.entry(name)
-        params = self.config.modality_params.get(name)
-        return build_modality(name, entry.factory, self.config, params, plugin=entry.plugin)
-
-    def _declare_all(self, implicit: bool) -> None:
-        """Build every modality of ``config.modalities`` and its own parameters. With an
-        implicit list (every registered modality), one whose factory fails is left out with a
-        warning naming its plugin, so one broken plugin does not stop every tokenizer (unless
-        the config gives it parameters or a head: then the error is the user's to see)."""
-        components.check_modality_keys(self.config)
-        kept = []
-        for name in self.config.modalities:
-            try:
-                self._declare(name)
-            except ConfigError as exc:
-                cfg = self.config
-                named = name in cfg.modality_params or name in cfg.heads or name in cfg.head_params
-                if not implicit or named:  # the user asked for it: their config is wrong
-                    raise
-                warnings.warn(f"modality {name!r} left out of the tokenizer: {exc}", stacklevel=3)
-                continue
-            kept.append(name)
-        if len(kept) != len(self.config.modalities):
-            self.config = attrs.evolve(self.config, modalities=tuple(kept))
-
-    def _declare(self, name: str) -> None:
-        """Build modality ``name`` and the parameters it needs (projection, own head)."""
-        mod = self.modality(name)
-        if components.needs_parameters(self.config, name, mod):
-            components.check_parameter_name(name)
-        self.projections.add(name, mod.value_dim)
-        if components.own_head(self.config, name, mod):
-            head_name, params = components.head_choice(self.config, name, mod)
-            self.heads[name] = components.create_head(
-                self.config, head_name, mod.value_dim, mod, params
-            )
-
-    # ------------------------------------------------------------------------ inputs
-    def _names(self, samples: Any, modality: str | Sequence[str] | None, count: int) -> list[str]:
-        if modality is None:
-            modality = components.default_modality(self.config)
-        if isinstance(modality, str):
-            return [modality] * count
-        if not isinstance(modality, Sequence) or not all(isinstance(m, str) for m in modality):
-            raise ModalityInputError(
-                f"modality must be a name or one name per sample, got {modality!r}"
-            )
-        names = list(modality)
-        if len(names) != count:
-            raise ModalityInputError(f"{len(names)} modality names for {count} samples")
-        return names
-
-    def _as_list(self, samples: Any, modality: str | Sequence[str] | None) -> list[Any]:
-        """Raw samples as a list: a tensor with one more dimension than the modality's samples
-        is a batch."""
-        if isinstance(samples, torch.Tensor):
-            names = set(self._names(samples, modality, samples.shape[0] if samples.ndim else 1))
-            if len(names) != 1:
-                raise ModalityInputError("a tensor batch holds samples of one modality")
-            mod = self.modality(names.pop())
-            nd = mod.sample_ndim
-            if samples.ndim != nd + 1:
-                shapes = {2: "[B, H, W]", 3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}
-                batch = shapes.get(nd) if mod.layout == "thw" else None
-                batch = batch or f"{nd + 1}-D [B, ...]"
-                one = " (one sample x: pass [x])" if samples.ndim == nd else ""
-                raise ModalityInputError(
-                    f"a {mod.name} tensor batch must be {batch}, got "
-                    f"{tuple(samples.shape)}; pass a list for single samples{one}"
-                )
-            return list(samples.unbind(0))
-        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
-            raise ModalityInputError(
-                f"samples must be a list (or a batch tensor), got {type(samples).__name__}"
-            )
-        return list(samples)
-
-    def _prepare(self, samples: Any, modality: str | Sequence[str] | None) -> PackedBatch:
-        """Patchify and normalise ``samples`` into per-modality groups on the model's device.
-        A :class:`SparseLatent` of raw values keeps its own modality names.
-
-        Raises:
-            ModalityInputError: ``modality`` names other modalities than the latent's.
-        """
-        device = self._device()
-        if isinstance(samples, SparseLatent):
-            latent = samples.to(device)
-            if modality is not None:
-                given = self._names(latent, modality, latent.batch_size)
-                if tuple(given) != latent.modality:
-                    raise ModalityInputError(
-                        f"modality={modality!r} but the latent's samples are {latent.modality}"
-                    )
-            groups = []
-            for name in dict.fromkeys(latent.modality):
-                idx = [b for b, m in enumerate(latent.modality) if m == name]
-                part = latent.select(idx) if len(idx) != latent.batch_size else latent
-                mod = self.modality(name)
-                mod.check_values(part.feats)
-                groups.append(
-                    PackedGroup(name, tuple(idx), part.replace(feats=mod.normalize(part.feats)))
-                )
-            return PackedBatch.from_groups(groups)
-        samples = self._as_list(samples, modality)
-        names = self._names(samples, modality, len(samples))
-        groups = []
-        for name in dict.fromkeys(names):
-            idx = tuple(b for b, m in enumerate(names) if m == name)
-            mod = self.modality(name)
-            raw = mod.pack([samples[b] for b in idx]).to(device)
-            groups.append(PackedGroup(name, idx, raw.replace(feats=mod.normalize(raw.feats))))
-        return PackedBatch.from_groups(groups)
-
-    def pack(self, samples: Any, modality: str | None = None) -> SparseLatent:
-        """Patchify, pack and normalise samples of one value size: feats are the normalised
-        values ``[N, d]`` on the model's device. A :class:`SparseLatent` of raw values is
-        normalised as is.
-
-        Raises:
-            ConfigError: the samples' modalities have different value sizes (encode them
-                instead: a mixed batch has no single value tensor).
-        """
-        batch = self._prepare(samples, modality)
-        if not batch.groups:
-            return SparseLatent(
-                torch.zeros(0, self.config.encoder.patch_dim, device=self._device()),
-                torch.zeros(0, 4, dtype=torch.int32, device=self._device()),
-                torch.zeros(0, dtype=torch.int64),
-            )
-        dims = {g.values.channels for g in batch.groups}
-        if len(dims) > 1:
-            raise ConfigError(f"pack: the samples' value sizes differ ({sorted(dims)})")
-        return SparseLatent(
-            batch.gather([g.values.feats for g in batch.groups]),
-            batch.coords.to(self._device()),
-            batch.seqlens,
-            modality=batch.modality,
-            meta=batch.meta,
-            validate=False,
-        )
-
-    def _tile_steps(self, meta: dict[str, Any] | None = None) -> int | None:
-        """The tile length of a sample: its meta's ``tile_steps`` (0: untiled), else the
-        config's; None: no tiling."""
-        steps = (meta or {}).get("tile_steps", self.config.tile_steps)
-        if steps is None or steps == 0:
-            return None
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise LatentValidationError("meta", f"tile_steps must be an int >= 0, got {steps!r}")
-        return steps
-
-    def _encode_prepared(
-        self, batch: PackedBatch, S: int | None, override: int | None = None
-    ) -> SparseLatent:
-        """Encoder tokens of a packed batch, samples longer than ``S`` steps tiled in time:
-        feats ``[N, C]``. A per-call ``override`` of the tile length is recorded in every
-        sample's meta (``tile_steps``, 0: untiled), so decode uses the same tiles."""
-        device = self._device()
-        B = batch.batch_size
-        if B == 0:
-            return SparseLatent(
-                torch.zeros(0, self.encoder.width, device=device),
-                torch.zeros(0, 4, dtype=torch.int32, device=device),
-                torch.zeros(0, dtype=torch.int64),
-                modality=(),
-                meta=(),
-            )
-        metas = [dict(m) for m in batch.meta]
-        long: dict[int, int] = {}
-        per_sample = torch.split(batch.coords, batch.seqlens.tolist())
-        for b, coords in enumerate(per_sample):
-            if S is not None and _tiles.time_extent(coords) > S:
-                long[b] = S
-                metas[b]["tile_steps"] = S
-            elif override is not None:
-                metas[b]["tile_steps"] = S or 0
-        if not long:
-            feats = self._encode_batch(batch)  # [N, C]
-        else:
-            short = [b for b in range(B) if b not in long]
-            parts: dict[int, torch.Tensor] = {}
-            if short:
-                sub = batch.select(short)
-                chunks = torch.split(self._encode_batch(sub), sub.seqlens.tolist())
-                parts.update(zip(short, chunks, strict=True))
-            for b, S in long.items():
-                group, sample = batch.sample(b)
-                parts[b] = _tiles.encode_long(self, group.name, sample, S)
-            feats = torch.cat([parts[b] for b in range(B)])  # [N, C]
-        return SparseLatent(
-            feats,
-            batch.coords.to(feats.device),
-            batch.seqlens,
-            modality=batch.modality,
-            meta=metas,
-            validate=False,
-        )
+    def default_modality(self) -> str:
+        """``config.default_modality``, else :data:`atoken.modalities.DEFAULT_MODALITY`."""
+        return components.default_modality(self.config)
 
     # ------------------------------------------------------------------------ outputs
     def encode_features(
@@ -432,30 +223,7 @@ class Tokenizer(ATokenModel):
         ``tile_steps`` overrides ``config.tile_steps`` for this call.
         """
         self._resolve_attention()
-        S = self._tile_steps() if tile_steps is None else _check_steps(tile_steps)
-        if isinstance(samples, SparseLatent) or S is None:
-            return self._encode_prepared(self._prepare(samples, modality), S, tile_steps)
-        samples = self._as_list(samples, modality)
-        names = self._names(samples, modality, len(samples))
-        split: dict[int, list[Any]] = {}
-        for b, (sample, name) in enumerate(zip(samples, names, strict=True)):
-            pieces = self.modality(name).split_time(sample, S)
-            if pieces is not None and len(pieces) > 1:
-                split[b] = pieces
-            elif pieces:
-                samples[b] = pieces[0]  # already converted (a file is not read twice)
-        if not split:
-            return self._encode_prepared(self._prepare(samples, names), S, tile_steps)
-        rest = [b for b in range(len(samples)) if b not in split]
-        parts: dict[int, SparseLatent] = {}
-        if rest:
-            latent = self._encode_prepared(
-                self._prepare([samples[b] for b in rest], [names[b] for b in rest]), S, tile_steps
-            )
-            parts.update(zip(rest, latent.unpack(), strict=True))
-        for b, pieces in split.items():
-            parts[b] = _tiles.encode_pieces(self, names[b], pieces, S)
-        return SparseLatent.pack(parts[b] for b in range(len(samples)))
+        return _tiles.encode_samples(self, samples, modality, tile_steps)
 
     def embed(self, samples: Any, modality: str | Sequence[str] | None = None) -> torch.Tensor:
         """The L2-normalised semantic embedding per sample: the MAP head's ``[B, C]``, or, with a
@@ -494,11 +262,6 @@ class Tokenizer(ATokenModel):
             self._resolve_attention()
             return super().forward(samples, **kwargs)
         return self.embed(samples, modality)
-
-    def prepare(self, samples: Any, modality: str | Sequence[str] | None = None) -> PackedBatch:
-        """Raw samples (or a :class:`SparseLatent` of raw values) -> the packed, normalised
-        batch that ``model(batch)`` takes: one group per modality, on the model's device."""
-        return self._prepare(samples, modality)
 
     # ------------------------------------------------------------------------ latent
     def _bottleneck(
@@ -585,7 +348,7 @@ class Tokenizer(ATokenModel):
         per_sample = torch.split(latent.coords, latent.seqlens.tolist())
         long = {}
         for b, coords in enumerate(per_sample):
-            S = self._tile_steps(latent.meta[b])
+            S = _tiles.tile_steps(self, latent.meta[b])
             if S is not None and _tiles.time_extent(coords) > S:
                 long[b] = S
         pieces = {b for b in long if "tiles" in latent.meta[b]}
@@ -616,7 +379,7 @@ class Tokenizer(ATokenModel):
             got = latent.batch_size if isinstance(latent, SparseLatent) else type(latent).__name__
             raise LatentValidationError("seqlens", f"decode_tile takes one sample, got {got}")
         if steps is None:
-            steps = self._tile_steps(latent.meta[0])
+            steps = _tiles.tile_steps(self, latent.meta[0])
         self._resolve_attention()
         latent = latent.to(self._device())
         tokens = decode_with_cache(decoder, latent.feats, latent.coords, cache, steps=steps)
@@ -682,10 +445,3 @@ class Tokenizer(ATokenModel):
             CheckpointError: a missing or unreadable file, or weights of a different config.
         """
         return load_pretrained(cls, folder, **overrides)
-
-
-def _check_steps(steps: Any) -> int | None:
-    """A per-call tile length: a positive int, or 0 for no tiling (None)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(f"tile_steps must be an int >= 0 (0: no tiling), got {steps!r}")
-    return steps or None

@@ -39,25 +39,24 @@ class PackedBatch:
 
     groups: tuple[PackedGroup, ...]
     batch_size: int
+    #: for each sample in batch order: (group index, position within the group)
+    _where: tuple[tuple[int, int], ...] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         seen = sorted(i for g in self.groups for i in g.indices)
         if seen != list(range(self.batch_size)):
             raise LatentValidationError("seqlens", "groups must hold every sample exactly once")
+        where: list[tuple[int, int]] = [(0, 0)] * self.batch_size
+        for gi, group in enumerate(self.groups):
+            for j, b in enumerate(group.indices):
+                where[b] = (gi, j)
+        object.__setattr__(self, "_where", tuple(where))
 
     @classmethod
     def from_groups(cls, groups: Sequence[PackedGroup]) -> PackedBatch:
         return cls(tuple(groups), sum(len(g.indices) for g in groups))
 
     # ------------------------------------------------------------------ per-sample views
-    def _lookup(self) -> list[tuple[int, int]]:
-        """For each sample: (group index, position within the group)."""
-        where: list[tuple[int, int]] = [(0, 0)] * self.batch_size
-        for gi, group in enumerate(self.groups):
-            for j, b in enumerate(group.indices):
-                where[b] = (gi, j)
-        return where
-
     @property
     def in_order(self) -> bool:
         """One group holding the samples in batch order (no interleaving needed)."""
@@ -65,11 +64,11 @@ class PackedBatch:
 
     @property
     def modality(self) -> tuple[str, ...]:
-        return tuple(self.groups[gi].name for gi, _ in self._lookup())
+        return tuple(self.groups[gi].name for gi, _ in self._where)
 
     @property
     def meta(self) -> tuple[dict[str, Any], ...]:
-        return tuple(self.groups[gi].values.meta[j] for gi, j in self._lookup())
+        return tuple(self.groups[gi].values.meta[j] for gi, j in self._where)
 
     @property
     def seqlens(self) -> torch.Tensor:
@@ -78,7 +77,7 @@ class PackedBatch:
             return torch.zeros(0, dtype=torch.int64)
         if self.in_order:
             return self.groups[0].values.seqlens
-        return torch.stack([self.groups[gi].values.seqlens[j] for gi, j in self._lookup()])
+        return torch.stack([self.groups[gi].values.seqlens[j] for gi, j in self._where])
 
     def gather(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-group rows ``parts[g] [n_g, ...]`` -> ``[N, ...]`` in batch order."""
@@ -88,7 +87,7 @@ class PackedBatch:
             torch.split(p, g.values.seqlens.tolist())
             for p, g in zip(parts, self.groups, strict=True)
         ]
-        return torch.cat([chunks[gi][j] for gi, j in self._lookup()])
+        return torch.cat([chunks[gi][j] for gi, j in self._where])
 
     @property
     def coords(self) -> torch.Tensor:
@@ -99,13 +98,13 @@ class PackedBatch:
 
     def sample(self, b: int) -> tuple[PackedGroup, SparseLatent]:
         """Sample ``b``'s group and its values as a one-sample latent."""
-        gi, j = self._lookup()[b]
+        gi, j = self._where[b]
         group = self.groups[gi]
         return group, group.values.unpack()[j]
 
     def select(self, indices: Sequence[int]) -> PackedBatch:
         """The samples at ``indices`` (in that order) as a new batch, grouped as before."""
-        where = self._lookup()
+        where = self._where
         by_group: dict[int, list[tuple[int, int]]] = {}
         for new, b in enumerate(indices):
             gi, j = where[b]

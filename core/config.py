@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -27,6 +26,37 @@ from typing import Any
 import attrs
 
 from atoken.core.errors import ConfigError
+from atoken.core.validators import (
+    as_json as _as_json,
+)
+from atoken.core.validators import (
+    as_tuple as _as_tuple,
+)
+from atoken.core.validators import (
+    float_triple as _float_triple,
+)
+from atoken.core.validators import (
+    int_tuple as _int_tuple,
+)
+from atoken.core.validators import (
+    is_bool as _is_bool,
+)
+from atoken.core.validators import (
+    name_map,
+    non_negative_int,
+    optional_name,
+    optional_names,
+    optional_positive_int,
+)
+from atoken.core.validators import (
+    one_of as _one_of,
+)
+from atoken.core.validators import (
+    positive_float as _positive_float,
+)
+from atoken.core.validators import (
+    positive_int as _positive_int,
+)
 
 __all__ = [
     "BackboneConfig",
@@ -37,79 +67,6 @@ __all__ = [
 ]
 
 _PRESET_DIR = "presets"
-
-
-# ------------------------------------------------------------------------------ validators
-def _positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"{type(inst).__name__}.{attribute.name} must be a positive int, got {value!r}"
-        )
-
-
-def _is_bool(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(
-            f"{type(inst).__name__}.{attribute.name} must be true or false, got {value!r}"
-        )
-
-
-def _positive_float(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(
-            f"{type(inst).__name__}.{attribute.name} must be a finite number, got {value!r}"
-        )
-    if value <= 0:
-        raise ConfigError(f"{type(inst).__name__}.{attribute.name} must be > 0, got {value!r}")
-
-
-def _one_of(*choices: str):
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise ConfigError(
-                f"{type(inst).__name__}.{attribute.name} must be one of {choices}, got {value!r}"
-            )
-
-    return check
-
-
-def _int_tuple(length: int):
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if len(value) != length or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value
-        ):
-            raise ConfigError(
-                f"{type(inst).__name__}.{attribute.name} must be {length} non-negative ints, "
-                f"got {value!r}"
-            )
-
-    return check
-
-
-def _float_triple(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if len(value) != 3 or any(
-        isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-        for v in value
-    ):
-        raise ConfigError(
-            f"{type(inst).__name__}.{attribute.name} must be 3 numbers, got {value!r}"
-        )
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-def _as_json(value: Any) -> Any:
-    """The JSON form of a parameter table (what ``config.json`` will hold), so a saved and
-    loaded config equals the original; a value JSON cannot hold is a ``ConfigError`` now, not
-    when the trained tokenizer is saved."""
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"parameter tables must hold JSON values (str, numbers, lists): {exc}"
-        ) from exc
 
 
 # ------------------------------------------------------------------------------ configs
@@ -281,16 +238,21 @@ class TokenizerConfig:
     decoder_final_norm: bool = attrs.field(default=True, validator=_is_bool)
     text_encoder: str | None = attrs.field(default=None)
     text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)
-    modalities: tuple[str, ...] | None = attrs.field(default=None, converter=_as_tuple)
-    modality_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, converter=_as_json)
-    default_modality: str | None = attrs.field(default=None)
-    heads: Mapping[str, str] = attrs.field(factory=dict)
-    head_params: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, converter=_as_json)
-    tile_steps: int | None = attrs.field(default=4)
-    kv_cache_steps: int = attrs.field(default=4)
+    modalities: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_as_tuple, validator=optional_names
+    )
+    modality_params: Mapping[str, Mapping[str, Any]] = attrs.field(
+        factory=dict, converter=_as_json, validator=name_map(Mapping)
+    )
+    default_modality: str | None = attrs.field(default=None, validator=optional_name)
+    heads: Mapping[str, str] = attrs.field(factory=dict, validator=name_map(str))
+    head_params: Mapping[str, Mapping[str, Any]] = attrs.field(
+        factory=dict, converter=_as_json, validator=name_map(Mapping)
+    )
+    tile_steps: int | None = attrs.field(default=4, validator=optional_positive_int)
+    kv_cache_steps: int = attrs.field(default=4, validator=non_negative_int)
 
     def __attrs_post_init__(self) -> None:
-        self._check_modality_fields()
         if self.text_encoder is not None and (
             not isinstance(self.text_encoder, str) or not self.text_encoder
         ):
@@ -330,50 +292,6 @@ class TokenizerConfig:
             raise ConfigError(
                 f"TokenizerConfig.attention must be a backend name or None, got {self.attention!r}"
             )
-
-    def _check_modality_fields(self) -> None:
-        if self.modalities is not None:
-            if not isinstance(self.modalities, tuple) or not all(
-                isinstance(m, str) and m for m in self.modalities
-            ):
-                raise ConfigError(
-                    "TokenizerConfig.modalities must be a list of modality names or None, "
-                    f"got {self.modalities!r}"
-                )
-            if len(set(self.modalities)) != len(self.modalities):
-                raise ConfigError(f"TokenizerConfig.modalities repeats a name: {self.modalities}")
-        for key in ("modality_params", "head_params"):
-            value = getattr(self, key)
-            if not isinstance(value, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
-            ):
-                raise ConfigError(
-                    f"TokenizerConfig.{key} must map modality names to parameter tables, "
-                    f"got {value!r}"
-                )
-        if not isinstance(self.heads, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in self.heads.items()
-        ):
-            raise ConfigError(
-                f"TokenizerConfig.heads must map modality names to head names, got {self.heads!r}"
-            )
-        if self.default_modality is not None and (
-            not isinstance(self.default_modality, str) or not self.default_modality
-        ):
-            raise ConfigError(
-                "TokenizerConfig.default_modality must be a modality name or None, "
-                f"got {self.default_modality!r}"
-            )
-        steps = self.tile_steps
-        if steps is not None and (
-            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
-        ):
-            raise ConfigError(
-                f"TokenizerConfig.tile_steps must be a positive int or None, got {steps!r}"
-            )
-        cache = self.kv_cache_steps
-        if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
-            raise ConfigError(f"TokenizerConfig.kv_cache_steps must be an int >= 0, got {cache!r}")
 
     # -------------------------------------------------------------------------- dict form
     def to_dict(self) -> dict[str, Any]:

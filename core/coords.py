@@ -25,6 +25,7 @@ __all__ = [
     "grid_index",
     "raster_coords",
     "scatter_to_grid",
+    "time_window",
 ]
 
 # layout -> which coordinate column each grid axis is read from
@@ -122,3 +123,13 @@ def gather_from_grid(
     C = grid.shape[0]
     flat = grid_index(coords, grid.shape[1:], layout=layout)  # [n]
     return grid.reshape(C, -1)[:, flat].T  # [n, C]
+
+
+def time_window(coords: torch.Tensor, start: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens of a time window: ``(rows [n], coords [n, 4])`` of the tokens with
+    ``start <= t < start + steps``, their time re-based to start at 0 (a temporal tile)."""
+    t = coords[:, 0]
+    rows = torch.nonzero((t >= start) & (t < start + steps)).flatten()  # [n], may be 0
+    local = coords[rows].clone()  # [n, 4]
+    local[:, 0] -= start
+    return rows, local

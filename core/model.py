@@ -23,6 +23,7 @@ adds the raw-sample API (encode, decode, tiling of long samples, persistence).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -30,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atoken.core.batch import PackedBatch
+from atoken.core.batch import PackedBatch, PackedGroup
 from atoken.core.components import BottleneckOutput
 from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
-from atoken.core.errors import ConfigError
+from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
 from atoken.core.projection import ModalityProjections
@@ -81,6 +82,119 @@ class ATokenModel(nn.Module):
     def modality(self, name: str) -> Modality:
         """The built modality ``name`` (the subclass resolves names)."""
         raise NotImplementedError
+
+    def default_modality(self) -> str:
+        """The modality of raw samples when a call names none (the subclass decides)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ inputs
+    def _names(self, samples: Any, modality: str | Sequence[str] | None, count: int) -> list[str]:
+        if modality is None:
+            modality = self.default_modality()
+        if isinstance(modality, str):
+            return [modality] * count
+        if not isinstance(modality, Sequence) or not all(isinstance(m, str) for m in modality):
+            raise ModalityInputError(
+                f"modality must be a name or one name per sample, got {modality!r}"
+            )
+        names = list(modality)
+        if len(names) != count:
+            raise ModalityInputError(f"{len(names)} modality names for {count} samples")
+        return names
+
+    def _as_list(self, samples: Any, modality: str | Sequence[str] | None) -> list[Any]:
+        """Raw samples as a list: a tensor with one more dimension than the modality's samples
+        is a batch."""
+        if isinstance(samples, torch.Tensor):
+            names = set(self._names(samples, modality, samples.shape[0] if samples.ndim else 1))
+            if len(names) != 1:
+                raise ModalityInputError("a tensor batch holds samples of one modality")
+            mod = self.modality(names.pop())
+            nd = mod.sample_ndim
+            if samples.ndim != nd + 1:
+                shapes = {2: "[B, H, W]", 3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}
+                batch = shapes.get(nd) if mod.layout == "thw" else None
+                batch = batch or f"{nd + 1}-D [B, ...]"
+                one = " (one sample x: pass [x])" if samples.ndim == nd else ""
+                raise ModalityInputError(
+                    f"a {mod.name} tensor batch must be {batch}, got "
+                    f"{tuple(samples.shape)}; pass a list for single samples{one}"
+                )
+            return list(samples.unbind(0))
+        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
+            raise ModalityInputError(
+                f"samples must be a list (or a batch tensor), got {type(samples).__name__}"
+            )
+        return list(samples)
+
+    def _prepare(self, samples: Any, modality: str | Sequence[str] | None) -> PackedBatch:
+        """Patchify and normalise ``samples`` into per-modality groups on the model's device.
+        A :class:`SparseLatent` of raw values keeps its own modality names.
+
+        Raises:
+            ModalityInputError: ``modality`` names other modalities than the latent's.
+        """
+        device = self._device()
+        if isinstance(samples, SparseLatent):
+            latent = samples.to(device)
+            if modality is not None:
+                given = self._names(latent, modality, latent.batch_size)
+                if tuple(given) != latent.modality:
+                    raise ModalityInputError(
+                        f"modality={modality!r} but the latent's samples are {latent.modality}"
+                    )
+            groups = []
+            for name in dict.fromkeys(latent.modality):
+                idx = [b for b, m in enumerate(latent.modality) if m == name]
+                part = latent.select(idx) if len(idx) != latent.batch_size else latent
+                mod = self.modality(name)
+                mod.check_values(part.feats)
+                groups.append(
+                    PackedGroup(name, tuple(idx), part.replace(feats=mod.normalize(part.feats)))
+                )
+            return PackedBatch.from_groups(groups)
+        samples = self._as_list(samples, modality)
+        names = self._names(samples, modality, len(samples))
+        groups = []
+        for name in dict.fromkeys(names):
+            idx = tuple(b for b, m in enumerate(names) if m == name)
+            mod = self.modality(name)
+            raw = mod.pack([samples[b] for b in idx]).to(device)
+            groups.append(PackedGroup(name, idx, raw.replace(feats=mod.normalize(raw.feats))))
+        return PackedBatch.from_groups(groups)
+
+    def pack(self, samples: Any, modality: str | None = None) -> SparseLatent:
+        """Patchify, pack and normalise samples of one value size: feats are the normalised
+        values ``[N, d]`` on the model's device. A :class:`SparseLatent` of raw values is
+        normalised as is.
+
+        Raises:
+            ConfigError: the samples' modalities have different value sizes (encode them
+                instead: a mixed batch has no single value tensor).
+        """
+        batch = self._prepare(samples, modality)
+        if not batch.groups:
+            return SparseLatent(
+                torch.zeros(0, self.config.encoder.patch_dim, device=self._device()),
+                torch.zeros(0, 4, dtype=torch.int32, device=self._device()),
+                torch.zeros(0, dtype=torch.int64),
+            )
+        dims = {g.values.channels for g in batch.groups}
+        if len(dims) > 1:
+            raise ConfigError(f"pack: the samples' value sizes differ ({sorted(dims)})")
+        return SparseLatent(
+            batch.gather([g.values.feats for g in batch.groups]),
+            batch.coords.to(self._device()),
+            batch.seqlens,
+            modality=batch.modality,
+            meta=batch.meta,
+            validate=False,
+        )
+
+    def prepare(self, samples: Any, modality: str | Sequence[str] | None = None) -> PackedBatch:
+        """Raw samples (or a :class:`SparseLatent` of raw values) -> the packed, normalised
+        batch that ``model(batch)`` takes: one group per modality, on the model's device."""
+        return self._prepare(samples, modality)
 
     def forward(
         self,
