@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import click
@@ -151,45 +150,47 @@ def train(
     help="Videos: reconstruct only the first N frames (the written clips hold every frame in "
     "memory; the tiled Python API, atoken.tiling.iter_reconstruct, streams).",
 )
+@click.option(
+    "--modality",
+    default=None,
+    help="The inputs' modality [default: by file: image files -> image, video files -> "
+    "video]; .npy arrays (e.g. a depth map [H, W]) need it.",
+)
 @click.argument("inputs", nargs=-1, required=True)
 def reconstruct(
-    checkpoint: str, out_dir: str, inputs: tuple[str, ...], max_frames: int | None
+    checkpoint: str,
+    out_dir: str,
+    inputs: tuple[str, ...],
+    max_frames: int | None,
+    modality: str | None,
 ) -> None:
-    """Encode and decode image or video files; write reconstructions and side-by-sides
-    (PNG for images; MP4 and GIF for videos, decoded in temporal tiles)."""
+    """Encode and decode image, video or .npy files; write reconstructions and side-by-sides
+    (PNG for images and one-channel maps, MP4 and GIF for videos decoded in temporal tiles;
+    .npy arrays are written back as .npy)."""
     from pathlib import Path
 
-    from atoken.modalities.image import to_image_tensor
-    from atoken.modalities.video_io import VIDEO_EXTENSIONS
-    from atoken.viz import save_side_by_side, to_pil
+    from atoken.cli_files import read_input, save_reconstruction
     from atoken.viz_video import reconstruct_video_file
 
-    videos = [p for p in inputs if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
-    stills = [p for p in inputs if p not in videos]
     try:
         model = _load_tokenizer(checkpoint)
-        images = [to_image_tensor(p) for p in stills]
+        items = [read_input(p, modality, model) for p in inputs]
     except AtokenError as exc:
         raise _fail(exc) from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path in videos:
+    for path, (kind, sample) in zip(inputs, items, strict=True):
         try:
-            r = reconstruct_video_file(model, path, out, max_frames=max_frames)
+            if sample is None:  # a video file: tiled, streamed from the file
+                r = reconstruct_video_file(model, path, out, max_frames=max_frames)
+                rows.append((r["stem"], kind, "x".join(map(str, r["size"])), f"{r['psnr']:.2f} dB"))
+                continue
+            recon = model.reconstruct([sample], kind)[0]
         except AtokenError as exc:
             raise _fail(exc) from exc
-        rows.append((r["stem"], "x".join(map(str, r["size"])), f"{r['psnr']:.2f}"))
-    for path, x in zip(stills, images, strict=True):
-        y = model.reconstruct([x])[0].clamp(0, 1)
-        stem = Path(path).stem
-        to_pil(y).save(out / f"{stem}_recon.png")
-        save_side_by_side([x], [y], out / f"{stem}_side_by_side.png", labels=[stem])
-        mse = float(((y - x) ** 2).mean())
-        rows.append(
-            (stem, "x".join(map(str, x.shape[1:])), f"{10 * math.log10(1 / max(mse, 1e-12)):.2f}")
-        )
-    _table(("input", "size", "PSNR dB"), rows)
+        rows.append((Path(path).stem, kind, *save_reconstruction(path, kind, sample, recon, out)))
+    _table(("input", "modality", "size", "error"), rows)
     click.echo(f"wrote {len(rows)} reconstructions to {out}")
 
 
@@ -243,8 +244,8 @@ def eval_command(
     """Reconstruct a held-out set and report metrics (and semantic ones when the tokenizer is
     aligned to text and the data has captions)."""
     from atoken.data import HELDOUT_PHOTOS, ImageFolder, PhotoSet
-    from atoken.semantic_train import evaluate_semantic, heldout_digits
-    from atoken.train import evaluate_images
+    from atoken.tasks import evaluate_samples
+    from atoken.tasks.alignment import evaluate_semantic, heldout_digits
 
     try:
         model = _load_tokenizer(checkpoint)
@@ -271,7 +272,7 @@ def eval_command(
         if captioned is not None and model.semantic is not None and not semantic:
             semantic = {m: registry.metrics.create(m) for m in ("zeroshot", "retrieval")}
         recon = [y.clamp(0, 1) for y in model.reconstruct(images)] if chosen else []
-        values = evaluate_images(chosen, recon, images) if chosen else {}
+        values = evaluate_samples(chosen, recon, images) if chosen else {}
         if semantic and captioned is not None:
             values.update(evaluate_semantic(model, captioned, semantic))
     except AtokenError as exc:

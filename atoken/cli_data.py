@@ -199,19 +199,52 @@ def verify(url: str, storage_options: str | None, skip_bad: bool, no_progress: b
         raise SystemExit(1)
 
 
-def _data_source(data_arg: str, storage_options: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
-    """``(images uint8 [3, H, W] sequence, names)`` for a store URL, a folder or 'photos'."""
-    from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
-    from atoken.data.zarr_dataset import ZarrImages, is_store_url
+def _data_source(
+    data_arg: str, storage_options: dict[str, Any], modality: str | None = None
+) -> tuple[Any, tuple[str, ...], str]:
+    """``(float samples sequence, names, modality)`` for a store URL, a folder or 'photos'.
 
-    if data_arg == "photos":
-        photos = PhotoSet(TRAIN_PHOTOS + HELDOUT_PHOTOS)
-        return photos, photos.names
+    A media store's samples are of its own modality (``--modality`` must agree); folders and
+    'photos' hold images.
+
+    Raises:
+        DataModalityError: ``modality`` is not the store's (or not an image modality for a
+            folder of image files).
+    """
+    from atoken.core.errors import DataModalityError
+    from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
+    from atoken.data.zarr_dataset import ZarrSamples, is_store_url
+
     if is_store_url(data_arg):
-        images = ZarrImages(data_arg, storage_options)
-        return images, images.names
-    folder = ImageFolder(data_arg)
-    return folder, folder.names
+        store = ZarrSamples(data_arg, storage_options)
+        if modality and modality != store.modality:
+            raise DataModalityError(
+                f"{data_arg!r} holds {store.modality!r} samples, not {modality!r} (leave out "
+                "--modality to encode them as the store says)"
+            )
+        return store, store.names, store.modality
+    images = (
+        PhotoSet(TRAIN_PHOTOS + HELDOUT_PHOTOS) if data_arg == "photos" else ImageFolder(data_arg)
+    )
+    if modality and modality != "image":
+        raise DataModalityError(
+            f"{data_arg!r} holds image files; --modality {modality!r} needs a media store of "
+            "that modality (atoken data import-..., or MediaWriter)"
+        )
+    return _Scaled(images), images.names, "image"
+
+
+class _Scaled:
+    """uint8 images read as float32 in [0, 1]."""
+
+    def __init__(self, images: Any) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.images[i].float() / 255
 
 
 def encode_to_store(
@@ -225,9 +258,10 @@ def encode_to_store(
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    modality: str = "image",
 ) -> int:
-    """Encode ``images`` (uint8 ``[3, H, W]``) in batches and append their latents (and FSQ
-    ids) to the latent store ``out``; each sample's meta gets its ``source`` name.
+    """Encode ``images`` (float samples of ``modality``) in batches and append their latents
+    (and FSQ ids) to the latent store ``out``; each sample's meta gets its ``source`` name.
 
     Resumes a store whose committed samples are the first of ``names``; returns its count.
 
@@ -261,8 +295,8 @@ def encode_to_store(
     committed = start
     with torch.no_grad(), tqdm(total=len(names), initial=start, disable=not progress) as bar:
         for lo in range(start, len(names), batch_size):
-            batch = [images[i].float() / 255 for i in range(lo, min(lo + batch_size, len(names)))]
-            latent, ids = model.encode_with_ids(batch, "image")  # one encoder pass
+            batch = [images[i] for i in range(lo, min(lo + batch_size, len(names)))]
+            latent, ids = model.encode_with_ids(batch, modality)  # one encoder pass
             meta = [{**m, "source": names[lo + k]} for k, m in enumerate(latent.meta)]
             latent = latent.replace(meta=meta).to("cpu")
             ids = ids.cpu() if discrete and ids is not None else None
@@ -283,6 +317,11 @@ def encode_to_store(
 @_STORAGE
 @click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--modality",
+    default=None,
+    help="The samples' modality [default: the store's; image for a folder or 'photos'].",
+)
 def encode(
     checkpoint: str,
     data_arg: str,
@@ -292,18 +331,19 @@ def encode(
     storage_options: str | None,
     overwrite: bool,
     no_progress: bool,
+    modality: str | None,
 ) -> None:
-    """Encode DATA (a media store URL, an image folder or 'photos') into the latent store OUT:
-    SparseLatents, and for FSQ tokenizers their ids."""
+    """Encode DATA (a media store URL of any modality, an image folder or 'photos') into the
+    latent store OUT: SparseLatents, and for FSQ tokenizers their ids."""
     from atoken.cli_common import _load_tokenizer
 
     options = _options(storage_options)
     try:
         model = _load_tokenizer(checkpoint)
-        images, names = _data_source(data_arg, options)
+        samples, names, kind = _data_source(data_arg, options, modality)
         count = encode_to_store(
             model,
-            images,
+            samples,
             names,
             out,
             dtype=dtype,
@@ -311,7 +351,8 @@ def encode(
             storage_options=options,
             overwrite=overwrite,
             progress=not no_progress,
+            modality=kind,
         )
     except AtokenError as exc:
         raise _fail(exc) from exc
-    click.echo(f"encoded {count} samples into {out}")
+    click.echo(f"encoded {count} samples ({kind}) into {out}")

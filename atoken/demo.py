@@ -21,7 +21,8 @@ import torch
 
 from atoken.core.runconfig import load_run_file
 from atoken.plugins.manager import get_registry
-from atoken.train import ImageReconstructionTask, evaluate_images, fit_pca, run_training
+from atoken.tasks import evaluate_samples
+from atoken.train import fit_pca, run_training
 from atoken.viz import save_side_by_side
 
 __all__ = ["main"]
@@ -67,23 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     train_minutes = (time.monotonic() - start) / 60
     model = trainer.eval_model
     model.eval()
-    task: ImageReconstructionTask = trainer.task
+    mixture = trainer.task
+    task = mixture.tasks[0]  # the run file's image reconstruction task
+    heldout, names = list(task.source.heldout), task.source.heldout_names
 
     # The best linear tokenizer with the same latent size, fitted on crops of the same photos
     # (with pca_init the tokenizer started as this very PCA).
-    pca = task.pca if task.pca is not None else fit_pca(task)
+    pca = mixture.pca
+    if pca is None:
+        pca = fit_pca(task, latent_dim=model.config.latent_dim)
 
     metrics = {m: get_registry().metrics.create(m) for m in ("psnr", "ssim", "fd_effnet")}
     ours_images = task.reconstruct_heldout(model)
-    pca_images = pca.reconstruct(task.heldout)
-    ours = evaluate_images(metrics, ours_images, task.heldout)
-    base = evaluate_images(metrics, pca_images, task.heldout)
+    pca_images = pca.reconstruct(heldout)
+    ours = evaluate_samples(metrics, ours_images, heldout)
+    base = evaluate_samples(metrics, pca_images, heldout)
 
     picture = save_side_by_side(
-        task.heldout,
+        heldout,
         ours_images,
         out / "heldout_side_by_side.png",
-        labels=task.heldout_names,
+        labels=names,
         columns=("original", "atoken tiny", f"PCA-{pca.latent_dim}"),
         extra=[pca_images],
     )
@@ -94,17 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         "pca_ssim": base["ssim"],
         "heldout_fd_effnet": ours["fd_effnet"],
         "pca_fd_effnet": base["fd_effnet"],
-        "heldout": list(task.heldout_names),
+        "heldout": list(names),
         "steps": trainer.step,
         "train_minutes": round(train_minutes, 2),
         "latent_dim": cfg.model.latent_dim,
-        "pca_init": task.pca is not None,
+        "pca_init": mixture.pca is not None,
         "preset": cfg.model.preset,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     print(
-        f"\nHeld-out photos ({', '.join(task.heldout_names)}), never trained on; "
+        f"\nHeld-out photos ({', '.join(names)}), never trained on; "
         f"{trainer.step} steps in {train_minutes:.1f} min"
     )
     print(
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_row(f"PCA, {pca.latent_dim} components/patch", base))
     verdict = "beats" if ours["psnr"] > base["psnr"] else "does NOT beat"
     print(f"\natoken {verdict} the best linear tokenizer by {ours['psnr'] - base['psnr']:+.2f} dB")
-    if task.pca is not None:
+    if mixture.pca is not None:
         print("(pca_init: atoken started as this PCA; the difference is what training added)")
     print(f"wrote {out / 'summary.json'}, {picture}, {out / 'metrics.jsonl'}, {out / 'tokenizer'}")
     return 0

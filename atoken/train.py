@@ -1,10 +1,13 @@
-"""Training from a run file: the components it names resolved and handed to the engine.
+"""Training from a run file: the tokenizer, the ``[[tasks]]`` and the engine, composed.
 
-The engine (:class:`atoken.core.trainer.Trainer`) knows no modality or loss. This module
-picks the recipe and starts it: image reconstruction (:mod:`atoken.image_training`, optionally
-starting as the PCA tokenizer), images + video (:mod:`atoken.train_video`) or captioned
-semantic runs (:mod:`atoken.semantic_train`). Those modules build on
-:mod:`atoken.image_training` and never import this one, so there is no import cycle.
+    tokenizer = build_tokenizer(cfg)                 [model]: a preset or init_from, + overrides
+    tokenizer = expand_latent(tokenizer, n)          [model] expand_latent (stage 2)
+    tasks = [build_task(spec) for spec in cfg.tasks] each resolved in the task registry
+    trainer = Trainer(cfg, TaskMixture(tasks))       the one generic loop
+    trainer.fit(); tokenizer.save_pretrained(out/tokenizer)
+
+The engine (:class:`atoken.core.trainer.Trainer`) knows no modality, task or loss; a plugin's
+task trains through this path with no entry point of its own.
 """
 
 from __future__ import annotations
@@ -15,65 +18,109 @@ from atoken.baselines import PCATokenizer
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
-from atoken.image_training import (
-    PCA_CROP_BATCHES,
-    ImageReconstructionTask,
-    build_tokenizer,
-    evaluate_images,
-    tiles,
-)
+from atoken.data.sources import current_context
 from atoken.pca_init import PCA_MAPS, init_from_pca
 from atoken.plugins.manager import get_plugin_manager
+from atoken.tasks import TaskContext, TaskMixture, build_task, evaluate_samples, tiles
+from atoken.tokenizer import Tokenizer
+from atoken.transforms import expand_latent
 
 __all__ = [
-    "ImageReconstructionTask",
+    "PCA_CROP_BATCHES",
+    "build_run",
     "build_tokenizer",
-    "evaluate_images",
+    "evaluate_samples",
     "fit_pca",
     "run_training",
     "tiles",
 ]
 
+PCA_CROP_BATCHES = 40
 
-def fit_pca(task: ImageReconstructionTask, *, batches: int = PCA_CROP_BATCHES) -> PCATokenizer:
-    """The best linear tokenizer with the run's latent size, fitted on the patches of the first
-    ``batches`` training batches (the crops the tokenizer trains on; held-out photos excluded)."""
-    crops = [x for step in range(batches) for x in task.sampler.batch(step)]
-    return PCATokenizer(latent_dim=task.cfg.model.latent_dim, patch_size=16).fit(crops)
+
+def build_tokenizer(cfg: RunConfig) -> Tokenizer:
+    """The tokenizer a run file's ``[model]`` section describes."""
+    m = cfg.model
+    if m.init_from:
+        tokenizer = Tokenizer.from_pretrained(m.init_from)
+        if not m.modality_params:
+            return tokenizer
+        # [model] modality_params apply to the checkpoint too; a modality they name that the
+        # checkpoint lacks is added with fresh parameters of its own.
+        names = tuple(dict.fromkeys([*tokenizer.config.modalities, *m.modality_params]))
+        params = {**tokenizer.config.modality_params, **dict(m.modality_params)}
+        return Tokenizer.from_pretrained(m.init_from, modalities=names, modality_params=params)
+    overrides = {
+        "latent_dim": m.latent_dim,
+        "bottleneck": m.bottleneck,
+        "head": m.head,
+        "bottleneck_params": dict(m.bottleneck_params),
+        "modality_params": dict(m.modality_params),
+        **dict(m.overrides),
+    }
+    if m.attention:
+        overrides["attention"] = m.attention
+    if m.text_encoder:
+        overrides["text_encoder"] = m.text_encoder
+        overrides["text_encoder_params"] = dict(m.text_encoder_params)
+    return Tokenizer.from_preset(m.preset, **overrides)
+
+
+def fit_pca(task, *, latent_dim: int, batches: int = PCA_CROP_BATCHES) -> PCATokenizer:
+    """The best linear tokenizer with ``latent_dim`` channels per patch, fitted on the patches
+    of the first ``batches`` training batches of ``task`` (held-out samples excluded).
+
+    Raises:
+        ConfigError: the task's samples are not ``[3, H, W]`` images.
+    """
+    crops = [x for step in range(batches) for x in task.batch(step, 0)]
+    if not crops or any(x.ndim != 3 or x.shape[0] != 3 for x in crops):
+        shape = tuple(crops[0].shape) if crops else ()
+        raise ConfigError(
+            f"[model] pca_init fits the PCA on the first task's [3, H, W] crops; task "
+            f"{task.label!r} gives samples of shape {shape}"
+        )
+    return PCATokenizer(latent_dim=latent_dim, patch_size=16).fit(crops)
+
+
+def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
+    """The tokenizer and the task mixture a run file describes (nothing trained yet).
+
+    With ``[model] pca_init = true`` the tokenizer starts as the PCA tokenizer of the first
+    task's training crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as
+    ``mixture.pca``.
+    """
+    torch.manual_seed(cfg.run.seed)
+    if cfg.model.pca_init and cfg.model.expand_latent:
+        raise ConfigError("[model] pca_init and expand_latent exclude each other: pick one start")
+    tokenizer = build_tokenizer(cfg)
+    if cfg.model.expand_latent:
+        tokenizer = expand_latent(tokenizer, cfg.model.expand_latent)
+    context = TaskContext(model=tokenizer, sources=current_context(cfg.run.seed))
+    tasks = [build_task(spec, context) for spec in cfg.tasks]
+    mixture = TaskMixture(
+        tokenizer,
+        tasks,
+        schedule=cfg.train.mixture,
+        grad_accum=cfg.optim.grad_accum,
+        seed=cfg.run.seed,
+        pretrained_prefixes=("encoder.",) if cfg.model.init_from else (),
+    )
+    mixture.pca = None
+    if cfg.model.pca_init:
+        mixture.pca = fit_pca(tasks[0], latent_dim=tokenizer.config.latent_dim)
+        init_from_pca(tokenizer, mixture.pca)
+        # the PCA maps learn at encoder_lr_mult x lr, the (zero) residual branches at lr
+        mixture.pretrained_prefixes = PCA_MAPS
+    return tokenizer, mixture
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict[str, float]]:
-    """Build everything a run file names and train; returns the trainer and final metrics.
-
-    With ``[model] pca_init = true`` the tokenizer starts as the PCA tokenizer of the training
-    crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``trainer.task.pca``.
-    """
-    torch.manual_seed(cfg.run.seed)
-    if cfg.model.pca_init and (cfg.video.enabled or cfg.loss.semantic):
-        raise ConfigError(
-            "[model] pca_init starts an image reconstruction run (stage 1); stage 2 ([video] "
-            "enabled) and semantic runs ([[loss.semantic]]) start from a preset or an image "
-            "checkpoint ([model] init_from)"
-        )
-    if cfg.video.enabled:  # stage 2: images + video (atoken.train_video)
-        from atoken.train_video import run_image_video_training
-
-        return run_image_video_training(cfg, resume=resume)
-    tokenizer = build_tokenizer(cfg)
-    if cfg.loss.semantic:  # captioned data, reconstruction and alignment
-        from atoken.semantic_train import SemanticTask
-
-        task = SemanticTask(cfg, tokenizer)
-    else:
-        task = ImageReconstructionTask(cfg, tokenizer)
-    if cfg.model.init_from:
-        task.pretrained_prefixes = ("encoder.",)
-    if cfg.model.pca_init:
-        task.pca = fit_pca(task)
-        init_from_pca(tokenizer, task.pca)
-        # the PCA maps learn at encoder_lr_mult x lr, the (zero) residual branches at lr
-        task.pretrained_prefixes = PCA_MAPS
-    trainer = Trainer(cfg, task, hooks=get_plugin_manager().hook, device=cfg.train.device)
+    """Build everything a run file names and train; returns the trainer and final metrics
+    (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained tokenizer (EMA
+    weights when enabled) is saved to ``<out_dir>/tokenizer``."""
+    tokenizer, mixture = build_run(cfg)
+    trainer = Trainer(cfg, mixture, hooks=get_plugin_manager().hook, device=cfg.train.device)
     metrics = trainer.fit(resume=resume)
     tokenizer.load_state_dict(trainer.eval_model.state_dict())
     tokenizer.save_pretrained(cfg.run.output / "tokenizer")

@@ -28,38 +28,48 @@ import shutil
 import time
 from pathlib import Path
 
+import attrs
 import torch
 
-from atoken.core.runconfig import RunConfig, load_run_file, structure
+from atoken.core.runconfig import RunConfig, load_run_file
 from atoken.core.trainer import Trainer
 from atoken.plugins.manager import get_registry
-from atoken.train import (
-    ImageReconstructionTask,
-    build_tokenizer,
-    evaluate_images,
-    fit_pca,
-    run_training,
-)
+from atoken.tasks import evaluate_samples
+from atoken.train import build_run, fit_pca, run_training
 from atoken.viz import save_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.toml"
 
 
 SCRATCH = {"pca_init": False, "overrides": {"final_norm": False}}  # the pre-pca_init recipe
 SCRATCH_OPTIM = {"lr": 3e-3, "min_lr": 1e-4, "encoder_lr_mult": 0.1}
 
 
+def demo_weights() -> tuple[float, float]:
+    """(reconstruction weight, KL weight) of configs/demo.toml's task: its ``mse`` and ``kl``
+    loss weights (0.2 and 1e-8)."""
+    weights = {t.name: t.weight for t in load_run_file(DEMO).tasks[0].losses or ()}
+    return weights["mse"], weights["kl"]
+
+
 def run_config(name: str, args: argparse.Namespace, **model: object) -> RunConfig:
-    """The recipe of ``make demo`` (configs/demo.toml) with this run's components and budget."""
-    terms = [{"name": "mse", "weight": 1.0}]
+    """The recipe of ``make demo`` (configs/demo.toml) with this run's components and budget.
+
+    Losses: ``rec * (mse + gram_weight * gram)`` (gram only in ``kl+gram``) + ``kl_weight *
+    kl``, the demo's weights; an FSQ latent has no KL term, so FSQ runs list none.
+    """
+    rec, kl = demo_weights()
+    losses = [{"name": "mse", "weight": rec}]
     if name == "kl+gram":
-        terms.append({"name": "gram", "weight": args.gram_weight})
+        losses.append({"name": "gram", "weight": rec * args.gram_weight})
+    if model.get("bottleneck", "kl") != "fsq":
+        losses.append({"name": "kl", "weight": kl})
     optim = SCRATCH_OPTIM if model.get("pca_init") is False else {}
     return load_run_file(
-        ROOT / "configs" / "demo.toml",
+        DEMO,
         run={"name": name, "out_dir": str(Path(args.work) / name.replace("+", "_")), "seed": 0},
         model={"preset": args.preset, **model},
-        data={"batch_size": args.batch_size},
         optim=optim,
         train={
             "steps": args.steps,
@@ -70,24 +80,21 @@ def run_config(name: str, args: argparse.Namespace, **model: object) -> RunConfi
             "log_every": 50,
             "progress": False,
         },
-        loss={"terms": terms},
-        eval={"metrics": ["psnr"]},
+        tasks=[{"data": {"batch_size": args.batch_size}, "losses": losses, "metrics": ["psnr"]}],
     )
 
 
 def steps_per_second(cfg: RunConfig, precision: str, steps: int) -> float:
-    """Training steps/s of a fresh model under ``precision`` (after 2 warm-up steps)."""
+    """Training steps/s of a fresh model under ``precision`` (after 2 warm-up steps; no PCA
+    start, which does not change a step's cost)."""
     torch.manual_seed(0)
-    cfg = structure(
-        RunConfig,
-        {
-            **cfg.to_dict(),
-            "train": {**cfg.to_dict()["train"], "precision": precision, "ema_decay": 0.0},
-        },
-        "bench",
+    cfg = attrs.evolve(
+        cfg,
+        model=attrs.evolve(cfg.model, pca_init=False),
+        train=attrs.evolve(cfg.train, precision=precision, ema_decay=0.0),
     )
-    tok = build_tokenizer(cfg)
-    trainer = Trainer(cfg, ImageReconstructionTask(cfg, tok))
+    _, mixture = build_run(cfg)
+    trainer = Trainer(cfg, mixture)
     for _ in range(2):
         trainer.train_step()
     start = time.perf_counter()
@@ -127,25 +134,27 @@ def main() -> None:
             "bottleneck_params": {"levels": [4, 4, 4, 4], "groups": 8},
         },
     }
-    task = None
+    mixture = task = cfg = None
     for name, model in runs.items():
         cfg = run_config(name, args, **model)
         start = time.monotonic()
         trainer, _ = run_training(cfg)
-        task = trainer.task
+        mixture = trainer.task  # the run's TaskMixture; its one task reconstructs the photos
+        task = mixture.tasks[0]
         recon = task.reconstruct_heldout(trainer.eval_model.eval())
         images[name] = recon
         results[name] = {
-            **evaluate_images(fd, recon, task.heldout),
+            **evaluate_samples(fd, recon, task.source.heldout),
             "steps": trainer.step,
             "minutes": round((time.monotonic() - start) / 60, 2),
         }
         print(f"{name:<10} {results[name]}", flush=True)
         Path(args.json).write_text(json.dumps({"partial": True, "runs": results}, indent=2))
 
-    pca = task.pca if task.pca is not None else fit_pca(task)
-    images["pca"] = pca.reconstruct(task.heldout)
-    results["pca"] = evaluate_images(fd, images["pca"], task.heldout)
+    heldout, names = task.source.heldout, task.source.heldout_names
+    pca = mixture.pca if mixture.pca is not None else fit_pca(task, latent_dim=cfg.model.latent_dim)
+    images["pca"] = pca.reconstruct(heldout)
+    results["pca"] = evaluate_samples(fd, images["pca"], heldout)
 
     speed_cfg = run_config("speed", args)
     fp32 = steps_per_second(speed_cfg, "fp32", args.speed_steps)
@@ -168,16 +177,16 @@ def main() -> None:
     }
     Path(args.json).write_text(json.dumps(summary, indent=2))
     save_side_by_side(
-        task.heldout,
+        heldout,
         images["kl"],
         args.picture,
-        labels=task.heldout_names,
+        labels=names,
         columns=("original", "kl", "kl scratch", "kl+gram", "fsq", "pca-32"),
         extra=[images["kl scratch"], images["kl+gram"], images["fsq"], images["pca"]],
     )
 
     print(
-        f"\nHeld-out photos {', '.join(task.heldout_names)}; preset {args.preset}, "
+        f"\nHeld-out photos {', '.join(names)}; preset {args.preset}, "
         f"{args.steps} training steps per run on this CPU"
     )
     print(

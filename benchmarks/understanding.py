@@ -38,7 +38,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from atoken.core.runconfig import load_run_file
-from atoken.semantic_train import embed_in_chunks
+from atoken.plugins.manager import get_registry
+from atoken.tasks.alignment import embed_in_chunks
 from atoken.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,21 +57,33 @@ def linear_probe(train_x, train_y, test_x, test_y) -> float:
 def run(
     name: str, args: argparse.Namespace, sem_weight: float, size: int = 64, steps: int = 0
 ) -> dict:
+    """Train the run file's text_alignment task on digits of side ``size``, its semantic
+    (``"embeddings"``) losses scaled by ``sem_weight`` (0: left out, L_rec + L_KL only)."""
+    spec = load_run_file(RUN_FILE).tasks[0]
+    registry = get_registry().losses
+    losses = []
+    for term in spec.losses or ():
+        semantic = getattr(registry.get(term.name), "inputs", "samples") == "embeddings"
+        weight = term.weight * (sem_weight if semantic else 1.0)
+        if weight:
+            losses.append({"name": term.name, "weight": weight, "params": dict(term.params)})
     cfg = load_run_file(
         RUN_FILE,
         run={"name": name, "out_dir": str(Path(args.work) / name), "seed": args.seed},
-        data={"batch_size": args.batch_size, "digit_size": size},
         train={"steps": steps or args.steps, "progress": args.progress},
-        loss={"sem_weight": sem_weight},
+        tasks=[{"data": {"batch_size": args.batch_size, "size": size}, "losses": losses}],
     )
     start = time.monotonic()
-    trainer, metrics = run_training(cfg)
+    trainer, logged = run_training(cfg)
     minutes = (time.monotonic() - start) / 60
-    model, task = trainer.eval_model.eval(), trainer.task
+    model, task = trainer.eval_model.eval(), trainer.task.tasks[0]
+    # the final metrics are prefixed by the task's label: text_alignment/psnr
+    metrics = {k.removeprefix(f"{task.label}/"): v for k, v in logged.items()}
+    train_set, held_set = task.source.train_set, task.source.heldout_set
     with torch.no_grad():
-        train_emb = embed_in_chunks(model, task.train_set.images)  # [n_train, D]
-        held_emb = embed_in_chunks(model, task.heldout.images)  # [n_held, D]
-    probe = linear_probe(train_emb, task.train_set.labels, held_emb, task.heldout.labels)
+        train_emb = embed_in_chunks(model, train_set.images)  # [n_train, D]
+        held_emb = embed_in_chunks(model, held_set.images)  # [n_held, D]
+    probe = linear_probe(train_emb, train_set.labels, held_emb, held_set.labels)
     out = {
         "steps": trainer.step,
         "minutes": round(minutes, 2),
@@ -84,8 +97,8 @@ def run(
         "i2t_r5": metrics["i2t_r5"],
         "t2i_r5": metrics["t2i_r5"],
         "logit_scale": float(model.semantic.logit_scale.detach().exp()),
-        "n_train": len(task.train_set),
-        "n_heldout": len(task.heldout),
+        "n_train": len(train_set),
+        "n_heldout": len(held_set),
     }
     print(f"{name:<9} {json.dumps(out)}", flush=True)
     return out

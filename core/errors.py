@@ -12,6 +12,7 @@ __all__ = [
     "ComponentError",
     "ConfigError",
     "CoordinateError",
+    "DataModalityError",
     "DuplicateComponentError",
     "EmbeddingSizeError",
     "LatentValidationError",
@@ -63,6 +64,11 @@ class WeightsNotFoundError(AtokenError, FileNotFoundError):
 
 class ConfigError(AtokenError, ValueError):
     """A configuration value or run file is invalid."""
+
+
+class DataModalityError(ConfigError):
+    """A data source holds samples of another modality than the task trains (e.g. an RGB-D
+    media store given to an image task)."""
 
 
 class EmbeddingSizeError(ConfigError):

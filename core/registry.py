@@ -28,6 +28,8 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("attention_backends", "attention backend"),
     ("metrics", "metric"),
     ("text_encoders", "text encoder"),
+    ("tasks", "task"),
+    ("data_sources", "data source"),
 )
 
 
@@ -114,6 +116,8 @@ class Registries:
     attention_backends: Registry[Any] = attrs.field(factory=lambda: Registry("attention backend"))
     metrics: Registry[Any] = attrs.field(factory=lambda: Registry("metric"))
     text_encoders: Registry[Any] = attrs.field(factory=lambda: Registry("text encoder"))
+    tasks: Registry[Any] = attrs.field(factory=lambda: Registry("task"))
+    data_sources: Registry[Any] = attrs.field(factory=lambda: Registry("data source"))
 
     def by_kind(self) -> dict[str, Registry[Any]]:
         """``{"modalities": Registry, ...}`` in the order of :data:`KINDS`."""

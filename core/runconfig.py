@@ -2,9 +2,11 @@
 
 Every section is an attrs class; a key that no field has is an error naming the key and the
 section, and values are validated at this boundary (``ConfigError`` names the offending key).
-Components are named by registry name (``bottleneck = "kl"``, ``[[loss.terms]] name = "l1"``);
-the names are resolved later, by whoever builds the run, so a typo surfaces as an
-``UnknownComponentError`` listing close matches.
+Components are named by registry name (``bottleneck = "kl"``, ``[[tasks]] name =
+"image_reconstruction"``, ``losses = [{ name = "l1" }]``); the names are resolved later, by
+whoever builds the run, so a typo surfaces as an ``UnknownComponentError`` listing close
+matches. Each ``[[tasks]]`` table keeps the keys every task has (:class:`TaskSpec`); its other
+keys are the task's own parameters, validated by the task.
 
 A minimal run file::
 
@@ -14,9 +16,10 @@ A minimal run file::
     [model]
     preset = "tiny"
 
-    [[loss.terms]]
-    name = "l1"
-    weight = 1.0
+    [[tasks]]
+    name = "image_reconstruction"
+    data = { source = "photos", crop_max = 128 }
+    losses = [{ name = "l1", weight = 0.2 }, { name = "kl", weight = 1e-8 }]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, TypeVar
 import attrs
 
 from atoken.core.errors import ConfigError
+from atoken.core.runconfig_legacy import LEGACY_SECTIONS, legacy_message
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,15 +40,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
-    "DataConfig",
-    "EvalConfig",
-    "LossConfig",
     "LossTerm",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
+    "TaskSpec",
     "TrainConfig",
-    "VideoConfig",
     "load_run_file",
     "structure",
 ]
@@ -107,30 +108,13 @@ class ModelConfig:
     # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
     # final_norm = false, decoder_final_norm = false, decoder_bias = true
     pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    # widen the kl latent to this many channels before training (stage 2: 32 -> 48; the
+    # decoder's output is unchanged at the start, atoken.transforms.expand_latent); 0: keep
+    expand_latent: int = attrs.field(default=0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.pca_init and self.init_from:
             raise ConfigError("[model] pca_init and init_from exclude each other: pick one start")
-
-
-@attrs.frozen(kw_only=True)
-class DataConfig:
-    """``[data]``: the training source and crops, and the held-out set."""
-
-    source: str = "photos"  # "photos" (embedded real photos), "digits", a folder, or a zarr URL
-    batch_size: int = attrs.field(default=8, validator=_positive)
-    crop_min: int = attrs.field(default=64, validator=_positive)
-    crop_max: int = attrs.field(default=256, validator=_positive)
-    heldout: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
-    eval_max_side: int = attrs.field(default=256, validator=_positive)
-    storage_options: Mapping[str, Any] = attrs.field(factory=dict)
-    digit_size: int = attrs.field(default=64, validator=_positive)  # source = "digits" only
-    digit_classes: tuple[int, ...] = attrs.field(default=(), converter=_tuple)  # empty: all
-    heldout_fraction: float = attrs.field(default=0.2, validator=_positive)
-
-    def __attrs_post_init__(self) -> None:
-        if self.crop_min > self.crop_max:
-            raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
 
 
 @attrs.frozen(kw_only=True)
@@ -167,6 +151,11 @@ class TrainConfig:
     progress: bool = True
     # "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; --device overrides
     device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
+    # how the [[tasks]] share the micro-steps: "round_robin" (micro-step k trains task
+    # k mod N, its loss scaled by the task's weight) or "weighted" (task drawn with
+    # probability weight / sum of weights, loss unscaled); set [optim] grad_accum = N for one
+    # micro-batch of every task per optimizer step
+    mixture: str = attrs.field(default="round_robin", validator=_one_of("round_robin", "weighted"))
 
 
 @attrs.frozen(kw_only=True)
@@ -178,68 +167,39 @@ class LossTerm:
     params: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-@attrs.frozen(kw_only=True)
-class LossConfig:
-    """``[loss]``: L = rec_weight * sum(w_i L_i) + sem_weight * sum(v_j S_j) + kl_weight * L_KL.
+def _optional_tuple(value: Any) -> tuple | None:
+    return None if value is None else tuple(value)
 
-    ``terms`` are reconstruction losses; ``semantic`` are semantic losses (``siglip``,
-    ``distill``) of the image embedding against the batch's caption embeddings.
+
+def _weight(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    """One ``[[tasks]]`` table: the keys every task has; ``params`` holds the others (the
+    task's own parameters, validated by the task's ``Params`` class).
+
+    ``label`` names the task in logs, metrics and output folders (default: ``name``; two tasks
+    of one name need labels). ``data`` is the data-source table (``source`` plus its
+    parameters; empty: the task's default source). ``losses``/``metrics`` left out take the
+    task's defaults; ``modality`` left empty is the task's or the data source's.
     """
 
-    rec_weight: float = attrs.field(default=0.2, validator=_non_negative)
-    kl_weight: float = attrs.field(default=1e-8, validator=_non_negative)
-    terms: tuple[LossTerm, ...] = attrs.field(
-        factory=lambda: (LossTerm(name="l1", weight=1.0),), converter=_tuple
-    )
-    sem_weight: float = attrs.field(default=1.0, validator=_non_negative)
-    semantic: tuple[LossTerm, ...] = attrs.field(default=(), converter=_tuple)
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    label: str = ""
+    weight: float = attrs.field(default=1.0, validator=_weight)
+    modality: str = ""
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+    losses: tuple[LossTerm, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    metrics: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    params: Mapping[str, Any] = attrs.field(factory=dict)
 
-
-@attrs.frozen(kw_only=True)
-class EvalConfig:
-    """``[eval]``: metrics by registry name and how many reconstructions to draw."""
-
-    metrics: tuple[str, ...] = attrs.field(default=("psnr", "ssim"), converter=_tuple)
-    grid_images: int = attrs.field(default=4, validator=_positive)
-
-
-def _positive_ints(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
-    if not value or not all(isinstance(v, int) and v > 0 for v in value):
-        raise ConfigError(f"{attribute.name} must be a non-empty list of positive ints")
-
-
-@attrs.frozen(kw_only=True)
-class VideoConfig:
-    """``[video]``: stage 2 (image + video). When ``enabled``, image and video batches alternate
-    over micro-steps (round-robin with ``[optim] grad_accum``), the latent is expanded to
-    ``latent_dim`` and video batches are trained with L1 only."""
-
-    enabled: bool = False
-    sources: tuple[str, ...] = attrs.field(default=("bikes", "bigbuckbunny"), converter=_tuple)
-    heldout: tuple[str, ...] = attrs.field(default=("carphone",), converter=_tuple)
-    max_frames: int = attrs.field(default=128, validator=_positive)  # decoded per video
-    max_side: int = attrs.field(default=256, validator=_positive)  # downscaled longer side
-    batch_size: int = attrs.field(default=2, validator=_positive)
-    frames: int = attrs.field(default=16, validator=_positive)
-    strides: tuple[int, ...] = attrs.field(
-        default=(1, 2, 3), converter=_tuple, validator=_positive_ints
-    )
-    crop_min: int = attrs.field(default=64, validator=_positive)
-    crop_max: int = attrs.field(default=128, validator=_positive)
-    latent_dim: int = attrs.field(default=48, validator=_positive)
-    eval_frames: int = attrs.field(default=32, validator=_positive)
-    tile_frames: int = attrs.field(default=16, validator=_positive)
-    kv_cache_steps: int = attrs.field(default=4, validator=_non_negative)
-    metrics: tuple[str, ...] = attrs.field(
-        default=("video_psnr", "video_ssim", "flicker"), converter=_tuple
-    )
-    fps: float = attrs.field(default=8.0, validator=_positive)  # of the written GIF/MP4
-
-    def __attrs_post_init__(self) -> None:
-        if self.crop_min > self.crop_max:
-            raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
-        if self.enabled and not self.sources:
-            raise ConfigError("sources must name at least one video")
+    @property
+    def key(self) -> str:
+        """The label, else the name."""
+        return self.label or self.name
 
 
 @attrs.frozen(kw_only=True)
@@ -248,21 +208,26 @@ class RunConfig:
 
     run: RunSection = attrs.field(factory=RunSection)
     model: ModelConfig = attrs.field(factory=ModelConfig)
-    data: DataConfig = attrs.field(factory=DataConfig)
     optim: OptimConfig = attrs.field(factory=OptimConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
-    loss: LossConfig = attrs.field(factory=LossConfig)
-    eval: EvalConfig = attrs.field(factory=EvalConfig)
-    video: VideoConfig = attrs.field(factory=VideoConfig)
+    tasks: tuple[TaskSpec, ...] = attrs.field(default=(), converter=_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        keys = [t.key for t in self.tasks]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(
+                f"[[tasks]] {twice} appear more than once: give each a distinct label = ..."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
 _NESTED: dict[tuple[type, str], type] = {
-    (LossConfig, "terms"): LossTerm,
-    (LossConfig, "semantic"): LossTerm,
+    (TaskSpec, "losses"): LossTerm,
 }
+_TASK_KEYS = tuple(f.name for f in attrs.fields(TaskSpec) if f.name != "params")
 
 
 def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
@@ -277,6 +242,10 @@ def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
                 f"unknown key {key!r} in section [{section}]; known keys: {', '.join(fields)}"
             )
         sub = fields[key].type
+        if cls is RunConfig and key == "tasks":
+            value = _structure_tasks(value)
+            kwargs[key] = value
+            continue
         nested = _NESTED.get((cls, key))
         if nested is not None:
             if not isinstance(value, (list, tuple)):
@@ -293,22 +262,41 @@ def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
         raise ConfigError(f"[{section}] {exc}") from exc
 
 
+def _structure_tasks(value: Any) -> list[TaskSpec]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("[[tasks]] must be an array of tables (see docs/training.md)")
+    specs = []
+    for i, table in enumerate(value):
+        where = f"tasks[{i}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
+        if "name" not in table:
+            raise ConfigError(f"{where} has no name: name = a registered task")
+        common = {k: v for k, v in table.items() if k in _TASK_KEYS}
+        if "data" in common and not isinstance(common["data"], Mapping):
+            raise ConfigError(f"{where} data must be a table: data = {{ source = ... }}")
+        own = table.get("params", {})  # as RunConfig.to_dict writes them
+        if not isinstance(own, Mapping):
+            raise ConfigError(f"{where} params must be a table, got {own!r}")
+        rest = {k: v for k, v in table.items() if k not in (*_TASK_KEYS, "params")}
+        common["params"] = {**own, **rest}
+        specs.append(structure(TaskSpec, common, f"{where} ({table['name']})"))
+    return specs
+
+
 _SECTIONS: dict[str, type] = {
     "RunSection": RunSection,
     "ModelConfig": ModelConfig,
-    "DataConfig": DataConfig,
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
-    "LossConfig": LossConfig,
-    "EvalConfig": EvalConfig,
-    "VideoConfig": VideoConfig,
 }
 
 
 def load_run_file(path: str | Path, **section_overrides: Mapping[str, Any]) -> RunConfig:
     """Parse a TOML run file into a :class:`RunConfig`.
 
-    ``section_overrides`` (e.g. ``train={"steps": 10}``) are merged over the file's sections.
+    ``section_overrides`` (e.g. ``train={"steps": 10}``) are merged over the file's sections;
+    ``tasks=[{"data": {"batch_size": 2}}]`` patches the first ``[[tasks]]`` table.
 
     Raises:
         ConfigError: for unreadable TOML, an unknown section or key, or an invalid value.
@@ -320,6 +308,32 @@ def load_run_file(path: str | Path, **section_overrides: Mapping[str, Any]) -> R
         raise ConfigError(f"run file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"run file {str(path)!r} is not valid TOML: {exc}") from exc
+    legacy = sorted(set(data) & set(LEGACY_SECTIONS))
+    if legacy:
+        raise ConfigError(legacy_message(data, str(path)))
     for section, values in section_overrides.items():
-        data[section] = {**data.get(section, {}), **values}
-    return structure(RunConfig, data, "top level")
+        if section == "tasks":
+            data["tasks"] = _patch_tasks(data.get("tasks", []), values)
+        else:
+            data[section] = {**data.get(section, {}), **values}
+    cfg = structure(RunConfig, data, "top level")
+    if not cfg.tasks:
+        raise ConfigError(
+            f"run file {str(path)!r} names no [[tasks]]: add at least one, e.g.\n"
+            '[[tasks]]\nname = "image_reconstruction"\ndata = { source = "photos" }'
+        )
+    return cfg
+
+
+def _patch_tasks(tasks: list, patches: Any) -> list:
+    """``tasks=[{...}, ...]`` overrides: patch i is merged into task i (a table value such as
+    ``data`` one level deep)."""
+    if not isinstance(patches, (list, tuple)) or len(patches) > len(tasks):
+        raise ConfigError(f"tasks overrides must be a list of at most {len(tasks)} tables")
+    out = [dict(t) for t in tasks]
+    for task, patch in zip(out, patches, strict=False):
+        for key, value in patch.items():
+            old = task.get(key)
+            both = isinstance(old, Mapping) and isinstance(value, Mapping)
+            task[key] = {**old, **value} if both else value
+    return out

@@ -246,12 +246,14 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
-        total, terms = torch.zeros(()), {}
+        total, sums, counts = torch.zeros(()), {}, {}
         for micro in range(cfg.optim.grad_accum):
             loss, micro_terms = self._micro_step(step, micro)
             total = total + loss.float() / cfg.optim.grad_accum
-            for k, v in micro_terms.items():
-                terms[k] = terms.get(k, 0.0) + v / cfg.optim.grad_accum
+            for k, v in micro_terms.items():  # a term's mean over the micro-steps that have it
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        terms = {k: sums[k] / counts[k] for k in sums}
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -86,6 +86,7 @@ class CLIPLoss(nn.Module):
     """
 
     name = "clip"
+    inputs = "samples"  # what it consumes (docs/losses.md#inputs)
 
     def __init__(
         self,

@@ -69,6 +69,7 @@ class DistillLoss(nn.Module):
     """
 
     name = "distill"
+    inputs = "embeddings"  # what it consumes (docs/losses.md#inputs)
 
     def __init__(
         self,

@@ -106,6 +106,7 @@ class GramLoss(nn.Module):
     """
 
     name = "gram"
+    inputs = "samples"  # what it consumes (docs/losses.md#inputs)
 
     def __init__(
         self,

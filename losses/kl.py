@@ -32,6 +32,7 @@ class KLLoss(nn.Module):
     """
 
     name = "kl"
+    inputs = "terms"  # what it consumes (docs/losses.md#inputs)
 
     def __init__(self, *, key: str = "kl") -> None:
         super().__init__()

@@ -41,6 +41,7 @@ class L1Loss(nn.Module):
     """
 
     name = "l1"
+    inputs = "samples"  # what it consumes (docs/losses.md#inputs)
 
     def _error(self, diff: torch.Tensor) -> torch.Tensor:
         return diff.abs()

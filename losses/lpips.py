@@ -80,6 +80,7 @@ class LPIPSLoss(nn.Module):
     """
 
     name = "lpips"
+    inputs = "samples"  # what it consumes (docs/losses.md#inputs)
 
     def __init__(
         self,

@@ -87,6 +87,7 @@ class SigLIPLoss(nn.Module):
     """
 
     name = "siglip"
+    inputs = "embeddings"  # what it consumes (docs/losses.md#inputs)
 
     def __init__(
         self, *, init_logit_scale: float = math.log(10.0), init_logit_bias: float = -10.0

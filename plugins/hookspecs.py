@@ -89,6 +89,30 @@ def register_text_encoders(register: Register) -> None:
     """
 
 
+@hookspec
+def register_tasks(register: Register) -> None:
+    """Add training tasks: ``register("depth_reconstruction", DepthTask)``.
+
+    A task is what one ``[[tasks]]`` table of a run file trains: a modality, a data source,
+    loss terms, metrics and a weight in the mixture. The factory is called as
+    ``factory(spec=TaskSpec, context=TaskContext)`` and returns an object with ``batch(step,
+    micro)``, ``loss(model, batch)`` and ``evaluate(model, step, out_dir)``
+    (:class:`atoken.tasks.Task`); subclassing :class:`atoken.tasks.ReconstructionTask` gives
+    all three. Called when the registries are built. Since 0.2.
+    """
+
+
+@hookspec
+def register_data_sources(register: Register) -> None:
+    """Add data sources: ``register("depth_maps", DepthMaps)``.
+
+    The factory takes the keyword parameters of a run file's ``data = { source = ..., ... }``
+    table plus ``context`` (a :class:`atoken.data.SourceContext`: seed, rank, world size) and
+    returns a :class:`atoken.data.DataSource` (``modality``, ``batch(step, micro)``,
+    ``heldout``, ``heldout_names``). Called when the registries are built. Since 0.2.
+    """
+
+
 # ------------------------------------------------------------------------------ lifecycle
 @hookspec
 def atoken_train_start(trainer: Any) -> None:

@@ -67,6 +67,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.text_encoders.open_clip",
     "atoken.losses.siglip",
     "atoken.losses.distill",
+    "atoken.data.builtin_sources",
+    "atoken.tasks.base",
+    "atoken.tasks.image",
+    "atoken.tasks.video",
+    "atoken.tasks.alignment",
 )
 
 _BUILTIN_DIST = "atoken"

@@ -13,7 +13,10 @@ GUARDED = [
     *(ROOT / "atoken" / f for f in ("tokenizer.py", "components.py", "_tiles.py")),
 ]
 #: Literals that equal a modality name but mean something else: (file, value, why).
-NOT_MODALITIES = {("core/siglip.py", "depth")}  # the backbone's depth, a config key
+NOT_MODALITIES = {
+    ("core/siglip.py", "depth"),  # the backbone's depth, a config key
+    ("core/runconfig_legacy.py", "video"),  # the pre-0.2 run-file section [video]
+}
 
 
 def _string_constants(path: Path) -> list[tuple[int, str]]:

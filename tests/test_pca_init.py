@@ -95,21 +95,16 @@ preset = "tiny"
 latent_dim = 8
 pca_init = true
 {overrides}
-[data]
-source = "photos"
-batch_size = 2
-crop_min = 32
-crop_max = 48
 [train]
 steps = 1
 precision = "fp32"
 progress = false
-[[loss.terms]]
-name = "mse"
-weight = 1.0
-[eval]
+[[tasks]]
+name = "image_reconstruction"
+data = {{ source = "photos", batch_size = 2, crop_min = 32, crop_max = 48 }}
+losses = [{{ name = "mse", weight = 1.0 }}]
 metrics = ["psnr"]
-grid_images = 1
+previews = 1
 """
 
 
@@ -123,15 +118,17 @@ def test_run_file_pca_init(tmp_path):
     trainer, metrics = run_training(load_run_file(path))
     pca = trainer.task.pca
     assert pca is not None and pca.components.shape == (8, 768)
-    assert metrics["psnr"] > 15  # one small step from PCA-8 keeps a sensible reconstruction
+    assert metrics["image_reconstruction/psnr"] > 15  # one small step from PCA-8: still sensible
 
     path.write_text(RUN.format(out=tmp_path / "bad", overrides=""))
     with pytest.raises(ConfigError, match="final_norm=false"):
         run_training(load_run_file(path))
     with pytest.raises(ConfigError, match="exclude each other"):
         load_run_file(path, model={"init_from": str(tmp_path)})
-    with pytest.raises(ConfigError, match="stage 2"):
-        run_training(load_run_file(path, video={"enabled": True}))
-    semantic = {"semantic": [{"name": "siglip", "weight": 1.0}]}
-    with pytest.raises(ConfigError, match="semantic"):
-        run_training(load_run_file(path, loss=semantic))
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run_training(load_run_file(path, model={"expand_latent": 48}))
+    clips = path.read_text().replace("image_reconstruction", "video_reconstruction")
+    clips = clips.replace('source = "photos"', 'source = "video_files", clips = ["carphone"]')
+    path.write_text(clips.replace("pca_init = true", "pca_init = true\n" + flags))
+    with pytest.raises(ConfigError, match=r"\[3, H, W\] crops"):
+        run_training(load_run_file(path))

@@ -176,7 +176,7 @@ def test_cli_eval_without_text_encoder_reports_image_metrics_only(tmp_path):
 
 
 def test_eval_digits_follow_the_runs_data_settings(tmp_path):
-    from atoken.semantic_train import heldout_digits
+    from atoken.tasks.alignment import heldout_digits
 
     a, b = heldout_digits("0,1", seed=0), heldout_digits("0,1", seed=1)
     assert not torch.equal(a.images, b.images)  # the seed chooses the held-out split

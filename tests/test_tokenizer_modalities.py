@@ -225,10 +225,12 @@ def test_a_run_file_passes_modality_params_to_the_tokenizer(tmp_path):
     from atoken.train import build_tokenizer
 
     run = tmp_path / "run.toml"
-    run.write_text('[model]\npreset = "tiny"\nmodality_params = { depth = { depth_mean = 2.5 } }\n')
+    task = '[[tasks]]\nname = "image_reconstruction"\n'
+    params = '[model]\npreset = "tiny"\nmodality_params = { depth = { depth_mean = 2.5 } }\n'
+    run.write_text(params + task)
     tok = build_tokenizer(load_run_file(run))
     assert tok.modality("depth").value_mean == (2.5,)
-    run.write_text("[model]\nmodality_params = { depth = { depht_mean = 2.5 } }\n")
+    run.write_text("[model]\nmodality_params = { depth = { depht_mean = 2.5 } }\n" + task)
     with pytest.raises(ConfigError, match="depht_mean"):
         build_tokenizer(load_run_file(run))
 

@@ -26,12 +26,6 @@ preset = "tiny"
 latent_dim = 32
 overrides = {{ depth = 1, decoder_depth = 1 }}
 
-[data]
-source = "{source}"
-batch_size = 2
-crop_min = 32
-crop_max = 48
-
 [optim]
 lr = 1e-3
 warmup_steps = 2
@@ -44,13 +38,19 @@ checkpoint_every = 2
 log_every = 1
 progress = false
 
-[[loss.terms]]
-name = "{loss}"
-weight = 1.0
-
-[eval]
+[[tasks]]
+name = "image_reconstruction"
+losses = [{{ name = "{loss}", weight = 1.0 }}, {{ name = "kl", weight = 1e-8 }}]
 metrics = ["psnr", "ssim"]
-grid_images = 1
+previews = 1
+
+[tasks.data]
+source = "image_folder"
+path = "{source}"
+batch_size = 2
+crop_min = 32
+crop_max = 48
+{heldout}
 """
 
 
@@ -65,9 +65,13 @@ def folder(tmp_path) -> Path:
     return root
 
 
-def _run_file(tmp_path: Path, folder: Path, name: str, steps: int = 4, loss: str = "l1") -> Path:
+def _run_file(
+    tmp_path: Path, folder: Path, name: str, steps: int = 4, loss: str = "l1", heldout: str = ""
+) -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(RUN.format(out=tmp_path / name, source=folder, steps=steps, loss=loss))
+    held = f"heldout = [{heldout!r}]" if heldout else ""
+    text = RUN.format(out=tmp_path / name, source=folder, steps=steps, loss=loss, heldout=held)
+    path.write_text(text.replace("'", '"'))
     return path
 
 
@@ -90,7 +94,8 @@ def test_cli_train_reconstruct_eval(tmp_path, folder):
     run_dir = tmp_path / "cli"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert {r["kind"] for r in records} == {"train", "eval"}
-    assert "psnr" in records[-1] and list(run_dir.glob("recon_step*.png"))
+    assert "image_reconstruction/psnr" in records[-1]
+    assert list((run_dir / "image_reconstruction").glob("recon_step*.png"))
     assert (run_dir / "tokenizer" / "model.safetensors").exists()
 
     out = tmp_path / "recon"
@@ -137,22 +142,30 @@ def test_fsq_run_reports_codebook_usage(tmp_path, folder):
             "overrides": {"depth": 1, "decoder_depth": 1},
             "bottleneck_params": {"levels": [4, 4, 4], "groups": 8},
         },
-        "data": {"source": str(folder), "batch_size": 2, "crop_min": 32, "crop_max": 48},
         "train": {"steps": 2, "progress": False, "precision": "fp32"},
+        "tasks": [
+            {
+                "name": "image_reconstruction",
+                "label": "img",
+                "data": {"source": "image_folder", "path": str(folder), "batch_size": 2},
+                "losses": [{"name": "l1"}],  # FSQ exports no kl term
+            }
+        ],
     }
     _, metrics = run_training(structure(RunConfig, data, "test"))
-    assert 0 < metrics["codebook_usage"] <= 1 and metrics["codebook_perplexity"] >= 1
+    assert 0 < metrics["img/codebook_usage"] <= 1 and metrics["img/codebook_perplexity"] >= 1
 
 
 def test_folder_heldout_names_must_exist(tmp_path, folder):
-    cfg = load_run_file(_run_file(tmp_path, folder, "h"), data={"heldout": ["nope.png"]})
+    cfg = load_run_file(_run_file(tmp_path, folder, "h", heldout="nope.png"))
     with pytest.raises(ConfigError, match=r"nope\.png"):
         run_training(cfg)
-    task_cfg = load_run_file(_run_file(tmp_path, folder, "h2"), data={"heldout": ["img1.png"]})
-    from atoken.train import ImageReconstructionTask, build_tokenizer
+    task_cfg = load_run_file(_run_file(tmp_path, folder, "h2", heldout="img1.png"))
+    from atoken.train import build_run
 
-    task = ImageReconstructionTask(task_cfg, build_tokenizer(task_cfg))
-    assert task.heldout_names == ("img1.png",) and len(task.sampler.source) == 2
+    _, mixture = build_run(task_cfg)
+    source = mixture.tasks[0].source
+    assert source.heldout_names == ("img1.png",) and len(source.sampler.items) == 2
 
 
 def test_cli_train_runs_on_the_device_it_is_told(tmp_path, folder, monkeypatch):

@@ -14,7 +14,8 @@ from atoken.cli import main
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import load_run_file
 from atoken.tokenizer import Tokenizer
-from atoken.train_video import ImageVideoTask, expand_latent
+from atoken.train import build_run
+from atoken.transforms import expand_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,26 +71,7 @@ preset = "tiny"
 latent_dim = 32
 overrides = {{ depth = 1, decoder_depth = 1 }}
 init_from = "{init}"
-
-[data]
-source = "photos"
-batch_size = 1
-crop_min = 32
-crop_max = 32
-
-[video]
-enabled = true
-sources = ["carphone"]
-heldout = ["carphone"]
-max_frames = 40
-max_side = 64
-batch_size = 1
-frames = 8
-crop_min = 32
-crop_max = 32
-eval_frames = 20
-tile_frames = 8
-kv_cache_steps = 2
+expand_latent = 48
 
 [optim]
 lr = 1e-3
@@ -103,12 +85,29 @@ ema_decay = 0
 log_every = 1
 progress = false
 
-[[loss.terms]]
-name = "l1"
-
-[eval]
+[[tasks]]
+name = "image_reconstruction"
+data = {{ source = "photos", batch_size = 1, crop_min = 32, crop_max = 32 }}
+losses = [{{ name = "l1", weight = 0.2 }}, {{ name = "kl", weight = 1e-8 }}]
 metrics = ["psnr"]
-grid_images = 1
+previews = 1
+
+[[tasks]]
+name = "video_reconstruction"
+tile_frames = 8
+kv_cache_steps = 2
+
+[tasks.data]
+source = "video_files"
+clips = ["carphone"]
+heldout = ["carphone"]
+max_frames = 40
+max_side = 64
+batch_size = 1
+frames = 8
+crop_min = 32
+crop_max = 32
+eval_frames = 20
 """
 
 
@@ -123,20 +122,21 @@ def run_file(tmp_path) -> Path:
 
 def test_round_robin_batches_and_l1_only_video_loss(run_file):
     cfg = load_run_file(run_file)
-    tok = expand_latent(Tokenizer.from_pretrained(cfg.model.init_from), 48).train()
-    task = ImageVideoTask(cfg, tok)
-    kinds = [task.batch(step, micro)[0] for step in range(2) for micro in range(2)]
-    assert kinds == ["image", "video", "image", "video"]
-    kind, clips = task.batch(0, 1)
+    tok, mixture = build_run(cfg)
+    assert tok.config.latent_dim == 48  # [model] expand_latent
+    labels = [mixture.tasks[mixture.batch(s, m)[0]].label for s in range(2) for m in range(2)]
+    assert labels == ["image_reconstruction", "video_reconstruction"] * 2
+    index, clips = mixture.batch(0, 1)
     assert clips[0].shape == (3, 8, 32, 32)
+    tok.train()
     torch.manual_seed(0)
-    total, logs = task.loss(tok, (kind, clips))
+    total, logs = mixture.loss(tok, (index, clips))
     torch.manual_seed(0)
     recon, _, out = tok.autoencode(clips, "video")
     l1 = (recon[0] - clips[0]).abs().mean()
-    expected = cfg.loss.rec_weight * l1 + cfg.loss.kl_weight * out.terms["kl"]
+    expected = 0.2 * l1 + 1e-8 * out.terms["kl"]  # the video task's default losses
     assert float(total.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    assert set(logs) == {"video_l1", "video_kl"}
+    assert set(logs) == {f"video_reconstruction/{k}" for k in ("l1", "kl", "loss")}
 
 
 @pytest.mark.slow
@@ -144,15 +144,17 @@ def test_atoken_train_runs_stage_two_and_writes_video_reconstructions(run_file, 
     result = CliRunner().invoke(main, ["train", str(run_file)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
-    assert (out / "video_step000002_carphone.gif").stat().st_size > 0
-    assert (out / "video_step000002_carphone.mp4").stat().st_size > 0
-    for key in ("video_psnr", "video_ssim", "flicker", "psnr"):
+    videos = out / "video_reconstruction"
+    assert (videos / "video_step000002_carphone.gif").stat().st_size > 0
+    assert (videos / "video_step000002_carphone.mp4").stat().st_size > 0
+    for key in ("video_psnr", "video_ssim", "flicker", "image_reconstruction/psnr"):
         assert key in result.output
     saved = json.loads((out / "tokenizer" / "config.json").read_text())
     assert saved["config"]["latent_dim"] == 48
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("kind") == "train"]
-    assert len(train) == 2 and all("video_l1" in r for r in train)
+    assert len(train) == 2 and all("video_reconstruction/l1" in r for r in train)
+    assert all("image_reconstruction/l1" in r for r in train)
     # The stage-2 tokenizer reconstructs an mp4 through the CLI.
     from atoken.modalities.video_io import write_video
 

@@ -1,5 +1,7 @@
-"""Datasets: the embedded real photos, image folders, the deterministic crop sampler, and
-media stores in zarr over fsspec (import, verify, :class:`ZarrDataset`)."""
+"""Datasets: the embedded real photos, image folders, the deterministic crop and clip sampler
+(:class:`WindowSampler`), media stores in zarr over fsspec (import, verify,
+:class:`ZarrDataset`, :class:`ZarrSamples`), and the data-source protocol of training
+(:class:`DataSource`, :class:`SourceContext`, :func:`build_source`)."""
 
 from atoken.core.errors import StoreError, StoreIntegrityError, StoreSchemaError
 from atoken.data.images import (
@@ -11,27 +13,42 @@ from atoken.data.images import (
     load_photo,
 )
 from atoken.data.importer import ImportReport, import_images
+from atoken.data.sampling import WindowSampler
+from atoken.data.sources import (
+    CaptionedSource,
+    DataSource,
+    SourceContext,
+    build_source,
+    current_context,
+)
 from atoken.data.store import MediaStore, MediaWriter, StoreLayout
 from atoken.data.verify import VerifyReport, verify_store
-from atoken.data.zarr_dataset import ZarrDataset, ZarrImages, collate_list
+from atoken.data.zarr_dataset import ZarrDataset, ZarrImages, ZarrSamples, collate_list
 
 __all__ = [
     "HELDOUT_PHOTOS",
     "TRAIN_PHOTOS",
+    "CaptionedSource",
     "CropSampler",
+    "DataSource",
     "ImageFolder",
     "ImportReport",
     "MediaStore",
     "MediaWriter",
     "PhotoSet",
+    "SourceContext",
     "StoreError",
     "StoreIntegrityError",
     "StoreLayout",
     "StoreSchemaError",
     "VerifyReport",
+    "WindowSampler",
     "ZarrDataset",
     "ZarrImages",
+    "ZarrSamples",
+    "build_source",
     "collate_list",
+    "current_context",
     "import_images",
     "load_photo",
     "verify_store",

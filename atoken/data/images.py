@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from atoken.core.errors import ConfigError
+from atoken.data.sampling import WindowSampler
 from atoken.modalities.image import to_image_tensor
 
 __all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "CropSampler", "ImageFolder", "PhotoSet", "load_photo"]
@@ -110,11 +111,13 @@ class ImageFolder:
         return _to_uint8(to_image_tensor(self.files[index]))
 
 
-class CropSampler:
-    """Deterministic random crops: the batch of (step, micro) depends on nothing else.
+class CropSampler(WindowSampler):
+    """Deterministic random crops of images (:class:`~atoken.data.sampling.WindowSampler`
+    with no time window): the batch of (step, micro) depends on nothing else.
 
     Each crop has a height and a width drawn independently from ``[crop_min, crop_max]``
-    (capped by the image), at native scale and aspect (no resizing).
+    (capped by the image), at native scale and aspect (no resizing); ``batch`` returns float
+    crops ``[3, h, w]`` in [0, 1].
     """
 
     def __init__(
@@ -125,27 +128,16 @@ class CropSampler:
         crop_min: int,
         crop_max: int,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        if len(source) == 0:
-            raise ConfigError("the training source holds no images")
-        self.source, self.batch_size = source, batch_size
-        self.crop_min, self.crop_max, self.seed = crop_min, crop_max, seed
-
-    def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
-        """``batch_size`` float crops ``[3, h, w]`` in [0, 1]."""
-        g = torch.Generator().manual_seed((self.seed * 7_919 + step) * 131 + micro)
-        out = []
-        for _ in range(self.batch_size):
-            image = self.source[int(torch.randint(len(self.source), (), generator=g))]
-            _, H, W = image.shape
-            h = self._side(H, g)
-            w = self._side(W, g)
-            top = int(torch.randint(H - h + 1, (), generator=g))
-            left = int(torch.randint(W - w + 1, (), generator=g))
-            out.append(image[:, top : top + h, left : left + w].float() / 255)
-        return out
-
-    def _side(self, limit: int, g: torch.Generator) -> int:
-        hi = min(self.crop_max, limit)
-        lo = min(self.crop_min, hi)
-        return int(torch.randint(lo, hi + 1, (), generator=g))
+        super().__init__(
+            source,
+            batch_size=batch_size,
+            crop_min=crop_min,
+            crop_max=crop_max,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.source = source

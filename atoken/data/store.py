@@ -1,16 +1,22 @@
-"""The media store: ragged samples (images now, video and 3D later) in one zarr v3 group.
+"""The media store: ragged samples (images, videos, depth maps...) in one zarr v3 group.
 
-Layout (schema ``atoken.media``, version 1), for n committed samples::
+Layout (schema ``atoken.media``), for n committed samples of dtype ``dtype`` (itemsize s)::
 
     data        uint8 [D]           every sample's bytes back to back, chunked and sharded
-    offsets     int64 [n + 1]       sample i is data[offsets[i]:offsets[i + 1]]
-    shapes      int64 [n, A]        its shape along ``sample_axes`` (images: H, W, C)
-    checksums   uint32 [n]          zlib CRC-32 of its bytes
+    offsets     int64 [n + 1]       byte offsets: sample i is data[offsets[i]:offsets[i + 1]]
+    shapes      int64 [n, A]        its shape along ``sample_axes`` (images: H, W, C), so
+                                    offsets[i + 1] - offsets[i] == s * prod(shapes[i])
+    checksums   uint32 [n]          zlib CRC-32 of its stored bytes
     names       str [n]             its source name (unique; resuming skips names present)
     captions    str [n]             optional, "" when a sample has none
     labels      int32 [n]           optional, -1 when a sample has none; ``label_names`` names them
     attrs["atoken"] = {"schema": "atoken.media", "version": 1, "modality": "image",
                        "sample_axes": ["H", "W", "C"], "committed": n, "label_names": [...]}
+
+Sample dtypes. Version 1 stores hold uint8 samples and have no ``dtype`` key. A store of
+float16 or float32 samples is version 2 and records ``"dtype": "float16"`` or ``"float32"``;
+a float sample is stored as its little-endian bytes. The version bump makes an older atoken
+refuse a float store instead of reading its bytes as pixels. This reader accepts both.
 
 Commit protocol: a writer appends the data of a batch of samples, then extends the index
 arrays, then rewrites ``committed`` (one atomic ``zarr.json`` write). Readers trust only the
@@ -29,7 +35,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from atoken.core.errors import ConfigError, StoreError, StoreIntegrityError
+from atoken.core.errors import ConfigError, StoreError, StoreIntegrityError, StoreSchemaError
 from atoken.core.storage import (
     ATTRS_KEY,
     StoreLike,
@@ -41,10 +47,20 @@ from atoken.core.storage import (
     store_label,
 )
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "MediaStore", "MediaWriter", "StoreLayout"]
+__all__ = [
+    "DTYPES",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
+    "MediaStore",
+    "MediaWriter",
+    "StoreLayout",
+]
 
 SCHEMA = "atoken.media"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what uint8 stores are written as
+SCHEMA_VERSIONS = (1, 2)  # what this atoken reads; float stores are written as version 2
+DTYPES = ("uint8", "float16", "float32")
 _INDEX_CHUNK = 4096
 _WRITER_ARRAYS = ("data", "offsets", "shapes", "checksums", "names", "captions", "labels")
 
@@ -52,6 +68,38 @@ _WRITER_ARRAYS = ("data", "offsets", "shapes", "checksums", "names", "captions",
 def checksum(flat: np.ndarray) -> int:
     """The CRC-32 (zlib) of an array's bytes, as stored in ``checksums``."""
     return zlib.crc32(np.ascontiguousarray(flat).data) & 0xFFFFFFFF
+
+
+def _sample_dtype(dtype: Any) -> np.dtype:
+    """The native numpy dtype for a ``dtype`` argument, one of :data:`DTYPES`.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    try:
+        name = np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in DTYPES or (isinstance(dtype, str) and dtype not in DTYPES):
+        raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
+
+
+def _stored_dtype(info: Mapping[str, Any], *, store: str) -> np.dtype:
+    """The sample dtype a store's attributes record (uint8 when they record none).
+
+    Raises:
+        StoreSchemaError: an unknown dtype, or a float dtype in a version 1 store.
+    """
+    name = info.get("dtype", "uint8")
+    if name not in DTYPES or (name != "uint8" and info.get("version") == 1):
+        raise StoreSchemaError(
+            f"records sample dtype {name!r} in a version {info.get('version')} store; "
+            f"version 1 holds uint8, version 2 one of {list(DTYPES)}",
+            store=store,
+            array="attributes",
+        )
+    return np.dtype(name)
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -97,8 +145,10 @@ class MediaStore:
     ) -> None:
         self.url = store_label(url)
         self.group = _group if _group is not None else open_group(url, storage_options, mode="r")
-        info = check_schema(self.group, SCHEMA, (SCHEMA_VERSION,), store=self.url)
+        info = check_schema(self.group, SCHEMA, SCHEMA_VERSIONS, store=self.url)
         self.info = info
+        self.dtype: np.dtype = _stored_dtype(info, store=self.url)
+        self._le = self.dtype.newbyteorder("<")  # the stored byte order
         self.modality: str = info.get("modality", "image")
         self.sample_axes: tuple[str, ...] = tuple(info.get("sample_axes", ("H", "W", "C")))
         self.label_names: tuple[str, ...] = tuple(info.get("label_names", ()))
@@ -141,7 +191,7 @@ class MediaStore:
             )
         if int(self.offsets[0]) != 0:
             raise StoreIntegrityError("offsets[0] must be 0", **self._where("offsets", 0))
-        sizes = np.prod(self.shapes, axis=1) if n else np.zeros(0, np.int64)
+        sizes = np.prod(self.shapes, axis=1) * self.dtype.itemsize if n else np.zeros(0, np.int64)
         wrong = np.flatnonzero(np.diff(self.offsets) != sizes)
         if wrong.size:
             i = int(wrong[0])
@@ -168,7 +218,10 @@ class MediaStore:
         return self.committed
 
     def __repr__(self) -> str:
-        return f"MediaStore({self.url!r}, modality={self.modality!r}, samples={self.committed})"
+        return (
+            f"MediaStore({self.url!r}, modality={self.modality!r}, dtype={self.dtype.name!r}, "
+            f"samples={self.committed})"
+        )
 
     def shape(self, i: int) -> tuple[int, ...]:
         """Sample ``i``'s shape along ``sample_axes``."""
@@ -180,20 +233,33 @@ class MediaStore:
             raise IndexError(f"sample {i} out of range for {self.committed} samples in {self.url}")
         return i
 
-    def read(self, i: int, *, verify: bool = True) -> np.ndarray:
-        """Sample ``i`` as uint8 ``[H, W, C]`` (its ``sample_axes``), checksum verified.
-
-        Raises:
-            StoreIntegrityError: a damaged chunk or a checksum mismatch, naming the sample.
-        """
-        i = self._check(i)
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+    def _bytes(self, i: int, lo: int, hi: int) -> np.ndarray:
+        """``data[lo:hi]`` of sample ``i``: uint8, raising if damaged or short."""
         flat = read_rows(self.data, lo, hi, store=self.url, sample=i, name=self.names[i])
         if flat.shape[0] != hi - lo:
             raise StoreIntegrityError(
                 f"read {flat.shape[0]} bytes, expected {hi - lo} (truncated data)",
                 **self._where("data", i),
             )
+        return flat
+
+    def _values(self, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """Stored bytes as an array of ``self.dtype`` shaped ``shape``."""
+        values = flat.view(self._le)
+        if self._le != self.dtype:  # a big-endian machine
+            values = values.astype(self.dtype)
+        return values.reshape(shape)
+
+    def read(self, i: int, *, verify: bool = True) -> np.ndarray:
+        """Sample ``i`` as ``[H, W, C]`` (its ``sample_axes``) of ``self.dtype``, checksum
+        verified.
+
+        Raises:
+            StoreIntegrityError: a damaged chunk or a checksum mismatch, naming the sample.
+        """
+        i = self._check(i)
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        flat = self._bytes(i, lo, hi)
         if verify:
             got, want = checksum(flat), int(self.checksums[i])
             if got != want:
@@ -202,21 +268,19 @@ class MediaStore:
                     "data or an index that disagrees with the data",
                     **self._where("data", i),
                 )
-        return flat.reshape(self.shapes[i])
+        return self._values(flat, self.shapes[i])
 
     def read_rows(self, i: int, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of sample ``i``'s first axis, reading only their bytes
-        (no checksum: it covers whole samples)."""
+        """Rows ``start:stop`` of sample ``i``'s first axis, of ``self.dtype``, reading only
+        their bytes (no checksum: it covers whole samples)."""
         i = self._check(i)
         shape = self.shapes[i]
         start, stop = max(0, int(start)), min(int(shape[0]), int(stop))
         stop = max(start, stop)
-        row = int(np.prod(shape[1:]))
+        row = int(np.prod(shape[1:])) * self.dtype.itemsize  # bytes per row
         lo = int(self.offsets[i]) + start * row
-        flat = read_rows(
-            self.data, lo, lo + (stop - start) * row, store=self.url, sample=i, name=self.names[i]
-        )
-        return flat.reshape(stop - start, *shape[1:])
+        flat = self._bytes(i, lo, lo + (stop - start) * row)
+        return self._values(flat, (stop - start, *shape[1:]))
 
     def caption(self, i: int) -> str:
         """Sample ``i``'s caption ("" when the store or the sample has none)."""
@@ -241,9 +305,14 @@ class MediaWriter:
     ``flush_samples`` samples, whichever comes first. Use as a context manager: a clean exit
     commits the buffer; an exception leaves only the already committed samples.
 
+    ``dtype`` is the samples' dtype, one of :data:`DTYPES`; a float store is written as
+    schema version 2 (see the module docstring).
+
     Raises:
+        ConfigError: ``dtype`` is not one of :data:`DTYPES`.
         StoreSchemaError: the destination holds another schema or version.
-        StoreError: ``overwrite`` is False and the destination holds a non-atoken group.
+        StoreError: ``overwrite`` is False and the destination holds a non-atoken group, or
+            samples of another modality, axes or dtype.
     """
 
     def __init__(
@@ -253,10 +322,12 @@ class MediaWriter:
         *,
         modality: str = "image",
         sample_axes: Sequence[str] = ("H", "W", "C"),
+        dtype: str | np.dtype | type[np.generic] = "uint8",
         layout: StoreLayout | None = None,
         flush_samples: int = 256,
         overwrite: bool = False,
     ) -> None:
+        self.dtype: np.dtype = _sample_dtype(dtype)  # before anything is created
         self.url = store_label(url)
         self.layout = layout or StoreLayout()
         self.flush_samples = max(1, int(flush_samples))
@@ -266,11 +337,18 @@ class MediaWriter:
             for name in existing:  # a writer killed while creating the store: start over
                 del group[name]
             self._create(group, modality, tuple(sample_axes))
-        info = check_schema(group, SCHEMA, (SCHEMA_VERSION,), store=self.url)
+        info = check_schema(group, SCHEMA, SCHEMA_VERSIONS, store=self.url)
         if info.get("modality") != modality or tuple(info["sample_axes"]) != tuple(sample_axes):
             raise StoreError(
                 f"holds {info.get('modality')} samples {info.get('sample_axes')}, "
                 f"cannot append {modality} samples {list(sample_axes)}",
+                store=self.url,
+            )
+        stored = _stored_dtype(info, store=self.url)
+        if stored != self.dtype:
+            raise StoreError(
+                f"holds {stored.name} samples, cannot append {self.dtype.name} samples "
+                f"(pass dtype={stored.name!r} to append to it)",
                 store=self.url,
             )
         self.group, self.info = group, info
@@ -310,7 +388,7 @@ class MediaWriter:
         group.create_array("names", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
         group.create_array("captions", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
         group.create_array("labels", shape=(0,), dtype="int32", fill_value=-1, **index)
-        group.attrs[ATTRS_KEY] = {
+        info: dict[str, Any] = {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
             "modality": modality,
@@ -318,6 +396,9 @@ class MediaWriter:
             "committed": 0,
             "label_names": [],
         }
+        if self.dtype != np.uint8:  # uint8 stores stay exactly version 1
+            info.update(version=2, dtype=self.dtype.name)
+        group.attrs[ATTRS_KEY] = info
 
     def _truncate_tail(self) -> None:
         """Drop whatever an interrupted writer left past the committed index."""
@@ -337,23 +418,34 @@ class MediaWriter:
     def add(
         self, name: str, sample: np.ndarray, *, caption: str = "", label: str | None = None
     ) -> bool:
-        """Buffer one sample (uint8, shaped along ``sample_axes``); False if ``name`` is
-        already stored (a resumed import skips it).
+        """Buffer one sample (of the store's dtype, shaped along ``sample_axes``); False if
+        ``name`` is already stored (a resumed import skips it).
 
         Raises:
-            ConfigError: a sample of the wrong dtype or rank.
+            ConfigError: a sample of the wrong dtype or rank, or float values that are not
+                finite (NaN or infinity).
         """
         if name in self.names:
             return False
         sample = np.asarray(sample)
-        if sample.dtype != np.uint8 or sample.ndim != len(self.info["sample_axes"]):
+        same = sample.dtype.kind == self.dtype.kind and sample.dtype.itemsize == self.dtype.itemsize
+        if not same or sample.ndim != len(self.info["sample_axes"]):
             raise ConfigError(
-                f"{name!r}: samples must be uint8 with axes {self.info['sample_axes']}, "
-                f"got {sample.dtype} {sample.shape}"
+                f"{name!r}: samples must be {self.dtype.name} with axes "
+                f"{self.info['sample_axes']}, got {sample.dtype} {sample.shape}"
             )
+        if self.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(sample))
+            if bad.size:
+                at = np.unravel_index(int(bad[0]), sample.shape)
+                raise ConfigError(
+                    f"{name!r}: {bad.size} non-finite values (NaN or infinity), the first "
+                    f"{sample[at]} at {tuple(int(v) for v in at)}"
+                )
+        stored = np.ascontiguousarray(sample, dtype=self.dtype.newbyteorder("<"))
         self.names.add(name)
-        self._pending.append((name, np.ascontiguousarray(sample), caption or "", label))
-        self._pending_bytes += sample.size
+        self._pending.append((name, stored, caption or "", label))
+        self._pending_bytes += stored.nbytes
         if (
             self._pending_bytes >= self.layout.shard_bytes
             or len(self._pending) >= self.flush_samples
@@ -367,12 +459,13 @@ class MediaWriter:
             return self.committed
         g, n0 = self._arrays, self.committed
         n1 = n0 + len(self._pending)
-        sizes = np.array([s.size for _, s, _, _ in self._pending], dtype=np.int64)
+        raw = [s.reshape(-1).view(np.uint8) for _, s, _, _ in self._pending]  # stored bytes
+        sizes = np.array([r.size for r in raw], dtype=np.int64)
         start, end = self.data_end, self.data_end + int(sizes.sum())
         # 1. data
         if end > start:
             g["data"].resize((end,))
-            g["data"][start:end] = np.concatenate([s.reshape(-1) for _, s, _, _ in self._pending])
+            g["data"][start:end] = np.concatenate(raw)
         # 2. index
         for label in (lab for *_, lab in self._pending if lab is not None):
             if label not in self.label_names:
@@ -380,7 +473,7 @@ class MediaWriter:
         columns = {
             "offsets": start + np.cumsum(sizes),
             "shapes": np.array([s.shape for _, s, _, _ in self._pending], dtype=np.int64),
-            "checksums": np.array([checksum(s) for _, s, _, _ in self._pending], np.uint32),
+            "checksums": np.array([checksum(r) for r in raw], np.uint32),
             "names": np.array([n for n, *_ in self._pending], dtype=object),
             "captions": np.array([c for _, _, c, _ in self._pending], dtype=object),
             "labels": np.array(

@@ -58,7 +58,7 @@ def verify_store(
     checked = 0
     for i in tqdm(range(len(store)), unit="sample", disable=not progress):
         try:
-            checked += store.read(i, verify=True).size
+            checked += store.read(i, verify=True).nbytes
         except StoreIntegrityError as exc:
             if not skip_bad:
                 raise

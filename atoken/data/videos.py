@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.storage import StoreLike
 from atoken.data.importer import ImportReport, list_image_sources
+from atoken.data.sampling import WindowSampler
 from atoken.data.store import MediaWriter, StoreLayout
 from atoken.modalities.video_io import VIDEO_EXTENSIONS, read_video
 
@@ -112,9 +113,11 @@ class VideoSet(Sequence):
     def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
         return self._clips[i]
 
-    def frames(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
+    def window(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
         """Frames ``start:stop:stride`` of video ``i``: uint8 ``[3, t, H, W]``."""
         return self._clips[i][:, start:stop:stride]
+
+    frames = window  # the earlier name
 
     def length(self, i: int) -> int:
         """T of video ``i``."""
@@ -131,6 +134,11 @@ class ZarrVideos(Sequence):
         self.store = MediaStore(url, storage_options)
         if self.store.info.get("modality") != "video":
             raise ConfigError(f"{url!r} holds {self.store.info.get('modality')} samples, not video")
+        if self.store.dtype != np.uint8:
+            raise ConfigError(
+                f"{url!r} holds {self.store.dtype} videos; ZarrVideos reads uint8 ones "
+                "(atoken.data.ZarrSamples reads any dtype)"
+            )
         self.names = tuple(self.store.names)
 
     def __len__(self) -> int:
@@ -139,9 +147,13 @@ class ZarrVideos(Sequence):
     def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
         return torch.from_numpy(self.store.read(i)).permute(3, 0, 1, 2)  # [3, T, H, W]
 
-    def frames(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
+    def window(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
+        """Frames ``start:stop:stride`` of video ``i`` (only those rows read): uint8
+        ``[3, t, H, W]``."""
         rows = self.store.read_rows(i, start, stop)[::stride]  # [t, H, W, 3]
         return torch.from_numpy(np.ascontiguousarray(rows)).permute(3, 0, 1, 2)
+
+    frames = window  # the earlier name
 
     def length(self, i: int) -> int:
         return int(self.store.shape(i)[0])
@@ -203,15 +215,18 @@ def import_videos(
     )
 
 
-class ClipSampler:
-    """Deterministic random training clips: the batch of (step, micro) depends on nothing else.
+class ClipSampler(WindowSampler):
+    """Deterministic random training clips (:class:`~atoken.data.sampling.WindowSampler` with
+    a time window): the batch of (step, micro) depends on nothing else.
 
     Each clip has ``frames`` frames taken every ``stride`` frames (``stride`` drawn from
     ``strides``, reduced when the video is too short), from a random start, cropped to a random
-    ``h x w`` with each side in ``[crop_min, crop_max]`` (capped by the frame).
+    ``h x w`` with each side in ``[crop_min, crop_max]`` (capped by the frame); ``batch``
+    returns float clips ``[3, t, h, w]`` in [0, 1] (t = ``frames`` when the video is long
+    enough).
 
     Args:
-        source: a :class:`VideoSet` or :class:`ZarrVideos` (anything with ``frames`` and
+        source: a :class:`VideoSet` or :class:`ZarrVideos` (anything with ``window`` and
             ``length``).
     """
 
@@ -225,51 +240,23 @@ class ClipSampler:
         crop_min: int = 64,
         crop_max: int = 128,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(source) == 0:
             raise ConfigError("the video source holds no videos")
-        strides = tuple(int(s) for s in strides)
-        if not strides or min(strides) < 1:
-            raise ConfigError(f"strides must be positive ints, got {strides}")
-        for label, value in (
-            ("batch_size", batch_size),
-            ("frames", frames),
-            ("crop_min", crop_min),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{label} must be a positive int, got {value!r}")
-        if crop_min > crop_max:
-            raise ConfigError(f"crop_min ({crop_min}) > crop_max ({crop_max})")
-        self.source, self.batch_size, self.frames = source, batch_size, frames
-        self.strides, self.crop_min, self.crop_max, self.seed = strides, crop_min, crop_max, seed
-
-    def draw(self, g: torch.Generator) -> tuple[int, int, int, int, int, int, int]:
-        """One clip's ``(video, start, stride, top, left, h, w)``."""
-        i = int(torch.randint(len(self.source), (), generator=g))
-        T = self.source.length(i)
-        stride = self.strides[int(torch.randint(len(self.strides), (), generator=g))]
-        stride = max(1, min(stride, (T - 1) // max(self.frames - 1, 1) or 1))
-        span = min(T, (self.frames - 1) * stride + 1)
-        start = int(torch.randint(T - span + 1, (), generator=g))
-        _, _, H, W = self.source.frames(i, 0, 1).shape
-        h, w = self._side(H, g), self._side(W, g)
-        top = int(torch.randint(H - h + 1, (), generator=g))
-        left = int(torch.randint(W - w + 1, (), generator=g))
-        return i, start, stride, top, left, h, w
-
-    def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
-        """``batch_size`` float clips ``[3, t, h, w]`` in [0, 1] (t = ``frames`` when the video
-        is long enough)."""
-        g = torch.Generator().manual_seed((self.seed * 7_919 + step) * 131 + micro)
-        out = []
-        for _ in range(self.batch_size):
-            i, start, stride, top, left, h, w = self.draw(g)
-            stop = start + (self.frames - 1) * stride + 1
-            clip = self.source.frames(i, start, stop, stride)  # uint8 [3, t, H, W]
-            out.append(clip[:, :, top : top + h, left : left + w].float() / 255)
-        return out
-
-    def _side(self, limit: int, g: torch.Generator) -> int:
-        hi = min(self.crop_max, limit)
-        lo = min(self.crop_min, hi)
-        return int(torch.randint(lo, hi + 1, (), generator=g))
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ConfigError(f"frames must be a positive int, got {frames!r}")
+        super().__init__(
+            source,
+            batch_size=batch_size,
+            crop_min=crop_min,
+            crop_max=crop_max,
+            frames=frames,
+            strides=strides,
+            time_dim=1,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.source = source

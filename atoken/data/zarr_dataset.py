@@ -1,7 +1,13 @@
 """Training data from a media store: a map-style torch dataset with epochs, DDP shards and crops.
 
 Shapes: a stored image is uint8 ``[H, W, 3]``; ``ZarrDataset[i]`` is float32 ``[3, h, w]`` in
-[0, 1] (a random crop, or the whole image); :class:`ZarrImages` gives uint8 ``[3, H, W]``.
+[0, 1] (a random crop, or the whole image; a float16/float32 store's values are not scaled);
+:class:`ZarrImages` gives uint8 ``[3, H, W]``.
+
+:class:`ZarrSamples` reads whole samples of any store as float32, channel-first: the stored
+``C`` axis moves to the front (images ``[H, W, C]`` -> ``[C, H, W]``, videos ``[T, H, W, C]``
+-> ``[C, T, H, W]``), axes of a store without ``C`` keep their order (depth ``[H, W]``);
+uint8 values are scaled to [0, 1], float values are returned unchanged.
 
 Order and sharding. Epoch e visits the permutation ``P_e`` of the n samples drawn from
 ``(seed, e)`` (identity without ``shuffle``). Rank r of w takes ``P_e[r::w]``, so the ranks'
@@ -30,11 +36,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from atoken.core.errors import ConfigError
+from atoken.core.errors import ConfigError, StoreError
 from atoken.core.storage import StoreLike, store_label
 from atoken.data.store import MediaStore
 
-__all__ = ["ZarrDataset", "ZarrImages", "collate_list", "is_store_url"]
+__all__ = ["ZarrDataset", "ZarrImages", "ZarrSamples", "collate_list", "is_store_url"]
+
+_IMAGE_AXES = ("H", "W", "C")
 
 
 def is_store_url(source: str) -> bool:
@@ -78,6 +86,33 @@ class _LazyStore:
         return {**self.__dict__, "_store": None, "_pid": -1}
 
 
+def _require_images(store: MediaStore, reader: str, *, uint8: bool = False) -> None:
+    """Raise unless ``store`` holds ``(H, W, C)`` images (of uint8 when ``uint8``)."""
+    if store.sample_axes != _IMAGE_AXES or (uint8 and store.dtype != np.uint8):
+        need = "uint8 " if uint8 else ""
+        raise StoreError(
+            f"holds {store.modality} samples {list(store.sample_axes)} of {store.dtype.name}; "
+            f"{reader} reads {need}images {list(_IMAGE_AXES)} (use ZarrSamples)",
+            store=store.url,
+        )
+
+
+def _select(indices: Sequence[int] | None, n: int, url: str) -> np.ndarray:
+    """``indices`` (default: all n) as int64, each checked to lie in ``[0, n)``."""
+    out = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    if out.size and (out.min() < 0 or out.max() >= n):
+        raise ConfigError(f"indices must lie in [0, {n}) for {url}")
+    return out
+
+
+def _as_float32(values: np.ndarray) -> np.ndarray:
+    """float32 values, uint8 scaled to [0, 1] (a fresh, writable array)."""
+    x = np.array(values, dtype=np.float32, order="C")
+    if values.dtype == np.uint8:
+        x /= np.float32(255)
+    return x
+
+
 class ZarrDataset(Dataset):
     """A media store as a map-style dataset of random crops (see the module docstring).
 
@@ -94,8 +129,9 @@ class ZarrDataset(Dataset):
             rows a crop needs).
 
     Raises:
-        StoreError (and subclasses): the store is missing, of another schema, or damaged.
-        ConfigError: invalid crop, rank or world size.
+        StoreError (and subclasses): the store is missing, of another schema, damaged, or
+            holds samples other than ``(H, W, C)`` images.
+        ConfigError: invalid crop, rank, world size or indices.
     """
 
     def __init__(
@@ -119,10 +155,8 @@ class ZarrDataset(Dataset):
         self.seed, self.shuffle, self.verify = int(seed), bool(shuffle), bool(verify)
         self.rank, self.world_size, self.drop_last = rank, world_size, bool(drop_last)
         self._lazy = _LazyStore(url, storage_options)
-        n = len(self._lazy.store)
-        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
-        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
-            raise ConfigError(f"indices must lie in [0, {n}) for {self.url}")
+        _require_images(self._lazy.store, "ZarrDataset")
+        self.indices = _select(indices, len(self._lazy.store), self.url)
         self.epoch = 0
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -181,9 +215,7 @@ class ZarrDataset(Dataset):
         else:
             pixels = store.read_rows(index, top, top + h)[:, left : left + w]
         # in numpy: torch's intra-op threads make small conversions slow on a busy CPU
-        x = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)  # [3, h, w]
-        x /= np.float32(255)
-        return torch.from_numpy(x)
+        return torch.from_numpy(_as_float32(pixels.transpose(2, 0, 1)))  # [3, h, w]
 
     def _side(self, limit: int, g: np.random.Generator) -> int:
         lo, hi = self.crop  # type: ignore[misc]
@@ -193,7 +225,11 @@ class ZarrDataset(Dataset):
 
 class ZarrImages(Sequence):
     """Whole images of a media store as uint8 ``[3, H, W]`` tensors (e.g. for
-    :class:`~atoken.data.CropSampler`); ``indices`` selects a subset, ``names`` are theirs."""
+    :class:`~atoken.data.CropSampler`); ``indices`` selects a subset, ``names`` are theirs.
+
+    Raises:
+        StoreError: the store does not hold uint8 ``(H, W, C)`` images (use ZarrSamples).
+    """
 
     def __init__(
         self,
@@ -204,6 +240,7 @@ class ZarrImages(Sequence):
     ) -> None:
         self._lazy = _LazyStore(url, storage_options)
         store = self._lazy.store
+        _require_images(store, "ZarrImages", uint8=True)
         self.indices = list(range(len(store))) if indices is None else [int(i) for i in indices]
         self.names = tuple(store.names[i] for i in self.indices)
 
@@ -213,3 +250,71 @@ class ZarrImages(Sequence):
     def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
         pixels = self._lazy.store.read(self.indices[i], verify=True)  # [H, W, 3]
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # [3, H, W]
+
+
+class ZarrSamples(Sequence):
+    """Whole samples of any media store as float32 channel-first tensors (see the module
+    docstring); ``indices`` selects a subset, ``names`` are theirs.
+
+    ``self[i]`` reads the whole sample and checks its checksum; :meth:`window` reads only the
+    rows of the first stored axis it needs (a clip of a video) and has no checksum to check.
+
+    Raises:
+        StoreError (and subclasses): the store is missing, of another schema, or damaged.
+        ConfigError: an index outside the store.
+    """
+
+    def __init__(
+        self,
+        url: StoreLike,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.url = store_label(url)
+        self._lazy = _LazyStore(url, storage_options)
+        store = self._lazy.store
+        self.indices = [int(i) for i in _select(indices, len(store), self.url)]
+        self.names: tuple[str, ...] = tuple(store.names[i] for i in self.indices)
+        self.modality: str = store.modality
+        self.dtype: np.dtype = store.dtype
+        self.sample_axes: tuple[str, ...] = store.sample_axes
+        stored = self.sample_axes
+        self._channel = stored.index("C") if "C" in stored else None
+        # the axes of the returned tensors: C first, the others in stored order
+        self.axes: tuple[str, ...] = (
+            stored if self._channel is None else ("C", *(a for a in stored if a != "C"))
+        )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        values = self._lazy.store.read(self.indices[i], verify=True)  # e.g. [T, H, W, C]
+        return self._tensor(values)  # e.g. [C, T, H, W]
+
+    def length(self, i: int) -> int:
+        """The length of sample ``i``'s first stored axis (``T`` for a video)."""
+        shape = self._lazy.store.shape(self.indices[i])
+        if not shape:
+            raise ConfigError(f"{self.names[i]!r} in {self.url} has no axes to measure")
+        return shape[0]
+
+    def window(self, i: int, start: int, stop: int, stride: int = 1) -> torch.Tensor:
+        """Rows ``start:stop:stride`` of sample ``i``'s first stored axis, converted as
+        ``self[i]`` is (a video gives ``[C, t, H, W]``); ``stop`` past the end is clipped.
+
+        Raises:
+            ConfigError: a negative ``start`` or ``stop``, or a ``stride`` below 1.
+        """
+        if not (isinstance(stride, int) and stride >= 1) or min(int(start), int(stop)) < 0:
+            raise ConfigError(
+                f"need start, stop >= 0 and an int stride >= 1, got {start=}, {stop=}, {stride=}"
+            )
+        rows = self._lazy.store.read_rows(self.indices[i], start, stop)[::stride]
+        return self._tensor(rows)
+
+    def _tensor(self, values: np.ndarray) -> torch.Tensor:
+        if self._channel is not None:
+            values = np.moveaxis(values, self._channel, 0)  # [C, ...]
+        return torch.from_numpy(_as_float32(values))  # in numpy: see ZarrDataset._load

@@ -57,16 +57,16 @@ def test_forward_of_a_mixed_batch_decodes_each_modality(tok):
 
 def test_the_image_task_trains_through_forward(tmp_path, monkeypatch):
     from atoken.core.runconfig import load_run_file
-    from atoken.image_training import ImageReconstructionTask, build_tokenizer
+    from atoken.train import build_run
 
     run = tmp_path / "run.toml"
     run.write_text(
         '[model]\npreset = "tiny"\noverrides = { depth = 1, decoder_depth = 1 }\n'
-        "[data]\nbatch_size = 2\ncrop_min = 32\ncrop_max = 32\n"
+        '[[tasks]]\nname = "image_reconstruction"\n'
+        'data = { source = "photos", batch_size = 2, crop_min = 32, crop_max = 32 }\n'
     )
-    cfg = load_run_file(run)
-    model = build_tokenizer(cfg)
-    task = ImageReconstructionTask(cfg, model)
+    model, mixture = build_run(load_run_file(run))
+    (task,) = mixture.tasks
     calls = []
     original = ATokenModel.forward
 

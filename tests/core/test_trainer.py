@@ -198,28 +198,32 @@ def test_ema_tracks_weights(tmp_path):
 
 def test_run_file_errors_name_key_and_section(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text("[train]\nsteps = 5\nstepz = 3\n")
+    task = '[[tasks]]\nname = "image_reconstruction"\n'
+    path.write_text("[train]\nsteps = 5\nstepz = 3\n" + task)
     with pytest.raises(ConfigError, match=r"'stepz' in section \[train\]"):
         load_run_file(path)
-    path.write_text("[trian]\nsteps = 5\n")
+    path.write_text("[trian]\nsteps = 5\n" + task)
     with pytest.raises(ConfigError, match=r"'trian' in section \[top level\]"):
         load_run_file(path)
-    path.write_text('[[loss.terms]]\nname = "l1"\nweigth = 2\n')
-    with pytest.raises(ConfigError, match=r"'weigth' in section \[loss.terms\]"):
+    path.write_text(task + 'losses = [{ name = "l1", weigth = 2 }]\n')
+    with pytest.raises(ConfigError, match=r"'weigth' in section \[tasks\[0\].*losses\]"):
         load_run_file(path)
-    path.write_text('[train]\nprecision = "fp16"\n')
+    path.write_text('[train]\nprecision = "fp16"\n' + task)
     with pytest.raises(ConfigError, match="precision"):
         load_run_file(path)
-    path.write_text("[optim]\nlr = -1\n")
+    path.write_text("[optim]\nlr = -1\n" + task)
     with pytest.raises(ConfigError, match=r"\[optim\] lr must be > 0"):
         load_run_file(path)
     path.write_text("not toml = = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_run_file(path)
-    path.write_text('[train]\nsteps = 5\n[[loss.terms]]\nname = "gram"\nweight = 1e3\n')
+    path.write_text("[train]\nsteps = 5\n")
+    with pytest.raises(ConfigError, match=r"names no \[\[tasks\]\]"):
+        load_run_file(path)
+    path.write_text("[train]\nsteps = 5\n" + task + 'losses = [{ name = "gram", weight = 1e3 }]\n')
     cfg = load_run_file(path, train={"steps": 7})
-    assert cfg.train.steps == 7 and cfg.loss.terms[0].name == "gram"
-    assert cfg.loss.terms[0].weight == 1e3
+    assert cfg.train.steps == 7 and cfg.tasks[0].losses[0].name == "gram"
+    assert cfg.tasks[0].losses[0].weight == 1e3
 
 
 def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):

@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from atoken import ConfigError
-from atoken.core.runconfig import DataConfig, ModelConfig, RunConfig, TrainConfig
 from atoken.data import MediaWriter, StoreLayout, ZarrDataset, ZarrImages, collate_list
-from atoken.image_training import ImageReconstructionTask, _sources
-from atoken.tokenizer import Tokenizer
+from atoken.data.sources import SourceContext, build_source
 
 N = 40
 
@@ -123,24 +121,28 @@ def test_invalid_arguments(store):
 
 
 def test_training_source_from_a_store(store):
-    cfg = RunConfig(
-        model=ModelConfig(overrides={"depth": 1, "decoder_depth": 1}),
-        data=DataConfig(
-            source=store, batch_size=3, crop_min=8, crop_max=16, heldout=["img005.png"]
-        ),
-        train=TrainConfig(precision="fp32"),
+    table = {"source": "media_store", "url": store, "batch_size": 3, "crop_min": 8}
+    source = build_source(
+        {**table, "crop_max": 16, "heldout": ["img005.png"]}, SourceContext(), where="t"
     )
-    train, heldout, names = _sources(cfg)
-    assert names == ("img005.png",) and len(train) == N - 1
-    assert "img005.png" not in train.names
-    assert torch.equal(heldout[0], torch.from_numpy(_image(5)).permute(2, 0, 1))
-    task = ImageReconstructionTask(cfg, Tokenizer.from_preset("tiny", depth=1, decoder_depth=1))
-    batch = task.batch(0, 0)
+    assert source.modality == "image" and source.heldout_names == ("img005.png",)
+    assert len(source.sampler.items) == N - 1 and "img005.png" not in source.sampler.items.names
+    expect = torch.from_numpy(_image(5)).permute(2, 0, 1).float() / 255
+    assert torch.equal(source.heldout[0], expect)
+    batch = source.batch(0, 0)
     assert len(batch) == 3 and all(8 <= x.shape[1] <= 16 for x in batch)
-    default = RunConfig(data=DataConfig(source=f"file://{store}"))
-    assert _sources(default)[2] == (f"img{N - 1:03d}.png",)  # the last sample by default
+    default = build_source(
+        {"source": "media_store", "url": f"file://{store}"}, SourceContext(), where="t"
+    )
+    assert default.heldout_names == (f"img{N - 1:03d}.png",)  # the last sample by default
     with pytest.raises(ConfigError, match="heldout"):
-        _sources(RunConfig(data=DataConfig(source=store, heldout=["nope.png"])))
+        build_source({**table, "heldout": ["nope.png"]}, SourceContext(), where="t")
+    # ranks draw from disjoint shares of the training samples
+    shares = [
+        build_source(table, SourceContext(rank=r, world_size=2), where="t").sampler.shard
+        for r in range(2)
+    ]
+    assert not set(shares[0]) & set(shares[1]) and len(shares[0] + shares[1]) == N - 1
 
 
 def test_zarr_images_sequence(store):

@@ -62,9 +62,26 @@ def metric(request):
         pytest.skip(str(exc))
 
 
+def _modality_pair(name: str, seed: int) -> tuple[list, list]:
+    """(prediction, target) lists of a modality's own example samples."""
+    target = REGISTRY.modalities.create(name).examples(seed)
+    g = torch.Generator().manual_seed(seed)
+    return [x + 0.05 * torch.randn(x.shape, generator=g) for x in target], target
+
+
 def test_every_metric_follows_the_protocol(metric):
     with pytest.raises(ConfigError):
         metric.compute()  # nothing seen yet
+    modality = getattr(metric, "modality", "image")  # what it scores: images unless it says
+    if modality != "image":  # a metric of another modality scores that modality's samples
+        for seed in (0, 1):
+            metric.update(*_modality_pair(modality, seed))
+        out = metric.compute()
+        assert out and all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+        metric.reset()
+        with pytest.raises(ModalityInputError):
+            metric.update([torch.rand(4, 4)], [torch.rand(5, 5)])  # pairs of different shapes
+        return
     for seed in (0, 1):
         metric.update(*_pair(seed, (3, 3, 40, 36)))
     out = metric.compute()

@@ -14,6 +14,10 @@ tokenizer gives it its own input projection (``tok.projections.inputs["depth"]``
 channels. Depths are normalised as ``(d - depth_mean) / depth_std`` (set both to your data's
 statistics through ``modality_params={"depth": {...}}``); the 2D position table applies, as
 for images.
+
+It also trains (``training.py``): the data source ``synthetic_depth``, the task
+``depth_reconstruction`` and the metric ``depth_error``; ``train.toml`` beside the package is a
+run file that trains images and depth maps together with ``atoken train``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,25 @@ import torch.nn.functional as F
 
 import atoken
 from atoken.core.coords import raster_coords, scatter_to_grid
+from atoken_example_depth.training import (
+    DepthError,
+    DepthReconstructionTask,
+    SyntheticDepth,
+    register_data_sources,
+    register_metrics,
+    register_tasks,
+)
 
-__all__ = ["DepthModality"]
+__all__ = [
+    "DepthError",
+    "DepthModality",
+    "DepthReconstructionTask",
+    "SyntheticDepth",
+    "register_data_sources",
+    "register_metrics",
+    "register_modalities",
+    "register_tasks",
+]
 
 
 class DepthModality(atoken.Modality):

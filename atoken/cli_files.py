@@ -1,0 +1,82 @@
+"""Files ``atoken reconstruct`` reads and writes, for any modality.
+
+    image files (.png, .jpg, ...)  -> image  [3, H, W] in [0, 1]; written back as PNG
+    video files (.mp4, ...)        -> video  streamed in temporal tiles (GIF + MP4 written)
+    .npy arrays                    -> the ``--modality`` given (e.g. depth ``[H, W]``);
+                                      written back as .npy, with a PNG when it is picturable
+
+The error column is PSNR in dB for images and videos, the RMSE in the modality's units for
+other samples.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atoken.core.errors import ConfigError, DataModalityError, ModalityInputError
+
+__all__ = ["read_input", "save_reconstruction"]
+
+
+def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.Tensor | None]:
+    """``(modality, sample)`` of an input file (``sample`` None for a video: it is streamed).
+
+    Raises:
+        ConfigError: a .npy without ``modality``, or a modality the tokenizer lacks.
+        DataModalityError: ``modality`` contradicts the file (an image file as depth).
+        ModalityInputError: a file that cannot be read.
+    """
+    from atoken.modalities.image import to_image_tensor
+    from atoken.modalities.video_io import VIDEO_EXTENSIONS
+
+    suffix = Path(path).suffix.lower()
+    kind = "video" if suffix in VIDEO_EXTENSIONS else "image"
+    if suffix == ".npy":
+        if not modality:
+            raise ConfigError(f"{path}: a .npy array needs --modality (e.g. --modality depth)")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ModalityInputError(f"{path}: not a readable .npy array ({exc})") from exc
+        sample: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(array)).float()
+        kind = modality
+    elif modality and modality != kind:
+        raise DataModalityError(
+            f"{path} is a{'' if kind == 'video' else 'n'} {kind} file, not {modality!r}; "
+            f"save {modality} samples as .npy arrays"
+        )
+    else:
+        sample = None if kind == "video" else to_image_tensor(path)
+    known = tuple(model.config.modalities or ())
+    if known and kind not in known:
+        raise ConfigError(f"{path}: the tokenizer has no {kind!r} modality (it has {list(known)})")
+    return kind, sample
+
+
+def save_reconstruction(
+    path: str, kind: str, sample: torch.Tensor, recon: torch.Tensor, out: Path
+) -> tuple[str, str]:
+    """Write the reconstruction (and a side-by-side picture when there is one); returns the
+    table's ``(size, error)``."""
+    from atoken.viz import save_side_by_side, to_pil, to_visible
+
+    stem = Path(path).stem
+    size = "x".join(map(str, sample.shape[-2:]))
+    if Path(path).suffix.lower() != ".npy":  # an image file
+        recon = recon.clamp(0, 1)
+        to_pil(recon).save(out / f"{stem}_recon.png")
+        save_side_by_side([sample], [recon], out / f"{stem}_side_by_side.png", labels=[stem])
+        mse = float(((recon - sample) ** 2).mean())
+        return size, f"{10 * math.log10(1 / max(mse, 1e-12)):.2f} dB"
+    recon = recon.detach().float().cpu().reshape(sample.shape)
+    np.save(out / f"{stem}_recon.npy", recon.numpy())
+    seen, shown = to_visible(sample), to_visible(recon, sample)
+    if seen is not None and shown is not None:
+        save_side_by_side([seen], [shown], out / f"{stem}_side_by_side.png", labels=[stem])
+    rmse = float(((recon - sample) ** 2).mean().sqrt())
+    return size, f"RMSE {rmse:.4g}"

