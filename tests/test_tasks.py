@@ -140,7 +140,7 @@ def test_a_store_of_another_modality_is_a_typed_error(tmp_path, depth_store):
         (IMAGE + IMAGE, "distinct label"),
         (IMAGE.replace("metrics", 'losses = [{ name = "siglip" }]\nmetrics'), "embeddings"),
         (
-            "[[tasks]]\nname = \"reconstruction\"\n",
+            '[[tasks]]\nname = "reconstruction"\n',
             "name a data source",
         ),
     ],
