@@ -215,7 +215,7 @@ def reconstruct(
     type=click.IntRange(min=8),
     default=64,
     show_default=True,
-    help="Digits: the run's [data] digit_size.",
+    help="Digits: the run's digits source size (data = { source = \"digits\", size = ... }).",
 )
 @click.option(
     "--digit-seed",
@@ -230,7 +230,7 @@ def reconstruct(
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.2,
     show_default=True,
-    help="Digits: the run's [data] heldout_fraction.",
+    help="Digits: the run's digits source heldout_fraction.",
 )
 def eval_command(
     checkpoint: str,

@@ -160,7 +160,7 @@ class TrainConfig:
 
 @attrs.frozen(kw_only=True)
 class LossTerm:
-    """One ``[[loss.terms]]`` entry: a registered loss, its weight and parameters."""
+    """One entry of a task's ``losses``: a registered loss, its weight and parameters."""
 
     name: str
     weight: float = 1.0

@@ -98,10 +98,10 @@ def legacy_message(data: Mapping[str, Any], path: str) -> str:
     model_line = ""
     if video.get("enabled"):
         vdata: dict[str, Any] = {"source": "video_files"}
-        sources = list(video.get("sources", ("bikes", "bigbuckbunny")))
+        sources = list(video.get("sources", ()))  # none given: the source's default clips
         if len(sources) == 1 and _is_store(sources[0]):
             vdata = {"source": "media_store", "url": sources[0], "frames": 16}
-        else:
+        elif sources:
             vdata["clips"] = sources
         for key in ("heldout", "max_frames", "max_side", "eval_frames"):
             if key in video and vdata["source"] == "video_files":
