@@ -215,7 +215,7 @@ def reconstruct(
     type=click.IntRange(min=8),
     default=64,
     show_default=True,
-    help="Digits: the run's digits source size (data = { source = \"digits\", size = ... }).",
+    help='Digits: the run\'s digits source size (data = { source = "digits", size = ... }).',
 )
 @click.option(
     "--digit-seed",

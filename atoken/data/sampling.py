@@ -14,19 +14,34 @@ only, so a resumed run sees the same batches. Rank ``r`` of ``w`` draws only fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from atoken.core.errors import ConfigError
 
-__all__ = ["WindowSampler", "to_float", "window_of"]
+__all__ = ["WindowSampler", "crop_box", "to_float", "window_of"]
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 in [0, 1]; any float dtype -> float32 unchanged."""
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def crop_box(
+    H: int, W: int, crop_min: int, crop_max: int, randint: Callable[[int, int], int]
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a random crop of an ``H x W`` sample: each side drawn in
+    ``[crop_min, crop_max]`` capped by the sample, then the corner; ``randint(lo, hi)`` draws
+    an int in ``[lo, hi)`` from the caller's generator (torch or numpy), in that order."""
+
+    def side(limit: int) -> int:
+        hi = min(crop_max, limit)
+        return randint(min(crop_min, hi), hi + 1)
+
+    h, w = side(H), side(W)
+    return randint(0, H - h + 1), randint(0, W - w + 1), h, w
 
 
 def window_of(items: Any, i: int, start: int, stop: int, stride: int, time_dim: int) -> Any:
@@ -107,16 +122,13 @@ class WindowSampler:
     def _pick(self, g: torch.Generator) -> int:
         return self.shard[int(torch.randint(len(self.shard), (), generator=g))]
 
-    def _side(self, limit: int, g: torch.Generator) -> int:
-        hi = min(self.crop_max, limit)
-        lo = min(self.crop_min, hi)
-        return int(torch.randint(lo, hi + 1, (), generator=g))
+    @staticmethod
+    def _randint(g: torch.Generator) -> Callable[[int, int], int]:
+        return lambda lo, hi: int(torch.randint(lo, hi, (), generator=g))
 
     def _crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         H, W = x.shape[-2:]
-        h, w = self._side(H, g), self._side(W, g)
-        top = int(torch.randint(H - h + 1, (), generator=g))
-        left = int(torch.randint(W - w + 1, (), generator=g))
+        top, left, h, w = crop_box(H, W, self.crop_min, self.crop_max, self._randint(g))
         return to_float(x[..., top : top + h, left : left + w])  # [..., h, w]
 
     def draw(self, g: torch.Generator) -> tuple[int, int, int, int, int, int, int]:
@@ -128,9 +140,7 @@ class WindowSampler:
         span = min(T, (self.frames - 1) * stride + 1)
         start = int(torch.randint(T - span + 1, (), generator=g))
         H, W = window_of(self.items, i, 0, 1, 1, self.time_dim).shape[-2:]
-        h, w = self._side(H, g), self._side(W, g)
-        top = int(torch.randint(H - h + 1, (), generator=g))
-        left = int(torch.randint(W - w + 1, (), generator=g))
+        top, left, h, w = crop_box(H, W, self.crop_min, self.crop_max, self._randint(g))
         return i, start, stride, top, left, h, w
 
     def _clip(self, g: torch.Generator) -> torch.Tensor:

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from atoken.core.errors import ConfigError, StoreError
 from atoken.core.storage import StoreLike, store_label
+from atoken.data.sampling import crop_box
 from atoken.data.store import MediaStore
 
 __all__ = ["ZarrDataset", "ZarrImages", "ZarrSamples", "collate_list", "is_store_url"]
@@ -208,19 +209,14 @@ class ZarrDataset(Dataset):
             top, left, h, w = 0, 0, H, W
         else:
             g = np.random.default_rng([self.seed, self.epoch, key])
-            h, w = self._side(H, g), self._side(W, g)
-            top, left = int(g.integers(H - h + 1)), int(g.integers(W - w + 1))
+            lo, hi = self.crop  # type: ignore[misc]
+            top, left, h, w = crop_box(H, W, lo, hi, lambda a, b: int(g.integers(a, b)))
         if self.verify:
             pixels = store.read(index, verify=True)[top : top + h, left : left + w]
         else:
             pixels = store.read_rows(index, top, top + h)[:, left : left + w]
         # in numpy: torch's intra-op threads make small conversions slow on a busy CPU
         return torch.from_numpy(_as_float32(pixels.transpose(2, 0, 1)))  # [3, h, w]
-
-    def _side(self, limit: int, g: np.random.Generator) -> int:
-        lo, hi = self.crop  # type: ignore[misc]
-        hi = min(hi, limit)
-        return int(g.integers(min(lo, hi), hi + 1))
 
 
 class ZarrImages(Sequence):
