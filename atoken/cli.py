@@ -112,13 +112,27 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @main.command()
 @click.argument("run_file", type=click.Path(dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the run's newest checkpoint.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in the output folder (its log and checkpoints; other files stay).",
+)
+@click.option(
+    "--force", is_flag=True, help="With --resume: accept a run file that differs from the run's."
+)
 @click.option("--steps", type=int, default=None, help="Override [train] steps.")
 @click.option("--out", "out_dir", default=None, help="Override [run] out_dir.")
 @click.option(
     "--device", default=None, help="Override [train] device: auto (CUDA if any), cpu, cuda[:N]."
 )
 def train(
-    run_file: str, resume: bool, steps: int | None, out_dir: str | None, device: str | None
+    run_file: str,
+    resume: bool,
+    overwrite: bool,
+    force: bool,
+    steps: int | None,
+    out_dir: str | None,
+    device: str | None,
 ) -> None:
     """Train a tokenizer as RUN_FILE (TOML) describes."""
     from atoken.core.runconfig import load_run_file
@@ -133,7 +147,7 @@ def train(
         overrides["run"] = {"out_dir": out_dir}
     try:
         cfg = load_run_file(run_file, **overrides)
-        trainer, metrics = run_training(cfg, resume=resume)
+        trainer, metrics = run_training(cfg, resume=resume, overwrite=overwrite, force=force)
     except AtokenError as exc:
         raise _fail(exc) from exc
     click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")

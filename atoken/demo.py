@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     start = time.monotonic()
-    trainer, _ = run_training(cfg)
+    trainer, _ = run_training(cfg, overwrite=True)  # the demo's own folder, rerun each time
     train_minutes = (time.monotonic() - start) / 60
     model = trainer.eval_model
     model.eval()

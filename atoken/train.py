@@ -115,13 +115,19 @@ def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
     return tokenizer, mixture
 
 
-def run_training(cfg: RunConfig, *, resume: bool = False) -> tuple[Trainer, dict[str, float]]:
+def run_training(
+    cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False
+) -> tuple[Trainer, dict[str, float]]:
     """Build everything a run file names and train; returns the trainer and final metrics
     (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained tokenizer (EMA
-    weights when enabled) is saved to ``<out_dir>/tokenizer``."""
+    weights when enabled) is saved to ``<out_dir>/tokenizer``.
+
+    A fresh run into a folder that holds a run is a ``RunFolderError`` unless ``overwrite``;
+    ``resume`` refuses a checkpoint of another configuration unless ``force``
+    (:meth:`atoken.core.trainer.Trainer.fit`)."""
     tokenizer, mixture = build_run(cfg)
     trainer = Trainer(cfg, mixture, hooks=get_plugin_manager().hook, device=cfg.train.device)
-    metrics = trainer.fit(resume=resume)
+    metrics = trainer.fit(resume=resume, overwrite=overwrite, force=force)
     tokenizer.load_state_dict(trainer.eval_model.state_dict())
     tokenizer.save_pretrained(cfg.run.output / "tokenizer")
     return trainer, metrics

@@ -21,6 +21,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "remove_partial",
     "save_checkpoint",
 ]
 
@@ -44,6 +45,17 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = list_checkpoints(folder)
     return found[-1] if found else None
+
+
+def remove_partial(folder: str | Path) -> list[Path]:
+    """Delete the ``.step_*.pt.tmp`` files a killed save left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    partial = [p for p in folder.iterdir() if p.name.startswith(".step_") and p.suffix == ".tmp"]
+    for p in partial:
+        p.unlink(missing_ok=True)
+    return partial
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -80,6 +92,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {exc}") from exc
+    step = state.get("step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: step must be an int >= 0, got {step!r} (a damaged or "
+            "foreign file)"
+        )
+    return state

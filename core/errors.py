@@ -18,6 +18,7 @@ __all__ = [
     "LatentValidationError",
     "ModalityInputError",
     "PluginLoadError",
+    "RunFolderError",
     "StoreError",
     "StoreIntegrityError",
     "StoreSchemaError",
@@ -74,6 +75,11 @@ class DataModalityError(ConfigError):
 class EmbeddingSizeError(ConfigError):
     """Two embeddings that must share one space have different sizes (e.g. a distillation
     teacher whose image embedding is not the size of the text embeddings)."""
+
+
+class RunFolderError(AtokenError, ValueError):
+    """A run's output folder holds another run (refused without ``--resume``/``--overwrite``),
+    or a resumed checkpoint was written by a different run configuration."""
 
 
 class ComponentError(AtokenError):

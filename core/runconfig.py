@@ -24,6 +24,7 @@ A minimal run file::
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,14 +54,39 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _number(attribute: attrs.Attribute, value: Any) -> None:
+    """A finite number of the field's declared kind (``int`` fields take ints only; no bools)."""
+    integral = attribute.type == "int"  # annotations are strings here
+    ok = not isinstance(value, bool) and isinstance(value, int if integral else (int, float))
+    if not ok or not math.isfinite(value):
+        kind = "an int" if integral else "a finite number"
+        raise ConfigError(f"{attribute.name} must be {kind}, got {value!r}")
+
+
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not value > 0:
+    _number(attribute, value)
+    if not value > 0:
         raise ConfigError(f"{attribute.name} must be > 0, got {value!r}")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _number(attribute, value)
     if not value >= 0:
         raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _non_negative(instance, attribute, value)
+    if not value < 1:
+        raise ConfigError(f"{attribute.name} must be in [0, 1) (0: off), got {value!r}")
+
+
+def _integer(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _number(attribute, value)
+
+
+_str = attrs.validators.instance_of(str)
+_bool = attrs.validators.instance_of(bool)
 
 
 def _one_of(*choices: str):
@@ -79,9 +105,9 @@ def _tuple(value: Any) -> tuple:
 class RunSection:
     """``[run]``: name, output folder and seed."""
 
-    name: str = "run"
-    out_dir: str = ""  # default: runs/<name>
-    seed: int = 0
+    name: str = attrs.field(default="run", validator=_str)
+    out_dir: str = attrs.field(default="", validator=_str)  # default: runs/<name>
+    seed: int = attrs.field(default=0, validator=_integer)
 
     @property
     def output(self) -> Path:
@@ -142,13 +168,13 @@ class TrainConfig:
     steps: int = attrs.field(default=1000, validator=_positive)
     max_minutes: float = attrs.field(default=0.0, validator=_non_negative)  # 0: no limit
     precision: str = attrs.field(default="auto", validator=_one_of("auto", "bf16", "fp32"))
-    ema_decay: float = attrs.field(default=0.999, validator=_non_negative)  # 0: off
+    ema_decay: float = attrs.field(default=0.999, validator=_decay)  # 0: off
     eval_every: int = attrs.field(default=0, validator=_non_negative)  # 0: only at the end
     checkpoint_every: int = attrs.field(default=0, validator=_non_negative)
     keep_checkpoints: int = attrs.field(default=2, validator=_positive)
     log_every: int = attrs.field(default=10, validator=_positive)
     max_nonfinite: int = attrs.field(default=5, validator=_positive)
-    progress: bool = True
+    progress: bool = attrs.field(default=True, validator=_bool)
     # "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; --device overrides
     device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
     # how the [[tasks]] share the micro-steps: "round_robin" (micro-step k trains task
@@ -162,8 +188,8 @@ class TrainConfig:
 class LossTerm:
     """One entry of a task's ``losses``: a registered loss, its weight and parameters."""
 
-    name: str
-    weight: float = 1.0
+    name: str = attrs.field(validator=_str)
+    weight: float = attrs.field(default=1.0, validator=_non_negative)
     params: Mapping[str, Any] = attrs.field(factory=dict)
 
 
@@ -251,7 +277,14 @@ def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"[{section}] {key} must be an array of tables")
             value = [structure(nested, item, f"{section}.{key}") for item in value]
-        elif isinstance(sub, str) and sub in _SECTIONS and isinstance(value, Mapping):
+        elif isinstance(sub, str) and sub in _SECTIONS:
+            if not isinstance(value, Mapping):
+                got = (
+                    "an array of tables ([[" + key + "]])"
+                    if isinstance(value, list)
+                    else repr(value)
+                )
+                raise ConfigError(f"section [{key}] must be a table, got {got}: write [{key}]")
             value = structure(_SECTIONS[sub], value, key)
         kwargs[key] = value
     try:
@@ -302,10 +335,14 @@ def load_run_file(path: str | Path, **section_overrides: Mapping[str, Any]) -> R
         ConfigError: for unreadable TOML, an unknown section or key, or an invalid value.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"run file {str(path)!r} is a folder, not a TOML file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"run file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"run file {str(path)!r} is not text (TOML is UTF-8): {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"run file {str(path)!r} is not valid TOML: {exc}") from exc
     legacy = sorted(set(data) & set(LEGACY_SECTIONS))

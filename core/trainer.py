@@ -30,14 +30,16 @@ from tqdm.auto import tqdm
 from atoken.core.checkpoint import (
     CheckpointError,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    remove_partial,
     save_checkpoint,
 )
-from atoken.core.errors import AtokenError, ConfigError
+from atoken.core.errors import AtokenError, ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.runconfig import RunConfig
 
-__all__ = ["NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
+__all__ = ["RESUMABLE_KEYS", "NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
 
 
 class NonFiniteLossError(AtokenError, FloatingPointError):
@@ -118,6 +120,43 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+#: Run-file keys a resumed run may change: they steer the run, not what it trains.
+RESUMABLE_KEYS = frozenset(
+    {
+        "run.name",
+        "run.out_dir",
+        "train.steps",
+        "train.max_minutes",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.progress",
+        "train.device",
+    }
+)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _config_changes(saved: str, cfg: RunConfig) -> list[str]:
+    """``"key: saved -> now"`` for each run-file key that differs from the checkpoint's."""
+    try:
+        old = _flat(json.loads(saved))
+    except (TypeError, json.JSONDecodeError):
+        return ["the checkpoint records no readable configuration"]
+    new = _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
 def _step_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1)
 
@@ -190,14 +229,55 @@ class Trainer:
         self.nonfinite = int(state["nonfinite"])
         self.losses = [float(x) for x in state["losses"]]
 
-    def resume(self) -> bool:
-        """Load the newest checkpoint of this run, if any; returns whether one was loaded."""
+    def resume(self, *, force: bool = False) -> bool:
+        """Load the newest checkpoint of this run, if any; returns whether one was loaded.
+
+        Without a checkpoint the run starts over (log records of the killed attempt dropped).
+
+        Raises:
+            RunFolderError: the checkpoint was written with another configuration (the keys
+                that differ are named; ``force`` accepts them). Keys that only steer the run
+                (:data:`RESUMABLE_KEYS`, e.g. ``[train] steps``) may change.
+        """
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
+            self._truncate_log(0)
             return False
-        self.load_state_dict(load_checkpoint(path))
+        state = load_checkpoint(path)
+        changed = _config_changes(state.get("config", "{}"), self.cfg)
+        if changed and not force:
+            raise RunFolderError(
+                f"{path} was written by another run configuration: "
+                + "; ".join(changed)
+                + ". Resume with the run file it was trained with, or pass --force to accept "
+                "the changes"
+            )
+        self.load_state_dict(state)
         self._truncate_log(self.step)
         return True
+
+    def prepare_folder(self, *, overwrite: bool = False) -> None:
+        """Make ``out_dir`` ready for a fresh run.
+
+        A folder that holds a run (``metrics.jsonl``, checkpoints, a saved tokenizer) is
+        refused unless ``overwrite``, which deletes only those files of atoken's (the saved
+        tokenizer is replaced at the end); anything else in the folder is left alone.
+
+        Raises:
+            RunFolderError: the folder holds a run and ``overwrite`` is false.
+        """
+        found = [p for p in (self.metrics_path, self.out_dir / "tokenizer") if p.exists()]
+        found += list_checkpoints(self.ckpt_dir)
+        if found and not overwrite:
+            names = ", ".join(str(p.relative_to(self.out_dir)) for p in found[:4])
+            raise RunFolderError(
+                f"{self.out_dir} holds a run ({names}{', ...' if len(found) > 4 else ''}); "
+                "pass --resume to continue it or --overwrite to replace it (or choose another "
+                "[run] out_dir)"
+            )
+        self.metrics_path.unlink(missing_ok=True)
+        for ckpt in list_checkpoints(self.ckpt_dir):
+            ckpt.unlink()
 
     def save(self) -> Path:
         path = save_checkpoint(
@@ -216,11 +296,14 @@ class Trainer:
         """Drop log lines of steps a resumed run will redo, so none appears twice."""
         if not self.metrics_path.exists():
             return
-        keep = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line and json.loads(line).get("step", 0) < step
-        ]
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill mid-write
+                continue
+            if isinstance(record, dict) and record.get("step", 0) < step:
+                keep.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     # ----------------------------------------------------------------------------- loop
@@ -294,13 +377,21 @@ class Trainer:
         self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
         return metrics
 
-    def fit(self, *, resume: bool = False) -> dict[str, float]:
-        """Train to ``cfg.train.steps`` (or the time limit); evaluate and checkpoint at the end."""
+    def fit(
+        self, *, resume: bool = False, overwrite: bool = False, force: bool = False
+    ) -> dict[str, float]:
+        """Train to ``cfg.train.steps`` (or the time limit); evaluate and checkpoint at the end.
+
+        ``resume`` continues from the newest checkpoint (``force``: even one written with
+        another configuration); otherwise the folder must not hold a run unless ``overwrite``
+        (:meth:`prepare_folder`). Partial files of a killed save are removed first.
+        """
         cfg = self.cfg.train
+        remove_partial(self.ckpt_dir)
         if resume:
-            self.resume()
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()  # a fresh run starts a fresh log
+            self.resume(force=force)
+        else:
+            self.prepare_folder(overwrite=overwrite)
         self.hooks.atoken_train_start(trainer=self)
         start = time.monotonic()
         bar = tqdm(
