@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,9 +84,27 @@ def locate_weights(
     )
 
 
+def load_tensors(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a typed error naming the file."""
+    from atoken.core.checkpoint import CheckpointError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise CheckpointError(
+            f"{path}: not a weights file that loads with torch.load(weights_only=True) (tensors "
+            f"and plain containers only): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load`` of a state dict on the CPU, tensors only (``weights_only=True``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load`` of a state dict on the CPU, tensors only (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file does not load that way (a pickled object, a damaged file),
+            naming the file.
+    """
+    state = load_tensors(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
-from atoken.losses._weights import explicit_file
+from atoken.losses._weights import explicit_file, load_tensors
 
 __all__ = ["EfficientNetLite0", "effnet_weights_path"]
 
@@ -59,7 +59,7 @@ def effnet_weights_path(path: str | os.PathLike | None = None) -> Path:
 
 
 def _load_by_position(model: nn.Module, path: Path) -> None:
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = load_tensors(path)
     target = model.state_dict()
     if len(source) != len(target):
         raise ConfigError(
