@@ -9,18 +9,21 @@ built on first use and cached until :func:`refresh`.
 (behind ``atoken plugins``) loads what it can and returns every failure instead.
 
 Environment:
-    ATOKEN_DISABLE_PLUGINS  comma list of plugin or distribution names that are not loaded.
+    ATOKEN_DISABLE_PLUGINS  comma list of plugin or distribution names that are not loaded
+                            (a name no plugin has is a warning with close matches).
     ATOKEN_TRACE_PLUGINS=1  print ``atoken: hook <hook> -> <plugin>`` to stderr for every hook
                             implementation called.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as metadata
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -226,6 +229,21 @@ def _trace_hook_calls(pm: pluggy.PluginManager) -> None:
     pm.add_hookcall_monitoring(before, after)
 
 
+def _warn_unknown_disabled(blocked: frozenset[str], known: set[str] | None) -> None:
+    """Warn, with close matches, about ``ATOKEN_DISABLE_PLUGINS`` names no plugin has (a typo
+    there would otherwise leave the plugin loaded in silence)."""
+    if known is None:
+        return
+    for name in sorted(blocked - known):
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        warnings.warn(
+            f"ATOKEN_DISABLE_PLUGINS names {name!r}, which is no installed plugin or "
+            f"distribution{hint}",
+            stacklevel=3,
+        )
+
+
 def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy.PluginManager:
     """Load every plugin. With ``failures`` a list, a plugin that fails is recorded there and
     left out; without, the first failure raises :class:`PluginLoadError`."""
@@ -245,8 +263,10 @@ def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy
             _fail(failures, modname, _BUILTIN_DIST, "import", exc)
             continue
         _register(pm, module, modname, _BUILTIN_DIST, failures)
+    known = set(DEFAULT_PLUGINS)
     if load_entrypoints:
         for ep in metadata.entry_points(group=hookspecs.PROJECT_NAME):
+            known.update((ep.name, ep.dist.name if ep.dist is not None else ep.name))
             dist = ep.dist.name if ep.dist is not None else "unknown"
             if ep.name in blocked or dist in blocked:
                 pm.set_blocked(ep.name)
@@ -259,6 +279,7 @@ def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy
                 _fail(failures, ep.name, dist, "import", exc)
                 continue
             _register(pm, plugin, ep.name, dist, failures)
+    _warn_unknown_disabled(blocked, known if load_entrypoints else None)
     for name, exc in _unknown_hooks(pm).items():
         hooks = _hook_names(pm, pm.get_plugin(name))
         _fail(failures, name, _dist_of(name), "validate", exc, hooks)

@@ -163,3 +163,12 @@ def test_cli_table_and_console_script():
     assert "atoken-example-depth" in out.stdout and "Components" in out.stdout
     ep = [e for e in metadata.entry_points(group="console_scripts") if e.name == "atoken"]
     assert ep and ep[0].value == "atoken.cli:main"
+
+
+def test_an_unknown_name_to_disable_is_a_warning_with_close_matches(fresh_plugins):
+    fresh_plugins.setenv("ATOKEN_DISABLE_PLUGINS", "dpeth, atoken.losses.gram")
+    with pytest.warns(UserWarning, match=r"'dpeth'.*did you mean 'depth'"):
+        manager.refresh(manager=True)
+        registry = atoken.get_registry()
+    assert "depth" in registry.modalities  # the typo disabled nothing
+    assert "gram" not in registry.losses  # the known name still disabled its plugin
