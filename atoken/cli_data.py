@@ -85,7 +85,7 @@ def import_images_command(
     import fsspec
 
     from atoken.data.importer import import_images, load_mapping
-    from atoken.data.store import StoreLayout
+    from atoken.data.media_writer import StoreLayout
 
     if len(paths) < 2:
         raise click.UsageError("give at least one SRC and the DST store")

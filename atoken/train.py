@@ -106,7 +106,6 @@ def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
         seed=cfg.run.seed,
         pretrained_prefixes=("encoder.",) if cfg.model.init_from else (),
     )
-    mixture.pca = None
     if cfg.model.pca_init:
         mixture.pca = fit_pca(tasks[0], latent_dim=tokenizer.config.latent_dim)
         init_from_pca(tokenizer, mixture.pca)

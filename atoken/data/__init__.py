@@ -13,6 +13,7 @@ from atoken.data.images import (
     load_photo,
 )
 from atoken.data.importer import ImportReport, import_images
+from atoken.data.media_writer import MediaWriter, StoreLayout
 from atoken.data.sampling import WindowSampler
 from atoken.data.sources import (
     CaptionedSource,
@@ -21,7 +22,7 @@ from atoken.data.sources import (
     build_source,
     current_context,
 )
-from atoken.data.store import MediaStore, MediaWriter, StoreLayout
+from atoken.data.store import MediaStore
 from atoken.data.verify import VerifyReport, verify_store
 from atoken.data.zarr_dataset import ZarrDataset, ZarrImages, ZarrSamples, collate_list
 

@@ -24,21 +24,12 @@ import attrs
 import torch
 
 from atoken.core.errors import ConfigError, DataModalityError
+from atoken.core.validators import non_negative_int, positive_int
 from atoken.data.sampling import WindowSampler, to_float
 from atoken.data.sources import IndexView, SourceContext, split_heldout
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["Digits", "ImageFolderSource", "MediaStoreSource", "Photos", "VideoFiles"]
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name} must be a positive int, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{attribute.name} must be an int >= 0, got {value!r}")
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -52,9 +43,9 @@ class _Crops:
     """Shared parameters: the batch and the crop sides."""
 
     context: SourceContext = attrs.field(factory=SourceContext)
-    batch_size: int = attrs.field(default=8, validator=_positive)
-    crop_min: int = attrs.field(default=64, validator=_positive)
-    crop_max: int = attrs.field(default=256, validator=_positive)
+    batch_size: int = attrs.field(default=8, validator=positive_int)
+    crop_min: int = attrs.field(default=64, validator=positive_int)
+    crop_max: int = attrs.field(default=256, validator=positive_int)
     # the run file's `heldout`: names of the samples kept for evaluation
     heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
 
@@ -66,15 +57,11 @@ class _Crops:
     def _sample(self, train: Sequence[Any], **clip: Any) -> None:
         if self.crop_min > self.crop_max:
             raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
-        c = self.context
-        self.sampler = WindowSampler(
+        self.sampler = self.context.sampler(
             train,
             batch_size=self.batch_size,
             crop_min=self.crop_min,
             crop_max=self.crop_max,
-            seed=c.seed,
-            rank=c.rank,
-            world_size=c.world_size,
             **clip,
         )
 
@@ -122,9 +109,9 @@ class MediaStoreSource(_Crops):
 
     url: str = attrs.field(default="")
     storage_options: Mapping[str, Any] = attrs.field(factory=dict)
-    frames: int = attrs.field(default=0, validator=_non_negative)
+    frames: int = attrs.field(default=0, validator=non_negative_int)
     strides: tuple[int, ...] = attrs.field(default=(1,), converter=tuple)
-    heldout_frames: int = attrs.field(default=0, validator=_non_negative)
+    heldout_frames: int = attrs.field(default=0, validator=non_negative_int)
 
     def __attrs_post_init__(self) -> None:
         from atoken.data.zarr_dataset import ZarrSamples
@@ -158,14 +145,14 @@ class VideoFiles(_Crops):
     to at most ``max_frames`` frames and ``max_side`` pixels; ``heldout`` clips (default
     carphone) keep their first ``eval_frames`` frames."""
 
-    batch_size: int = attrs.field(default=2, validator=_positive)
-    crop_max: int = attrs.field(default=128, validator=_positive)
+    batch_size: int = attrs.field(default=2, validator=positive_int)
+    crop_max: int = attrs.field(default=128, validator=positive_int)
     clips: tuple[str, ...] = attrs.field(default=("bikes", "bigbuckbunny"), converter=_names)
-    max_frames: int = attrs.field(default=128, validator=_positive)
-    max_side: int = attrs.field(default=256, validator=_positive)
-    frames: int = attrs.field(default=16, validator=_positive)
+    max_frames: int = attrs.field(default=128, validator=positive_int)
+    max_side: int = attrs.field(default=256, validator=positive_int)
+    frames: int = attrs.field(default=16, validator=positive_int)
     strides: tuple[int, ...] = attrs.field(default=(1, 2, 3), converter=tuple)
-    eval_frames: int = attrs.field(default=32, validator=_positive)
+    eval_frames: int = attrs.field(default=32, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         from atoken.data.videos import VideoSet
@@ -190,8 +177,8 @@ class Digits:
     ``heldout_fraction`` of each class (chosen by the run's seed) is held out."""
 
     context: SourceContext = attrs.field(factory=SourceContext)
-    batch_size: int = attrs.field(default=32, validator=_positive)
-    size: int = attrs.field(default=64, validator=_positive)
+    batch_size: int = attrs.field(default=32, validator=positive_int)
+    size: int = attrs.field(default=64, validator=positive_int)
     classes: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     heldout_fraction: float = 0.2
 

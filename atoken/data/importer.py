@@ -28,7 +28,7 @@ import numpy as np
 
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.storage import StoreLike
-from atoken.data.store import MediaWriter, StoreLayout
+from atoken.data.media_writer import MediaWriter, StoreLayout
 
 __all__ = [
     "ImageSource",

@@ -30,6 +30,7 @@ import attrs
 import torch
 
 from atoken.core.errors import ConfigError, UnknownComponentError
+from atoken.data.sampling import WindowSampler
 
 __all__ = [
     "CaptionedSource",
@@ -53,6 +54,13 @@ class SourceContext:
     def __attrs_post_init__(self) -> None:
         if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
             raise ConfigError(f"need 0 <= rank < world_size, got {self.rank}, {self.world_size}")
+
+    def sampler(self, items: Sequence[Any], **params: Any) -> WindowSampler:
+        """The crop (or clip) sampler of ``items`` for this run and process: ``params`` are
+        :class:`~atoken.data.sampling.WindowSampler`'s (``batch_size``, ``crop_min``...)."""
+        return WindowSampler(
+            items, seed=self.seed, rank=self.rank, world_size=self.world_size, **params
+        )
 
 
 def current_context(seed: int = 0) -> SourceContext:

@@ -21,7 +21,8 @@ refuse a float store instead of reading its bytes as pixels. This reader accepts
 Commit protocol: a writer appends the data of a batch of samples, then extends the index
 arrays, then rewrites ``committed`` (one atomic ``zarr.json`` write). Readers trust only the
 first ``committed`` samples, so an interrupted writer leaves a store that opens and holds only
-whole samples; the uncommitted tail is overwritten when the writer resumes.
+whole samples; the uncommitted tail is overwritten when the writer resumes. Writing is
+:mod:`atoken.data.media_writer` (:class:`~atoken.data.media_writer.MediaWriter`).
 """
 
 from __future__ import annotations
@@ -30,17 +31,13 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from atoken.core.errors import ConfigError, StoreError, StoreIntegrityError, StoreSchemaError
+from atoken.core.errors import ConfigError, StoreIntegrityError, StoreSchemaError
 from atoken.core.storage import (
-    ATTRS_KEY,
     StoreLike,
     check_schema,
-    local_path,
     open_group,
     read_rows,
     require_array,
@@ -53,16 +50,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
     "MediaStore",
-    "MediaWriter",
-    "StoreLayout",
 ]
 
 SCHEMA = "atoken.media"
 SCHEMA_VERSION = 1  # what uint8 stores are written as
 SCHEMA_VERSIONS = (1, 2)  # what this atoken reads; float stores are written as version 2
 DTYPES = ("uint8", "float16", "float32")
-_INDEX_CHUNK = 4096
-_WRITER_ARRAYS = ("data", "offsets", "shapes", "checksums", "names", "captions", "labels")
 
 
 def checksum(flat: np.ndarray) -> int:
@@ -100,29 +93,6 @@ def _stored_dtype(info: Mapping[str, Any], *, store: str) -> np.dtype:
             array="attributes",
         )
     return np.dtype(name)
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name} must be a positive int, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class StoreLayout:
-    """Chunking of a new media store (an existing store keeps its own).
-
-    ``chunk_bytes`` is the unit a reader fetches and decodes; ``shard_chunks`` chunks form
-    one stored object (file or S3 key), so a million samples do not make a million files.
-    """
-
-    chunk_bytes: int = attrs.field(default=1 << 18, validator=_positive)
-    shard_chunks: int = attrs.field(default=64, validator=_positive)
-    compression: str = attrs.field(default="zstd", validator=attrs.validators.in_(("zstd", "none")))
-    level: int = 1
-
-    @property
-    def shard_bytes(self) -> int:
-        return self.chunk_bytes * self.shard_chunks
 
 
 class MediaStore:
@@ -296,199 +266,3 @@ class MediaStore:
             return None
         k = int(arr[i])
         return self.label_names[k] if 0 <= k < len(self.label_names) else None
-
-
-class MediaWriter:
-    """Append samples to a media store, resuming an existing one.
-
-    Samples are buffered and committed about once per shard (``layout.shard_bytes``) or every
-    ``flush_samples`` samples, whichever comes first. Use as a context manager: a clean exit
-    commits the buffer; an exception leaves only the already committed samples.
-
-    ``dtype`` is the samples' dtype, one of :data:`DTYPES`; a float store is written as
-    schema version 2 (see the module docstring).
-
-    Raises:
-        ConfigError: ``dtype`` is not one of :data:`DTYPES`.
-        StoreSchemaError: the destination holds another schema or version.
-        StoreError: ``overwrite`` is False and the destination holds a non-atoken group, or
-            samples of another modality, axes or dtype.
-    """
-
-    def __init__(
-        self,
-        url: StoreLike,
-        storage_options: Mapping[str, Any] | None = None,
-        *,
-        modality: str = "image",
-        sample_axes: Sequence[str] = ("H", "W", "C"),
-        dtype: str | np.dtype | type[np.generic] = "uint8",
-        layout: StoreLayout | None = None,
-        flush_samples: int = 256,
-        overwrite: bool = False,
-    ) -> None:
-        self.dtype: np.dtype = _sample_dtype(dtype)  # before anything is created
-        self.url = store_label(url)
-        self.layout = layout or StoreLayout()
-        self.flush_samples = max(1, int(flush_samples))
-        group = open_group(url, storage_options, mode="w" if overwrite else "a")
-        existing = set(group.keys())
-        if ATTRS_KEY not in group.attrs and existing <= set(_WRITER_ARRAYS):
-            for name in existing:  # a writer killed while creating the store: start over
-                del group[name]
-            self._create(group, modality, tuple(sample_axes))
-        info = check_schema(group, SCHEMA, SCHEMA_VERSIONS, store=self.url)
-        if info.get("modality") != modality or tuple(info["sample_axes"]) != tuple(sample_axes):
-            raise StoreError(
-                f"holds {info.get('modality')} samples {info.get('sample_axes')}, "
-                f"cannot append {modality} samples {list(sample_axes)}",
-                store=self.url,
-            )
-        stored = _stored_dtype(info, store=self.url)
-        if stored != self.dtype:
-            raise StoreError(
-                f"holds {stored.name} samples, cannot append {self.dtype.name} samples "
-                f"(pass dtype={stored.name!r} to append to it)",
-                store=self.url,
-            )
-        self.group, self.info = group, info
-        self.committed = int(info["committed"])
-        reader = MediaStore(url, _group=group)  # validates the committed index
-        self.names: set[str] = set(reader.names)
-        self.label_names: list[str] = list(reader.label_names)
-        self.data_end = int(reader.offsets[-1])
-        self._arrays = {k: group[k] for k in _WRITER_ARRAYS}
-        self._truncate_tail()
-        folder = local_path(url)
-        if folder is not None:  # temporary files a killed writer left (zarr writes, renames)
-            for leftover in folder.rglob("*.partial"):
-                leftover.unlink(missing_ok=True)
-        self._pending: list[tuple[str, np.ndarray, str, str | None]] = []
-        self._pending_bytes = 0
-
-    def _create(self, group: zarr.Group, modality: str, axes: tuple[str, ...]) -> None:
-        lay = self.layout
-        codecs: list[Any] = [ZstdCodec(level=lay.level)] if lay.compression == "zstd" else []
-        group.create_array(
-            "data",
-            shape=(0,),
-            dtype="uint8",
-            chunks=(lay.chunk_bytes,),
-            shards=(lay.shard_bytes,),
-            compressors=[*codecs, Crc32cCodec()],
-            fill_value=0,
-        )
-        index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
-        offsets = group.create_array("offsets", shape=(1,), dtype="int64", **index)
-        offsets[:] = 0
-        group.create_array(
-            "shapes", shape=(0, len(axes)), dtype="int64", chunks=(_INDEX_CHUNK, len(axes))
-        )
-        group.create_array("checksums", shape=(0,), dtype="uint32", **index)
-        group.create_array("names", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
-        group.create_array("captions", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
-        group.create_array("labels", shape=(0,), dtype="int32", fill_value=-1, **index)
-        info: dict[str, Any] = {
-            "schema": SCHEMA,
-            "version": SCHEMA_VERSION,
-            "modality": modality,
-            "sample_axes": list(axes),
-            "committed": 0,
-            "label_names": [],
-        }
-        if self.dtype != np.uint8:  # uint8 stores stay exactly version 1
-            info.update(version=2, dtype=self.dtype.name)
-        group.attrs[ATTRS_KEY] = info
-
-    def _truncate_tail(self) -> None:
-        """Drop whatever an interrupted writer left past the committed index."""
-        n = self.committed
-        for name, arr in self._arrays.items():
-            length = {"data": self.data_end, "offsets": n + 1}.get(name, n)
-            if arr.shape[0] != length:
-                arr.resize((length, *arr.shape[1:]))
-
-    def __enter__(self) -> MediaWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.flush()
-
-    def add(
-        self, name: str, sample: np.ndarray, *, caption: str = "", label: str | None = None
-    ) -> bool:
-        """Buffer one sample (of the store's dtype, shaped along ``sample_axes``); False if
-        ``name`` is already stored (a resumed import skips it).
-
-        Raises:
-            ConfigError: a sample of the wrong dtype or rank, or float values that are not
-                finite (NaN or infinity).
-        """
-        if name in self.names:
-            return False
-        sample = np.asarray(sample)
-        same = sample.dtype.kind == self.dtype.kind and sample.dtype.itemsize == self.dtype.itemsize
-        if not same or sample.ndim != len(self.info["sample_axes"]):
-            raise ConfigError(
-                f"{name!r}: samples must be {self.dtype.name} with axes "
-                f"{self.info['sample_axes']}, got {sample.dtype} {sample.shape}"
-            )
-        if self.dtype.kind == "f":
-            bad = np.flatnonzero(~np.isfinite(sample))
-            if bad.size:
-                at = np.unravel_index(int(bad[0]), sample.shape)
-                raise ConfigError(
-                    f"{name!r}: {bad.size} non-finite values (NaN or infinity), the first "
-                    f"{sample[at]} at {tuple(int(v) for v in at)}"
-                )
-        stored = np.ascontiguousarray(sample, dtype=self.dtype.newbyteorder("<"))
-        self.names.add(name)
-        self._pending.append((name, stored, caption or "", label))
-        self._pending_bytes += stored.nbytes
-        if (
-            self._pending_bytes >= self.layout.shard_bytes
-            or len(self._pending) >= self.flush_samples
-        ):
-            self.flush()
-        return True
-
-    def flush(self) -> int:
-        """Write and commit the buffered samples; returns the committed count."""
-        if not self._pending:
-            return self.committed
-        g, n0 = self._arrays, self.committed
-        n1 = n0 + len(self._pending)
-        raw = [s.reshape(-1).view(np.uint8) for _, s, _, _ in self._pending]  # stored bytes
-        sizes = np.array([r.size for r in raw], dtype=np.int64)
-        start, end = self.data_end, self.data_end + int(sizes.sum())
-        # 1. data
-        if end > start:
-            g["data"].resize((end,))
-            g["data"][start:end] = np.concatenate(raw)
-        # 2. index
-        for label in (lab for *_, lab in self._pending if lab is not None):
-            if label not in self.label_names:
-                self.label_names.append(label)
-        columns = {
-            "offsets": start + np.cumsum(sizes),
-            "shapes": np.array([s.shape for _, s, _, _ in self._pending], dtype=np.int64),
-            "checksums": np.array([checksum(r) for r in raw], np.uint32),
-            "names": np.array([n for n, *_ in self._pending], dtype=object),
-            "captions": np.array([c for _, _, c, _ in self._pending], dtype=object),
-            "labels": np.array(
-                [-1 if lab is None else self.label_names.index(lab) for *_, lab in self._pending],
-                dtype=np.int32,
-            ),
-        }
-        for name, values in columns.items():
-            arr = g[name]
-            lo = n0 + 1 if name == "offsets" else n0
-            arr.resize((lo + len(values), *arr.shape[1:]))
-            arr[lo:] = values
-        # 3. commit: readers see the new samples only after this one atomic write
-        self.info = {**self.info, "committed": n1, "label_names": list(self.label_names)}
-        self.group.attrs[ATTRS_KEY] = self.info
-        self.committed, self.data_end = n1, end
-        self._pending, self._pending_bytes = [], 0
-        return n1

@@ -175,7 +175,7 @@ class TextAlignmentTask(ReconstructionTask):
             metrics.update(evaluate_samples(self.metrics, recons, originals))
             k = self.params.previews
             if k:
-                self.save_previews(originals[:k], recons[:k], out_dir / f"recon_step{step:06d}")
+                self.save_previews(originals[:k], recons[:k], out_dir, step)
         metrics.update(
             evaluate_embeddings(
                 model,

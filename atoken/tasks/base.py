@@ -245,11 +245,15 @@ class ReconstructionTask:
         return [self._clamp(y) for y in model.reconstruct(list(self.source.heldout), self.modality)]
 
     def save_previews(
-        self, originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path
+        self,
+        originals: Sequence[torch.Tensor],
+        recons: Sequence[torch.Tensor],
+        out_dir: Path,
+        step: int,
     ) -> None:
-        """Originals beside reconstructions (``path.png``): ``[3, H, W]`` samples as they are,
-        one-channel ``[H, W]`` or ``[1, H, W]`` maps each scaled to [0, 1] by the original's
-        range; other layouts are not drawn."""
+        """Originals beside reconstructions (``out_dir/recon_stepNNNNNN.png``): ``[3, H, W]``
+        samples as they are, one-channel ``[H, W]`` or ``[1, H, W]`` maps each scaled to [0, 1]
+        by the original's range; other layouts are not drawn."""
         from atoken.viz import save_side_by_side, to_visible
 
         pairs = [(to_visible(o), to_visible(r, o)) for o, r in zip(originals, recons, strict=True)]
@@ -257,7 +261,7 @@ class ReconstructionTask:
             save_side_by_side(
                 [o for o, _ in pairs],
                 [r for _, r in pairs],
-                path.with_suffix(".png"),
+                out_dir / f"recon_step{step:06d}.png",
                 labels=self.source.heldout_names[: len(pairs)],
             )
 
@@ -273,7 +277,7 @@ class ReconstructionTask:
             metrics.update({f"codebook_{k}": v for k, v in codebook_usage(ids, size).items()})
         k = self.params.previews
         if k:
-            self.save_previews(originals[:k], recons[:k], out_dir / f"recon_step{step:06d}")
+            self.save_previews(originals[:k], recons[:k], out_dir, step)
         return metrics
 
 

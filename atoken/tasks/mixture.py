@@ -55,6 +55,7 @@ class TaskMixture:
         self.model, self.tasks, self.schedule = model, list(tasks), schedule
         self.grad_accum, self.seed = grad_accum, seed
         self.pretrained_prefixes = pretrained_prefixes
+        self.pca: Any = None  # the PCATokenizer the run started as ([model] pca_init), if any
         self.weights = torch.tensor([float(t.weight) for t in self.tasks], dtype=torch.float64)
 
     def index(self, step: int, micro: int) -> int:

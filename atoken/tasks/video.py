@@ -60,15 +60,18 @@ class VideoReconstructionTask(ReconstructionTask):
         ]
 
     def save_previews(
-        self, originals: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], path: Path
+        self,
+        originals: Sequence[torch.Tensor],
+        recons: Sequence[torch.Tensor],
+        out_dir: Path,
+        step: int,
     ) -> None:
+        """``out_dir/video_stepNNNNNN_<clip>.gif`` and ``.mp4``: original | reconstruction."""
         from atoken.viz_video import save_clip_side_by_side
 
-        step = path.name.removeprefix("recon_")
         for name, clip, recon in zip(self.source.heldout_names, originals, recons, strict=False):
-            save_clip_side_by_side(
-                clip, recon, path.parent / f"video_{step}_{name}", fps=self.params.fps
-            )
+            stem = out_dir / f"video_step{step:06d}_{name}"
+            save_clip_side_by_side(clip, recon, stem, fps=self.params.fps)
 
 
 @hookimpl

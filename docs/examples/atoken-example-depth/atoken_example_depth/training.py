@@ -21,7 +21,7 @@ import torch
 
 import atoken
 from atoken.core.runconfig import LossTerm
-from atoken.data import SourceContext, WindowSampler
+from atoken.data import SourceContext
 from atoken.tasks import ReconstructionTask
 
 __all__ = ["DepthError", "DepthReconstructionTask", "SyntheticDepth", "make_depth_maps"]
@@ -77,15 +77,8 @@ class SyntheticDepth:
             )
         maps = make_depth_maps(self.count, self.height, self.width, self.context.seed)
         train, held = maps[: -self.heldout_count], maps[-self.heldout_count :]
-        c = self.context
-        self.sampler = WindowSampler(
-            train,
-            batch_size=self.batch_size,
-            crop_min=self.crop_min,
-            crop_max=self.crop_max,
-            seed=c.seed,
-            rank=c.rank,
-            world_size=c.world_size,
+        self.sampler = self.context.sampler(  # atoken's crop sampler, this process's share
+            train, batch_size=self.batch_size, crop_min=self.crop_min, crop_max=self.crop_max
         )
         self.heldout = held
         self.heldout_names = tuple(f"depth{i:03d}" for i in range(len(train), self.count))
