@@ -39,6 +39,15 @@ _STORAGE = click.option(
 )
 
 
+_WAIT = click.option(
+    "--wait",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for another writer of the store to finish.",
+)
+
+
 @click.group()
 def data() -> None:
     """Datasets in zarr stores on any fsspec filesystem: import and verify."""
@@ -67,6 +76,7 @@ def import_() -> None:
 @click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_WAIT
 def import_images_command(
     paths: tuple[str, ...],
     storage_options: str | None,
@@ -80,6 +90,7 @@ def import_images_command(
     skip_bad: bool,
     overwrite: bool,
     no_progress: bool,
+    wait: float,
 ) -> None:
     """Import images from SRC... (folders, globs, files or fsspec URLs) into the store DST."""
     import fsspec
@@ -111,6 +122,7 @@ def import_images_command(
             workers=workers,
             overwrite=overwrite,
             progress=not no_progress,
+            lock_timeout=wait,
         )
     except AtokenError as exc:
         raise _fail(exc) from exc
@@ -137,6 +149,7 @@ def _echo_import(report: Any, kind: str, dst: str) -> None:
 @click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_WAIT
 def import_videos_command(
     paths: tuple[str, ...],
     storage_options: str | None,
@@ -147,6 +160,7 @@ def import_videos_command(
     skip_bad: bool,
     overwrite: bool,
     no_progress: bool,
+    wait: float,
 ) -> None:
     """Decode videos from SRC... (local folders, globs or files) into the store DST (PyAV)."""
     from atoken.data.videos import SAMPLE_VIDEOS, import_videos, sample_video_path
@@ -167,6 +181,7 @@ def import_videos_command(
             skip_bad=skip_bad,
             overwrite=overwrite,
             progress=not no_progress,
+            lock_timeout=wait,
         )
     except AtokenError as exc:
         raise _fail(exc) from exc
@@ -259,53 +274,52 @@ def encode_to_store(
     overwrite: bool = False,
     progress: bool = True,
     modality: str = "image",
+    sources: tuple[str, ...] = (),
+    lock_timeout: float = 0.0,
 ) -> int:
     """Encode ``images`` (float samples of ``modality``) in batches and append their latents
     (and FSQ ids) to the latent store ``out``; each sample's meta gets its ``source`` name.
 
     Resumes a store whose committed samples are the first of ``names``; returns its count.
+    ``overwrite`` replaces a latent store when the whole encode succeeds (never anything
+    else, and never a path that is or contains one of ``sources``).
 
     Raises:
-        StoreError: ``out`` holds other samples (use ``overwrite``).
+        StoreError: ``out`` holds other samples (use ``overwrite``), or anything but a
+            latent store (user files, another kind of store), or is a source.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from atoken.core.errors import StoreError, StoreSchemaError
-    from atoken.core.latent_store import LatentStore
+    from atoken.core.errors import StoreError
+    from atoken.core.latent_writer import LatentWriter
 
-    start = 0
-    if not overwrite:
-        try:
-            existing = LatentStore(out, storage_options)
-        except StoreSchemaError:
-            raise
-        except StoreError:
-            existing = None
-        if existing is not None and len(existing):
-            start = len(existing)
+    discrete = hasattr(model.bottleneck, "ids_to_codes")
+    with LatentWriter(
+        out,
+        storage_options,
+        dtype=dtype,
+        overwrite=overwrite,
+        sources=sources,
+        lock_timeout=lock_timeout,
+    ) as writer:
+        start, existing = writer.committed, writer.reader()
+        if existing is not None:
             done = existing.meta(range(start)) if start <= len(names) else ()
             if start > len(names) or [m.get("source") for m in done] != list(names[:start]):
                 raise StoreError(
                     "holds latents of other samples; pass --overwrite to replace them",
                     store=out,
                 )
-    discrete = hasattr(model.bottleneck, "ids_to_codes")
-    mode = "w" if start == 0 else "a"
-    committed = start
-    with torch.no_grad(), tqdm(total=len(names), initial=start, disable=not progress) as bar:
-        for lo in range(start, len(names), batch_size):
-            batch = [images[i] for i in range(lo, min(lo + batch_size, len(names)))]
-            latent, ids = model.encode_with_ids(batch, modality)  # one encoder pass
-            meta = [{**m, "source": names[lo + k]} for k, m in enumerate(latent.meta)]
-            latent = latent.replace(meta=meta).to("cpu")
-            ids = ids.cpu() if discrete and ids is not None else None
-            committed = latent.to_zarr(
-                out, dtype=dtype, ids=ids, storage_options=storage_options, mode=mode
-            )
-            mode = "a"
-            bar.update(len(batch))
-    return committed
+        with torch.no_grad(), tqdm(total=len(names), initial=start, disable=not progress) as bar:
+            for lo in range(start, len(names), batch_size):
+                batch = [images[i] for i in range(lo, min(lo + batch_size, len(names)))]
+                latent, ids = model.encode_with_ids(batch, modality)  # one encoder pass
+                meta = [{**m, "source": names[lo + k]} for k, m in enumerate(latent.meta)]
+                latent = latent.replace(meta=meta).to("cpu")
+                writer.add(latent, ids.cpu() if discrete and ids is not None else None)
+                bar.update(len(batch))
+    return writer.committed
 
 
 @click.command()
@@ -317,6 +331,7 @@ def encode_to_store(
 @_STORAGE
 @click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_WAIT
 @click.option(
     "--modality",
     default=None,
@@ -331,6 +346,7 @@ def encode(
     storage_options: str | None,
     overwrite: bool,
     no_progress: bool,
+    wait: float,
     modality: str | None,
 ) -> None:
     """Encode DATA (a media store URL of any modality, an image folder or 'photos') into the
@@ -352,6 +368,8 @@ def encode(
             overwrite=overwrite,
             progress=not no_progress,
             modality=kind,
+            sources=() if data_arg == "photos" else (data_arg,),
+            lock_timeout=wait,
         )
     except AtokenError as exc:
         raise _fail(exc) from exc

@@ -21,6 +21,7 @@ __all__ = [
     "RunFolderError",
     "StoreError",
     "StoreIntegrityError",
+    "StoreLockedError",
     "StoreSchemaError",
     "TooManyTokensError",
     "UnknownComponentError",
@@ -148,6 +149,14 @@ class StoreError(AtokenError, ValueError):
             where += f" ({name!r})"
         super().__init__(f"{where}: {message}")
         self.store, self.array, self.sample, self.sample_name = store, array, sample, name
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store's lock (``holder`` describes it: process, host, since)."""
+
+    def __init__(self, message: str, *, store: str, holder: str) -> None:
+        super().__init__(message, store=store)
+        self.holder = holder
 
 
 class StoreSchemaError(StoreError):

@@ -364,9 +364,12 @@ class SparseLatent:
     ) -> int:
         """Write to a zarr latent store (a path or fsspec URL); ``mode="a"`` appends.
 
-        See :func:`atoken.core.latent_store.write_latents`; returns the committed count.
+        Writes only into a missing path, an empty folder or a latent store atoken wrote
+        (``"w"`` replaces it, written aside and swapped in); anything else is a
+        ``StoreError`` and is left untouched. See
+        :func:`atoken.core.latent_writer.write_latents`; returns the committed count.
         """
-        from atoken.core.latent_store import write_latents
+        from atoken.core.latent_writer import write_latents
 
         return write_latents(
             self,

@@ -17,6 +17,7 @@ Each sample's tokens are stored in raster order, t slowest: sorted by (t, z, y, 
 ``t in [a, b)`` of sample b are then one contiguous row range, found from two entries of its
 ``t_offsets``, so a box query reads only the chunks of those rows. The commit protocol is the
 media store's: rows first, then the per-sample index, then ``committed`` in one atomic write.
+Writing is :class:`atoken.core.latent_writer.LatentWriter`'s.
 """
 
 from __future__ import annotations
@@ -27,13 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from atoken.core.errors import LatentValidationError, StoreError, StoreIntegrityError
 from atoken.core.latent import SparseLatent
 from atoken.core.storage import (
-    ATTRS_KEY,
     StoreLike,
     check_schema,
     open_group,
@@ -43,13 +41,13 @@ from atoken.core.storage import (
 )
 from atoken.core.tokens import DiscreteTokens
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "LatentStore", "read_box", "write_latents"]
+__all__ = ["DTYPES", "SCHEMA", "SCHEMA_VERSION", "LatentStore", "read_box"]
 
 SCHEMA = "atoken.latents"
 SCHEMA_VERSION = 1
-_INDEX_CHUNK = 4096
 _AXES = {"t": 0, "x": 1, "y": 2, "z": 3}
-_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+#: Stored dtypes of ``feats``: the torch dtype and the zarr array's numpy dtype.
+DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
     "float16": (torch.float16, np.dtype(np.float16)),
     "float32": (torch.float32, np.dtype(np.float32)),
     "bfloat16": (torch.bfloat16, np.dtype(np.uint16)),  # zarr has no bfloat16: keep the bits
@@ -57,142 +55,10 @@ _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
 Box = Mapping[str, tuple[int | None, int | None]]
 
 
-def _dtype_name(dtype: str | torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise LatentValidationError("feats", f"store dtype must be one of {list(_DTYPES)}: {dtype}")
-    return name
-
-
-def _to_numpy(feats: torch.Tensor, name: str) -> np.ndarray:
-    x = feats.detach().cpu().to(_DTYPES[name][0])
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise LatentValidationError("feats", f"values overflow {name}; store them as float32")
-    return x.view(torch.int16).numpy().view(np.uint16) if name == "bfloat16" else x.numpy()
-
-
 def _from_numpy(arr: np.ndarray, name: str) -> torch.Tensor:
     if name == "bfloat16":
         return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def _raster_order(coords: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """Row order sorting by (sample, t, z, y, x)."""
-    return np.lexsort((coords[:, 1], coords[:, 2], coords[:, 3], coords[:, 0], sample))
-
-
-def _t_index(coords: np.ndarray, seqlens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample, cumulative token counts by t: ``(t_offsets [M], t_lengths [B])``."""
-    parts, lengths, start = [], [], 0
-    for n in seqlens.tolist():
-        t = coords[start : start + n, 0]
-        counts = np.bincount(t, minlength=int(t.max()) + 1 if n else 0)
-        parts.append(np.concatenate([[0], np.cumsum(counts)]))
-        lengths.append(len(parts[-1]))
-        start += n
-    flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    return flat, np.asarray(lengths, dtype=np.int64)
-
-
-def _create(group: zarr.Group, C: int, name: str, ids: torch.Tensor | None, chunk: int, shard):
-    rows = {"chunks": (chunk, max(C, 1))} | (
-        {"shards": (chunk * shard, max(C, 1))} if shard else {}
-    )
-    codecs = [ZstdCodec(level=1), Crc32cCodec()]
-    group.create_array("feats", shape=(0, C), dtype=_DTYPES[name][1], compressors=codecs, **rows)
-    rows4 = {"chunks": (chunk, 4)} | ({"shards": (chunk * shard, 4)} if shard else {})
-    group.create_array("coords", shape=(0, 4), dtype="int32", compressors=codecs, **rows4)
-    G = 0
-    if ids is not None:
-        G = int(ids.shape[1])
-        rows_g = {"chunks": (chunk, max(G, 1))} | (
-            {"shards": (chunk * shard, max(G, 1))} if shard else {}
-        )
-        dt = str(ids.dtype).removeprefix("torch.")
-        group.create_array("ids", shape=(0, G), dtype=dt, compressors=codecs, **rows_g)
-    index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
-    for key in ("offsets", "t_starts"):
-        group.create_array(key, shape=(1,), dtype="int64", fill_value=0, **index)
-    group.create_array("t_offsets", shape=(0,), dtype="int64", **index)
-    group.create_array("modality", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
-    group.create_array("meta", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
-    group.attrs[ATTRS_KEY] = {
-        "schema": SCHEMA,
-        "version": SCHEMA_VERSION,
-        "committed": 0,
-        "tokens": 0,
-        "t_rows": 0,
-        "channels": C,
-        "feats_dtype": name,
-        "id_groups": G,
-    }
-
-
-def write_latents(
-    latent: SparseLatent,
-    url: StoreLike,
-    *,
-    dtype: str | torch.dtype | None = None,
-    ids: torch.Tensor | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    mode: str = "w",
-    chunk_tokens: int = 1024,
-    shard_chunks: int | None = 64,
-) -> int:
-    """Write ``latent`` (and its ``ids [N, G]``) to a latent store; returns the committed count.
-
-    ``mode="w"`` replaces the store, ``"a"`` appends (creating it if needed; channels, dtype
-    and id groups must match). ``dtype`` defaults to the latent's own.
-
-    Raises:
-        LatentValidationError: an unsupported dtype, an overflow, or ids of the wrong shape.
-        StoreError: appending latents that do not match the store.
-    """
-    if mode not in ("w", "a"):
-        raise StoreError(f"mode must be 'w' or 'a', got {mode!r}", store=store_label(url))
-    name = _dtype_name(dtype if dtype is not None else latent.dtype)
-    N, C = latent.num_tokens, latent.channels
-    if ids is not None and (ids.ndim != 2 or ids.shape[0] != N or ids.is_floating_point()):
-        raise LatentValidationError("ids", f"must be int [{N}, G], got {tuple(ids.shape)}")
-    label = store_label(url)
-    group = open_group(url, storage_options, mode=mode)
-    if ATTRS_KEY not in group.attrs:
-        _create(group, C, name, ids, int(chunk_tokens), shard_chunks)
-    info = check_schema(group, SCHEMA, (SCHEMA_VERSION,), store=label)
-    G = 0 if ids is None else int(ids.shape[1])
-    theirs = (info["channels"], info["feats_dtype"], info["id_groups"])
-    if theirs != (C, name, G):
-        raise StoreError(
-            f"holds (channels, dtype, id groups) = {theirs}, cannot append {(C, name, G)}",
-            store=label,
-        )
-    B0, N0, M0 = (int(info[k]) for k in ("committed", "tokens", "t_rows"))
-    seqlens = latent.seqlens.cpu().numpy()
-    coords = latent.coords.cpu().numpy()
-    order = _raster_order(coords, np.repeat(np.arange(len(seqlens)), seqlens))
-    coords = coords[order]
-    t_off, t_len = _t_index(coords, seqlens)
-    columns: dict[str, tuple[int, np.ndarray]] = {
-        "feats": (N0, _to_numpy(latent.feats, name)[order]),
-        "coords": (N0, coords),
-        "offsets": (B0 + 1, N0 + np.cumsum(seqlens)),
-        "t_offsets": (M0, t_off),
-        "t_starts": (B0 + 1, M0 + np.cumsum(t_len)),
-        "modality": (B0, np.array(latent.modality, dtype=object)),
-        "meta": (B0, np.array([json.dumps(m, sort_keys=True) for m in latent.meta], object)),
-    }
-    if ids is not None:
-        columns["ids"] = (N0, ids.detach().cpu().numpy()[order])
-    # rows first, then the per-sample index (dict order), then the commit
-    for key, (start, values) in columns.items():
-        arr = group[key]
-        arr.resize((start + len(values), *arr.shape[1:]))
-        if len(values):
-            arr[start:] = values
-    B1 = B0 + latent.batch_size
-    group.attrs[ATTRS_KEY] = {**info, "committed": B1, "tokens": N0 + N, "t_rows": M0 + len(t_off)}
-    return B1
 
 
 class LatentStore:

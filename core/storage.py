@@ -97,15 +97,22 @@ def open_group(
     storage_options: Mapping[str, Any] | None = None,
     *,
     mode: str = "r",
+    attributes: Mapping[str, Any] | None = None,
 ) -> zarr.Group:
-    """The root group of ``url`` (mode ``r``, ``r+``, ``a`` or ``w``).
+    """The root group of ``url`` (mode ``r``, ``r+``, ``a`` or ``w``); a group it creates
+    gets ``attributes`` in its first metadata write.
 
     Raises:
         StoreError: the store does not exist (``r``/``r+``) or is not a zarr v3 group.
     """
     store = open_store(url, storage_options, read_only=mode == "r")
     try:
-        return zarr.open_group(store=store, mode=mode, zarr_format=3)
+        return zarr.open_group(
+            store=store,
+            mode=mode,
+            zarr_format=3,
+            attributes=None if attributes is None else dict(attributes),
+        )
     except FileNotFoundError as exc:
         raise StoreError("no zarr group here (missing zarr.json)", store=store_label(url)) from exc
     except (ValueError, TypeError, KeyError) as exc:  # wrong format, unreadable metadata

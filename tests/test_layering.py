@@ -26,7 +26,9 @@ HOOK_MARKERS = "atoken.plugins.hookspecs"
 ALLOWED_CYCLES = {
     # SparseLatent.to_zarr/from_zarr delegate to the store, which builds SparseLatents; the
     # storage methods leave core/ with the data layer (docs: DESIGN target layout).
-    frozenset({"atoken.core.latent", "atoken.core.latent_store"}),
+    # The same delegation for writing (to_zarr -> latent_writer, which reads latent_store's
+    # layout constants and resumes through its reader).
+    frozenset({"atoken.core.latent", "atoken.core.latent_store", "atoken.core.latent_writer"}),
 }
 
 

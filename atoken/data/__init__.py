@@ -3,7 +3,12 @@
 :class:`ZarrDataset`, :class:`ZarrSamples`), and the data-source protocol of training
 (:class:`DataSource`, :class:`SourceContext`, :func:`build_source`)."""
 
-from atoken.core.errors import StoreError, StoreIntegrityError, StoreSchemaError
+from atoken.core.errors import (
+    StoreError,
+    StoreIntegrityError,
+    StoreLockedError,
+    StoreSchemaError,
+)
 from atoken.data.images import (
     HELDOUT_PHOTOS,
     TRAIN_PHOTOS,
@@ -41,6 +46,7 @@ __all__ = [
     "StoreError",
     "StoreIntegrityError",
     "StoreLayout",
+    "StoreLockedError",
     "StoreSchemaError",
     "VerifyReport",
     "WindowSampler",

@@ -205,23 +205,34 @@ def import_images(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    lock_timeout: float = 0.0,
 ) -> ImportReport:
     """Import every image under ``sources`` into the media store ``dst`` (created or resumed).
 
     ``captions``: ``"sidecar"`` (``photo.txt`` beside ``photo.jpg``) or ``{name: caption}``;
     ``labels``: ``"folder"`` (the parent folder's name) or ``{name: label}``. With
     ``skip_bad``, unreadable files are reported in the result instead of raised.
+    ``overwrite`` replaces a media store at ``dst`` once the import succeeds (never anything
+    else, nor a path that is or contains a source); ``lock_timeout`` is how long to wait for
+    another writer of ``dst``.
 
     Raises:
         ConfigError: sources that match nothing or collide. ModalityInputError: an unreadable
-        image (without ``skip_bad``). StoreError: ``dst`` is not a media store.
+        image (without ``skip_bad``). StoreError: ``dst`` holds anything but a media store,
+        or is or contains a source. StoreLockedError: another writer holds ``dst``.
     """
     from PIL import Image
     from tqdm.auto import tqdm
 
     found = list_image_sources(sources, src_storage_options)
     writer = MediaWriter(
-        dst, storage_options, layout=layout, flush_samples=flush_samples, overwrite=overwrite
+        dst,
+        storage_options,
+        layout=layout,
+        flush_samples=flush_samples,
+        overwrite=overwrite,
+        sources=sources,
+        lock_timeout=lock_timeout,
     )
     todo = [s for s in found if s.name not in writer.names]
     bad: list[tuple[str, str]] = []

@@ -7,7 +7,10 @@ an interrupted writer leaves a store that holds only whole samples.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import attrs
@@ -16,6 +19,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from atoken.core.errors import ConfigError, StoreError
+from atoken.core.ownership import writing
 from atoken.core.storage import (
     ATTRS_KEY,
     StoreLike,
@@ -67,17 +71,27 @@ class MediaWriter:
     """Append samples to a media store, resuming an existing one.
 
     Samples are buffered and committed about once per shard (``layout.shard_bytes``) or every
-    ``flush_samples`` samples, whichever comes first. Use as a context manager: a clean exit
-    commits the buffer; an exception leaves only the already committed samples.
+    ``flush_samples`` samples, whichever comes first. Use as a context manager (or call
+    :meth:`close`): a clean exit commits the buffer; an exception leaves only the already
+    committed samples.
+
+    The writer holds the store's lock from construction to close, so a second writer fails
+    (or waits ``lock_timeout`` seconds). It writes only where
+    :mod:`atoken.core.ownership` allows: a missing path, an empty folder or a media store.
+    ``overwrite`` writes a new store aside and swaps it in at a clean close, so a failed or
+    killed import leaves the previous store as it was; it never replaces a path that is or
+    contains one of ``sources``.
 
     ``dtype`` is the samples' dtype, one of :data:`DTYPES`; a float store is written as
     schema version 2 (see the module docstring).
 
     Raises:
         ConfigError: ``dtype`` is not one of :data:`DTYPES`.
-        StoreSchemaError: the destination holds another schema or version.
-        StoreError: ``overwrite`` is False and the destination holds a non-atoken group, or
-            samples of another modality, axes or dtype.
+        StoreSchemaError: the destination holds another schema version.
+        StoreError: the destination holds anything but a media store (files, a foreign zarr
+            group, another kind of store), is or contains a source, or holds samples of
+            another modality, axes or dtype.
+        StoreLockedError: another writer holds the store.
     """
 
     def __init__(
@@ -91,22 +105,52 @@ class MediaWriter:
         layout: StoreLayout | None = None,
         flush_samples: int = 256,
         overwrite: bool = False,
+        sources: Sequence[str | os.PathLike] = (),
+        lock_timeout: float = 0.0,
     ) -> None:
         self.dtype: np.dtype = _sample_dtype(dtype)  # before anything is created
         self.url = store_label(url)
         self.layout = layout or StoreLayout()
         self.flush_samples = max(1, int(flush_samples))
-        group = open_group(url, storage_options, mode="w" if overwrite else "a")
-        existing = set(group.keys())
-        if ATTRS_KEY not in group.attrs and existing <= set(_WRITER_ARRAYS):
-            for name in existing:  # a writer killed while creating the store: start over
-                del group[name]
-            self._create(group, modality, tuple(sample_axes))
+        self._pending: list[tuple[str, np.ndarray, str, str | None]] = []
+        self._pending_bytes = 0
+        self._stack: ExitStack | None = ExitStack()
+        try:
+            target = self._stack.enter_context(
+                writing(
+                    url,
+                    storage_options,
+                    schema=SCHEMA,
+                    overwrite=overwrite,
+                    sources=sources,
+                    lock_timeout=lock_timeout,
+                )
+            )
+            self._open(target.url, storage_options, target.state, modality, tuple(sample_axes))
+        except BaseException:
+            self._stack.__exit__(*sys.exc_info())  # discards an aside copy, releases the lock
+            self._stack = None
+            raise
+
+    def _open(
+        self,
+        url: StoreLike,
+        storage_options: Mapping[str, Any] | None,
+        state: str,
+        modality: str,
+        axes: tuple[str, ...],
+    ) -> None:
+        if state == "append":
+            group = open_group(url, storage_options, mode="a")
+        else:  # the attributes come first: they mark the store as atoken's from its first write
+            group = open_group(
+                url, storage_options, mode="a", attributes={ATTRS_KEY: self._info(modality, axes)}
+            )
         info = check_schema(group, SCHEMA, SCHEMA_VERSIONS, store=self.url)
-        if info.get("modality") != modality or tuple(info["sample_axes"]) != tuple(sample_axes):
+        if info.get("modality") != modality or tuple(info["sample_axes"]) != axes:
             raise StoreError(
                 f"holds {info.get('modality')} samples {info.get('sample_axes')}, "
-                f"cannot append {modality} samples {list(sample_axes)}",
+                f"cannot append {modality} samples {list(axes)}",
                 store=self.url,
             )
         stored = _stored_dtype(info, store=self.url)
@@ -116,6 +160,8 @@ class MediaWriter:
                 f"(pass dtype={stored.name!r} to append to it)",
                 store=self.url,
             )
+        if int(info["committed"]) == 0:  # new, or a writer killed while creating the arrays
+            self._create(group, len(axes))
         self.group, self.info = group, info
         self.committed = int(info["committed"])
         reader = MediaStore(url, _group=group)  # validates the committed index
@@ -128,31 +174,8 @@ class MediaWriter:
         if folder is not None:  # temporary files a killed writer left (zarr writes, renames)
             for leftover in folder.rglob("*.partial"):
                 leftover.unlink(missing_ok=True)
-        self._pending: list[tuple[str, np.ndarray, str, str | None]] = []
-        self._pending_bytes = 0
 
-    def _create(self, group: zarr.Group, modality: str, axes: tuple[str, ...]) -> None:
-        lay = self.layout
-        codecs: list[Any] = [ZstdCodec(level=lay.level)] if lay.compression == "zstd" else []
-        group.create_array(
-            "data",
-            shape=(0,),
-            dtype="uint8",
-            chunks=(lay.chunk_bytes,),
-            shards=(lay.shard_bytes,),
-            compressors=[*codecs, Crc32cCodec()],
-            fill_value=0,
-        )
-        index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
-        offsets = group.create_array("offsets", shape=(1,), dtype="int64", **index)
-        offsets[:] = 0
-        group.create_array(
-            "shapes", shape=(0, len(axes)), dtype="int64", chunks=(_INDEX_CHUNK, len(axes))
-        )
-        group.create_array("checksums", shape=(0,), dtype="uint32", **index)
-        group.create_array("names", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
-        group.create_array("captions", shape=(0,), dtype=str, chunks=(_INDEX_CHUNK,))
-        group.create_array("labels", shape=(0,), dtype="int32", fill_value=-1, **index)
+    def _info(self, modality: str, axes: tuple[str, ...]) -> dict[str, Any]:
         info: dict[str, Any] = {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
@@ -163,7 +186,32 @@ class MediaWriter:
         }
         if self.dtype != np.uint8:  # uint8 stores stay exactly version 1
             info.update(version=2, dtype=self.dtype.name)
-        group.attrs[ATTRS_KEY] = info
+        return info
+
+    def _create(self, group: zarr.Group, rank: int) -> None:
+        """Create the arrays a store without committed samples lacks."""
+        lay, have = self.layout, set(group.keys())
+        codecs: list[Any] = [ZstdCodec(level=lay.level)] if lay.compression == "zstd" else []
+        index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
+        specs: dict[str, dict[str, Any]] = {
+            "data": {
+                "shape": (0,),
+                "dtype": "uint8",
+                "chunks": (lay.chunk_bytes,),
+                "shards": (lay.shard_bytes,),
+                "compressors": [*codecs, Crc32cCodec()],
+                "fill_value": 0,
+            },
+            "offsets": {"shape": (1,), "dtype": "int64", "fill_value": 0, **index},
+            "shapes": {"shape": (0, rank), "dtype": "int64", "chunks": (_INDEX_CHUNK, rank)},
+            "checksums": {"shape": (0,), "dtype": "uint32", **index},
+            "names": {"shape": (0,), "dtype": str, "chunks": (_INDEX_CHUNK,)},
+            "captions": {"shape": (0,), "dtype": str, "chunks": (_INDEX_CHUNK,)},
+            "labels": {"shape": (0,), "dtype": "int32", "fill_value": -1, **index},
+        }
+        for name, spec in specs.items():
+            if name not in have:
+                group.create_array(name, **spec)
 
     def _truncate_tail(self) -> None:
         """Drop whatever an interrupted writer left past the committed index."""
@@ -178,7 +226,23 @@ class MediaWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
+            self.close()
+        elif self._stack is not None:  # keep what was committed (or the replaced store)
+            stack, self._stack = self._stack, None
+            stack.__exit__(exc_type, exc, tb)
+
+    def close(self) -> int:
+        """Commit the buffer, swap in a replacement, release the lock; the committed count."""
+        if self._stack is None:
+            return self.committed
+        stack, self._stack = self._stack, None
+        try:
             self.flush()
+        except BaseException:
+            stack.__exit__(*sys.exc_info())
+            raise
+        stack.close()
+        return self.committed
 
     def add(
         self, name: str, sample: np.ndarray, *, caption: str = "", label: str | None = None

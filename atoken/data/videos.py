@@ -171,6 +171,7 @@ def import_videos(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    lock_timeout: float = 0.0,
 ) -> ImportReport:
     """Decode every video file under ``sources`` (local folders, files or globs) into the
     media store ``dst`` as uint8 ``[T, H, W, 3]``; resumes a store (names already stored are
@@ -178,7 +179,10 @@ def import_videos(
 
     Raises:
         ConfigError: sources that match nothing or collide. ModalityInputError: an unreadable
-        video (without ``skip_bad``). StoreError: ``dst`` is not a video media store.
+        video (without ``skip_bad``). StoreError: ``dst`` holds anything but a video media
+        store, or is or contains a source (``overwrite`` replaces only such a store, once the
+        import succeeds). StoreLockedError: another writer holds ``dst`` (past
+        ``lock_timeout`` seconds).
     """
     from tqdm.auto import tqdm
 
@@ -191,6 +195,8 @@ def import_videos(
         layout=layout,
         flush_samples=1,
         overwrite=overwrite,
+        sources=sources,
+        lock_timeout=lock_timeout,
     )
     todo = [s for s in found if s.name not in writer.names]
     bad: list[tuple[str, str]] = []

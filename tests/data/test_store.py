@@ -190,14 +190,27 @@ def test_import_source_errors(tmp_path):
         list_image_sources([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
-def test_a_store_killed_while_being_created_starts_over(tmp_path):
+def test_a_store_killed_while_being_created_resumes_and_a_foreign_group_is_kept(tmp_path):
     import zarr
 
-    half = zarr.open_group(tmp_path / "h.zarr", mode="w")  # arrays, but no schema attributes
+    # atoken writes its attributes first: a writer killed before creating every array left
+    # an atoken store with nothing committed, which the next writer completes
+    half = zarr.open_group(tmp_path / "h.zarr", mode="w", attributes={"atoken": {}})
+    half.attrs["atoken"] = {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "modality": "image",
+        "sample_axes": ["H", "W", "C"],
+        "committed": 0,
+        "label_names": [],
+    }
     half.create_array("data", shape=(3,), dtype="uint8")
     _write(tmp_path / "h.zarr", [np.ones((2, 2, 3), np.uint8)])
     _check_round_trip(tmp_path / "h.zarr", [np.ones((2, 2, 3), np.uint8)])
+    # a group without atoken's attributes is someone else's, even with an array named data
     other = zarr.open_group(tmp_path / "o.zarr", mode="w")
-    other.create_array("mine", shape=(3,), dtype="uint8")
-    with pytest.raises(StoreSchemaError, match="not a store written by atoken"):
-        MediaWriter(tmp_path / "o.zarr")  # someone else's group is never overwritten
+    other.create_array("data", shape=(3,), dtype="uint8", fill_value=7)
+    for overwrite in (False, True):
+        with pytest.raises(StoreSchemaError, match="zarr group atoken did not write"):
+            MediaWriter(tmp_path / "o.zarr", overwrite=overwrite)
+    assert zarr.open_group(tmp_path / "o.zarr", mode="r")["data"][:].tolist() == [7, 7, 7]

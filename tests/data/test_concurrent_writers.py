@@ -1,0 +1,61 @@
+"""Concurrent writers: one writer per store (a lock beside it); no command that exits 0 loses
+a sample, and a refused one says who holds the store."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from atoken.core.store_lock import StoreLock
+from atoken.data import MediaStore, MediaWriter, StoreLockedError, verify_store
+from atoken.testing.faults import concurrent_imports, killed_import
+
+
+def test_a_second_writer_is_refused_naming_the_holder_then_waits_its_turn(tmp_path):
+    url = tmp_path / "s.zarr"
+    with MediaWriter(url) as first:
+        first.add("a", np.zeros((2, 2, 3), np.uint8))
+        with pytest.raises(StoreLockedError, match=r"another writer holds it \(process \d+ on"):
+            MediaWriter(url)
+        with pytest.raises(StoreLockedError):  # the latent writer takes the same lock
+            StoreLock(url, timeout=0.1).acquire()
+    done = threading.Event()
+    holder = StoreLock(url).acquire()
+
+    def release_soon():
+        done.wait(0.3)
+        holder.release()
+
+    threading.Thread(target=release_soon).start()
+    with MediaWriter(url, lock_timeout=30) as second:  # waits, then sees the first's sample
+        assert second.committed == 1
+        second.add("b", np.ones((2, 2, 3), np.uint8))
+    assert MediaStore(url).names == ("a", "b") and verify_store(url).ok
+
+
+def test_memory_urls_lock_with_an_exclusive_marker():
+    url = "memory://locks/one.zarr"
+    with StoreLock(url):
+        with pytest.raises(StoreLockedError, match="another writer"):
+            StoreLock(url).acquire()
+    with StoreLock(url):  # released: free again
+        pass
+
+
+@pytest.mark.parametrize("wait", [0.0, 60.0])
+def test_two_imports_at_once_never_lose_a_sample(tmp_path, wait):
+    total = None
+    for trial in range(3):
+        result = concurrent_imports(tmp_path / f"t{trial}", images_per_import=12, wait=wait)
+        total = result if total is None else total + result
+    assert total.lost == 0 and total.checksum_failures == 0, total
+    assert total.found == total.expected  # nothing else in the store either
+    if wait:  # queued behind each other: both imports land, every time
+        assert total.refused == 0 and total.expected == 3 * 24
+
+
+def test_an_import_killed_at_a_random_moment_resumes_whole(tmp_path):
+    trial = killed_import(tmp_path, images=40, seed=1)
+    assert trial.lost == 0 and trial.checksum_failures == 0 and trial.found == 40, trial
