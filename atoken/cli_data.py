@@ -74,6 +74,12 @@ def import_() -> None:
 @click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
+@click.option(
+    "--max-pixels",
+    default=None,
+    type=click.IntRange(1),
+    help="Refuse images with more pixels (read from the header) [default: Pillow's limit].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_WAIT
@@ -88,6 +94,7 @@ def import_images_command(
     compression: str,
     workers: int,
     skip_bad: bool,
+    max_pixels: int | None,
     overwrite: bool,
     no_progress: bool,
     wait: float,
@@ -120,6 +127,7 @@ def import_images_command(
             labels=load_mapping(labels) if labels not in (None, "folder") else labels,
             skip_bad=skip_bad,
             workers=workers,
+            max_pixels=max_pixels,
             overwrite=overwrite,
             progress=not no_progress,
             lock_timeout=wait,

@@ -31,7 +31,7 @@ def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.
         DataModalityError: ``modality`` contradicts the file (an image file as depth).
         ModalityInputError: a file that cannot be read.
     """
-    from atoken.modalities.image import to_image_tensor
+    from atoken.modalities.image import image_size, to_image_tensor
     from atoken.modalities.video_io import VIDEO_EXTENSIONS
 
     suffix = Path(path).suffix.lower()
@@ -51,10 +51,15 @@ def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.
             f"save {modality} samples as .npy arrays"
         )
     else:
-        sample = None if kind == "video" else to_image_tensor(path)
+        sample = None
     known = tuple(model.config.modalities or ())
     if known and kind not in known:
         raise ConfigError(f"{path}: the tokenizer has no {kind!r} modality (it has {list(known)})")
+    if kind == "image" and sample is None:
+        check = getattr(model.modality(kind), "check_size", None)
+        if check is not None:  # the token guard reads the header: nothing decoded before it
+            check(*image_size(path))
+        sample = to_image_tensor(path)
     return kind, sample
 
 

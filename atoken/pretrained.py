@@ -11,6 +11,7 @@ modalities that need no parameters of their own.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -55,6 +56,11 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
         doc = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise CheckpointError(
+            f"{config_path}: expected a JSON object with a 'config' object, got "
+            f"{type(doc).__name__ if not isinstance(doc, dict) else 'no config object'}"
+        )
     if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{config_path}: unsupported format {doc.get('format')!r} "
@@ -64,13 +70,14 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
         config = TokenizerConfig.from_dict(doc["config"]).with_overrides(**overrides)
     except (ConfigError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{config_path}: invalid config: {exc}") from exc
-    saved = doc["config"].get("modalities") if isinstance(doc["config"], dict) else None
+    saved = doc["config"].get("modalities")
     config, dropped = _installed_modalities(config, config_path)
-    model = cls(config)
     # Modalities added by an override (not in the file) keep their fresh parameters.
-    added = [m for m in model.config.modalities if saved is not None and m not in saved]
+    added = [m for m in config.modalities or () if saved is not None and m not in saved]
     skip = tuple(f"{part}.{name}." for name in dropped for part in _OWN_PARAMETERS)
     fresh = tuple(f"{part}.{name}." for name in added for part in _OWN_PARAMETERS)
+    _check_shapes(cls, config, weights_path, config_path, skip=skip, fresh=fresh)
+    model = cls(config)
     try:
         if skip or fresh:
             state = {
@@ -88,6 +95,53 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
             f"(a checkpoint from a different config?): {str(exc)[:500]}"
         ) from exc
     return model
+
+
+def _check_shapes(
+    cls: type,
+    config: TokenizerConfig,
+    weights_path: Path,
+    config_path: Path,
+    *,
+    skip: tuple[str, ...],
+    fresh: tuple[str, ...],
+) -> None:
+    """Compare the parameter shapes ``config`` gives (a model built on the meta device, no
+    memory) with the weight file's header, before the real model is allocated.
+
+    Raises:
+        CheckpointError: the weight file's header is unreadable, or keys or shapes differ.
+    """
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+    try:
+        with torch.device("meta"):
+            probe = cls(config)
+    except Exception:  # the real build below raises the config's own error
+        return
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items() if not k.startswith(fresh)}
+    stored = {k: v for k, v in stored.items() if not k.startswith(skip)}
+    problems = [f"{k}: config gives {list(want[k])}, file holds {list(stored[k])}"
+                for k in want if k in stored and want[k] != stored[k]]  # fmt: skip
+    missing, extra = sorted(want.keys() - stored.keys()), sorted(stored.keys() - want.keys())
+    if problems or missing or extra:
+        count = {name: sum(math.prod(s) for s in shapes.values())
+                 for name, shapes in (("config", want), ("file", stored))}  # fmt: skip
+        details = problems[:4] + [f"missing from the file: {k}" for k in missing[:3]]
+        details += [f"not in the config: {k}" for k in extra[:3]]
+        raise CheckpointError(
+            f"{config_path} does not describe the weights in {weights_path} (a checkpoint "
+            f"from a different config?): the config gives "
+            f"{count['config']:,} parameters, the file holds {count['file']:,} "
+            f"({len(problems)} shapes differ, {len(missing)} keys missing, {len(extra)} "
+            f"extra), e.g. " + "; ".join(details)
+        )
 
 
 #: Where a tokenizer keeps a modality's own parameters (``<prefix>.<modality>.*``).

@@ -19,9 +19,11 @@ Input conversion rules (documented in docs/concepts/latent.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,7 @@ from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_positive_ints
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["ImageModality", "rgb_stats", "to_image_tensor"]
+__all__ = ["ImageModality", "image_size", "rgb_stats", "to_image_tensor"]
 
 
 def rgb_stats(
@@ -73,19 +75,56 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
     return _from_tensor(torch.from_numpy(np.ascontiguousarray(array)))
 
 
-def _from_path(path: str | os.PathLike) -> torch.Tensor:
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[Any]:
+    """A PIL image of ``path`` with only its header read, and typed errors (a decompression
+    bomb Pillow refuses is a ``ModalityInputError``, like any unreadable file)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _from_pil(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes checked here
+            image = Image.open(path)
     except FileNotFoundError as exc:
         raise ModalityInputError(f"image: no such file {os.fspath(path)!r}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ModalityInputError(f"image: {os.fspath(path)!r} is refused: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ModalityInputError(
             f"image: {os.fspath(path)!r} is not a readable image ({type(exc).__name__}: {exc})"
         ) from exc
+    with image:
+        yield image
+
+
+def _from_path(path: str | os.PathLike) -> torch.Tensor:
+    with _opened(path) as image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ModalityInputError(
+                f"image: {os.fspath(path)!r} is not a readable image ({type(exc).__name__}: {exc})"
+            ) from exc
+        return _from_pil(image)
+
+
+def image_size(sample: Any) -> tuple[int, int] | None:
+    """``(H, W)`` of an image sample without decoding it: a tensor's or array's shape, a PIL
+    image's size, a file's header. None for a type :func:`to_image_tensor` does not take.
+
+    Raises:
+        ModalityInputError: a file that is missing or has no readable header.
+    """
+    if isinstance(sample, torch.Tensor):
+        return tuple(sample.shape[-2:]) if sample.ndim in (2, 3) else None  # [C, H, W]
+    if isinstance(sample, np.ndarray):
+        return tuple(sample.shape[:2]) if sample.ndim in (2, 3) else None  # [H, W, C]
+    if isinstance(sample, (str, os.PathLike)):
+        with _opened(sample) as image:
+            return image.size[1], image.size[0]
+    if type(sample).__module__.startswith("PIL."):
+        return sample.size[1], sample.size[0]
+    return None
 
 
 def _from_tensor(x: torch.Tensor) -> torch.Tensor:
@@ -192,15 +231,28 @@ class ImageModality(Modality):
         """Temporal slot 0: ``p * p * 3`` values."""
         return self.patch_size * self.patch_size * 3
 
-    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        x = to_image_tensor(sample, min_side=self.min_side)  # [3, H, W]
-        _, H, W = x.shape
-        p, pt = self.patch_size, self.temporal_patch
-        gh, gw = -(-H // p), -(-W // p)
+    def check_size(self, H: int, W: int) -> tuple[int, int]:
+        """The token grid ``(gh, gw)`` of an ``H x W`` image.
+
+        Raises:
+            TooManyTokensError: more than ``max_tokens`` tokens.
+        """
+        p = self.patch_size
+        gh, gw = -(-int(H) // p), -(-int(W) // p)
         if gh * gw > self.max_tokens:
             raise TooManyTokensError(
                 f"image: {H}x{W} gives {gh * gw} tokens, above max_tokens={self.max_tokens}"
             )
+        return gh, gw
+
+    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        size = image_size(sample)
+        if size is not None:  # the guard before the decode: header or shape only
+            self.check_size(*size)
+        x = to_image_tensor(sample, min_side=self.min_side)  # [3, H, W]
+        _, H, W = x.shape
+        p, pt = self.patch_size, self.temporal_patch
+        gh, gw = self.check_size(H, W)
         if (gh * p, gw * p) != (H, W):
             x = F.pad(x[None], (0, gw * p - W, 0, gh * p - H), mode="replicate")[0]
         patches = x.reshape(3, gh, p, gw, p).permute(1, 3, 2, 4, 0)  # [gh, gw, p, p, 3]

@@ -33,7 +33,7 @@ from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_positive_ints
 from atoken.modalities.image import rgb_stats, to_image_tensor
-from atoken.modalities.video_io import read_video, stack_frames
+from atoken.modalities.video_io import read_video, stack_frames, video_info
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["VideoModality", "to_video_tensor"]
@@ -154,11 +154,13 @@ class VideoModality(Modality):
         p, pt = self.patch_size, self.temporal_patch
         return -(-T // pt), -(-H // p), -(-W // p)
 
-    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        x = to_video_tensor(sample, min_side=self.min_side, frame_stride=self.frame_stride)
-        _, T, H, W = x.shape  # [3, T, H, W]
-        p, pt = self.patch_size, self.temporal_patch
-        gt, gh, gw = self.grid_of(T, H, W)
+    def check_size(self, T: int, H: int, W: int) -> tuple[int, int, int]:
+        """The token grid ``(gt, gh, gw)`` of a ``T x H x W`` clip (frames already strided).
+
+        Raises:
+            TooManyTokensError: more than ``max_tokens`` tokens.
+        """
+        gt, gh, gw = self.grid_of(int(T), int(H), int(W))
         n = gt * gh * gw
         if n > self.max_tokens:
             raise TooManyTokensError(
@@ -166,6 +168,41 @@ class VideoModality(Modality):
                 'raise max_tokens (modality_params={"video": {"max_tokens": ...}}) or stream '
                 "it in tiles with atoken.tiling"
             )
+        return gt, gh, gw
+
+    def _read_bounded(self, path: str | os.PathLike) -> torch.Tensor:
+        """Decode a video file, at most the frames ``max_tokens`` allows plus one: uint8
+        ``[3, T, H, W]`` (the header is checked first when it records the frame count)."""
+        info = video_info(path)
+        H, W, s = int(info["height"]), int(info["width"]), self.frame_stride
+        if info["frames"]:
+            self.check_size(-(-int(info["frames"]) // s), H, W)
+        _, gh, gw = self.check_size(1, H, W)
+        most = (self.max_tokens // (gh * gw)) * self.temporal_patch  # frames that fit
+        clip = read_video(path, frame_stride=s, max_frames=most + 1)  # [3, T, H, W]
+        if clip.shape[1] > most:
+            raise TooManyTokensError(
+                f"video: {os.fspath(path)!r} has more than {most} frames (stride {s}) of "
+                f"{H}x{W}, above max_tokens={self.max_tokens}; raise max_tokens or stream it "
+                "in tiles with atoken.tiling"
+            )
+        return clip
+
+    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        stride = self.frame_stride
+        if isinstance(sample, (str, os.PathLike)):  # decode no more than the guard allows
+            sample, stride = self._read_bounded(sample), 1
+        elif isinstance(sample, (torch.Tensor, np.ndarray)) and sample.ndim == 4:
+            # tensors are [C, T, H, W], arrays [T, H, W, C]: check the shape, convert after
+            _, T, H, W = (
+                sample.shape if isinstance(sample, torch.Tensor) else (0, *sample.shape[:3])
+            )
+            self.check_size(-(-int(T) // stride), H, W)
+        x = to_video_tensor(sample, min_side=self.min_side, frame_stride=stride)
+        _, T, H, W = x.shape  # [3, T, H, W]
+        p, pt = self.patch_size, self.temporal_patch
+        gt, gh, gw = self.check_size(T, H, W)
+        n = gt * gh * gw
         if gt * pt != T:  # repeat the last frame
             x = torch.cat([x, x[:, -1:].expand(-1, gt * pt - T, -1, -1)], dim=1)
         if (gh * p, gw * p) != (H, W):
@@ -180,10 +217,15 @@ class VideoModality(Modality):
     def split_time(self, sample: Any, steps: int) -> list[torch.Tensor] | None:
         """Views of ``steps * pt`` frames each (the last shorter): the tokenizer tiles a long
         clip without patchifying it whole (None with a ``frame_stride``: the stride applies to
-        the whole clip)."""
+        the whole clip). A video file is checked against ``max_tokens`` from its header (and
+        decoded no further than the budget) and kept as uint8 frames until each tile is
+        patchified."""
         if self.frame_stride != 1:
             return None
-        x = to_video_tensor(sample, min_side=self.min_side, frame_stride=self.frame_stride)
+        if isinstance(sample, (str, os.PathLike)):  # a file: the guard, then uint8 frames
+            x = self._read_bounded(sample)  # uint8 [3, T, H, W], each tile converted alone
+        else:
+            x = to_video_tensor(sample, min_side=self.min_side, frame_stride=self.frame_stride)
         span = steps * self.temporal_patch
         return [x[:, s : s + span] for s in range(0, x.shape[1], span)]
 

@@ -2,8 +2,10 @@
 
 Sources are local folders, files, globs or fsspec URLs (``s3://bucket/photos/``,
 ``memory://in/*.png``). Each file becomes one sample, uint8 ``[H, W, 3]``, named by its path
-relative to the folder (or the glob's fixed prefix) it was found under. Images of any size are
-accepted (PIL's decompression-bomb guard is lifted while importing): a sample is stored whole.
+relative to the folder (or the glob's fixed prefix) it was found under. A sample is stored
+whole; its size is read from the file's header and checked against ``max_pixels`` (default
+:data:`MAX_PIXELS`, Pillow's own bomb limit) before it is decoded, per call: Pillow's global
+guard is never switched off.
 
 Conversion (the same rules as the image modality): grayscale is repeated to RGB, 16-bit
 images keep their high byte, alpha is premultiplied onto black.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +41,10 @@ __all__ = [
     "list_image_sources",
     "load_mapping",
 ]
+
+#: Default pixel limit of an imported image (``max_pixels``): Pillow's own hard limit, the
+#: size past which it calls a file a decompression bomb (about 179 million pixels).
+MAX_PIXELS = 2 * 89_478_485
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -114,16 +121,31 @@ def list_image_sources(
     return out
 
 
-def decode_image(data: bytes, *, name: str = "") -> np.ndarray:
+def decode_image(data: bytes, *, name: str = "", max_pixels: int | None = None) -> np.ndarray:
     """Image file bytes -> uint8 ``[H, W, 3]`` (see the module docstring for conversions).
 
+    The size is read from the header and checked against ``max_pixels`` (default
+    :data:`MAX_PIXELS`) before anything is decoded.
+
     Raises:
-        ModalityInputError: the bytes are not a readable image.
+        ModalityInputError: the bytes are not a readable image, or it has more than
+            ``max_pixels`` pixels (a decompression bomb, or an image too large to store).
     """
     from PIL import Image, UnidentifiedImageError
 
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            opened = Image.open(io.BytesIO(data))
+        with opened as image:
+            width, height = image.size
+            if width * height > limit:
+                raise ModalityInputError(
+                    f"{name or 'image'}: {width}x{height} = {width * height} pixels, above "
+                    f"max_pixels={limit} "
+                    "(a decompression-bomb guard: raise --max-pixels to store it)"
+                )
             image.load()
             mode = image.mode
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
@@ -134,8 +156,12 @@ def decode_image(data: bytes, *, name: str = "") -> np.ndarray:
                 gray = np.clip(wide >> 8 if wide.max(initial=0) > 255 else wide, 0, 255)
                 return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
             return np.asarray(image if mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    except ModalityInputError:
+        raise
     except UnidentifiedImageError as exc:
         raise ModalityInputError(f"{name or 'image'}: not an image file PIL can read") from exc
+    except Image.DecompressionBombError as exc:  # above Pillow's own hard limit
+        raise ModalityInputError(f"{name or 'image'}: refused by Pillow: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ModalityInputError(
             f"{name or 'image'}: not a readable image ({type(exc).__name__}: {exc})"
@@ -206,6 +232,7 @@ def import_images(
     overwrite: bool = False,
     progress: bool = True,
     lock_timeout: float = 0.0,
+    max_pixels: int | None = None,
 ) -> ImportReport:
     """Import every image under ``sources`` into the media store ``dst`` (created or resumed).
 
@@ -214,14 +241,14 @@ def import_images(
     ``skip_bad``, unreadable files are reported in the result instead of raised.
     ``overwrite`` replaces a media store at ``dst`` once the import succeeds (never anything
     else, nor a path that is or contains a source); ``lock_timeout`` is how long to wait for
-    another writer of ``dst``.
+    another writer of ``dst``; an image of more than ``max_pixels`` pixels (default
+    :data:`MAX_PIXELS`) is an unreadable one, found from its header before decoding.
 
     Raises:
         ConfigError: sources that match nothing or collide. ModalityInputError: an unreadable
         image (without ``skip_bad``). StoreError: ``dst`` holds anything but a media store,
         or is or contains a source. StoreLockedError: another writer holds ``dst``.
     """
-    from PIL import Image
     from tqdm.auto import tqdm
 
     found = list_image_sources(sources, src_storage_options)
@@ -239,27 +266,23 @@ def import_images(
     added = 0
 
     def load(src: ImageSource) -> tuple[np.ndarray, str]:
-        return decode_image(src.read_bytes(), name=src.name), _caption_of(src, captions)
+        image = decode_image(src.read_bytes(), name=src.name, max_pixels=max_pixels)
+        return image, _caption_of(src, captions)
 
-    bomb_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # "images of any size": a sample is stored whole
-    try:
-        with writer, tqdm(total=len(todo), unit="img", disable=not progress) as bar:
-            for src, future in _prefetch(load, todo, workers):
-                try:
-                    image, caption = future.result()
-                except (ModalityInputError, OSError) as exc:
-                    if not skip_bad:
-                        raise
-                    bad.append((src.name, str(exc)))
-                else:
-                    added += writer.add(
-                        src.name, image, caption=caption, label=_label_of(src.name, labels)
-                    )
-                bar.update(1)
-                bar.set_postfix(committed=writer.committed, refresh=False)
-    finally:
-        Image.MAX_IMAGE_PIXELS = bomb_limit
+    with writer, tqdm(total=len(todo), unit="img", disable=not progress) as bar:
+        for src, future in _prefetch(load, todo, workers):
+            try:
+                image, caption = future.result()
+            except (ModalityInputError, OSError) as exc:
+                if not skip_bad:
+                    raise
+                bad.append((src.name, str(exc)))
+            else:
+                added += writer.add(
+                    src.name, image, caption=caption, label=_label_of(src.name, labels)
+                )
+            bar.update(1)
+            bar.set_postfix(committed=writer.committed, refresh=False)
     return ImportReport(
         added=added,
         already_stored=len(found) - len(todo),

@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -38,8 +39,10 @@ _CLI = "import sys; from atoken.cli import main; sys.exit(main())"
 
 @attrs.frozen
 class Trial:
-    """What one trial did and found (``lost`` counts samples an exit-0 command reported and
-    the store does not hold; ``mismatched`` counts runs that did not end as the reference)."""
+    """What one trial did and found: ``expected``/``found`` samples (steps, for training),
+    ``lost`` the samples an exit-0 command reported that the store does not hold (steps
+    missing), ``refused`` commands the store's lock turned away, ``mismatched`` runs whose
+    final weights differ from the uninterrupted reference."""
 
     runs: int
     kills: int
@@ -118,14 +121,26 @@ def concurrent_imports(
     return Trial(2, 0, len(wanted), found, lost, bad, refused=refused)
 
 
-def killed_import(work: Path, *, images: int = 60, seed: int = 0) -> Trial:
-    """An import killed (SIGKILL) at a random moment, then run again to completion."""
+def _committed(store: Path) -> int:
+    try:
+        info = json.loads((store / "zarr.json").read_text())["attributes"]["atoken"]
+        return int(info["committed"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def killed_import(work: Path, *, images: int = 200, seed: int = 0) -> Trial:
+    """An import killed (SIGKILL) at a random moment after its first commit, then run again
+    to completion."""
     src, store = work / "src", work / "store.zarr"
     names = make_images(src, images, seed=seed)
     args = ["data", "import", "images", str(src), str(store), "--no-progress"]
     args += ["--shard-chunks", "2", "--chunk-kib", "1", "--workers", "1"]
     child = run_cli(*args)
-    time.sleep(random.Random(seed).uniform(2.0, 5.0))  # interpreter start, then the import
+    deadline = time.monotonic() + 120
+    while child.poll() is None and _committed(store) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0.0, 0.3))  # somewhere inside the import
     killed = child.poll() is None
     if killed:
         child.kill()
@@ -139,6 +154,7 @@ def killed_import(work: Path, *, images: int = 60, seed: int = 0) -> Trial:
 
 
 def _run_file(folder: Path, steps: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     run = folder / "run.toml"
     run.write_text(
         f'[run]\nout_dir = "{folder / "out"}"\nseed = 0\n[model]\npreset = "tiny"\n'
@@ -152,13 +168,14 @@ def _run_file(folder: Path, steps: int) -> Path:
     return run
 
 
-def _final_state(folder: Path) -> dict:
+def _final_state(folder: Path) -> tuple[int, dict]:
     from atoken.core.checkpoint import latest_checkpoint, load_checkpoint
 
     path = latest_checkpoint(folder / "out" / "checkpoints")
     if path is None:
         raise RuntimeError(f"no checkpoint in {folder / 'out'}")
-    return load_checkpoint(path)["model"]
+    state = load_checkpoint(path)
+    return int(state["step"]), state["model"]
 
 
 def killed_training(work: Path, *, steps: int = 12, kills: int = 2, seed: int = 0) -> Trial:
@@ -177,7 +194,14 @@ def killed_training(work: Path, *, steps: int = 12, kills: int = 2, seed: int = 
         child = run_cli("train", str(killed_run), *resume)
         runs += 1
         if done_kills < kills:
-            time.sleep(rng.uniform(3.0, 8.0))
+            log = work / "killed" / "out" / "metrics.jsonl"
+            seen = log.stat().st_size if log.exists() else 0
+            deadline = time.monotonic() + 300
+            while child.poll() is None and time.monotonic() < deadline:
+                if log.exists() and log.stat().st_size > seen:  # training has started
+                    break
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5))
             if child.poll() is None:
                 child.kill()
                 child.communicate()
@@ -188,6 +212,6 @@ def killed_training(work: Path, *, steps: int = 12, kills: int = 2, seed: int = 
         if child.returncode != 0:
             raise RuntimeError(f"the resumed run failed:\n{output}")
         break
-    want, got = _final_state(work / "reference"), _final_state(work / "killed")
+    (_, want), (step, got) = _final_state(work / "reference"), _final_state(work / "killed")
     same = want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
-    return Trial(runs, done_kills, steps, steps, 0, 0, mismatched=int(not same))
+    return Trial(runs, done_kills, steps, step, steps - step, 0, mismatched=int(not same))

@@ -59,3 +59,11 @@ def test_two_imports_at_once_never_lose_a_sample(tmp_path, wait):
 def test_an_import_killed_at_a_random_moment_resumes_whole(tmp_path):
     trial = killed_import(tmp_path, images=40, seed=1)
     assert trial.lost == 0 and trial.checksum_failures == 0 and trial.found == 40, trial
+
+
+@pytest.mark.slow
+def test_training_killed_twice_and_resumed_ends_bit_identical(tmp_path):
+    from atoken.testing.faults import killed_training
+
+    trial = killed_training(tmp_path, steps=12, kills=2, seed=3)
+    assert trial.mismatched == 0 and trial.lost == 0 and trial.found == 12, trial

@@ -27,9 +27,9 @@ from atoken.data import StoreLayout
 
 real = importer.decode_image
 
-def slow(data, *, name=""):
+def slow(data, **kwargs):
     time.sleep(0.02)
-    return real(data, name=name)
+    return real(data, **kwargs)
 
 importer.decode_image = slow
 importer.import_images(
