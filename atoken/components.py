@@ -57,13 +57,20 @@ def build_bottleneck(config: TokenizerConfig) -> nn.Module:
     """The registered bottleneck, given ``in_dim`` and (if it takes it) ``latent_dim``.
 
     Raises:
-        ConfigError: the bottleneck's latent width differs from ``config.latent_dim``.
+        ConfigError: ``bottleneck_params`` names an argument the bottleneck does not take, or
+            its latent width differs from ``config.latent_dim``.
     """
     factory = get_registry().bottlenecks.get(config.bottleneck)
     params = {"in_dim": config.encoder.backbone.width, **dict(config.bottleneck_params)}
-    accepts, _ = accepted_arguments(factory)
+    accepts, takes_any = accepted_arguments(factory)
     if "latent_dim" in accepts and "latent_dim" not in params:
         params["latent_dim"] = config.latent_dim
+    unknown = sorted(set(config.bottleneck_params) - accepts)
+    if unknown and not takes_any:
+        raise ConfigError(
+            f"bottleneck_params: {config.bottleneck!r} takes no {unknown} (it takes "
+            f"{sorted(accepts - {'in_dim'})})"
+        )
     bottleneck = factory(**params)
     if bottleneck.latent_dim != config.latent_dim:
         raise ConfigError(

@@ -339,7 +339,8 @@ class Tokenizer(ATokenModel):
                 "feats", f"decode takes a SparseLatent, got {type(latent).__name__}"
             )
         self._resolve_attention()
-        latent = latent.to(self._device())
+        weight = next(decoder.parameters())  # a stored float16/bfloat16 latent decodes as is
+        latent = latent.to(weight.device, dtype=weight.dtype)
         if latent.batch_size == 0:
             return []
         steps = self.config.kv_cache_steps if kv_cache_steps is None else kv_cache_steps

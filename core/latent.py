@@ -13,6 +13,7 @@ Samples are packed back to back: the tokens of sample b are rows
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ _COORD_DIMS = 4
 
 def _as_modality_tuple(modality: str | Sequence[str], batch: int) -> tuple[str, ...]:
     if isinstance(modality, str):
+        if not modality:
+            raise LatentValidationError("modality", "must be a non-empty name, got ''")
         return (modality,) * batch
     names = tuple(modality)
     if len(names) != batch:
@@ -37,6 +40,22 @@ def _as_modality_tuple(modality: str | Sequence[str], batch: int) -> tuple[str, 
         if not isinstance(name, str) or not name:
             raise LatentValidationError("modality", f"names must be non-empty str, got {name!r}")
     return names
+
+
+def _as_seqlens(seqlens: Any) -> torch.Tensor:
+    """A list of token counts as int64 ``[B]``: each an int in ``[0, 2**62)``."""
+    try:
+        items = list(seqlens)
+    except TypeError as exc:
+        raise LatentValidationError(
+            "seqlens", f"must be a tensor or a list of ints, got {type(seqlens).__name__}"
+        ) from exc
+    for b, n in enumerate(items):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 <= n < 2**62:
+            raise LatentValidationError(
+                "seqlens", f"entry {b} must be an int token count >= 0, got {n!r}"
+            )
+    return torch.as_tensor([int(n) for n in items], dtype=torch.int64)
 
 
 def _as_meta_tuple(meta: Sequence[Mapping[str, Any]] | None, batch: int) -> tuple[dict, ...]:
@@ -113,7 +132,7 @@ class SparseLatent:
         validate: bool = True,
     ) -> None:
         if not isinstance(seqlens, torch.Tensor):
-            seqlens = torch.as_tensor(list(seqlens), dtype=torch.int64)
+            seqlens = _as_seqlens(seqlens)
         if validate:
             self._validate_tensors(feats, coords, seqlens)
         B = int(seqlens.shape[0])
@@ -130,6 +149,9 @@ class SparseLatent:
         for field, value in (("feats", feats), ("coords", coords), ("seqlens", seqlens)):
             if not isinstance(value, torch.Tensor):
                 raise LatentValidationError(field, f"must be a torch.Tensor, got {type(value)}")
+        for field, value in (("feats", feats), ("coords", coords), ("seqlens", seqlens)):
+            if value.device.type == "meta":
+                raise LatentValidationError(field, "is on the meta device: it holds no values")
         if feats.ndim != 2:
             raise LatentValidationError("feats", f"must have shape [N, C], got rank {feats.ndim}")
         if not feats.is_floating_point():
@@ -263,8 +285,21 @@ class SparseLatent:
         Raises:
             LatentValidationError: for an out-of-range index or a mask of the wrong length.
         """
-        idx = torch.as_tensor(indices)
         B = self.batch_size
+        try:
+            idx = torch.as_tensor(indices)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise LatentValidationError(
+                "seqlens", f"select takes ints or a bool mask, got {indices!r}"
+            ) from exc
+        if (
+            idx.numel()
+            and idx.dtype != torch.bool
+            and (idx.is_floating_point() or idx.is_complex())
+        ):
+            raise LatentValidationError(
+                "seqlens", f"select takes ints or a bool mask, got {idx.dtype} {indices!r}"
+            )
         if idx.dtype == torch.bool:
             if idx.shape != (B,):
                 raise LatentValidationError(

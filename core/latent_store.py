@@ -81,6 +81,16 @@ class LatentStore:
         self.arrays = {
             k: require_array(self.group, k, min_length=N, **req) for k in ("feats", "coords")
         }
+        stored = self.arrays["feats"].dtype
+        named = DTYPES.get(self.feats_dtype, (None, None))[1]
+        if named is None or np.dtype(stored) != named:
+            raise StoreIntegrityError(
+                f"holds {np.dtype(stored).name} values but the attributes name feats_dtype "
+                f"{self.feats_dtype!r} (stored as {getattr(named, 'name', None)}): relabelled "
+                "attributes",
+                store=self.url,
+                array="feats",
+            )
         if int(info.get("id_groups", 0)):
             self.arrays["ids"] = require_array(self.group, "ids", min_length=N, **req)
         for key in ("modality", "meta", "t_offsets"):

@@ -91,15 +91,15 @@ def _create_arrays(
             {"shards": (chunk * shard, w)} if shard else {}
         )
 
-    index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
+    index = {"chunks": (_INDEX_CHUNK,), "compressors": codecs}  # checksummed too
     specs: dict[str, dict[str, Any]] = {
         "feats": {"shape": (0, C), "dtype": DTYPES[info["feats_dtype"]][1], **rows(C)},
         "coords": {"shape": (0, 4), "dtype": "int32", **rows(4)},
         "offsets": {"shape": (1,), "dtype": "int64", "fill_value": 0, **index},
         "t_starts": {"shape": (1,), "dtype": "int64", "fill_value": 0, **index},
         "t_offsets": {"shape": (0,), "dtype": "int64", **index},
-        "modality": {"shape": (0,), "dtype": str, "chunks": (_INDEX_CHUNK,)},
-        "meta": {"shape": (0,), "dtype": str, "chunks": (_INDEX_CHUNK,)},
+        "modality": {"shape": (0,), "dtype": str, **index},
+        "meta": {"shape": (0,), "dtype": str, **index},
     }
     if G:
         specs["ids"] = {"shape": (0, G), "dtype": ids_dtype or "int64", **rows(G)}

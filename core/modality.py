@@ -74,6 +74,39 @@ def check_positive_ints(owner: str, **values: Any) -> None:
             raise ModalityInputError(f"{owner}: {label} must be a positive int, got {value!r}")
 
 
+def check_decode_grid(
+    owner: str,
+    size: Sequence[int],
+    grid: Sequence[int],
+    patch: Sequence[int],
+    *,
+    tokens: int,
+    max_tokens: int,
+) -> None:
+    """Check a latent's meta before decoding: ``size`` positive, ``grid`` the patch grid of
+    ``size`` (``ceil(size / patch)`` per axis), and no more cells than
+    ``max(max_tokens, tokens)`` (a tampered grid would otherwise allocate its whole volume).
+
+    Raises:
+        ModalityInputError: naming ``owner`` and the meta entry that is wrong.
+    """
+    size, grid = tuple(int(v) for v in size), tuple(int(v) for v in grid)
+    if any(v < 1 for v in size):
+        raise ModalityInputError(f"{owner}: meta size {list(size)} must be positive")
+    want = tuple(-(-s // int(p)) for s, p in zip(size, patch, strict=True))
+    if want != grid:
+        raise ModalityInputError(
+            f"{owner}: meta size {list(size)} needs the token grid {list(want)} (patch "
+            f"{list(patch)}), but the meta's grid is {list(grid)}: tampered or mixed-up meta"
+        )
+    cells = math.prod(grid)
+    if cells > max(int(max_tokens), int(tokens)):
+        raise ModalityInputError(
+            f"{owner}: meta grid {list(grid)} has {cells} cells, above max_tokens={max_tokens} "
+            f"and the latent's {tokens} tokens"
+        )
+
+
 def accepted_arguments(factory: Callable[..., Any]) -> tuple[set[str], bool]:
     """``(keyword names, takes **kwargs)`` of a factory (a class's ``__init__`` or a function)."""
     try:

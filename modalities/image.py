@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
-from atoken.core.modality import Modality, check_positive_ints
+from atoken.core.modality import Modality, check_decode_grid, check_positive_ints
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["ImageModality", "image_size", "rgb_stats", "to_image_tensor"]
@@ -276,6 +276,16 @@ class ImageModality(Modality):
             raise ModalityInputError(
                 f"image: metadata lacks a valid 'size'/'grid': {meta}"
             ) from exc
+        if grid[0] != 1:
+            raise ModalityInputError(f"image: meta grid {list(grid)} must have t = 1")
+        check_decode_grid(
+            "image",
+            (H, W),
+            grid[1:],
+            (self.patch_size, self.patch_size),
+            tokens=values.shape[0],
+            max_tokens=self.max_tokens,
+        )
         self.check_values(values)
         p, pt = self.patch_size, self.temporal_patch
         _, gh, gw = grid

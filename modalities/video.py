@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
-from atoken.core.modality import Modality, check_positive_ints
+from atoken.core.modality import Modality, check_decode_grid, check_positive_ints
 from atoken.modalities.image import rgb_stats, to_image_tensor
 from atoken.modalities.video_io import read_video, stack_frames, video_info
 from atoken.plugins.hookspecs import hookimpl
@@ -261,6 +261,14 @@ class VideoModality(Modality):
             raise ModalityInputError(
                 f"video: metadata lacks a valid 'size'/'grid': {meta}"
             ) from exc
+        check_decode_grid(
+            "video",
+            (T, H, W),
+            grid,
+            (self.temporal_patch, self.patch_size, self.patch_size),
+            tokens=values.shape[0],
+            max_tokens=self.max_tokens,
+        )
         self.check_values(values)
         p, pt = self.patch_size, self.temporal_patch
         gt, gh, gw = grid

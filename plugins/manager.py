@@ -259,7 +259,7 @@ def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy
             continue
         try:
             module = importlib.import_module(modname)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit is named too
             _fail(failures, modname, _BUILTIN_DIST, "import", exc)
             continue
         _register(pm, module, modname, _BUILTIN_DIST, failures)
@@ -275,7 +275,7 @@ def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy
                 continue  # the same distribution seen twice on sys.path
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin's sys.exit is named too
                 _fail(failures, ep.name, dist, "import", exc)
                 continue
             _register(pm, plugin, ep.name, dist, failures)
@@ -322,7 +322,7 @@ def _call_registration_hook(
             pm.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
         except DuplicateComponentError:
             raise  # names both plugins already
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit is named too
             raise _load_error(plugin_name, _dist_of(plugin_name), exc) from exc
 
 

@@ -169,6 +169,8 @@ class MediaWriter:
         self.label_names: list[str] = list(reader.label_names)
         self.data_end = int(reader.offsets[-1])
         self._arrays = {k: group[k] for k in _WRITER_ARRAYS}
+        # every data chunk is stored, zeros too, so a reader can tell a missing shard
+        self._arrays["data"] = self._arrays["data"].with_config({"write_empty_chunks": True})
         self._truncate_tail()
         folder = local_path(url)
         if folder is not None:  # temporary files a killed writer left (zarr writes, renames)
@@ -182,6 +184,7 @@ class MediaWriter:
             "modality": modality,
             "sample_axes": list(axes),
             "committed": 0,
+            "data_bytes": 0,
             "label_names": [],
         }
         if self.dtype != np.uint8:  # uint8 stores stay exactly version 1
@@ -192,7 +195,8 @@ class MediaWriter:
         """Create the arrays a store without committed samples lacks."""
         lay, have = self.layout, set(group.keys())
         codecs: list[Any] = [ZstdCodec(level=lay.level)] if lay.compression == "zstd" else []
-        index = {"chunks": (_INDEX_CHUNK,), "compressors": [ZstdCodec(level=1)]}
+        checked = [ZstdCodec(level=1), Crc32cCodec()]  # a flipped byte fails the read
+        index = {"chunks": (_INDEX_CHUNK,), "compressors": checked}
         specs: dict[str, dict[str, Any]] = {
             "data": {
                 "shape": (0,),
@@ -203,10 +207,15 @@ class MediaWriter:
                 "fill_value": 0,
             },
             "offsets": {"shape": (1,), "dtype": "int64", "fill_value": 0, **index},
-            "shapes": {"shape": (0, rank), "dtype": "int64", "chunks": (_INDEX_CHUNK, rank)},
+            "shapes": {
+                "shape": (0, rank),
+                "dtype": "int64",
+                "chunks": (_INDEX_CHUNK, rank),
+                "compressors": checked,
+            },
             "checksums": {"shape": (0,), "dtype": "uint32", **index},
-            "names": {"shape": (0,), "dtype": str, "chunks": (_INDEX_CHUNK,)},
-            "captions": {"shape": (0,), "dtype": str, "chunks": (_INDEX_CHUNK,)},
+            "names": {"shape": (0,), "dtype": str, **index},
+            "captions": {"shape": (0,), "dtype": str, **index},
             "labels": {"shape": (0,), "dtype": "int32", "fill_value": -1, **index},
         }
         for name, spec in specs.items():
@@ -316,7 +325,12 @@ class MediaWriter:
             arr.resize((lo + len(values), *arr.shape[1:]))
             arr[lo:] = values
         # 3. commit: readers see the new samples only after this one atomic write
-        self.info = {**self.info, "committed": n1, "label_names": list(self.label_names)}
+        self.info = {
+            **self.info,
+            "committed": n1,
+            "data_bytes": end,  # a witness: committed and the data must agree
+            "label_names": list(self.label_names),
+        }
         self.group.attrs[ATTRS_KEY] = self.info
         self.committed, self.data_end = n1, end
         self._pending, self._pending_bytes = [], 0

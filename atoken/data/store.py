@@ -11,7 +11,11 @@ Layout (schema ``atoken.media``), for n committed samples of dtype ``dtype`` (it
     captions    str [n]             optional, "" when a sample has none
     labels      int32 [n]           optional, -1 when a sample has none; ``label_names`` names them
     attrs["atoken"] = {"schema": "atoken.media", "version": 1, "modality": "image",
-                       "sample_axes": ["H", "W", "C"], "committed": n, "label_names": [...]}
+                       "sample_axes": ["H", "W", "C"], "committed": n,
+                       "data_bytes": offsets[n], "label_names": [...]}
+
+Every index array's chunks carry a CRC-32C, like ``data``'s. ``data_bytes`` is written with
+``committed`` and witnesses it: a count changed by hand no longer ends where the data does.
 
 Sample dtypes. Version 1 stores hold uint8 samples and have no ``dtype`` key. A store of
 float16 or float32 samples is version 2 and records ``"dtype": "float16"`` or ``"float32"``;
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from atoken.core.errors import ConfigError, StoreIntegrityError, StoreSchemaError
 from atoken.core.storage import (
@@ -142,6 +147,7 @@ class MediaStore:
             )
         )
         self._optional = {k: self.group[k] for k in ("captions", "labels") if k in self.group}
+        self._present: set[int] = set()  # data shards known to exist
         self._check_index()
 
     def _check_index(self) -> None:
@@ -161,6 +167,14 @@ class MediaStore:
             )
         if int(self.offsets[0]) != 0:
             raise StoreIntegrityError("offsets[0] must be 0", **self._where("offsets", 0))
+        witness = self.info.get("data_bytes")  # written with committed (stores since 0.2)
+        if witness is not None and int(witness) != int(self.offsets[-1]):
+            raise StoreIntegrityError(
+                f"committed = {n} samples end at byte {int(self.offsets[-1])}, but the commit "
+                f"recorded {int(witness)} bytes of data: the committed count was changed",
+                store=self.url,
+                array="attributes",
+            )
         sizes = np.prod(self.shapes, axis=1) * self.dtype.itemsize if n else np.zeros(0, np.int64)
         wrong = np.flatnonzero(np.diff(self.offsets) != sizes)
         if wrong.size:
@@ -203,8 +217,43 @@ class MediaStore:
             raise IndexError(f"sample {i} out of range for {self.committed} samples in {self.url}")
         return i
 
+    def _require_shards(self, i: int, lo: int, hi: int) -> None:
+        """Raise if a stored object holding ``data[lo:hi]`` is missing (zarr would read its
+        fill value: zeros), checking each shard once per reader. Stores written since 0.2
+        (with ``data_bytes``) store every chunk, zeros included; older ones are not checked."""
+        if hi <= lo or "data_bytes" not in self.info:  # older writers skipped zero chunks
+            return
+        size = int((self.data.shards or self.data.chunks)[0])
+        for k in range(lo // size, (hi - 1) // size + 1):
+            if k in self._present:
+                continue
+            key = f"{self.data.path}/{self.data.metadata.encode_chunk_key((k,))}"
+            if not sync(self.data.store.exists(key)):
+                raise StoreIntegrityError(
+                    f"the data object {key!r} holding bytes {lo}..{hi} is missing (deleted or "
+                    "never written): the store is incomplete",
+                    **self._where("data", i),
+                )
+            self._present.add(k)
+
+    def check_arrays(self) -> None:
+        """Read every per-sample array (captions and labels too), so a damaged chunk raises.
+
+        Raises:
+            StoreIntegrityError: an unreadable chunk (a checksum failure), naming the array.
+        """
+        for name, arr in self._optional.items():
+            read_rows(arr, 0, self.committed, store=self.url)
+            if arr.shape[0] < self.committed:
+                raise StoreIntegrityError(
+                    f"holds {arr.shape[0]} rows for {self.committed} samples",
+                    store=self.url,
+                    array=name,
+                )
+
     def _bytes(self, i: int, lo: int, hi: int) -> np.ndarray:
-        """``data[lo:hi]`` of sample ``i``: uint8, raising if damaged or short."""
+        """``data[lo:hi]`` of sample ``i``: uint8, raising if damaged, missing or short."""
+        self._require_shards(i, lo, hi)
         flat = read_rows(self.data, lo, hi, store=self.url, sample=i, name=self.names[i])
         if flat.shape[0] != hi - lo:
             raise StoreIntegrityError(

@@ -53,7 +53,8 @@ def verify_store(
     """
     from tqdm.auto import tqdm
 
-    store = MediaStore(url, storage_options)
+    store = MediaStore(url, storage_options)  # reads and checks the index arrays
+    store.check_arrays()  # captions and labels: a damaged chunk raises, naming the array
     bad: list[tuple[int, str, str]] = []
     checked = 0
     for i in tqdm(range(len(store)), unit="sample", disable=not progress):

@@ -38,7 +38,8 @@ from atoken.data.store import SCHEMA
 TINY = StoreLayout(chunk_bytes=256, shard_chunks=4)
 DEPTH_AXES = ("H", "W")
 VIDEO_AXES = ("T", "H", "W", "C")
-V1_KEYS = ("schema", "version", "modality", "sample_axes", "committed", "label_names")
+# data_bytes (since 0.2) witnesses committed; older readers ignore keys they do not know
+V1_KEYS = ("schema", "version", "modality", "sample_axes", "committed", "data_bytes", "label_names")
 
 
 def _rng(i: int) -> np.random.Generator:

@@ -1,0 +1,75 @@
+"""Weak errors made typed, with the field named (#16 item 6): each bad input below once gave
+a raw RuntimeError/TypeError/KeyError from deep inside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from atoken import ConfigError, LatentValidationError, SparseLatent, Tokenizer
+from atoken.core.coords import raster_coords
+
+COORDS = raster_coords((1, 2, 2))  # 4 tokens
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Tokenizer:
+    return Tokenizer.from_preset("tiny", depth=1, decoder_depth=1).eval()
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: SparseLatent(torch.zeros(4, 3, device="meta"), COORDS, [4]), "feats"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, ["2", 2]), "seqlens"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, [2**70, 2]), "seqlens"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, [True, 3]), "seqlens"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, 4), "seqlens"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, [4], modality=""), "modality"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, [2, 2]).select([0.7]), "seqlens"),
+        (lambda: SparseLatent(torch.zeros(4, 3), COORDS, [2, 2]).select("0"), "seqlens"),
+    ],
+)
+def test_bad_latent_parts_name_the_field(build, field):
+    with pytest.raises(LatentValidationError) as info:
+        build()
+    assert info.value.field == field
+
+
+def test_decode_takes_latents_of_any_float_dtype_and_of_no_samples(tiny):
+    with torch.no_grad():
+        latent = tiny.encode([torch.rand(3, 32, 32)])
+        for dtype in (torch.float16, torch.bfloat16):
+            assert tiny.decode(latent.to(dtype=dtype))[0].shape == (3, 32, 32)
+        assert tiny.decode(latent.select([])) == []
+    with pytest.raises(LatentValidationError, match="decode takes a SparseLatent"):
+        tiny.decode({"feats": 1})
+
+
+def test_unknown_bottleneck_params_are_named():
+    with pytest.raises(ConfigError, match=r"bottleneck_params: 'kl' takes no \['nope'\]"):
+        Tokenizer.from_preset("tiny", depth=1, decoder_depth=1, bottleneck_params={"nope": 1})
+
+
+def test_a_plugin_hook_calling_sys_exit_is_named():
+    import sys
+
+    from atoken.core.errors import PluginLoadError
+    from atoken.plugins.hookspecs import hookimpl
+    from atoken.plugins.manager import get_plugin_manager, get_registry, refresh
+
+    class Exits:
+        @hookimpl
+        def register_losses(self, register):
+            sys.exit(3)
+
+    pm = get_plugin_manager()
+    pm.register(Exits(), name="exits-on-load")
+    try:
+        refresh()
+        with pytest.raises(PluginLoadError, match=r"'exits-on-load'.*SystemExit: 3"):
+            get_registry()
+    finally:
+        pm.unregister(name="exits-on-load")
+        refresh()
+    assert len(get_registry().losses) > 0  # healthy again once the plugin is gone
