@@ -70,15 +70,27 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], folder: str | Path, step: int, keep: int) -> Path:
-    """Write ``state`` atomically as ``step_<step>.pt`` and delete all but the newest ``keep``."""
+    """Write ``state`` atomically as ``step_<step>.pt`` and delete all but the newest ``keep``.
+
+    Raises:
+        CheckpointError: the file cannot be written (a full disk, no permission); the partial
+            file is removed and the older checkpoints are kept.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{step:08d}.pt"
     tmp = folder / f".{final.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # e.g. ENOSPC: nothing older is touched before the rename
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {str(final)!r} ({exc.strerror or exc}); the previous "
+            f"checkpoints in {str(folder)!r} are intact"
+        ) from exc
     os.replace(tmp, final)
     _fsync_dir(folder)
     for old in list_checkpoints(folder)[:-keep]:
@@ -101,4 +113,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {str(path)!r}: step must be an int >= 0, got {step!r} (a damaged or "
             "foreign file)"
         )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lacks {missing} (a damaged or foreign file): a training "
+            f"checkpoint holds {list(REQUIRED_KEYS)}"
+        )
     return state
+
+
+#: What every training checkpoint holds (``Trainer.state_dict``); a file without one is refused.
+REQUIRED_KEYS = ("step", "model", "optimizer", "losses", "nonfinite")

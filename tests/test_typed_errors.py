@@ -73,3 +73,49 @@ def test_a_plugin_hook_calling_sys_exit_is_named():
         pm.unregister(name="exits-on-load")
         refresh()
     assert len(get_registry().losses) > 0  # healthy again once the plugin is gone
+
+
+@pytest.mark.parametrize("drop", ["losses", "optimizer"])
+def test_a_checkpoint_missing_a_part_is_refused_naming_it(tmp_path, drop):
+    from atoken.core.checkpoint import CheckpointError, load_checkpoint
+
+    state = {"step": 3, "model": {}, "optimizer": {}, "losses": torch.zeros(3), "nonfinite": 0}
+    del state[drop]
+    torch.save(state, tmp_path / "step_00000003.pt")
+    with pytest.raises(CheckpointError, match=f"lacks \\['{drop}'\\]"):
+        load_checkpoint(tmp_path / "step_00000003.pt")
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import atoken.core.checkpoint as ckpt
+
+    state = {"step": 1, "model": {}, "optimizer": {}, "losses": torch.zeros(1), "nonfinite": 0}
+    first = ckpt.save_checkpoint(state, tmp_path, 1, keep=2)
+    monkeypatch.setattr(ckpt.torch, "save", _disk_full)
+    with pytest.raises(ckpt.CheckpointError, match=r"No space left.*previous checkpoints"):
+        ckpt.save_checkpoint({**state, "step": 2}, tmp_path, 2, keep=2)
+    assert ckpt.list_checkpoints(tmp_path) == [first] and not list(tmp_path.glob(".*.tmp"))
+    assert ckpt.load_checkpoint(first)["step"] == 1
+
+
+def test_a_full_disk_during_an_import_keeps_what_was_committed(tmp_path, monkeypatch):
+    import numpy as np
+    import zarr
+
+    from atoken.data import MediaStore, MediaWriter, StoreError
+
+    url = tmp_path / "s.zarr"
+    with pytest.raises(StoreError, match=r"No space left.*the 2 samples committed"):
+        with MediaWriter(url, flush_samples=2) as w:
+            for i in range(4):
+                if i == 2:
+                    monkeypatch.setattr(zarr.Array, "__setitem__", _disk_full)
+                w.add(f"s{i}", np.full((2, 2, 3), i, np.uint8))
+    monkeypatch.undo()
+    assert MediaStore(url).names == ("s0", "s1")

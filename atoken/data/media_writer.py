@@ -292,9 +292,25 @@ class MediaWriter:
         return True
 
     def flush(self) -> int:
-        """Write and commit the buffered samples; returns the committed count."""
+        """Write and commit the buffered samples; returns the committed count.
+
+        Raises:
+            StoreError: the store cannot be written (a full disk, no permission); the
+                samples committed before are intact and a rerun resumes after them.
+        """
         if not self._pending:
             return self.committed
+        try:
+            return self._commit()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write ({exc.strerror or exc}); the {self.committed} samples committed "
+                "before are intact, and rerunning resumes after them",
+                store=self.url,
+                array="data",
+            ) from exc
+
+    def _commit(self) -> int:
         g, n0 = self._arrays, self.committed
         n1 = n0 + len(self._pending)
         raw = [s.reshape(-1).view(np.uint8) for _, s, _, _ in self._pending]  # stored bytes
