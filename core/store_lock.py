@@ -20,6 +20,7 @@ raises :class:`~atoken.core.errors.StoreLockedError`, naming the holder.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import posixpath
@@ -77,8 +78,6 @@ class StoreLock:
         return posixpath.join(parent, f".{name}.atoken-lock")
 
     def _try_local(self, folder: str) -> str | None:
-        import fcntl
-
         path = self._lock_path(os.path.abspath(folder))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -129,8 +128,6 @@ class StoreLock:
     def release(self) -> None:
         """Give the lock up (a no-op when not held)."""
         if self._fd is not None:
-            import fcntl
-
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
