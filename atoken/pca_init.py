@@ -32,7 +32,10 @@ from atoken.baselines import PCATokenizer
 from atoken.components import default_modality
 from atoken.core.errors import ConfigError
 
-__all__ = ["PCA_MAPS", "init_from_pca", "zero_residual_branches"]
+__all__ = ["PCA_CROP_BATCHES", "PCA_MAPS", "fit_pca", "init_from_pca", "zero_residual_branches"]
+
+#: Training batches the PCA of ``pca_init`` is fitted on.
+PCA_CROP_BATCHES = 40
 
 #: Name prefixes of the parameters :func:`init_from_pca` sets from the PCA (training gives
 #: them ``encoder_lr_mult``, as a pretrained encoder's).
@@ -143,3 +146,20 @@ def init_from_pca(tokenizer: nn.Module, pca: PCATokenizer) -> nn.Module:
     head.bias.zero_()
     head.bias[:d] = ((mean - shift) / std).to(dtype)  # [d]
     return tokenizer
+
+
+def fit_pca(task, *, latent_dim: int, batches: int = PCA_CROP_BATCHES) -> PCATokenizer:
+    """The best linear tokenizer with ``latent_dim`` channels per patch, fitted on the patches
+    of the first ``batches`` training batches of ``task`` (held-out samples excluded).
+
+    Raises:
+        ConfigError: the task's samples are not ``[3, H, W]`` images.
+    """
+    crops = [x for step in range(batches) for x in task.batch(step, 0)]
+    if not crops or any(x.ndim != 3 or x.shape[0] != 3 for x in crops):
+        shape = tuple(crops[0].shape) if crops else ()
+        raise ConfigError(
+            f"[model] pca_init fits the PCA on the first task's [3, H, W] crops; task "
+            f"{task.label!r} gives samples of shape {shape}"
+        )
+    return PCATokenizer(latent_dim=latent_dim, patch_size=16).fit(crops)

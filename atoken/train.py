@@ -1,9 +1,11 @@
 """Training from a run file: the tokenizer, the ``[[tasks]]`` and the engine, composed.
 
     tokenizer = build_tokenizer(cfg)                 [model]: a preset or init_from, + overrides
-    tokenizer = expand_latent(tokenizer, n)          [model] expand_latent (stage 2)
-    tasks = [build_task(spec) for spec in cfg.tasks] each resolved in the task registry
-    trainer = Trainer(cfg, TaskMixture(tasks))       the one generic loop
+    for each stage of cfg.plan() (one when the file has no [[stages]]), when it starts:
+        tasks = [build_task(spec) ...]               the stage's tasks, from the task registry
+        transform(tokenizer, StageContext(...))      its transforms, in place (atoken.transforms)
+        mixture = TaskMixture(tasks)                 what the trainer trains in the stage
+    trainer = Trainer(cfg, mixture, enter_stage=...) the one generic loop
     trainer.fit(); tokenizer.save_pretrained(out/tokenizer)
 
 The engine (:class:`atoken.core.trainer.Trainer`) knows no modality, task or loss; a plugin's
@@ -14,28 +16,27 @@ from __future__ import annotations
 
 import torch
 
-from atoken.baselines import PCATokenizer
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
 from atoken.data.sources import current_context
-from atoken.pca_init import PCA_MAPS, init_from_pca
-from atoken.plugins.manager import get_plugin_manager
+from atoken.pca_init import PCA_CROP_BATCHES, fit_pca
+from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.tasks import TaskContext, TaskMixture, build_task, evaluate_samples, tiles
 from atoken.tokenizer import Tokenizer
-from atoken.transforms import expand_latent
+from atoken.transforms import StageContext, StageTransform
 
 __all__ = [
     "PCA_CROP_BATCHES",
     "build_run",
+    "build_stage",
     "build_tokenizer",
+    "build_transforms",
     "evaluate_samples",
     "fit_pca",
     "run_training",
     "tiles",
 ]
-
-PCA_CROP_BATCHES = 40
 
 
 def build_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -66,66 +67,109 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     return Tokenizer.from_preset(m.preset, **overrides)
 
 
-def fit_pca(task, *, latent_dim: int, batches: int = PCA_CROP_BATCHES) -> PCATokenizer:
-    """The best linear tokenizer with ``latent_dim`` channels per patch, fitted on the patches
-    of the first ``batches`` training batches of ``task`` (held-out samples excluded).
+def build_transforms(cfg: RunConfig) -> list[list[StageTransform]]:
+    """The stage transforms of every stage of ``cfg.plan()``, built before anything trains
+    (an unknown name or a bad parameter fails now, not hours later at its stage).
 
     Raises:
-        ConfigError: the task's samples are not ``[3, H, W]`` images.
+        UnknownComponentError: a transform name no plugin registered.
+        ConfigError: a transform's parameters are wrong (the stage and transform are named).
     """
-    crops = [x for step in range(batches) for x in task.batch(step, 0)]
-    if not crops or any(x.ndim != 3 or x.shape[0] != 3 for x in crops):
-        shape = tuple(crops[0].shape) if crops else ()
-        raise ConfigError(
-            f"[model] pca_init fits the PCA on the first task's [3, H, W] crops; task "
-            f"{task.label!r} gives samples of shape {shape}"
-        )
-    return PCATokenizer(latent_dim=latent_dim, patch_size=16).fit(crops)
+    registry = get_registry().stage_transforms
+    built = []
+    for stage in cfg.plan():
+        transforms = []
+        for spec in stage.transforms:
+            factory = registry.get(spec.name)
+            try:
+                transforms.append(factory(**spec.params))
+            except (TypeError, ConfigError) as exc:
+                raise ConfigError(
+                    f"[[stages]] {stage.name!r}: transform {spec.name!r}: {exc}"
+                ) from exc
+        built.append(transforms)
+    return built
+
+
+def build_stage(
+    tokenizer: Tokenizer,
+    cfg: RunConfig,
+    index: int,
+    *,
+    transforms: list[StageTransform] | None = None,
+    pretrained_prefixes: tuple[str, ...] = (),
+) -> TaskMixture:
+    """Start stage ``index`` of ``cfg.plan()``: build its tasks, apply its transforms to
+    ``tokenizer`` (in place) and return its task mixture.
+
+    ``pretrained_prefixes`` name the parameters ``[optim] encoder_lr_mult`` slows (a transform
+    such as ``pca_init`` may change them on the mixture).
+    """
+    stage = cfg.plan()[index]
+    if transforms is None:
+        transforms = build_transforms(cfg)[index]
+    context = TaskContext(model=tokenizer, sources=current_context(cfg.run.seed))
+    tasks = [build_task(spec, context) for spec in stage.tasks]
+    mixture = TaskMixture(
+        tokenizer,
+        tasks,
+        schedule=stage.mixture or cfg.train.mixture,
+        grad_accum=cfg.stage_optim(stage).grad_accum,
+        seed=cfg.run.seed,
+        pretrained_prefixes=pretrained_prefixes,
+    )
+    stage_context = StageContext(stage=stage, index=index, tasks=tasks, mixture=mixture)
+    for transform in transforms:
+        transform(tokenizer, stage_context)
+    return mixture
 
 
 def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
-    """The tokenizer and the task mixture a run file describes (nothing trained yet).
+    """The tokenizer and the task mixture of the run's first stage (nothing trained yet).
 
-    With ``[model] pca_init = true`` the tokenizer starts as the PCA tokenizer of the first
-    task's training crops (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as
-    ``mixture.pca``.
+    With ``[model] pca_init = true`` (or a first stage's ``pca_init`` transform) the tokenizer
+    starts as the PCA tokenizer of the first task's training crops
+    (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``mixture.pca``.
     """
     torch.manual_seed(cfg.run.seed)
     if cfg.model.pca_init and cfg.model.expand_latent:
         raise ConfigError("[model] pca_init and expand_latent exclude each other: pick one start")
+    transforms = build_transforms(cfg)
     tokenizer = build_tokenizer(cfg)
-    if cfg.model.expand_latent:
-        tokenizer = expand_latent(tokenizer, cfg.model.expand_latent)
-    context = TaskContext(model=tokenizer, sources=current_context(cfg.run.seed))
-    tasks = [build_task(spec, context) for spec in cfg.tasks]
-    mixture = TaskMixture(
-        tokenizer,
-        tasks,
-        schedule=cfg.train.mixture,
-        grad_accum=cfg.optim.grad_accum,
-        seed=cfg.run.seed,
-        pretrained_prefixes=("encoder.",) if cfg.model.init_from else (),
-    )
-    if cfg.model.pca_init:
-        mixture.pca = fit_pca(tasks[0], latent_dim=tokenizer.config.latent_dim)
-        init_from_pca(tokenizer, mixture.pca)
-        # the PCA maps learn at encoder_lr_mult x lr, the (zero) residual branches at lr
-        mixture.pretrained_prefixes = PCA_MAPS
+    prefixes = ("encoder.",) if cfg.model.init_from else ()
+    mixture = build_stage(tokenizer, cfg, 0, transforms=transforms[0], pretrained_prefixes=prefixes)
     return tokenizer, mixture
 
 
 def run_training(
     cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False
 ) -> tuple[Trainer, dict[str, float]]:
-    """Build everything a run file names and train; returns the trainer and final metrics
-    (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained tokenizer (EMA
-    weights when enabled) is saved to ``<out_dir>/tokenizer``.
+    """Build everything a run file names and train, stage by stage; returns the trainer and
+    final metrics (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained
+    tokenizer (EMA weights when enabled) is saved to ``<out_dir>/tokenizer``; each stage's
+    metrics and tokenizer to ``<out_dir>/stages/<name>/``.
 
     A fresh run into a folder that holds a run is a ``RunFolderError`` unless ``overwrite``;
     ``resume`` refuses a checkpoint of another configuration unless ``force``
-    (:meth:`atoken.core.trainer.Trainer.fit`)."""
+    (:meth:`atoken.core.trainer.Trainer.fit`) and lands in the checkpoint's stage."""
     tokenizer, mixture = build_run(cfg)
-    trainer = Trainer(cfg, mixture, hooks=get_plugin_manager().hook, device=cfg.train.device)
+    transforms = build_transforms(cfg)
+    last = [mixture]
+
+    def enter_stage(index: int) -> TaskMixture:
+        prefixes = last[0].pretrained_prefixes
+        last[0] = build_stage(
+            tokenizer, cfg, index, transforms=transforms[index], pretrained_prefixes=prefixes
+        )
+        return last[0]
+
+    trainer = Trainer(
+        cfg,
+        mixture,
+        hooks=get_plugin_manager().hook,
+        device=cfg.train.device,
+        enter_stage=enter_stage,
+    )
     metrics = trainer.fit(resume=resume, overwrite=overwrite, force=force)
     tokenizer.load_state_dict(trainer.eval_model.state_dict())
     tokenizer.save_pretrained(cfg.run.output / "tokenizer")

@@ -1,60 +1,225 @@
-"""Transforms of a tokenizer applied before a run trains it (the stage-2 latent expansion).
+"""Stage transforms: what changes in the tokenizer when a stage of the curriculum starts.
 
-:func:`expand_latent` widens the ``kl`` latent (the paper's curriculum: 32 channels for images,
-48 once video joins): the new mean and log-variance rows of the bottleneck get a fresh
-initialisation and the decoder's input columns for the new channels are zero, so the
-decoder's output is unchanged at the start (the new channels then learn: their values are
-non-zero, so the zero columns get gradients). A run file asks for it with ``[model]
-expand_latent = 48``.
+A ``[[stages]]`` table lists them, applied in order when the stage starts::
 
-Shapes: ``bottleneck.proj`` rows are ``[mean (L) ; logvar (L)]``, ``[2L, C]``;
-``decoder.in_proj.weight`` is ``[C, L]``.
+    [[stages]]
+    name = "video"
+    transforms = [{ name = "expand_latent", latent_dim = 48 }]
+
+Each is a registered component (``register_stage_transforms``): the factory takes the entry's
+parameters and returns ``transform(tokenizer, context)``, which changes the tokenizer in place,
+module by module, and keeps ``tokenizer.config`` true to its modules (so ``save_pretrained``
+and ``from_pretrained`` rebuild it). The built-ins:
+
+    pca_init       start as the PCA tokenizer of the stage's first task (atoken.pca_init)
+    expand_latent  kl latent L -> L' channels; the decoder's output is unchanged at the switch
+    to_fsq         kl -> fsq on the posterior mean (the official So/D: 8 groups x [4] * 6)
+
+Shapes: the ``kl`` bottleneck's ``proj`` rows are ``[mean (L) ; logvar (L)]``, ``[2L, C]``;
+the ``fsq`` bottleneck's ``proj`` is ``[G * d, C]``; ``decoder.in_proj.weight`` is ``[C, L]``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
+
+import attrs
 import torch
+from torch import nn
 
+from atoken.components import build_bottleneck
 from atoken.core.errors import ConfigError
-from atoken.tokenizer import Tokenizer
+from atoken.core.runconfig import StageSpec
+from atoken.pca_init import PCA_MAPS, fit_pca, init_from_pca
+from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["expand_latent"]
+__all__ = [
+    "ExpandLatent",
+    "PCAInit",
+    "StageContext",
+    "StageTransform",
+    "ToFSQ",
+    "expand_latent",
+    "to_fsq",
+]
+
+
+@attrs.define(kw_only=True)
+class StageContext:
+    """What a stage transform sees: the stage, its index, its built tasks and their mixture
+    (``mixture.pretrained_prefixes`` are the parameters ``[optim] encoder_lr_mult`` slows)."""
+
+    stage: StageSpec
+    index: int = 0
+    tasks: Sequence[Any] = ()
+    mixture: Any = None
+
+
+class StageTransform(Protocol):
+    """A built stage transform."""
+
+    def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
+        """Change ``tokenizer`` in place."""
+
+
+def _kl_with_decoder(tokenizer: nn.Module, what: str) -> None:
+    cfg = tokenizer.config
+    if cfg.decoder is None or cfg.bottleneck != "kl":
+        raise ConfigError(
+            f"{what} needs a tokenizer with a decoder and the 'kl' bottleneck, got "
+            f"bottleneck={cfg.bottleneck!r}"
+        )
+
+
+def _linear_like(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    new = nn.Linear(in_features, out_features, bias=old.bias is not None)
+    return new.to(device=old.weight.device, dtype=old.weight.dtype)
 
 
 @torch.no_grad()
-def expand_latent(tokenizer: Tokenizer, latent_dim: int) -> Tokenizer:
-    """A tokenizer with the ``kl`` latent widened to ``latent_dim`` channels, every other weight
-    copied; the decoder's output is unchanged (new input columns are zero).
+def expand_latent(tokenizer: nn.Module, latent_dim: int) -> nn.Module:
+    """Widen the ``kl`` latent to ``latent_dim`` channels, in place; returns the tokenizer.
+
+    The old channels keep their mean and log-variance rows; the new rows get the fresh
+    initialisation of the bottleneck (its ``init_logvar``) and the decoder's input columns
+    for them are zero, so the decoder's output is unchanged at the switch (the new channels
+    then learn: their values are non-zero, so the zero columns get gradients).
 
     Raises:
         ConfigError: a non-``kl`` bottleneck, no decoder, or a smaller ``latent_dim``.
     """
-    cfg = tokenizer.config
-    old = cfg.latent_dim
-    if cfg.decoder is None or cfg.bottleneck != "kl":
-        raise ConfigError(
-            f"expand_latent needs a tokenizer with a decoder and the 'kl' bottleneck, got "
-            f"bottleneck={cfg.bottleneck!r}"
-        )
-    if latent_dim < old:
-        raise ConfigError(f"expand_latent: latent_dim {latent_dim} < the current {old}")
-    if latent_dim == old:
+    _kl_with_decoder(tokenizer, "expand_latent")
+    old, L = tokenizer.config.latent_dim, int(latent_dim)
+    if old > L:
+        raise ConfigError(f"expand_latent: latent_dim {L} < the current {old}")
+    if old == L:
         return tokenizer
-    new = Tokenizer(cfg.with_overrides(latent_dim=latent_dim)).to(tokenizer._device())
-    state = new.state_dict()
-    for key, value in tokenizer.state_dict().items():
-        if state[key].shape == value.shape:
-            state[key] = value
-    L = latent_dim
-    for name in ("weight", "bias"):  # proj rows: [mean (L) ; logvar (L)]
-        src = tokenizer.state_dict()[f"bottleneck.proj.{name}"]  # [2 * old, ...]
-        dst = state[f"bottleneck.proj.{name}"].clone()  # [2 * L, ...], fresh init
-        dst[:old] = src[:old]  # mean of the old channels
-        dst[L : L + old] = src[old:]  # their log-variance
-        state[f"bottleneck.proj.{name}"] = dst
-    w = state["decoder.in_proj.weight"].clone()  # [C, L]
-    w[:, :old] = tokenizer.state_dict()["decoder.in_proj.weight"]
-    w[:, old:] = 0  # the new channels do not change the output at the start
-    state["decoder.in_proj.weight"] = w
-    new.load_state_dict(state)
-    return new.train(tokenizer.training)
+    config = tokenizer.config.with_overrides(latent_dim=L)
+    src = tokenizer.bottleneck
+    fresh = build_bottleneck(config).to(src.proj.weight.device, src.proj.weight.dtype)
+    w, b = fresh.proj.weight, fresh.proj.bias  # [2L, C], [2L] fresh init
+    w[:old], b[:old] = src.proj.weight[:old], src.proj.bias[:old]  # the old channels' mean
+    w[L : L + old], b[L : L + old] = src.proj.weight[old:], src.proj.bias[old:]  # log-variance
+    tokenizer.bottleneck = fresh.train(src.training)
+
+    dec = tokenizer.decoder
+    in_proj = _linear_like(dec.in_proj, L, dec.in_proj.out_features)  # weight [C, L]
+    in_proj.weight.zero_()
+    in_proj.weight[:, :old] = dec.in_proj.weight  # new channels: zero columns
+    if in_proj.bias is not None:
+        in_proj.bias.copy_(dec.in_proj.bias)
+    dec.in_proj, dec.latent_dim = in_proj, L
+    tokenizer.config = config
+    return tokenizer
+
+
+@torch.no_grad()
+def to_fsq(
+    tokenizer: nn.Module, *, levels: Sequence[int] = (4,) * 6, groups: int = 8, scale: float = 1.0
+) -> nn.Module:
+    """Replace the ``kl`` bottleneck by ``fsq`` on its posterior mean, in place.
+
+    The FSQ projection is the KL projection's mean rows (times ``scale``); the log-variance
+    rows are dropped. The latent keeps its width, so the decoder is unchanged; ``groups *
+    len(levels)`` must equal ``latent_dim`` (the official So/D: 8 groups of ``[4] * 6`` on the
+    48-channel latent, 96 bits per token).
+
+    Raises:
+        ConfigError: a non-``kl`` bottleneck, or levels and groups that do not tile the latent.
+    """
+    _kl_with_decoder(tokenizer, "to_fsq")
+    L = tokenizer.config.latent_dim
+    levels = [int(v) for v in levels]
+    if groups * len(levels) != L:
+        raise ConfigError(
+            f"to_fsq: {groups} groups x {len(levels)} levels = {groups * len(levels)} channels, "
+            f"the latent has {L} (expand_latent first, or change groups / levels)"
+        )
+    if not scale > 0:
+        raise ConfigError(f"to_fsq: scale must be > 0, got {scale!r}")
+    config = tokenizer.config.with_overrides(
+        bottleneck="fsq", bottleneck_params={"levels": levels, "groups": int(groups)}
+    )
+    src = tokenizer.bottleneck.proj  # [2L, C]: mean rows first
+    fsq = build_bottleneck(config).to(src.weight.device, src.weight.dtype)
+    fsq.proj.weight.copy_(src.weight[:L] * scale)  # [L, C]
+    fsq.proj.bias.copy_(src.bias[:L] * scale)
+    tokenizer.bottleneck = fsq.train(tokenizer.bottleneck.training)
+    tokenizer.config = config
+    return tokenizer
+
+
+def _int_at_least(low: int):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            name = type(instance).__name__
+            raise ConfigError(f"{name}: {attribute.name} must be an int >= {low}, got {value!r}")
+
+    return check
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        name = type(instance).__name__
+        raise ConfigError(f"{name}: {attribute.name} must be a number > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class PCAInit:
+    """``pca_init``: fit the PCA on the first task's training crops (``batches`` batches)
+    and start as that PCA tokenizer (:func:`atoken.pca_init.init_from_pca`); the PCA maps
+    then learn at ``encoder_lr_mult`` x lr. The PCA is kept as ``context.mixture.pca``."""
+
+    batches: int = attrs.field(default=40, validator=_int_at_least(1))
+
+    example_params: ClassVar[dict[str, Any]] = {"batches": 10}  # for the contract tests
+    example_tokenizer: ClassVar[dict[str, Any]] = {
+        "final_norm": False,
+        "decoder_final_norm": False,
+        "decoder_bias": True,
+    }
+
+    def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
+        if not context.tasks:
+            raise ConfigError("pca_init fits the PCA on the stage's first task; it has none")
+        pca = fit_pca(
+            context.tasks[0], latent_dim=tokenizer.config.latent_dim, batches=self.batches
+        )
+        init_from_pca(tokenizer, pca)
+        if context.mixture is not None:
+            context.mixture.pca = pca
+            context.mixture.pretrained_prefixes = PCA_MAPS
+
+
+@attrs.frozen(kw_only=True)
+class ExpandLatent:
+    """``expand_latent``: widen the ``kl`` latent to ``latent_dim`` (:func:`expand_latent`)."""
+
+    latent_dim: int = attrs.field(validator=_int_at_least(1))
+
+    example_params: ClassVar[dict[str, Any]] = {"latent_dim": 48}
+
+    def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
+        expand_latent(tokenizer, self.latent_dim)
+
+
+@attrs.frozen(kw_only=True)
+class ToFSQ:
+    """``to_fsq``: the ``kl`` bottleneck becomes ``fsq`` on its mean (:func:`to_fsq`)."""
+
+    levels: tuple[int, ...] = attrs.field(default=(4,) * 6, converter=tuple)
+    groups: int = attrs.field(default=8, validator=_int_at_least(1))
+    scale: float = attrs.field(default=1.0, validator=_positive)
+
+    example_tokenizer: ClassVar[dict[str, Any]] = {"latent_dim": 48}
+
+    def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
+        to_fsq(tokenizer, levels=self.levels, groups=self.groups, scale=self.scale)
+
+
+@hookimpl
+def register_stage_transforms(register) -> None:
+    register("pca_init", PCAInit)
+    register("expand_latent", ExpandLatent)
+    register("to_fsq", ToFSQ)

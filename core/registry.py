@@ -30,6 +30,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("text_encoders", "text encoder"),
     ("tasks", "task"),
     ("data_sources", "data source"),
+    ("stage_transforms", "stage transform"),
 )
 
 
@@ -118,6 +119,7 @@ class Registries:
     text_encoders: Registry[Any] = attrs.field(factory=lambda: Registry("text encoder"))
     tasks: Registry[Any] = attrs.field(factory=lambda: Registry("task"))
     data_sources: Registry[Any] = attrs.field(factory=lambda: Registry("data source"))
+    stage_transforms: Registry[Any] = attrs.field(factory=lambda: Registry("stage transform"))
 
     def by_kind(self) -> dict[str, Registry[Any]]:
         """``{"modalities": Registry, ...}`` in the order of :data:`KINDS`."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +36,11 @@ from atoken.core.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
+from atoken.core.device import fast_bf16, resolve_device, to_device
 from atoken.core.errors import AtokenError, ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
-from atoken.core.runconfig import RunConfig
+from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
+from atoken.core.runconfig import RunConfig, StageSpec
 
 __all__ = ["RESUMABLE_KEYS", "NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
 
@@ -69,107 +72,30 @@ class _NoHooks:
         return lambda **kwargs: None
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix multiplication is native on ``device``.
-
-    CUDA: when the GPU supports bf16. CPU: when it has AVX-512 BF16 or AMX instructions; on
-    other CPUs (AVX2 only) torch emulates bf16 GEMMs, which is far slower than fp32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-
-    Raises:
-        ConfigError: an unknown device, or CUDA asked for where there is none.
-    """
-    if isinstance(name, torch.device):
-        device = name
-    elif name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(name)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"[train] device: {name!r} is not a device ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"[train] device: {name!r} asked for, but CUDA is not available here")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"[train] device must be auto, cpu or cuda[:N], got {name!r}")
-    return device
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors in a batch (nested lists, tuples and dicts) moved to ``device``; the rest as is."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-#: Run-file keys a resumed run may change: they steer the run, not what it trains.
-RESUMABLE_KEYS = frozenset(
-    {
-        "run.name",
-        "run.out_dir",
-        "train.steps",
-        "train.max_minutes",
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.keep_checkpoints",
-        "train.log_every",
-        "train.progress",
-        "train.device",
-    }
-)
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _config_changes(saved: str, cfg: RunConfig) -> list[str]:
-    """``"key: saved -> now"`` for each run-file key that differs from the checkpoint's."""
-    try:
-        old = _flat(json.loads(saved))
-    except (TypeError, json.JSONDecodeError):
-        return ["the checkpoint records no readable configuration"]
-    new = _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
-    keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def _step_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1)
 
 
 class Trainer:
-    """Run ``task`` as configured by ``cfg``.
+    """Run ``task`` as configured by ``cfg``, stage by stage (``cfg.plan()``).
 
     Args:
         cfg: the run configuration.
-        task: the model, data and loss.
+        task: the model, data and loss of the first stage.
         hooks: lifecycle hook caller (pluggy ``pm.hook`` or any object with those methods).
         device: where to train (default CPU; see :func:`resolve_device`); batches are moved
             there.
+        enter_stage: ``enter_stage(index) -> TrainTask`` starts stage ``index`` > 0 of the
+            plan: it transforms the model (in place or anew) and returns the stage's task. The
+            trainer first loads the EMA weights into the live model (a stage starts from the
+            weights the last one exported) and afterwards rebuilds the optimizer and the EMA.
+            Needed when the run file has more than one stage.
+
+    Stages: global steps ``[start, start + steps)`` of each stage, in order; the learning rate
+    warms up and anneals within each stage with its ``[optim]`` overrides. A stage that ends
+    is evaluated, checkpointed (the checkpoint records the stage) and its metrics written to
+    ``out_dir/stages/<name>/metrics.json`` (with the tokenizer, when the model can
+    ``save_pretrained``).
     """
 
     def __init__(
@@ -179,6 +105,7 @@ class Trainer:
         *,
         hooks: Any = None,
         device: torch.device | str = "cpu",
+        enter_stage: Callable[[int], TrainTask] | None = None,
     ) -> None:
         self.cfg, self.task = cfg, task
         self.hooks = hooks if hooks is not None else _NoHooks()
@@ -186,19 +113,62 @@ class Trainer:
         self.out_dir = cfg.run.output
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.model = task.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, task.is_pretrained)
-        self.ema = (
-            AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True
+        self.plan = cfg.plan()
+        if len(self.plan) > 1 and enter_stage is None:
+            raise ConfigError(
+                f"the run has {len(self.plan)} [[stages]]: the Trainer needs enter_stage= "
+                "to start each (atoken.train.run_training passes it)"
             )
-            if cfg.train.ema_decay > 0
-            else None
-        )
+        self.enter_stage = enter_stage
+        self.starts = [0]
+        for stage in self.plan:
+            self.starts.append(self.starts[-1] + stage.steps)
+        self.stage_index = 0
+        self._start_stage(task)
         self.step = 0
         self.nonfinite = 0
         self.losses: list[float] = []  # the total loss of every completed step, in order
         self.last_eval: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- stages
+    @property
+    def stage(self) -> StageSpec:
+        """The stage being trained."""
+        return self.plan[self.stage_index]
+
+    def _start_stage(self, task: TrainTask) -> None:
+        self.task = task
+        self.optim_cfg = self.cfg.stage_optim(self.stage)
+        self.model = task.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, self.optim_cfg, task.is_pretrained)
+        decay = self.cfg.train.ema_decay
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            if decay > 0
+            else None
+        )
+
+    def _enter(self, index: int) -> None:
+        """Start stage ``index`` (the next one) from the current weights."""
+        if self.ema is not None:  # the stage starts from the weights the last one exported
+            self.model.load_state_dict(self.ema.module.state_dict())
+        torch.manual_seed(_step_seed(self.cfg.run.seed, self.starts[index], -1 - index))
+        self.stage_index = index
+        self._start_stage(self.enter_stage(index))
+
+    def _finish_stage(self) -> dict[str, float]:
+        """Evaluate the stage's weights and write its metrics (and tokenizer)."""
+        metrics = self.evaluate()
+        folder = self.out_dir / "stages" / self.stage.name
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
+        record["complete"] = self.step == self.starts[self.stage_index + 1]
+        (folder / "metrics.json").write_text(json.dumps({**record, "metrics": metrics}, indent=1))
+        save = getattr(self.eval_model, "save_pretrained", None)
+        if callable(save):
+            save(folder / "tokenizer")
+        self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
+        return metrics
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -209,6 +179,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "stage": self.stage_index,
+            "stage_name": self.stage.name,
             "nonfinite": self.nonfinite,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
@@ -218,6 +190,17 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint; one of a later stage first enters the stages up to it (their
+        transforms give the model the checkpoint's shape)."""
+        saved = int(state.get("stage", 0))
+        if not self.stage_index <= saved < len(self.plan):
+            raise CheckpointError(
+                f"checkpoint is of stage {saved} ({state.get('stage_name', '?')!r}); this run "
+                f"is at stage {self.stage_index} of {len(self.plan)}"
+            )
+        while self.stage_index < saved:
+            self.stage_index += 1
+            self._start_stage(self.enter_stage(self.stage_index))
         try:
             self.model.load_state_dict(state["model"])
             if self.ema is not None and state["ema"]:
@@ -244,7 +227,7 @@ class Trainer:
             self._truncate_log(0)
             return False
         state = load_checkpoint(path)
-        changed = _config_changes(state.get("config", "{}"), self.cfg)
+        changed = config_changes(state.get("config", "{}"), self.cfg)
         if changed and not force:
             raise RunFolderError(
                 f"{path} was written by another run configuration: "
@@ -318,31 +301,32 @@ class Trainer:
         batch = to_device(self.task.batch(step, micro), self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss, terms = self.task.loss(self.model, batch)
-        (loss / self.cfg.optim.grad_accum).backward()
+        (loss / self.optim_cfg.grad_accum).backward()
         return loss.detach(), terms
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (with accumulation); returns the step's log record."""
-        cfg = self.cfg
+        cfg, optim = self.cfg, self.optim_cfg
         step = self.step
-        lr = lr_at(step, cfg.optim, cfg.train.steps)
+        lr = lr_at(step - self.starts[self.stage_index], optim, self.stage.steps)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
         total, sums, counts = torch.zeros(()), {}, {}
-        for micro in range(cfg.optim.grad_accum):
+        for micro in range(optim.grad_accum):
             loss, micro_terms = self._micro_step(step, micro)
-            total = total + loss.float() / cfg.optim.grad_accum
+            total = total + loss.float() / optim.grad_accum
             for k, v in micro_terms.items():  # a term's mean over the micro-steps that have it
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
         terms = {k: sums[k] / counts[k] for k in sums}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         record = {
             "step": step,
             "kind": "train",
+            "stage": self.stage.name,
             "lr": lr,
             "loss": float(total),
             "grad_norm": float(gnorm),
@@ -373,7 +357,7 @@ class Trainer:
         with torch.no_grad():
             metrics = self.task.evaluate(model, self.step, self.out_dir)
         self.last_eval = dict(metrics)
-        self._log({"step": self.step, "kind": "eval", **metrics})
+        self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
         self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
         return metrics
 
@@ -403,6 +387,8 @@ class Trainer:
         )
         try:
             while self.step < cfg.steps:
+                if self.step >= self.starts[self.stage_index + 1]:
+                    self._enter(self.stage_index + 1)
                 record = self.train_step()
                 done = self.step
                 if done % cfg.log_every == 0 or done == 1 or record.get("skipped"):
@@ -410,15 +396,25 @@ class Trainer:
                 self.hooks.atoken_step_end(trainer=self, step=done, logs=record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                stage_done = done == self.starts[self.stage_index + 1] and done < cfg.steps
+                if stage_done:
+                    self._finish_stage()
+                elif cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                     self.evaluate()
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                if stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     self.save()
                 if cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60:
-                    self._log({"step": done, "kind": "stopped", "reason": "max_minutes"})
+                    self._log(
+                        {
+                            "step": done,
+                            "kind": "stopped",
+                            "stage": self.stage.name,
+                            "reason": "max_minutes",
+                        }
+                    )
                     break
         finally:
             bar.close()
-        metrics = self.evaluate()
+        metrics = self._finish_stage()
         self.save()
         return metrics

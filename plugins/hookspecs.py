@@ -113,6 +113,22 @@ def register_data_sources(register: Register) -> None:
     """
 
 
+@hookspec
+def register_stage_transforms(register: Register) -> None:
+    """Add stage transforms: ``register("prune_heads", PruneHeads)``.
+
+    A stage transform changes the tokenizer when a ``[[stages]]`` stage of a run file starts
+    (``transforms = [{ name = "prune_heads", keep = 4 }]``). The factory takes the entry's
+    keyword parameters and returns a callable ``transform(tokenizer, context)`` that changes
+    the tokenizer in place, module by module, keeping ``tokenizer.config`` true to its modules
+    (so ``save_pretrained`` / ``from_pretrained`` rebuild it); ``context`` is an
+    :class:`atoken.transforms.StageContext` (the stage, its built tasks and mixture). The
+    transform also runs when a checkpoint of a later stage is resumed, to give the model the
+    checkpoint's shape (the checkpoint's weights then replace the ones it set). Called when
+    the registries are built. Since 0.3.
+    """
+
+
 # ------------------------------------------------------------------------------ lifecycle
 @hookspec
 def atoken_train_start(trainer: Any) -> None:
@@ -136,6 +152,14 @@ def atoken_step_end(trainer: Any, step: int, logs: dict[str, Any]) -> None:
 def atoken_eval_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
     """Called after each held-out evaluation with its metrics. Return value ignored.
     Since 0.1.
+    """
+
+
+@hookspec
+def atoken_stage_end(trainer: Any, stage: str, metrics: dict[str, float]) -> None:
+    """Called when a stage of the run ends (the last one too, when the run ends), after its
+    held-out evaluation and after ``out_dir/stages/<stage>/`` is written. Return value
+    ignored. Since 0.3.
     """
 
 

@@ -75,6 +75,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.tasks.image",
     "atoken.tasks.video",
     "atoken.tasks.alignment",
+    "atoken.transforms",
 )
 
 _BUILTIN_DIST = "atoken"

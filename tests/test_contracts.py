@@ -15,6 +15,7 @@ from atoken.testing.contracts import (
     TextEncoderContract,
     TokenizerRoundTripContract,
 )
+from atoken.testing.stage_contracts import StageTransformContract
 
 REGISTRY = atoken.get_registry()
 
@@ -170,3 +171,9 @@ def test_several_contract_subclasses_run_in_one_session(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:]
     assert "12 passed" in out.stdout  # 6 contract tests x 2 subclasses
+
+
+class TestEveryStageTransform(StageTransformContract):
+    @pytest.fixture(params=REGISTRY.stage_transforms.names())
+    def transform_name(self, request):
+        return request.param

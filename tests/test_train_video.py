@@ -47,7 +47,8 @@ def test_expanding_the_latent_leaves_the_decoder_output_unchanged():
     recon, _, _ = wide.autoencode(images)
     (recon[0] - images[0]).abs().mean().backward()
     assert bool(wide.decoder.in_proj.weight.grad[:, 32:].abs().sum() > 0)
-    assert expand_latent(tok, 32) is tok
+    assert wide is tok  # in place: the tokenizer's modules changed
+    assert expand_latent(tok, 48) is tok  # already that wide: nothing to do
 
 
 def test_expand_latent_rejects_what_it_cannot_expand():

@@ -1,0 +1,47 @@
+"""What a resumed run may change: the run-file keys that steer a run, not what it trains."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from atoken.core.runconfig import RunConfig
+
+__all__ = ["RESUMABLE_KEYS", "config_changes"]
+
+
+#: Run-file keys a resumed run may change: they steer the run, not what it trains.
+RESUMABLE_KEYS = frozenset(
+    {
+        "run.name",
+        "run.out_dir",
+        "train.steps",
+        "train.max_minutes",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.progress",
+        "train.device",
+    }
+)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: str, cfg: RunConfig) -> list[str]:
+    """``"key: saved -> now"`` for each run-file key that differs from the checkpoint's."""
+    try:
+        old = _flat(json.loads(saved))
+    except (TypeError, json.JSONDecodeError):
+        return ["the checkpoint records no readable configuration"]
+    new = _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

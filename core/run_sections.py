@@ -1,0 +1,245 @@
+"""The sections of a run file: one frozen attrs class each, validated at construction.
+
+``[run]`` :class:`RunSection`, ``[model]`` :class:`ModelConfig`, ``[optim]``
+:class:`OptimConfig`, ``[train]`` :class:`TrainConfig`, one ``[[tasks]]`` table
+:class:`TaskSpec` (its ``losses`` entries :class:`LossTerm`), one ``[[stages]]`` table
+:class:`StageSpec` (its ``transforms`` entries :class:`TransformSpec`). A bad value is a
+``ConfigError`` naming the field; :mod:`atoken.core.runconfig` structures a TOML file into
+them and adds the section to the message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from atoken.core.errors import ConfigError
+
+__all__ = [
+    "LossTerm",
+    "ModelConfig",
+    "OptimConfig",
+    "RunSection",
+    "StageSpec",
+    "TaskSpec",
+    "TrainConfig",
+    "TransformSpec",
+    "distinct_labels",
+]
+
+
+def _number(attribute: attrs.Attribute, value: Any) -> None:
+    """A finite number of the field's declared kind (``int`` fields take ints only; no bools)."""
+    integral = attribute.type == "int"  # annotations are strings here
+    ok = not isinstance(value, bool) and isinstance(value, int if integral else (int, float))
+    if not ok or not math.isfinite(value):
+        kind = "an int" if integral else "a finite number"
+        raise ConfigError(f"{attribute.name} must be {kind}, got {value!r}")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _number(attribute, value)
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _number(attribute, value)
+    if not value >= 0:
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _non_negative(instance, attribute, value)
+    if not value < 1:
+        raise ConfigError(f"{attribute.name} must be in [0, 1) (0: off), got {value!r}")
+
+
+def _integer(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _number(attribute, value)
+
+
+_str = attrs.validators.instance_of(str)
+_bool = attrs.validators.instance_of(bool)
+
+
+def _one_of(*choices: str):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ConfigError(f"{attribute.name} must be one of {choices}, got {value!r}")
+
+    return check
+
+
+def _tuple(value: Any) -> tuple:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class RunSection:
+    """``[run]``: name, output folder and seed."""
+
+    name: str = attrs.field(default="run", validator=_str)
+    out_dir: str = attrs.field(default="", validator=_str)  # default: runs/<name>
+    seed: int = attrs.field(default=0, validator=_integer)
+
+    @property
+    def output(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """``[model]``: a preset plus overrides, and component names."""
+
+    preset: str = "tiny"
+    bottleneck: str = "kl"
+    latent_dim: int = attrs.field(default=32, validator=_positive)
+    head: str = "pixels"
+    attention: str = ""  # empty: the default backend for the device
+    overrides: Mapping[str, Any] = attrs.field(factory=dict)
+    bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
+    init_from: str = ""  # a checkpoint folder (save_pretrained) to start from
+    text_encoder: str = ""  # a registered text encoder to align to (empty: none)
+    text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)  # trainable = true: train it
+    # per modality, the parameters of its factory (TokenizerConfig.modality_params), e.g.
+    # modality_params = { depth = { depth_mean = 2.5 } }
+    modality_params: Mapping[str, Any] = attrs.field(factory=dict)
+    # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
+    # final_norm = false, decoder_final_norm = false, decoder_bias = true
+    pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    # widen the kl latent to this many channels before training (stage 2: 32 -> 48; the
+    # decoder's output is unchanged at the start, atoken.transforms.expand_latent); 0: keep
+    expand_latent: int = attrs.field(default=0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.pca_init and self.init_from:
+            raise ConfigError("[model] pca_init and init_from exclude each other: pick one start")
+
+
+@attrs.frozen(kw_only=True)
+class OptimConfig:
+    """``[optim]``: AdamW, warmup then cosine, clipping and accumulation."""
+
+    lr: float = attrs.field(default=3e-4, validator=_positive)
+    min_lr: float = attrs.field(default=3e-5, validator=_non_negative)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), converter=_tuple)
+    weight_decay: float = attrs.field(default=0.1, validator=_non_negative)
+    warmup_steps: int = attrs.field(default=100, validator=_non_negative)
+    encoder_lr_mult: float = attrs.field(default=0.1, validator=_positive)
+    grad_clip: float = attrs.field(default=1.0, validator=_non_negative)  # 0: off
+    grad_accum: int = attrs.field(default=1, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """``[train]``: length, precision, EMA, evaluation, checkpoints and guards."""
+
+    steps: int = attrs.field(default=1000, validator=_positive)
+    max_minutes: float = attrs.field(default=0.0, validator=_non_negative)  # 0: no limit
+    precision: str = attrs.field(default="auto", validator=_one_of("auto", "bf16", "fp32"))
+    ema_decay: float = attrs.field(default=0.999, validator=_decay)  # 0: off
+    eval_every: int = attrs.field(default=0, validator=_non_negative)  # 0: only at the end
+    checkpoint_every: int = attrs.field(default=0, validator=_non_negative)
+    keep_checkpoints: int = attrs.field(default=2, validator=_positive)
+    log_every: int = attrs.field(default=10, validator=_positive)
+    max_nonfinite: int = attrs.field(default=5, validator=_positive)
+    progress: bool = attrs.field(default=True, validator=_bool)
+    # "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; --device overrides
+    device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
+    # how the [[tasks]] share the micro-steps: "round_robin" (micro-step k trains task
+    # k mod N, its loss scaled by the task's weight) or "weighted" (task drawn with
+    # probability weight / sum of weights, loss unscaled); set [optim] grad_accum = N for one
+    # micro-batch of every task per optimizer step
+    mixture: str = attrs.field(default="round_robin", validator=_one_of("round_robin", "weighted"))
+
+
+@attrs.frozen(kw_only=True)
+class LossTerm:
+    """One entry of a task's ``losses``: a registered loss, its weight and parameters."""
+
+    name: str = attrs.field(validator=_str)
+    weight: float = attrs.field(default=1.0, validator=_non_negative)
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _optional_tuple(value: Any) -> tuple | None:
+    return None if value is None else tuple(value)
+
+
+def _weight(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    """One ``[[tasks]]`` table: the keys every task has; ``params`` holds the others (the
+    task's own parameters, validated by the task's ``Params`` class).
+
+    ``label`` names the task in logs, metrics and output folders (default: ``name``; two tasks
+    of one name need labels). ``data`` is the data-source table (``source`` plus its
+    parameters; empty: the task's default source). ``losses``/``metrics`` left out take the
+    task's defaults; ``modality`` left empty is the task's or the data source's.
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    label: str = ""
+    weight: float = attrs.field(default=1.0, validator=_weight)
+    modality: str = ""
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+    losses: tuple[LossTerm, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    metrics: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The label, else the name."""
+        return self.label or self.name
+
+
+def distinct_labels(tasks: tuple[TaskSpec, ...], where: str) -> None:
+    keys = [t.key for t in tasks]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{where} {twice} appear more than once: give each a distinct label")
+
+
+@attrs.frozen(kw_only=True)
+class TransformSpec:
+    """One entry of a stage's ``transforms``: a registered stage transform and its parameters
+    (``{ name = "expand_latent", latent_dim = 48 }``)."""
+
+    name: str = attrs.field(validator=_str)
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class StageSpec:
+    """One ``[[stages]]`` table: what a stage of the curriculum trains, for how long and with
+    which optimizer, and the transforms applied to the tokenizer when it starts.
+
+    ``tasks`` are resolved: a label in the run file's ``tasks = ["image", ...]`` is the
+    ``[[tasks]]`` table of that label, a table is a task of this stage only. ``optim`` holds the
+    ``[optim]`` keys this stage overrides; ``mixture`` empty is ``[train] mixture``.
+    """
+
+    name: str = attrs.field(validator=_str)
+    steps: int = attrs.field(validator=_positive)
+    tasks: tuple[TaskSpec, ...] = attrs.field(converter=_tuple)
+    mixture: str = attrs.field(default="", validator=_one_of("", "round_robin", "weighted"))
+    optim: Mapping[str, Any] = attrs.field(factory=dict)
+    transforms: tuple[TransformSpec, ...] = attrs.field(default=(), converter=_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"name must be letters, digits, '-' or '_', got {self.name!r}")
+        distinct_labels(self.tasks, "tasks")
