@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -125,6 +126,19 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--device", default=None, help="Override [train] device: auto (CUDA if any), cpu, cuda[:N]."
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Train on N processes of this machine (runs torchrun; [distributed] says how).",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=0,
+    help="With --nproc: restart the process group this many times after a failure; each "
+    "restart resumes from the last complete checkpoint.",
+)
 def train(
     run_file: str,
     resume: bool,
@@ -133,10 +147,23 @@ def train(
     steps: int | None,
     out_dir: str | None,
     device: str | None,
+    nproc: int,
+    max_restarts: int,
 ) -> None:
-    """Train a tokenizer as RUN_FILE (TOML) describes."""
+    """Train a tokenizer as RUN_FILE (TOML) describes.
+
+    On several processes: ``atoken train --nproc N RUN.toml`` or, on a cluster,
+    ``torchrun --nproc-per-node N -m atoken.cli train RUN.toml`` (docs/distributed.md).
+    """
+    from atoken.cli_distributed import launch, restarted
     from atoken.core.runconfig import load_run_file
     from atoken.train import run_training
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        ctx = click.get_current_context()
+        raise SystemExit(launch(ctx.params, nproc=nproc, max_restarts=max_restarts))
+    if restarted():  # torchrun restarted the group: continue from the last checkpoint
+        resume, overwrite = True, False
 
     overrides: dict = {}
     if steps is not None or device is not None:
@@ -150,8 +177,9 @@ def train(
         trainer, metrics = run_training(cfg, resume=resume, overwrite=overwrite, force=force)
     except AtokenError as exc:
         raise _fail(exc) from exc
-    click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")
-    _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
+    if trainer.dist.main:  # under torchrun, rank 0 reports
+        click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")
+        _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
 
 
 @main.command()

@@ -172,5 +172,6 @@ def run_training(
     )
     metrics = trainer.fit(resume=resume, overwrite=overwrite, force=force)
     tokenizer.load_state_dict(trainer.eval_model.state_dict())
-    tokenizer.save_pretrained(cfg.run.output / "tokenizer")
+    if trainer.dist.main:  # one process writes (torchrun: rank 0)
+        tokenizer.save_pretrained(cfg.run.output / "tokenizer")
     return trainer, metrics

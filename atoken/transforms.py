@@ -114,16 +114,58 @@ def expand_latent(tokenizer: nn.Module, latent_dim: int) -> nn.Module:
     return tokenizer
 
 
+def _latents(tokenizer: nn.Module, calibration: Sequence[tuple[Any, str]]) -> torch.Tensor:
+    """The latent ``[N, L]`` (the posterior mean) of the calibration samples."""
+    was_training = tokenizer.training
+    tokenizer.eval()
+    feats = [tokenizer.encode(samples, modality).feats for samples, modality in calibration]
+    tokenizer.train(was_training)
+    z = torch.cat(feats).double()  # [N, L]
+    if z.shape[0] < 2:
+        raise ConfigError("to_fsq: calibration needs at least 2 tokens")
+    return z
+
+
+def _calibrate(fsq: nn.Module, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per channel of the latent ``m [N, L]``: (mean, std, input gain f, output gain g) of
+    the least-error scalar quantizer ``m ~ mu + sigma * g * fsq(f * (m - mu) / sigma)``,
+    the input gain searched on a grid, the output gain by least squares."""
+    mu, sigma = m.mean(0), m.std(0).clamp_min(1e-8)
+    z = (m - mu) / sigma  # [N, L] standardised
+    best_err = torch.full_like(mu, float("inf"))
+    best_f, best_g = torch.ones_like(mu), torch.ones_like(mu)
+    for f in torch.linspace(0.05, 3.0, 60, dtype=torch.float64).tolist():
+        codes, _ = fsq.quantize((z * f).float())  # [N, L] what the bottleneck will emit
+        codes = codes.double()
+        g = (z * codes).sum(0) / (codes**2).sum(0).clamp_min(1e-12)  # [L]
+        err = ((z - g * codes) ** 2).mean(0)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_f = torch.where(better, torch.full_like(mu, f), best_f)
+        best_g = torch.where(better, g, best_g)
+    return mu, sigma, best_f, best_g
+
+
 @torch.no_grad()
 def to_fsq(
-    tokenizer: nn.Module, *, levels: Sequence[int] = (4,) * 6, groups: int = 8, scale: float = 1.0
+    tokenizer: nn.Module,
+    *,
+    levels: Sequence[int] = (4,) * 6,
+    groups: int = 8,
+    scale: float = 1.0,
+    calibration: Sequence[tuple[Any, str]] | None = None,
 ) -> nn.Module:
     """Replace the ``kl`` bottleneck by ``fsq`` on its posterior mean, in place.
 
-    The FSQ projection is the KL projection's mean rows (times ``scale``); the log-variance
-    rows are dropped. The latent keeps its width, so the decoder is unchanged; ``groups *
-    len(levels)`` must equal ``latent_dim`` (the official So/D: 8 groups of ``[4] * 6`` on the
-    48-channel latent, 96 bits per token).
+    The latent keeps its width, so the decoder reads it as before; ``groups * len(levels)``
+    must equal ``latent_dim`` (the official So/D: 8 groups of ``[4] * 6`` on the 48-channel
+    latent, 96 bits per token). Without ``calibration`` the FSQ projection is the KL mean rows
+    times ``scale`` and the decoder is untouched (the official attachment). With
+    ``calibration`` (``[(samples, modality), ...]``, e.g. training batches) each channel ``m``
+    of the mean gets the least-error scalar quantizer on those samples: the projection feeds
+    FSQ ``f * (m - mu) / sigma`` and the decoder's input map reads the codes as
+    ``mu + sigma * g * code`` (``W' = W * sigma * g``, ``b' = b + W mu``), so the decoder's
+    output at the switch is the KL one up to the quantization error.
 
     Raises:
         ConfigError: a non-``kl`` bottleneck, or levels and groups that do not tile the latent.
@@ -143,8 +185,21 @@ def to_fsq(
     )
     src = tokenizer.bottleneck.proj  # [2L, C]: mean rows first
     fsq = build_bottleneck(config).to(src.weight.device, src.weight.dtype)
-    fsq.proj.weight.copy_(src.weight[:L] * scale)  # [L, C]
-    fsq.proj.bias.copy_(src.bias[:L] * scale)
+    weight, bias = src.weight[:L].double() * scale, src.bias[:L].double() * scale  # [L, C], [L]
+    if calibration:
+        in_proj = tokenizer.decoder.in_proj  # weight [C', L]
+        m = _latents(tokenizer, calibration).to(weight.device)
+        if in_proj.bias is None:
+            m = torch.cat([m, -m])  # no bias to add the mean back: a quantizer centred on 0
+        mu, sigma, f, g = _calibrate(fsq, m)
+        weight = weight * (f / sigma)[:, None]  # [L, C]
+        bias = (bias - mu) * (f / sigma)
+        w_dec = in_proj.weight.double()  # [C', L]
+        if in_proj.bias is not None:
+            in_proj.bias.add_((w_dec @ mu).to(in_proj.bias.dtype))
+        in_proj.weight.copy_((w_dec * (sigma * g)[None, :]).to(in_proj.weight.dtype))
+    fsq.proj.weight.copy_(weight.to(fsq.proj.weight.dtype))
+    fsq.proj.bias.copy_(bias.to(fsq.proj.bias.dtype))
     tokenizer.bottleneck = fsq.train(tokenizer.bottleneck.training)
     tokenizer.config = config
     return tokenizer
@@ -206,16 +261,30 @@ class ExpandLatent:
 
 @attrs.frozen(kw_only=True)
 class ToFSQ:
-    """``to_fsq``: the ``kl`` bottleneck becomes ``fsq`` on its mean (:func:`to_fsq`)."""
+    """``to_fsq``: the ``kl`` bottleneck becomes ``fsq`` on its mean (:func:`to_fsq`),
+    calibrated on the first ``calibrate`` training batches of each of the stage's tasks
+    (``calibrate = 0``: the mean rows times ``scale``, decoder untouched)."""
 
     levels: tuple[int, ...] = attrs.field(default=(4,) * 6, converter=tuple)
     groups: int = attrs.field(default=8, validator=_int_at_least(1))
     scale: float = attrs.field(default=1.0, validator=_positive)
+    calibrate: int = attrs.field(default=8, validator=_int_at_least(0))
 
     example_tokenizer: ClassVar[dict[str, Any]] = {"latent_dim": 48}
 
     def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
-        to_fsq(tokenizer, levels=self.levels, groups=self.groups, scale=self.scale)
+        calibration = [
+            (task.batch(step, 0), task.modality)
+            for task in context.tasks
+            for step in range(self.calibrate)
+        ]
+        to_fsq(
+            tokenizer,
+            levels=self.levels,
+            groups=self.groups,
+            scale=self.scale,
+            calibration=calibration or None,
+        )
 
 
 @hookimpl

@@ -23,6 +23,13 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.progress",
         "train.device",
+        # how the processes share the work, not what they train (any world size resumes)
+        "distributed.strategy",
+        "distributed.backend",
+        "distributed.timeout",
+        "distributed.param_dtype",
+        "distributed.activation_checkpointing",
+        "distributed.reshard_after_forward",
     }
 )
 

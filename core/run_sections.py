@@ -20,6 +20,7 @@ import attrs
 from atoken.core.errors import ConfigError
 
 __all__ = [
+    "DistributedConfig",
     "LossTerm",
     "ModelConfig",
     "OptimConfig",
@@ -160,6 +161,28 @@ class TrainConfig:
     # probability weight / sum of weights, loss unscaled); set [optim] grad_accum = N for one
     # micro-batch of every task per optimizer step
     mixture: str = attrs.field(default="round_robin", validator=_one_of("round_robin", "weighted"))
+
+
+@attrs.frozen(kw_only=True)
+class DistributedConfig:
+    """``[distributed]``: how a run on several processes (``torchrun``, ``atoken train --nproc``)
+    shares the work; ignored on one process.
+
+    ``strategy``: ``"ddp"`` (every rank holds the whole model, gradients averaged) or
+    ``"fsdp"`` (FSDP2: parameters, gradients and optimizer state sharded, ``fully_shard`` per
+    transformer block then the root). ``backend``: ``"auto"`` is nccl on CUDA, gloo on the CPU.
+    ``timeout``: seconds a collective may wait for the other ranks before the run fails with a
+    message naming the stalled step (a hung rank). ``param_dtype``: FSDP2's compute dtype
+    (``"auto"``: bf16 where bf16 is fast, else fp32); gradients are reduced in fp32.
+    ``activation_checkpointing``: recompute each transformer block in the backward pass.
+    """
+
+    strategy: str = attrs.field(default="ddp", validator=_one_of("ddp", "fsdp"))
+    backend: str = attrs.field(default="auto", validator=_one_of("auto", "gloo", "nccl"))
+    timeout: float = attrs.field(default=600.0, validator=_positive)
+    param_dtype: str = attrs.field(default="auto", validator=_one_of("auto", "bf16", "fp32"))
+    activation_checkpointing: bool = attrs.field(default=False, validator=_bool)
+    reshard_after_forward: bool = attrs.field(default=True, validator=_bool)
 
 
 @attrs.frozen(kw_only=True)

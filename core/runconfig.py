@@ -33,6 +33,7 @@ import attrs
 
 from atoken.core.errors import ConfigError
 from atoken.core.run_sections import (
+    DistributedConfig,
     LossTerm,
     ModelConfig,
     OptimConfig,
@@ -51,6 +52,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "DistributedConfig",
     "LossTerm",
     "ModelConfig",
     "OptimConfig",
@@ -74,6 +76,7 @@ class RunConfig:
     model: ModelConfig = attrs.field(factory=ModelConfig)
     optim: OptimConfig = attrs.field(factory=OptimConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
+    distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
     tasks: tuple[TaskSpec, ...] = attrs.field(default=(), converter=tuple)
     stages: tuple[StageSpec, ...] = attrs.field(default=(), converter=tuple)
 
@@ -255,6 +258,7 @@ _SECTIONS: dict[str, type] = {
     "ModelConfig": ModelConfig,
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
+    "DistributedConfig": DistributedConfig,
 }
 
 

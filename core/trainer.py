@@ -37,6 +37,15 @@ from atoken.core.checkpoint import (
     save_checkpoint,
 )
 from atoken.core.device import fast_bf16, resolve_device, to_device
+from atoken.core.distributed import (
+    all_reduce_sum,
+    barrier,
+    global_share,
+    setup,
+    share_object,
+    sync_gradients,
+    wrap,
+)
 from atoken.core.errors import AtokenError, ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
@@ -72,8 +81,8 @@ class _NoHooks:
         return lambda **kwargs: None
 
 
-def _step_seed(seed: int, step: int, micro: int) -> int:
-    return (seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1)
+def _step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + step * 1_009 + micro + rank * 7_919_000_003) % (2**63 - 1)
 
 
 class Trainer:
@@ -96,6 +105,12 @@ class Trainer:
     is evaluated, checkpointed (the checkpoint records the stage) and its metrics written to
     ``out_dir/stages/<name>/metrics.json`` (with the tokenizer, when the model can
     ``save_pretrained``).
+
+    Several processes (torchrun; ``[distributed]``): each trains on its rank's batches with
+    its own RNG stream, the model wrapped by :func:`atoken.core.distributed.wrap`; a task's
+    optional ``count(batch)`` (what its loss averages over, e.g. samples) normalises each
+    micro-step by the global count, so the gradient is the one of the whole global batch.
+    Only rank 0 writes logs, pictures, checkpoints and stage outputs and calls the hooks.
     """
 
     def __init__(
@@ -108,8 +123,8 @@ class Trainer:
         enter_stage: Callable[[int], TrainTask] | None = None,
     ) -> None:
         self.cfg, self.task = cfg, task
-        self.hooks = hooks if hooks is not None else _NoHooks()
-        self.device = resolve_device(device)
+        self.dist, self.device = setup(cfg.distributed, resolve_device(device))
+        self.hooks = hooks if hooks is not None and self.dist.main else _NoHooks()
         self.out_dir = cfg.run.output
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -139,19 +154,21 @@ class Trainer:
     def _start_stage(self, task: TrainTask) -> None:
         self.task = task
         self.optim_cfg = self.cfg.stage_optim(self.stage)
-        self.model = task.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, self.optim_cfg, task.is_pretrained)
+        self.module = task.model.to(self.device)  # what is saved and evaluated
         decay = self.cfg.train.ema_decay
         self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
             if decay > 0
             else None
         )
+        distributed = self.cfg.distributed
+        self.model = wrap(self.module, self.dist, distributed, self.device, fast_bf16(self.device))
+        self.optimizer = build_optimizer(self.module, self.optim_cfg, task.is_pretrained)
 
     def _enter(self, index: int) -> None:
         """Start stage ``index`` (the next one) from the current weights."""
         if self.ema is not None:  # the stage starts from the weights the last one exported
-            self.model.load_state_dict(self.ema.module.state_dict())
+            self.module.load_state_dict(self.ema.module.state_dict())
         torch.manual_seed(_step_seed(self.cfg.run.seed, self.starts[index], -1 - index))
         self.stage_index = index
         self._start_stage(self.enter_stage(index))
@@ -159,22 +176,25 @@ class Trainer:
     def _finish_stage(self) -> dict[str, float]:
         """Evaluate the stage's weights and write its metrics (and tokenizer)."""
         metrics = self.evaluate()
-        folder = self.out_dir / "stages" / self.stage.name
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
-        record["complete"] = self.step == self.starts[self.stage_index + 1]
-        (folder / "metrics.json").write_text(json.dumps({**record, "metrics": metrics}, indent=1))
-        save = getattr(self.eval_model, "save_pretrained", None)
-        if callable(save):
-            save(folder / "tokenizer")
+        if self.dist.main:
+            folder = self.out_dir / "stages" / self.stage.name
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
+            record["complete"] = self.step == self.starts[self.stage_index + 1]
+            text = json.dumps({**record, "metrics": metrics}, indent=1)
+            (folder / "metrics.json").write_text(text)
+            save = getattr(self.eval_model, "save_pretrained", None)
+            if callable(save):
+                save(folder / "tokenizer")
         self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
+        barrier(self.dist, "the end of a stage", self.cfg.distributed.timeout)
         return metrics
 
     # ----------------------------------------------------------------------------- state
     @property
     def eval_model(self) -> nn.Module:
-        """The EMA weights when enabled, else the live model."""
-        return self.ema.module if self.ema is not None else self.model
+        """The EMA weights when enabled, else the live model (unwrapped)."""
+        return self.ema.module if self.ema is not None else self.module
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -182,7 +202,7 @@ class Trainer:
             "stage": self.stage_index,
             "stage_name": self.stage.name,
             "nonfinite": self.nonfinite,
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "losses": torch.tensor(self.losses, dtype=torch.float64),
@@ -202,7 +222,7 @@ class Trainer:
             self.stage_index += 1
             self._start_stage(self.enter_stage(self.stage_index))
         try:
-            self.model.load_state_dict(state["model"])
+            self.module.load_state_dict(state["model"])
             if self.ema is not None and state["ema"]:
                 self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -262,22 +282,28 @@ class Trainer:
         for ckpt in list_checkpoints(self.ckpt_dir):
             ckpt.unlink()
 
-    def save(self) -> Path:
-        path = save_checkpoint(
-            self.state_dict(), self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints
-        )
-        self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; the others wait); returns its path on rank 0."""
+        path = None
+        if self.dist.main:
+            path = save_checkpoint(
+                self.state_dict(), self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints
+            )
+            self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
+        barrier(self.dist, f"the checkpoint at step {self.step}", self.cfg.distributed.timeout)
         return path
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines of steps a resumed run will redo, so none appears twice."""
-        if not self.metrics_path.exists():
+        if not self.dist.main or not self.metrics_path.exists():
             return
         keep = []
         for line in self.metrics_path.read_text().splitlines():
@@ -297,12 +323,16 @@ class Trainer:
         return precision == "bf16" or (precision == "auto" and fast_bf16(self.device))
 
     def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
-        torch.manual_seed(_step_seed(self.cfg.run.seed, step, micro))
-        batch = to_device(self.task.batch(step, micro), self.device)
+        """One micro-batch's backward; returns its loss as a share of the global batch's."""
+        torch.manual_seed(_step_seed(self.cfg.run.seed, step, micro, self.dist.rank))
+        raw = self.task.batch(step, micro)
+        count = getattr(self.task, "count", None)
+        share = global_share(float(count(raw)) if callable(count) else 1.0, self.dist)
+        batch = to_device(raw, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss, terms = self.task.loss(self.model, batch)
-        (loss / self.optim_cfg.grad_accum).backward()
-        return loss.detach(), terms
+        (loss * share / self.optim_cfg.grad_accum).backward()
+        return loss.detach() * share, terms
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (with accumulation); returns the step's log record."""
@@ -319,10 +349,16 @@ class Trainer:
             for k, v in micro_terms.items():  # a term's mean over the micro-steps that have it
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-        terms = {k: sums[k] / counts[k] for k in sums}
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        terms = {k: sums[k] / counts[k] for k in sums}  # this rank's (rank 0's in the log)
+        if self.dist.active:  # the global batch's loss: the mean of the ranks' shares
+            total = (all_reduce_sum(total, self.dist) / self.dist.world).float()
+            if self.cfg.distributed.strategy == "ddp":
+                sync_gradients(self.module, self.dist)
+        params = [p for p in self.module.parameters() if p.requires_grad]
         max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor
+            gnorm = gnorm.full_tensor()
         record = {
             "step": step,
             "kind": "train",
@@ -346,19 +382,23 @@ class Trainer:
             self.nonfinite = 0
             self.optimizer.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update_parameters(self.module)
         self.losses.append(float(total))
         self.step = step + 1
         return record
 
     def evaluate(self) -> dict[str, float]:
-        model = self.eval_model
-        model.eval()
-        with torch.no_grad():
-            metrics = self.task.evaluate(model, self.step, self.out_dir)
+        """Held-out metrics of :attr:`eval_model` (rank 0 evaluates; all ranks get them)."""
+        metrics: dict[str, float] = {}
+        if self.dist.main:
+            model = self.eval_model
+            model.eval()
+            with torch.no_grad():
+                metrics = self.task.evaluate(model, self.step, self.out_dir)
+            self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
+            self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
+        metrics = share_object(metrics, self.dist, "the evaluation", self.cfg.distributed.timeout)
         self.last_eval = dict(metrics)
-        self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
-        self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
         return metrics
 
     def fit(
@@ -371,18 +411,27 @@ class Trainer:
         (:meth:`prepare_folder`). Partial files of a killed save are removed first.
         """
         cfg = self.cfg.train
-        remove_partial(self.ckpt_dir)
+        timeout = self.cfg.distributed.timeout
+        refused = None
+        if self.dist.main:
+            remove_partial(self.ckpt_dir)
+            try:
+                if not resume:
+                    self.prepare_folder(overwrite=overwrite)
+            except RunFolderError as exc:
+                refused = str(exc)
+        refused = share_object(refused, self.dist, "preparing the run folder", timeout)
+        if refused:
+            raise RunFolderError(refused)
         if resume:
             self.resume(force=force)
-        else:
-            self.prepare_folder(overwrite=overwrite)
         self.hooks.atoken_train_start(trainer=self)
         start = time.monotonic()
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
             desc=self.cfg.run.name,
-            disable=None if cfg.progress else True,
+            disable=None if cfg.progress and self.dist.main else True,
             dynamic_ncols=True,
         )
         try:
@@ -403,7 +452,10 @@ class Trainer:
                     self.evaluate()
                 if stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     self.save()
-                if cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60:
+                late = cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60
+                if cfg.max_minutes and share_object(
+                    bool(late), self.dist, "the time limit", timeout
+                ):
                     self._log(
                         {
                             "step": done,

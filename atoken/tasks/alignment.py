@@ -139,6 +139,10 @@ class TextAlignmentTask(ReconstructionTask):
     def batch(self, step: int, micro: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self.source.labelled_batch(step, micro)
 
+    def count(self, batch: Any) -> int:
+        """The images of the batch (the contrastive loss averages over them)."""
+        return len(batch[0])
+
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         samples, labels = batch
         align = self.wants("embeddings")

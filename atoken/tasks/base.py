@@ -207,6 +207,11 @@ class ReconstructionTask:
     def batch(self, step: int, micro: int) -> Any:
         return self.source.batch(step, micro)
 
+    def count(self, batch: Any) -> int:
+        """What the losses average over: the samples (each loss is a mean per sample, then
+        over the samples), so ranks weigh their micro-batches by it."""
+        return len(batch)
+
     def wants(self, *inputs: str) -> bool:
         """Whether a loss of the task consumes any of ``inputs``."""
         return any(i in inputs for _, _, i in self.losses)

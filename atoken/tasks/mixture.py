@@ -69,6 +69,12 @@ class TaskMixture:
         i = self.index(step, micro)
         return i, self.tasks[i].batch(step, micro)
 
+    def count(self, batch: tuple[int, Any]) -> float:
+        """What the micro-step's task averages its loss over (``task.count``; 1 without)."""
+        i, data = batch
+        count = getattr(self.tasks[i], "count", None)
+        return float(count(data)) if callable(count) else 1.0
+
     def loss(self, model: nn.Module, batch: tuple[int, Any]) -> tuple[torch.Tensor, dict]:
         i, data = batch
         task = self.tasks[i]

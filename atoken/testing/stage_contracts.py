@@ -37,10 +37,10 @@ class _ExampleTask:
     label, weight = "example", 1.0
 
     def __init__(self, modality: Any) -> None:
-        self.modality = modality
+        self._modality, self.modality = modality, modality.name
 
     def batch(self, step: int, micro: int) -> list[Any]:
-        return self.modality.examples(step * 7 + micro)
+        return self._modality.examples(step * 7 + micro)
 
 
 def _fresh(overrides: dict[str, Any]) -> Any:

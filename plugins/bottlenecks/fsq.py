@@ -22,7 +22,7 @@ from atoken.core.components import BottleneckOutput
 from atoken.core.errors import ConfigError
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["FSQBottleneck", "codebook_usage"]
+__all__ = ["FSQBottleneck", "codebook_usage", "codebook_usage_per_group"]
 
 
 def _round_ste(z: torch.Tensor) -> torch.Tensor:
@@ -100,18 +100,29 @@ class FSQBottleneck(nn.Module):
         return BottleneckOutput(latent=z_q, ids=ids)
 
 
+def codebook_usage_per_group(ids: torch.Tensor, codebook_size: int) -> list[dict[str, float]]:
+    """Per group of ids ``[N, G]``: the share of the codebook used and the perplexity
+    (``exp`` of the entropy of the code frequencies; ``codebook_size`` at most)."""
+    stats = []
+    for g in range(ids.shape[1] if ids.ndim == 2 else 0):
+        counts = torch.bincount(ids[:, g].long(), minlength=codebook_size).double()
+        if counts.sum() == 0:
+            stats.append({"usage": 0.0, "perplexity": 0.0})
+            continue
+        p = counts / counts.sum()
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        stats.append(
+            {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp())}
+        )
+    return stats
+
+
 def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     """Share of the codebook used and perplexity (per group, averaged) of ids ``[N, G]``."""
     if ids.numel() == 0:
         return {"usage": 0.0, "perplexity": 0.0}
-    usage, perplexity = [], []
-    for g in range(ids.shape[1]):
-        counts = torch.bincount(ids[:, g].long(), minlength=codebook_size).double()
-        p = counts / counts.sum()
-        usage.append(float((counts > 0).double().mean()))
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        perplexity.append(float(entropy.exp()))
-    return {"usage": sum(usage) / len(usage), "perplexity": sum(perplexity) / len(perplexity)}
+    stats = codebook_usage_per_group(ids, codebook_size)
+    return {k: sum(s[k] for s in stats) / len(stats) for k in ("usage", "perplexity")}
 
 
 @hookimpl

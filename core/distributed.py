@@ -1,0 +1,242 @@
+"""Data-parallel training on several processes: torchrun, DDP and FSDP2.
+
+    torchrun --nproc-per-node N -m atoken.cli train RUN.toml     (or atoken train --nproc N)
+
+Every process runs the same run file. torchrun sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; :func:`setup` joins the process group (gloo on the CPU, nccl on CUDA, with the
+run file's collective timeout) and each data source draws from its rank's share of the
+samples (:class:`atoken.data.SourceContext`). :func:`wrap` shards or replicates the model:
+
+    ddp    the whole model on every rank (broadcast from rank 0 when a stage starts); after a
+           step's micro-steps the gradients are all-reduced and averaged in flat buckets
+           (:func:`sync_gradients`: DistributedDataParallel's reduction, without its autograd
+           hooks, which refuse a parameter used twice in one step, e.g. a head per tile)
+    fsdp   FSDP2 ``fully_shard`` on every transformer block, then on the root, with
+           ``MixedPrecisionPolicy(param_dtype, reduce_dtype=float32)``; the tokenizer's
+           entry points other than ``forward`` (encode, decode, ...) are registered with
+           ``register_fsdp_forward_method`` so they gather the root's parameters too
+
+The loss of a micro-step is normalised by the global count of what it averages (tokens, or
+samples: :func:`global_share`), so N ranks compute the gradient of one process holding the
+whole global batch. Nothing here imports a modality or a task.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from atoken.core.errors import AtokenError, ConfigError
+from atoken.core.run_sections import DistributedConfig
+from atoken.core.transformer import Block, Transformer
+
+__all__ = [
+    "FSDP_METHODS",
+    "CollectiveTimeoutError",
+    "Dist",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_module",
+    "collective",
+    "global_share",
+    "setup",
+    "share_object",
+    "sync_gradients",
+    "wrap",
+]
+
+#: Tokenizer entry points other than ``forward`` that run the model under FSDP2.
+FSDP_METHODS = ("encode", "decode", "autoencode", "reconstruct", "embed", "tokenize", "detokenize")
+
+
+class CollectiveTimeoutError(AtokenError, RuntimeError):
+    """A collective waited longer than ``[distributed] timeout``: a rank hung or died."""
+
+
+@attrs.frozen
+class Dist:
+    """This process's place in the run: ``rank`` of ``world`` (``local_rank`` on its node)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        """More than one process."""
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes logs, pictures, checkpoints' metadata and exports."""
+        return self.rank == 0
+
+
+def setup(cfg: DistributedConfig, device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else stay alone.
+
+    Returns ``(Dist, device)``; on CUDA the device is ``cuda:LOCAL_RANK``.
+
+    Raises:
+        ConfigError: a backend that cannot serve the device (nccl on the CPU), or torchrun's
+            variables are inconsistent.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError("[distributed] backend = 'nccl' needs CUDA; use 'gloo' on the CPU")
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=cfg.timeout)
+        dist.init_process_group(backend, timeout=timeout)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local), device
+
+
+def all_reduce_sum(value: torch.Tensor | float, d: Dist) -> torch.Tensor:
+    """``value`` summed over the ranks (a float64 tensor on the CPU; itself on one process)."""
+    t = torch.as_tensor(value, dtype=torch.float64).detach().clone().cpu()
+    if d.active:
+        dist.all_reduce(t)
+    return t
+
+
+def global_share(count: float, d: Dist) -> float:
+    """The factor that turns this rank's mean over ``count`` items into its share of the mean
+    over all ranks' items: ``count * world / sum(counts)`` (gradients are then averaged over
+    the ranks, which gives the global mean)."""
+    if not d.active:
+        return 1.0
+    total = float(all_reduce_sum(float(count), d))
+    return count * d.world / total if total > 0 else 0.0
+
+
+@contextmanager
+def collective(what: str, d: Dist, timeout: float) -> Iterator[None]:
+    """Name a collective that failed (a peer died or hung past ``timeout`` seconds)."""
+    try:
+        yield
+    except (RuntimeError, dist.DistBackendError) as exc:  # gloo/nccl report timeouts so
+        if not d.active:
+            raise
+        raise CollectiveTimeoutError(
+            f"rank {d.rank} of {d.world}: {what} failed waiting for the other ranks "
+            f"([distributed] timeout = {timeout:g} s); a rank hung or died: {exc}"
+        ) from exc
+
+
+def barrier(d: Dist, what: str, timeout: float) -> None:
+    """Wait for every rank (at ``what``, named if a rank never arrives)."""
+    if d.active:
+        with collective(what, d, timeout):
+            dist.barrier()
+
+
+def share_object(obj: Any, d: Dist, what: str, timeout: float) -> Any:
+    """Rank 0's ``obj`` on every rank (a picklable object)."""
+    if not d.active:
+        return obj
+    box = [obj]
+    with collective(what, d, timeout):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_module(module: nn.Module, d: Dist) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    if not d.active:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+#: Bytes per all-reduce bucket of :func:`sync_gradients`.
+BUCKET_BYTES = 25 * 2**20
+
+
+def sync_gradients(module: nn.Module, d: Dist) -> None:
+    """Average the gradients of ``module``'s trainable parameters over the ranks (a missing
+    gradient counts as zero), bucket by bucket of one dtype and device."""
+    if not d.active:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    buckets: dict[tuple, list[list[torch.Tensor]]] = {}
+    for p in params:
+        key = (p.grad.dtype, p.grad.device)
+        groups = buckets.setdefault(key, [[]])
+        if sum(g.numel() * g.element_size() for g in groups[-1]) > BUCKET_BYTES:
+            groups.append([])
+        groups[-1].append(p.grad)
+    for groups in buckets.values():
+        for grads in groups:
+            flat = torch.cat([g.reshape(-1) for g in grads])  # [sum numel]
+            dist.all_reduce(flat)
+            flat /= d.world
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+
+def _fsdp(model: nn.Module, cfg: DistributedConfig, device: torch.device, bf16: bool) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # explicit: pytorch #132471
+    use_bf16 = cfg.param_dtype == "bf16" or (cfg.param_dtype == "auto" and bf16)
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if use_bf16 else None, reduce_dtype=torch.float32
+    )
+    kwargs = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": cfg.reshard_after_forward}
+    for module in model.modules():
+        if isinstance(module, Block):
+            fully_shard(module, **kwargs)
+    fully_shard(model, **kwargs)
+    for name in FSDP_METHODS:
+        if callable(getattr(model, name, None)):
+            register_fsdp_forward_method(model, name)
+    return model
+
+
+def wrap(
+    model: nn.Module, d: Dist, cfg: DistributedConfig, device: torch.device, bf16: bool = False
+) -> nn.Module:
+    """The model as this run trains it: itself on one process, DDP or FSDP2 on several.
+
+    ``activation_checkpointing`` turns on every transformer's block recomputation first (the
+    order FSDP2 needs). ``bf16``: whether bf16 is fast here (``param_dtype = "auto"``).
+    """
+    if cfg.activation_checkpointing:
+        for module in model.modules():
+            if isinstance(module, Transformer):
+                module.grad_checkpointing = True
+    if not d.active:
+        return model
+    if cfg.strategy == "fsdp":
+        return _fsdp(model, cfg, device, bf16)
+    broadcast_module(model, d)  # ddp: one model, replicated
+    return model
