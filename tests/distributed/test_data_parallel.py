@@ -1,0 +1,61 @@
+"""Two processes on gloo give what one process gives with the same global batch.
+
+Each case launches ``torchrun`` (``python -m torch.distributed.run``) on this CPU; the toy run
+(``toy_run.py``) splits every global batch unevenly over the ranks, so the loss must be
+normalised by the global count. Tolerance: 1e-6 relative on losses and parameters (the ranks
+sum their gradients in another order than one process does).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("toy_run.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(out: Path, steps: int, *args: str, nproc: int = 1) -> dict:
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += [str(SCRIPT), str(out), str(steps), *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a["losses"] == pytest.approx(b["losses"], rel=1e-6, abs=1e-9)
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert a[part][key] == pytest.approx(b[part][key], rel=1e-6, abs=1e-7), key
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("alone"), 4)
+
+
+def test_two_ranks_train_what_one_process_trains(alone, tmp_path):
+    two = _run(tmp_path / "two", 4, nproc=2)
+    assert two["world"] == 2 and len(two["losses"]) == 4
+    _close(two, alone)
+
+
+def test_a_run_saved_on_two_processes_resumes_on_one_and_back(alone, tmp_path):
+    _run(tmp_path / "a", 2, nproc=2)  # 2 -> 1
+    _close(_run(tmp_path / "a", 4, "--resume"), alone)
+    _run(tmp_path / "b", 2)  # 1 -> 2
+    _close(_run(tmp_path / "b", 4, "--resume", nproc=2), alone)
+
+
+def test_only_rank_zero_writes_the_log(tmp_path):
+    _run(tmp_path / "log", 4, nproc=2)
+    records = [json.loads(x) for x in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1, 2, 3]
