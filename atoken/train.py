@@ -171,7 +171,7 @@ def run_training(
         enter_stage=enter_stage,
     )
     metrics = trainer.fit(resume=resume, overwrite=overwrite, force=force)
-    tokenizer.load_state_dict(trainer.eval_model.state_dict())
+    exported = trainer.export_model()  # the EMA weights, gathered under FSDP2
     if trainer.dist.main:  # one process writes (torchrun: rank 0)
-        tokenizer.save_pretrained(cfg.run.output / "tokenizer")
+        exported.save_pretrained(cfg.run.output / "tokenizer")
     return trainer, metrics

@@ -285,6 +285,12 @@ class ToFSQ:
             scale=self.scale,
             calibration=calibration or None,
         )
+        mixture = context.mixture
+        if mixture is not None:  # the new quantizer and its decoder map learn at the full lr
+            fresh = ("bottleneck.", "decoder.in_proj.")
+            mixture.pretrained_prefixes = tuple(
+                p for p in mixture.pretrained_prefixes if p not in fresh
+            )
 
 
 @hookimpl

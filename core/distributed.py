@@ -215,7 +215,9 @@ def _fsdp(model: nn.Module, cfg: DistributedConfig, device: torch.device, bf16: 
     for module in model.modules():
         if isinstance(module, Block):
             fully_shard(module, **kwargs)
-    fully_shard(model, **kwargs)
+    # the root keeps its parameters gathered from forward to backward: the heads slice them
+    # (a partial head reads the first rows of its weight), views a reshard would free
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
     for name in FSDP_METHODS:
         if callable(getattr(model, name, None)):
             register_fsdp_forward_method(model, name)

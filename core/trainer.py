@@ -16,10 +16,13 @@ Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken pass
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +53,13 @@ from atoken.core.errors import AtokenError, ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
 from atoken.core.runconfig import RunConfig, StageSpec
+from atoken.core.sharded import (
+    ShardedEMA,
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+)
 
 __all__ = ["RESUMABLE_KEYS", "NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
 
@@ -151,18 +161,35 @@ class Trainer:
         """The stage being trained."""
         return self.plan[self.stage_index]
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the ranks (FSDP2)."""
+        return self.dist.active and self.cfg.distributed.strategy == "fsdp"
+
     def _start_stage(self, task: TrainTask) -> None:
         self.task = task
         self.optim_cfg = self.cfg.stage_optim(self.stage)
         self.module = task.model.to(self.device)  # what is saved and evaluated
         decay = self.cfg.train.ema_decay
-        self.ema = (
-            AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-            if decay > 0
-            else None
+        self.template = None  # FSDP2: a plain copy the gathered weights are exported into
+        if self.sharded:
+            if len(self.plan) > 1:
+                raise ConfigError(
+                    "[distributed] strategy = 'fsdp' trains one stage per run for now: run "
+                    "each [[stages]] stage as its own run file ([model] init_from = the last "
+                    "stage's tokenizer), or use strategy = 'ddp'"
+                )
+            self.template = copy.deepcopy(self.module).cpu()
+        self.model = wrap(
+            self.module, self.dist, self.cfg.distributed, self.device, fast_bf16(self.device)
         )
-        distributed = self.cfg.distributed
-        self.model = wrap(self.module, self.dist, distributed, self.device, fast_bf16(self.device))
+        if decay <= 0:
+            self.ema = None
+        elif self.sharded:
+            self.ema = ShardedEMA(self.module, decay)
+        else:
+            avg = get_ema_multi_avg_fn(decay)
+            self.ema = AveragedModel(self.module, multi_avg_fn=avg, use_buffers=True)
         self.optimizer = build_optimizer(self.module, self.optim_cfg, task.is_pretrained)
 
     def _enter(self, index: int) -> None:
@@ -176,6 +203,7 @@ class Trainer:
     def _finish_stage(self) -> dict[str, float]:
         """Evaluate the stage's weights and write its metrics (and tokenizer)."""
         metrics = self.evaluate()
+        exported = self.export_model()
         if self.dist.main:
             folder = self.out_dir / "stages" / self.stage.name
             folder.mkdir(parents=True, exist_ok=True)
@@ -183,7 +211,7 @@ class Trainer:
             record["complete"] = self.step == self.starts[self.stage_index + 1]
             text = json.dumps({**record, "metrics": metrics}, indent=1)
             (folder / "metrics.json").write_text(text)
-            save = getattr(self.eval_model, "save_pretrained", None)
+            save = getattr(exported, "save_pretrained", None)
             if callable(save):
                 save(folder / "tokenizer")
         self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
@@ -193,8 +221,26 @@ class Trainer:
     # ----------------------------------------------------------------------------- state
     @property
     def eval_model(self) -> nn.Module:
-        """The EMA weights when enabled, else the live model (unwrapped)."""
+        """The EMA weights when enabled, else the live model (FSDP2: :meth:`export_model`)."""
+        if self.sharded:
+            raise ConfigError("under FSDP2 the weights are sharded: call export_model()")
         return self.ema.module if self.ema is not None else self.module
+
+    def export_model(self) -> nn.Module:
+        """A plain module with the weights a run exports (the EMA when enabled): under FSDP2
+        gathered into an unsharded copy (a collective: every rank calls it)."""
+        if not self.sharded:
+            return self.eval_model
+        if self.ema is not None:
+            state = {
+                k[len("module.") :]: v
+                for k, v in self.ema.state_dict().items()
+                if k != "n_averaged"
+            }
+        else:
+            state = model_state(self.module)
+        self.template.load_state_dict(state)
+        return self.template
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -202,9 +248,9 @@ class Trainer:
             "stage": self.stage_index,
             "stage_name": self.stage.name,
             "nonfinite": self.nonfinite,
-            "model": self.module.state_dict(),
+            "model": model_state(self.module),
             "ema": self.ema.state_dict() if self.ema is not None else {},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.module, self.optimizer),
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "config": json.dumps(self.cfg.to_dict(), default=str),
         }
@@ -222,10 +268,10 @@ class Trainer:
             self.stage_index += 1
             self._start_stage(self.enter_stage(self.stage_index))
         try:
-            self.module.load_state_dict(state["model"])
+            load_model_state(self.module, state["model"])
             if self.ema is not None and state["ema"]:
                 self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.module, self.optimizer, state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not fit this run's model: {exc}") from exc
         self.step = int(state["step"])
@@ -285,10 +331,9 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the others wait); returns its path on rank 0."""
         path = None
+        state = self.state_dict()  # every rank: gathering FSDP2 shards is a collective
         if self.dist.main:
-            path = save_checkpoint(
-                self.state_dict(), self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints
-            )
+            path = save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
             self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
         barrier(self.dist, f"the checkpoint at step {self.step}", self.cfg.distributed.timeout)
         return path
@@ -390,11 +435,18 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of :attr:`eval_model` (rank 0 evaluates; all ranks get them)."""
         metrics: dict[str, float] = {}
-        if self.dist.main:
+        if self.sharded:  # every rank runs the sharded model; rank 0 keeps the pictures
+            applied = self.ema.applied(self.module) if self.ema is not None else nullcontext()
+            with applied, tempfile.TemporaryDirectory() as scratch, torch.no_grad():
+                self.module.eval()
+                out_dir = self.out_dir if self.dist.main else Path(scratch)
+                metrics = self.task.evaluate(self.module, self.step, out_dir)
+        elif self.dist.main:
             model = self.eval_model
             model.eval()
             with torch.no_grad():
                 metrics = self.task.evaluate(model, self.step, self.out_dir)
+        if self.dist.main:
             self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
             self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
         metrics = share_object(metrics, self.dist, "the evaluation", self.cfg.distributed.timeout)

@@ -93,3 +93,31 @@ def test_transform_coding_refuses_what_it_cannot_do(photos, kl_tokenizer):
         TransformCoder.fit(pca, train, bits_per_token=32, allocation="greedy")
     with pytest.raises(ConfigError, match="fitted"):
         TransformCoder.fit(PCATokenizer(latent_dim=4), train, bits_per_token=8)
+
+
+def test_the_to_fsq_transform_lets_its_new_layers_learn_at_the_full_lr(photos, kl_tokenizer):
+    from atoken.core.runconfig import StageSpec
+    from atoken.pca_init import PCA_MAPS
+    from atoken.transforms import StageContext, ToFSQ
+
+    train, _ = photos
+    kl, _ = kl_tokenizer
+
+    class Task:
+        modality = "image"
+
+        def batch(self, step, micro):
+            return train[step::4]
+
+    class Mixture:
+        pretrained_prefixes = PCA_MAPS
+
+    mixture = Mixture()
+    context = StageContext(stage=StageSpec(name="fsq", steps=1, tasks=()), tasks=[Task()])
+    context.mixture = mixture
+    tok = copy.deepcopy(kl)
+    ToFSQ(levels=(4, 4), groups=8, calibrate=2)(tok, context)
+    assert tok.config.bottleneck == "fsq"
+    assert "bottleneck." not in mixture.pretrained_prefixes
+    assert "decoder.in_proj." not in mixture.pretrained_prefixes
+    assert "encoder.patch_embed." in mixture.pretrained_prefixes  # the PCA maps stay slow

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import atoken
@@ -31,6 +32,7 @@ ema_decay = 0.9
 progress = false
 
 [distributed]
+strategy = "{strategy}"
 timeout = 120.0
 
 [[tasks]]
@@ -51,9 +53,10 @@ def test_the_launcher_runs_atoken_train_under_torchrun():
     assert cmd[-5:] == ["train", "r.toml", "--resume", "--steps", "5"]
 
 
-def test_atoken_train_nproc_2_trains_once_and_writes_once(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_atoken_train_nproc_2_trains_once_and_writes_once(tmp_path, strategy):
     path = tmp_path / "run.toml"
-    path.write_text(RUN.format(out=tmp_path / "out"))
+    path.write_text(RUN.format(out=tmp_path / "out", strategy=strategy))
     cmd = [sys.executable, "-m", "atoken.cli", "train", "--nproc", "2", str(path)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

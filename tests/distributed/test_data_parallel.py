@@ -42,17 +42,19 @@ def alone(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("alone"), 4)
 
 
-def test_two_ranks_train_what_one_process_trains(alone, tmp_path):
-    two = _run(tmp_path / "two", 4, nproc=2)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_train_what_one_process_trains(alone, tmp_path, strategy):
+    two = _run(tmp_path / "two", 4, strategy, nproc=2)
     assert two["world"] == 2 and len(two["losses"]) == 4
     _close(two, alone)
 
 
-def test_a_run_saved_on_two_processes_resumes_on_one_and_back(alone, tmp_path):
-    _run(tmp_path / "a", 2, nproc=2)  # 2 -> 1
-    _close(_run(tmp_path / "a", 4, "--resume"), alone)
-    _run(tmp_path / "b", 2)  # 1 -> 2
-    _close(_run(tmp_path / "b", 4, "--resume", nproc=2), alone)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_run_saved_on_two_processes_resumes_on_one_and_back(alone, tmp_path, strategy):
+    _run(tmp_path / "a", 2, strategy, nproc=2)  # 2 -> 1
+    _close(_run(tmp_path / "a", 4, strategy, "--resume"), alone)
+    _run(tmp_path / "b", 2, strategy)  # 1 -> 2
+    _close(_run(tmp_path / "b", 4, strategy, "--resume", nproc=2), alone)
 
 
 def test_only_rank_zero_writes_the_log(tmp_path):

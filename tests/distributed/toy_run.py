@@ -62,7 +62,7 @@ def main() -> None:
             "train": {
                 "steps": steps,
                 "precision": "fp32",
-                "ema_decay": 0.0 if strategy == "fsdp" else 0.8,
+                "ema_decay": 0.8,
                 "log_every": 1,
                 "checkpoint_every": 2,
                 "progress": False,
