@@ -156,6 +156,7 @@ def train(
     ``torchrun --nproc-per-node N -m atoken.cli train RUN.toml`` (docs/distributed.md).
     """
     from atoken.cli_distributed import launch, restarted
+    from atoken.core.distributed import TrainingStopped
     from atoken.core.runconfig import load_run_file
     from atoken.train import run_training
 
@@ -175,6 +176,8 @@ def train(
     try:
         cfg = load_run_file(run_file, **overrides)
         trainer, metrics = run_training(cfg, resume=resume, overwrite=overwrite, force=force)
+    except TrainingStopped as exc:  # SIGTERM: saved and logged; 143 as a killed process
+        raise SystemExit(exc.code) from exc
     except AtokenError as exc:
         raise _fail(exc) from exc
     if trainer.dist.main:  # under torchrun, rank 0 reports

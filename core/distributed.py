@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +44,8 @@ __all__ = [
     "FSDP_METHODS",
     "CollectiveTimeoutError",
     "Dist",
+    "StopSignal",
+    "TrainingStopped",
     "all_reduce_sum",
     "barrier",
     "broadcast_module",
@@ -61,6 +65,42 @@ class CollectiveTimeoutError(AtokenError, RuntimeError):
     """A collective waited longer than ``[distributed] timeout``: a rank hung or died."""
 
 
+class TrainingStopped(AtokenError, SystemExit):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint first; ``code`` is 143."""
+
+    def __init__(self, message: str) -> None:
+        AtokenError.__init__(self, message)
+        self.code = 128 + signal.SIGTERM
+
+
+class StopSignal:
+    """Catches SIGTERM (torchrun's, a scheduler's) while training so the loop can save a
+    checkpoint and stop; the previous handler is restored on exit. Only the main thread
+    can install a handler; elsewhere it stays inert."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self, d: Dist) -> bool:
+        """Whether any rank received it (a collective on several processes)."""
+        if not d.active:
+            return self.received
+        return float(all_reduce_sum(float(self.received), d, "checking for a stop signal")) > 0
+
+
 @attrs.frozen
 class Dist:
     """This process's place in the run: ``rank`` of ``world`` (``local_rank`` on its node)."""
@@ -68,6 +108,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    timeout: float = 600.0  # seconds a collective waits ([distributed] timeout)
 
     @property
     def active(self) -> bool:
@@ -106,14 +147,18 @@ def setup(cfg: DistributedConfig, device: torch.device) -> tuple[Dist, torch.dev
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=cfg.timeout)
         dist.init_process_group(backend, timeout=timeout)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local), device
+    d = Dist(
+        rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, timeout=cfg.timeout
+    )
+    return d, device
 
 
-def all_reduce_sum(value: torch.Tensor | float, d: Dist) -> torch.Tensor:
+def all_reduce_sum(value: torch.Tensor | float, d: Dist, what: str = "a sum") -> torch.Tensor:
     """``value`` summed over the ranks (a float64 tensor on the CPU; itself on one process)."""
     t = torch.as_tensor(value, dtype=torch.float64).detach().clone().cpu()
     if d.active:
-        dist.all_reduce(t)
+        with collective(what, d):
+            dist.all_reduce(t)
     return t
 
 
@@ -123,13 +168,13 @@ def global_share(count: float, d: Dist) -> float:
     the ranks, which gives the global mean)."""
     if not d.active:
         return 1.0
-    total = float(all_reduce_sum(float(count), d))
+    total = float(all_reduce_sum(float(count), d, "counting the global batch"))
     return count * d.world / total if total > 0 else 0.0
 
 
 @contextmanager
-def collective(what: str, d: Dist, timeout: float) -> Iterator[None]:
-    """Name a collective that failed (a peer died or hung past ``timeout`` seconds)."""
+def collective(what: str, d: Dist) -> Iterator[None]:
+    """Name a collective that failed (a peer died, or hung past ``d.timeout`` seconds)."""
     try:
         yield
     except (RuntimeError, dist.DistBackendError) as exc:  # gloo/nccl report timeouts so
@@ -137,23 +182,23 @@ def collective(what: str, d: Dist, timeout: float) -> Iterator[None]:
             raise
         raise CollectiveTimeoutError(
             f"rank {d.rank} of {d.world}: {what} failed waiting for the other ranks "
-            f"([distributed] timeout = {timeout:g} s); a rank hung or died: {exc}"
+            f"([distributed] timeout = {d.timeout:g} s); a rank hung or died: {exc}"
         ) from exc
 
 
-def barrier(d: Dist, what: str, timeout: float) -> None:
+def barrier(d: Dist, what: str) -> None:
     """Wait for every rank (at ``what``, named if a rank never arrives)."""
     if d.active:
-        with collective(what, d, timeout):
+        with collective(what, d):
             dist.barrier()
 
 
-def share_object(obj: Any, d: Dist, what: str, timeout: float) -> Any:
+def share_object(obj: Any, d: Dist, what: str) -> Any:
     """Rank 0's ``obj`` on every rank (a picklable object)."""
     if not d.active:
         return obj
     box = [obj]
-    with collective(what, d, timeout):
+    with collective(what, d):
         dist.broadcast_object_list(box, src=0)
     return box[0]
 
@@ -162,7 +207,7 @@ def broadcast_module(module: nn.Module, d: Dist) -> None:
     """Rank 0's parameters and buffers on every rank."""
     if not d.active:
         return
-    with torch.no_grad():
+    with torch.no_grad(), collective("sharing rank 0's weights", d):
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=0)
 
@@ -190,7 +235,8 @@ def sync_gradients(module: nn.Module, d: Dist) -> None:
     for groups in buckets.values():
         for grads in groups:
             flat = torch.cat([g.reshape(-1) for g in grads])  # [sum numel]
-            dist.all_reduce(flat)
+            with collective("averaging the gradients", d):
+                dist.all_reduce(flat)
             flat /= d.world
             offset = 0
             for g in grads:

@@ -85,7 +85,8 @@ def load_optimizer_state(
     if state.get("state") and all(isinstance(k, int) for k in state["state"]):
         optimizer.load_state_dict(state)  # by index: an older checkpoint
         return
-    options = StateDictOptions(full_state_dict=True) if is_sharded(module) else None
+    # strict=False: a parameter that never had a gradient (unused so far) has no state yet
+    options = StateDictOptions(full_state_dict=is_sharded(module), strict=False)
     set_optimizer_state_dict(module, optimizer, optim_state_dict=state, options=options)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import tempfile
 import time
@@ -34,13 +35,14 @@ from tqdm.auto import tqdm
 from atoken.core.checkpoint import (
     CheckpointError,
     latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     remove_partial,
     save_checkpoint,
 )
 from atoken.core.device import fast_bf16, resolve_device, to_device
 from atoken.core.distributed import (
+    StopSignal,
+    TrainingStopped,
     all_reduce_sum,
     barrier,
     global_share,
@@ -52,6 +54,7 @@ from atoken.core.distributed import (
 from atoken.core.errors import AtokenError, ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
+from atoken.core.run_folder import append_record, prepare_run_folder, truncate_log, write_stage
 from atoken.core.runconfig import RunConfig, StageSpec
 from atoken.core.sharded import (
     ShardedEMA,
@@ -205,17 +208,11 @@ class Trainer:
         metrics = self.evaluate()
         exported = self.export_model()
         if self.dist.main:
-            folder = self.out_dir / "stages" / self.stage.name
-            folder.mkdir(parents=True, exist_ok=True)
             record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
             record["complete"] = self.step == self.starts[self.stage_index + 1]
-            text = json.dumps({**record, "metrics": metrics}, indent=1)
-            (folder / "metrics.json").write_text(text)
-            save = getattr(exported, "save_pretrained", None)
-            if callable(save):
-                save(folder / "tokenizer")
+            write_stage(self.out_dir, {**record, "metrics": metrics}, exported)
         self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
-        barrier(self.dist, "the end of a stage", self.cfg.distributed.timeout)
+        barrier(self.dist, "the end of a stage")
         return metrics
 
     # ----------------------------------------------------------------------------- state
@@ -306,27 +303,9 @@ class Trainer:
         return True
 
     def prepare_folder(self, *, overwrite: bool = False) -> None:
-        """Make ``out_dir`` ready for a fresh run.
-
-        A folder that holds a run (``metrics.jsonl``, checkpoints, a saved tokenizer) is
-        refused unless ``overwrite``, which deletes only those files of atoken's (the saved
-        tokenizer is replaced at the end); anything else in the folder is left alone.
-
-        Raises:
-            RunFolderError: the folder holds a run and ``overwrite`` is false.
-        """
-        found = [p for p in (self.metrics_path, self.out_dir / "tokenizer") if p.exists()]
-        found += list_checkpoints(self.ckpt_dir)
-        if found and not overwrite:
-            names = ", ".join(str(p.relative_to(self.out_dir)) for p in found[:4])
-            raise RunFolderError(
-                f"{self.out_dir} holds a run ({names}{', ...' if len(found) > 4 else ''}); "
-                "pass --resume to continue it or --overwrite to replace it (or choose another "
-                "[run] out_dir)"
-            )
-        self.metrics_path.unlink(missing_ok=True)
-        for ckpt in list_checkpoints(self.ckpt_dir):
-            ckpt.unlink()
+        """Make ``out_dir`` ready for a fresh run: a folder holding a run is a
+        ``RunFolderError`` unless ``overwrite`` (``atoken.core.run_folder``)."""
+        prepare_run_folder(self.out_dir, overwrite=overwrite)
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the others wait); returns its path on rank 0."""
@@ -335,30 +314,17 @@ class Trainer:
         if self.dist.main:
             path = save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
             self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
-        barrier(self.dist, f"the checkpoint at step {self.step}", self.cfg.distributed.timeout)
+        barrier(self.dist, f"the checkpoint at step {self.step}")
         return path
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.dist.main:
-            return
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.dist.main:
+            append_record(self.metrics_path, record)
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines of steps a resumed run will redo, so none appears twice."""
-        if not self.dist.main or not self.metrics_path.exists():
-            return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill mid-write
-                continue
-            if isinstance(record, dict) and record.get("step", 0) < step:
-                keep.append(line)
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        if self.dist.main:
+            truncate_log(self.metrics_path, step)
 
     # ----------------------------------------------------------------------------- loop
     @property
@@ -396,7 +362,8 @@ class Trainer:
                 counts[k] = counts.get(k, 0) + 1
         terms = {k: sums[k] / counts[k] for k in sums}  # this rank's (rank 0's in the log)
         if self.dist.active:  # the global batch's loss: the mean of the ranks' shares
-            total = (all_reduce_sum(total, self.dist) / self.dist.world).float()
+            total = all_reduce_sum(total, self.dist, f"the loss of step {step}")
+            total = (total / self.dist.world).float()
             if self.cfg.distributed.strategy == "ddp":
                 sync_gradients(self.module, self.dist)
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -449,7 +416,7 @@ class Trainer:
         if self.dist.main:
             self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
             self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
-        metrics = share_object(metrics, self.dist, "the evaluation", self.cfg.distributed.timeout)
+        metrics = share_object(metrics, self.dist, "the evaluation")
         self.last_eval = dict(metrics)
         return metrics
 
@@ -463,7 +430,6 @@ class Trainer:
         (:meth:`prepare_folder`). Partial files of a killed save are removed first.
         """
         cfg = self.cfg.train
-        timeout = self.cfg.distributed.timeout
         refused = None
         if self.dist.main:
             remove_partial(self.ckpt_dir)
@@ -472,7 +438,7 @@ class Trainer:
                     self.prepare_folder(overwrite=overwrite)
             except RunFolderError as exc:
                 refused = str(exc)
-        refused = share_object(refused, self.dist, "preparing the run folder", timeout)
+        refused = share_object(refused, self.dist, "preparing the run folder")
         if refused:
             raise RunFolderError(refused)
         if resume:
@@ -486,39 +452,52 @@ class Trainer:
             disable=None if cfg.progress and self.dist.main else True,
             dynamic_ncols=True,
         )
+        stop = StopSignal()
         try:
-            while self.step < cfg.steps:
-                if self.step >= self.starts[self.stage_index + 1]:
-                    self._enter(self.stage_index + 1)
-                record = self.train_step()
-                done = self.step
-                if done % cfg.log_every == 0 or done == 1 or record.get("skipped"):
-                    self._log(record)
-                self.hooks.atoken_step_end(trainer=self, step=done, logs=record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                stage_done = done == self.starts[self.stage_index + 1] and done < cfg.steps
-                if stage_done:
-                    self._finish_stage()
-                elif cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-                    self.evaluate()
-                if stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                    self.save()
-                late = cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60
-                if cfg.max_minutes and share_object(
-                    bool(late), self.dist, "the time limit", timeout
-                ):
-                    self._log(
-                        {
-                            "step": done,
-                            "kind": "stopped",
-                            "stage": self.stage.name,
-                            "reason": "max_minutes",
-                        }
-                    )
-                    break
+            with stop:
+                self._loop(stop, bar, start)
         finally:
             bar.close()
         metrics = self._finish_stage()
         self.save()
         return metrics
+
+    def _loop(self, stop: StopSignal, bar: Any, start: float) -> None:
+        """Steps to ``[train] steps``: logs, stage ends, evaluations and checkpoints on the way;
+        stops early at ``max_minutes`` or on SIGTERM (after a checkpoint)."""
+        cfg = self.cfg.train
+        while self.step < cfg.steps:
+            if self.step >= self.starts[self.stage_index + 1]:
+                self._enter(self.stage_index + 1)
+            record = self.train_step()
+            done = self.step
+            if done % cfg.log_every == 0 or done == 1 or record.get("skipped"):
+                self._log(record)
+            self.hooks.atoken_step_end(trainer=self, step=done, logs=record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            stage_done = done == self.starts[self.stage_index + 1] and done < cfg.steps
+            if stage_done:
+                self._finish_stage()
+            elif cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                self.evaluate()
+            if stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                self.save()
+            if stop.agreed(self.dist):
+                if not (stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                    self.save()
+                self._log(
+                    {"step": done, "kind": "stopped", "stage": self.stage.name, "reason": "sigterm"}
+                )
+                message = (
+                    f"stopped by SIGTERM after step {done}; the checkpoint of step {done} is saved "
+                    "(--resume continues from it)"
+                )
+                if self.dist.main:
+                    logging.getLogger("atoken").warning(message)
+                raise TrainingStopped(message)
+            late = cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60
+            if cfg.max_minutes and share_object(bool(late), self.dist, "the time limit"):
+                record = {"step": done, "kind": "stopped", "stage": self.stage.name}
+                self._log({**record, "reason": "max_minutes"})
+                break

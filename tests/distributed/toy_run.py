@@ -12,16 +12,33 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from atoken.cli_distributed import restarted
 from atoken.core.runconfig import RunConfig, structure
 from atoken.core.trainer import Trainer
 
 GLOBAL_BATCH = 8
+
+
+def _fault(rank: int, step: int, micro: int) -> None:
+    """``TOY_FAULT=kind:rank:step`` (first attempt only): ``hang`` sleeps, ``kill`` sends
+    SIGKILL, ``term`` sends SIGTERM to this process at that rank's batch of that step."""
+    kind, _, rest = os.environ.get("TOY_FAULT", "").partition(":")
+    if not kind or restarted() or micro != 0:
+        return
+    at_rank, at_step = (int(x) for x in rest.split(":"))
+    if (rank, step) != (at_rank, at_step):
+        return
+    if kind == "hang":
+        time.sleep(600)
+    os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
 
 
 class SliceTask:
@@ -30,8 +47,10 @@ class SliceTask:
         self.model = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
         edges = [0, 3, GLOBAL_BATCH] if world == 2 else [0, GLOBAL_BATCH]
         self.rows = slice(edges[rank], edges[rank + 1])
+        self.rank = rank
 
     def batch(self, step: int, micro: int) -> torch.Tensor:
+        _fault(self.rank, step, micro)
         g = torch.Generator().manual_seed(step * 10 + micro)
         return torch.randn(GLOBAL_BATCH, 8, generator=g)[self.rows]
 
@@ -67,12 +86,15 @@ def main() -> None:
                 "checkpoint_every": 2,
                 "progress": False,
             },
-            "distributed": {"strategy": strategy, "timeout": 60.0},
+            "distributed": {
+                "strategy": strategy,
+                "timeout": float(os.environ.get("TOY_TIMEOUT", 60)),
+            },
         },
         "toy",
     )
     trainer = Trainer(cfg, SliceTask(rank, world))
-    trainer.fit(resume="--resume" in sys.argv)
+    trainer.fit(resume="--resume" in sys.argv or restarted())
     state = trainer.state_dict()
     if trainer.dist.main:
         flat = {k: v.flatten().tolist() for k, v in state["model"].items()}

@@ -1,0 +1,84 @@
+"""A run's folder: what atoken writes there, and how a fresh run or a resume treats it.
+
+    out_dir/metrics.jsonl               one JSON record per line (train, eval, stopped)
+    out_dir/checkpoints/step_N.pt       atomic checkpoints (atoken.core.checkpoint)
+    out_dir/stages/<stage>/metrics.json a finished stage's held-out metrics
+    out_dir/stages/<stage>/tokenizer/   its exported tokenizer
+    out_dir/tokenizer/                  the run's exported tokenizer
+    out_dir/<task label>/               each task's pictures
+
+Only these are atoken's: ``--overwrite`` deletes them and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from atoken.core.checkpoint import list_checkpoints
+from atoken.core.errors import RunFolderError
+
+__all__ = ["append_record", "prepare_run_folder", "truncate_log", "write_stage"]
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record to the log at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the log's records of steps >= ``step`` (a resumed run redoes them) and lines torn
+    by a kill mid-write, so no step appears twice."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+        if isinstance(record, dict) and record.get("step", 0) < step:
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def prepare_run_folder(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Make ``out_dir`` ready for a fresh run.
+
+    A folder that holds a run (``metrics.jsonl``, checkpoints, stage outputs, a saved
+    tokenizer) is refused unless ``overwrite``, which deletes only those files of atoken's
+    (the saved tokenizer is replaced at the end); anything else in the folder is left alone.
+
+    Raises:
+        RunFolderError: the folder holds a run and ``overwrite`` is false.
+    """
+    metrics, stages = out_dir / "metrics.jsonl", out_dir / "stages"
+    found = [p for p in (metrics, out_dir / "tokenizer", stages) if p.exists()]
+    found += list_checkpoints(out_dir / "checkpoints")
+    if found and not overwrite:
+        names = ", ".join(str(p.relative_to(out_dir)) for p in found[:4])
+        raise RunFolderError(
+            f"{out_dir} holds a run ({names}{', ...' if len(found) > 4 else ''}); "
+            "pass --resume to continue it or --overwrite to replace it (or choose another "
+            "[run] out_dir)"
+        )
+    metrics.unlink(missing_ok=True)
+    shutil.rmtree(stages, ignore_errors=True)
+    for ckpt in list_checkpoints(out_dir / "checkpoints"):
+        ckpt.unlink()
+
+
+def write_stage(out_dir: Path, record: dict[str, Any], model: Any) -> Path:
+    """``out_dir/stages/<record["stage"]>/``: ``metrics.json`` (the record) and the model's
+    ``save_pretrained`` folder ``tokenizer`` when it has one. Returns the folder."""
+    folder = out_dir / "stages" / record["stage"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(record, indent=1))
+    save = getattr(model, "save_pretrained", None)
+    if callable(save):
+        save(folder / "tokenizer")
+    return folder
