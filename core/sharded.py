@@ -14,6 +14,7 @@ copies, then ``ema = decay * ema + (1 - decay) * p``); its state has ``AveragedM
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 __all__ = [
+    "ExportTemplate",
     "ShardedEMA",
     "is_sharded",
     "load_model_state",
@@ -88,6 +90,28 @@ def load_optimizer_state(
     # strict=False: a parameter that never had a gradient (unused so far) has no state yet
     options = StateDictOptions(full_state_dict=is_sharded(module), strict=False)
     set_optimizer_state_dict(module, optimizer, optim_state_dict=state, options=options)
+
+
+class ExportTemplate:
+    """An unsharded copy of a model that holds no memory until it is filled: taken before
+    FSDP2 shards the model, kept on the meta device (with the few non-persistent buffers a
+    state dict does not carry), materialised on the CPU by :meth:`fill`."""
+
+    def __init__(self, module: nn.Module) -> None:
+        keys = set(module.state_dict())
+        self.extras = {
+            n: b.detach().cpu().clone() for n, b in module.named_buffers() if n not in keys
+        }
+        self.module = copy.deepcopy(module).to("meta")
+
+    def fill(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """The copy on the CPU with ``state`` (a full state dict) loaded."""
+        module = self.module.to_empty(device="cpu")
+        for name, buf in self.extras.items():
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner).register_buffer(leaf, buf.clone(), persistent=False)
+        module.load_state_dict(state)
+        return module
 
 
 class ShardedEMA:

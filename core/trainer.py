@@ -16,7 +16,6 @@ Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken pass
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -57,6 +56,7 @@ from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
 from atoken.core.run_folder import append_record, prepare_run_folder, truncate_log, write_stage
 from atoken.core.runconfig import RunConfig, StageSpec
 from atoken.core.sharded import (
+    ExportTemplate,
     ShardedEMA,
     load_model_state,
     load_optimizer_state,
@@ -182,7 +182,7 @@ class Trainer:
                     "each [[stages]] stage as its own run file ([model] init_from = the last "
                     "stage's tokenizer), or use strategy = 'ddp'"
                 )
-            self.template = copy.deepcopy(self.module).cpu()
+            self.template = ExportTemplate(self.module)
         self.model = wrap(
             self.module, self.dist, self.cfg.distributed, self.device, fast_bf16(self.device)
         )
@@ -236,8 +236,7 @@ class Trainer:
             }
         else:
             state = model_state(self.module)
-        self.template.load_state_dict(state)
-        return self.template
+        return self.template.fill(state)
 
     def state_dict(self) -> dict[str, Any]:
         return {
