@@ -89,6 +89,7 @@ def main() -> None:
             "distributed": {
                 "strategy": strategy,
                 "timeout": float(os.environ.get("TOY_TIMEOUT", 60)),
+                "param_dtype": os.environ.get("TOY_PARAM_DTYPE", "auto"),
             },
         },
         "toy",
