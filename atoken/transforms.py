@@ -160,7 +160,8 @@ def to_fsq(
     The latent keeps its width, so the decoder reads it as before; ``groups * len(levels)``
     must equal ``latent_dim`` (the official So/D: 8 groups of ``[4] * 6`` on the 48-channel
     latent, 96 bits per token). Without ``calibration`` the FSQ projection is the KL mean rows
-    times ``scale`` and the decoder is untouched (the official attachment). With
+    times ``scale`` and the decoder is untouched (the official attachment; ``scale`` is
+    used only then). With
     ``calibration`` (``[(samples, modality), ...]``, e.g. training batches) each channel ``m``
     of the mean gets the least-error scalar quantizer on those samples: the projection feeds
     FSQ ``f * (m - mu) / sigma`` and the decoder's input map reads the codes as
@@ -185,8 +186,10 @@ def to_fsq(
     )
     src = tokenizer.bottleneck.proj  # [2L, C]: mean rows first
     fsq = build_bottleneck(config).to(src.weight.device, src.weight.dtype)
-    weight, bias = src.weight[:L].double() * scale, src.bias[:L].double() * scale  # [L, C], [L]
-    if calibration:
+    weight, bias = src.weight[:L].double(), src.bias[:L].double()  # [L, C], [L]: the mean rows
+    if not calibration:
+        weight, bias = weight * scale, bias * scale
+    else:
         in_proj = tokenizer.decoder.in_proj  # weight [C', L]
         m = _latents(tokenizer, calibration).to(weight.device)
         if in_proj.bias is None:
@@ -259,6 +262,11 @@ class ExpandLatent:
         expand_latent(tokenizer, self.latent_dim)
 
 
+def _samples(batch: Any) -> Any:
+    """The samples of a task's batch (a captioned task's batch is ``(samples, labels)``)."""
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
 @attrs.frozen(kw_only=True)
 class ToFSQ:
     """``to_fsq``: the ``kl`` bottleneck becomes ``fsq`` on its mean (:func:`to_fsq`),
@@ -274,7 +282,7 @@ class ToFSQ:
 
     def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
         calibration = [
-            (task.batch(step, 0), task.modality)
+            (_samples(task.batch(step, 0)), task.modality)
             for task in context.tasks
             for step in range(self.calibrate)
         ]

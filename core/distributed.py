@@ -51,6 +51,7 @@ __all__ = [
     "broadcast_module",
     "collective",
     "global_share",
+    "on_main",
     "setup",
     "share_object",
     "sync_gradients",
@@ -146,7 +147,9 @@ def setup(cfg: DistributedConfig, device: torch.device) -> tuple[Dist, torch.dev
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=cfg.timeout)
-        dist.init_process_group(backend, timeout=timeout)
+        # the small collectives (counts, flags, objects) run on CPU tensors: gloo serves them
+        spec = "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
+        dist.init_process_group(spec, timeout=timeout)
     d = Dist(
         rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, timeout=cfg.timeout
     )
@@ -217,13 +220,18 @@ BUCKET_BYTES = 25 * 2**20
 
 
 def sync_gradients(module: nn.Module, d: Dist) -> None:
-    """Average the gradients of ``module``'s trainable parameters over the ranks (a missing
-    gradient counts as zero), bucket by bucket of one dtype and device."""
+    """Average the gradients of ``module``'s trainable parameters over the ranks, bucket by
+    bucket of one dtype and device; a parameter without a gradient on some rank counts as zero
+    there, and one without a gradient on every rank keeps none (AdamW skips it)."""
     if not d.active:
         return
     params = [p for p in module.parameters() if p.requires_grad]
+    has = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
+    with collective("finding the parameters with gradients", d):
+        dist.all_reduce(has)  # a parameter no rank used keeps no gradient (as on one process)
+    params = [p for p, n in zip(params, has.tolist(), strict=True) if n > 0]
     for p in params:
-        if p.grad is None:
+        if p.grad is None:  # used on another rank: this rank's share is zero
             p.grad = torch.zeros_like(p)
     buckets: dict[tuple, list[list[torch.Tensor]]] = {}
     for p in params:
@@ -242,6 +250,25 @@ def sync_gradients(module: nn.Module, d: Dist) -> None:
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
+
+
+def on_main(fn: Any, d: Dist, what: str) -> Any:
+    """``fn()`` on rank 0 only; its result on every rank. An exception on rank 0 is raised on
+    every rank (the others would otherwise wait at the next collective until the timeout)."""
+    result, error = None, None
+    if d.main:
+        try:
+            result = fn()
+        except Exception as exc:  # shared, then raised everywhere
+            if not d.active:
+                raise
+            error = exc
+    shared = share_object((result, None if error is None else repr(error)), d, what)
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        raise RuntimeError(f"rank 0 failed at {what}: {shared[1]}")
+    return shared[0]
 
 
 def _fsdp(model: nn.Module, cfg: DistributedConfig, device: torch.device, bf16: bool) -> nn.Module:
@@ -284,7 +311,7 @@ def wrap(
                 module.grad_checkpointing = True
     if not d.active:
         return model
+    broadcast_module(model, d)  # every rank starts from rank 0's weights
     if cfg.strategy == "fsdp":
         return _fsdp(model, cfg, device, bf16)
-    broadcast_module(model, d)  # ddp: one model, replicated
     return model

@@ -50,5 +50,11 @@ def config_changes(saved: str, cfg: RunConfig) -> list[str]:
     except (TypeError, json.JSONDecodeError):
         return ["the checkpoint records no readable configuration"]
     new = _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    # a key the checkpoint lacks (added to the schema since) is unchanged at its default
+    default = _flat(json.loads(json.dumps(RunConfig().to_dict(), default=str)))
     keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k) and not (k not in old and new.get(k) == default.get(k))
+    ]

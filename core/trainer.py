@@ -43,8 +43,8 @@ from atoken.core.distributed import (
     StopSignal,
     TrainingStopped,
     all_reduce_sum,
-    barrier,
     global_share,
+    on_main,
     setup,
     share_object,
     sync_gradients,
@@ -207,12 +207,12 @@ class Trainer:
         """Evaluate the stage's weights and write its metrics (and tokenizer)."""
         metrics = self.evaluate()
         exported = self.export_model()
-        if self.dist.main:
-            record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
-            record["complete"] = self.step == self.starts[self.stage_index + 1]
-            write_stage(self.out_dir, {**record, "metrics": metrics}, exported)
-        self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
-        barrier(self.dist, "the end of a stage")
+        complete = self.step == self.starts[self.stage_index + 1]
+        record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
+        record = {**record, "complete": complete, "metrics": metrics}
+        on_main(lambda: write_stage(self.out_dir, record, exported), self.dist, "a stage's outputs")
+        if complete:  # not for a run stopped inside the stage (it ends after a resume)
+            self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
         return metrics
 
     # ----------------------------------------------------------------------------- state
@@ -223,9 +223,10 @@ class Trainer:
             raise ConfigError("under FSDP2 the weights are sharded: call export_model()")
         return self.ema.module if self.ema is not None else self.module
 
-    def export_model(self) -> nn.Module:
-        """A plain module with the weights a run exports (the EMA when enabled): under FSDP2
-        gathered into an unsharded copy (a collective: every rank calls it)."""
+    def export_model(self) -> nn.Module | None:
+        """A plain module with the weights a run exports (the EMA when enabled). Under FSDP2
+        they are gathered (a collective: every rank calls it) into an unsharded copy on rank
+        0; the other ranks get None."""
         if not self.sharded:
             return self.eval_model
         if self.ema is not None:
@@ -235,8 +236,8 @@ class Trainer:
                 if k != "n_averaged"
             }
         else:
-            state = model_state(self.module)
-        return self.template.fill(state)
+            state = model_state(self.module)  # full tensors on rank 0, {} elsewhere
+        return self.template.fill(state) if self.dist.main else None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -308,13 +309,16 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the others wait); returns its path on rank 0."""
-        path = None
         state = self.state_dict()  # every rank: gathering FSDP2 shards is a collective
-        if self.dist.main:
-            path = save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
+        keep = self.cfg.train.keep_checkpoints
+
+        def write() -> Path:
+            path = save_checkpoint(state, self.ckpt_dir, self.step, keep)
             self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
-        barrier(self.dist, f"the checkpoint at step {self.step}")
-        return path
+            return path
+
+        path = on_main(write, self.dist, f"the checkpoint at step {self.step}")
+        return path if self.dist.main else None
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -398,6 +402,12 @@ class Trainer:
         self.step = step + 1
         return record
 
+    def _evaluate_here(self) -> dict[str, float]:
+        model = self.eval_model
+        model.eval()
+        with torch.no_grad():
+            return self.task.evaluate(model, self.step, self.out_dir)
+
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of :attr:`eval_model` (rank 0 evaluates; all ranks get them)."""
         metrics: dict[str, float] = {}
@@ -407,11 +417,8 @@ class Trainer:
                 self.module.eval()
                 out_dir = self.out_dir if self.dist.main else Path(scratch)
                 metrics = self.task.evaluate(self.module, self.step, out_dir)
-        elif self.dist.main:
-            model = self.eval_model
-            model.eval()
-            with torch.no_grad():
-                metrics = self.task.evaluate(model, self.step, self.out_dir)
+        else:  # rank 0 evaluates; an error there stops every rank
+            metrics = on_main(self._evaluate_here, self.dist, "the evaluation")
         if self.dist.main:
             self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
             self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)

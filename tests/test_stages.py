@@ -287,3 +287,16 @@ def test_a_plugins_stage_transform_and_stage_end_hook_run_through_atoken_train(t
         ("transform", "two", 1, 1),
         ("end", "two", 3, ["img/psnr"]),
     ]
+
+
+def test_a_checkpoint_from_before_stages_existed_resumes_without_force(tmp_path):
+    """Keys added to the run-file schema since a checkpoint was written count as unchanged
+    when the run file leaves them at their default."""
+    from atoken.core.run_changes import config_changes
+
+    cfg = load_run_file(_write(tmp_path, ""))
+    old = cfg.to_dict()
+    del old["stages"], old["distributed"]
+    assert config_changes(json.dumps(old), cfg) == []
+    old["optim"]["lr"] = 0.5
+    assert config_changes(json.dumps(old), cfg) == ["optim.lr: 0.5 -> 0.001"]

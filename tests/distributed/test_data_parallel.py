@@ -48,7 +48,8 @@ def alone(tmp_path_factory):
 def test_two_ranks_train_what_one_process_trains(alone, tmp_path, strategy):
     two = _run(tmp_path / "two", 4, strategy, nproc=2)
     assert two["world"] == 2 and len(two["losses"]) == 4
-    _close(two, alone)
+    _close(two, alone)  # the unused layer too: weight decay did not touch it on either
+    assert alone["model"]["unused.weight"] == two["model"]["unused.weight"]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -41,10 +41,22 @@ def _fault(rank: int, step: int, micro: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
 
 
+class Toy(nn.Module):
+    """An MLP and a layer no step uses (it must keep no gradient: AdamW skips it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class SliceTask:
     def __init__(self, rank: int, world: int) -> None:
         torch.manual_seed(0)
-        self.model = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+        self.model = Toy()
         edges = [0, 3, GLOBAL_BATCH] if world == 2 else [0, GLOBAL_BATCH]
         self.rows = slice(edges[rank], edges[rank + 1])
         self.rank = rank
@@ -66,7 +78,7 @@ class SliceTask:
         return {"err": float(((model(x) - x) ** 2).mean())}
 
     def is_pretrained(self, name: str) -> bool:
-        return name.startswith("0.")
+        return name.startswith("body.0.")
 
 
 def main() -> None:
