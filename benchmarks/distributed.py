@@ -6,7 +6,9 @@ in fresh processes: one process alone (``torch`` threads: all cores), then two p
 under torchrun (one thread each) with ``[distributed] strategy = "ddp"`` and ``"fsdp"``, the
 same global batch split over the ranks. It prints steps/s and tokens/s (timed steps after the
 warm-up ones), and each rank's peak resident memory above what the process held before the
-model was built (``VmHWM``, reset first: params, gradients, AdamW state, EMA, activations).
+model was built (``VmHWM``, reset first: the model as built before sharding, params,
+gradients, AdamW state, EMA, activations, the allocator's slack) and the bytes it holds in
+parameters, gradients, AdamW state and EMA after the steps (``state``, exact).
 
     python benchmarks/distributed.py                  # about 6 minutes here
     python benchmarks/distributed.py --preset tiny --steps 6
@@ -62,6 +64,28 @@ previews = 0
     return path
 
 
+def _bytes(t: torch.Tensor) -> int:
+    local = t.to_local() if hasattr(t, "to_local") else t  # an FSDP2 shard: this rank's part
+    return local.numel() * local.element_size()
+
+
+def state_bytes(trainer) -> int:
+    """Bytes this rank holds in parameters, gradients, AdamW state and EMA."""
+    total = sum(
+        _bytes(p) + (_bytes(p.grad) if p.grad is not None else 0)
+        for p in trainer.module.parameters()
+    )
+    for state in trainer.optimizer.state.values():
+        total += sum(_bytes(v) for v in state.values() if isinstance(v, torch.Tensor) and v.ndim)
+    ema = trainer.ema
+    if ema is not None:
+        tensors = (
+            ema.shadow.values() if hasattr(ema, "shadow") else ema.module.state_dict().values()
+        )
+        total += sum(_bytes(t) for t in tensors)
+    return total
+
+
 def worker(path: str, report: str, warmup: int) -> None:
     """Train the run file; each rank writes its timings and peak memory to ``report.RANK``."""
     from atoken.core.runconfig import load_run_file
@@ -86,6 +110,7 @@ def worker(path: str, report: str, warmup: int) -> None:
         "threads": torch.get_num_threads(),
         "steps_per_s": len(timed) / sum(timed),
         "peak_mb": (peak_rss_bytes() - base) / 2**20,
+        "state_mb": state_bytes(trainer) / 2**20,
         "params": sum(p.numel() for p in trainer.module.parameters()),
     }
     Path(f"{report}.{rank}").write_text(json.dumps(out))
@@ -136,17 +161,26 @@ def main() -> None:
         f"{args.steps} timed steps after {args.warmup}; {os.cpu_count()} cores, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
-    print(f"{'run':<12}{'threads':>8}{'steps/s':>9}{'tokens/s':>10}{'peak MB/rank':>14}")
+    print(
+        f"{'run':<12}{'threads':>8}{'steps/s':>9}{'tokens/s':>10}{'state MB/rank':>15}"
+        f"{'peak MB/rank':>14}"
+    )
     for name, ranks in results.items():
         sps = min(r["steps_per_s"] for r in ranks)  # a step ends when the slowest rank ends
         peak = max(r["peak_mb"] for r in ranks)
-        print(f"{name:<12}{ranks[0]['threads']:>8}{sps:>9.3f}{sps * tokens:>10.1f}{peak:>14.0f}")
+        state = max(r["state_mb"] for r in ranks)
+        print(
+            f"{name:<12}{ranks[0]['threads']:>8}{sps:>9.3f}{sps * tokens:>10.1f}{state:>15.0f}"
+            f"{peak:>14.0f}"
+        )
     one = min(r["steps_per_s"] for r in results["1 process"])
     ddp = min(r["steps_per_s"] for r in results["2 x ddp"])
     mem = {k: max(r["peak_mb"] for r in v) for k, v in results.items()}
+    held = {k: max(r["state_mb"] for r in v) for k, v in results.items()}
     print(
-        f"2 processes / 1: {ddp / one:.2f}x steps/s (ddp); FSDP2 / DDP peak memory per rank: "
-        f"{mem['2 x fsdp'] / mem['2 x ddp']:.2f}x"
+        f"2 processes / 1: {ddp / one:.2f}x steps/s (ddp); FSDP2 / DDP per rank: "
+        f"{held['2 x fsdp'] / held['2 x ddp']:.2f}x the state, "
+        f"{mem['2 x fsdp'] / mem['2 x ddp']:.2f}x the peak memory"
     )
     Path(args.json).write_text(json.dumps({"tokens_per_step": tokens, "runs": results}, indent=2))
 
