@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 __all__ = [
     "ExportTemplate",
     "ShardedEMA",
+    "build_ema",
     "is_sharded",
     "load_model_state",
     "load_optimizer_state",
@@ -114,6 +115,18 @@ class ExportTemplate:
         return module
 
 
+def build_ema(module: nn.Module, decay: float, *, sharded: bool) -> Any:
+    """The EMA of ``module`` (None when ``decay`` is 0): :class:`ShardedEMA` under FSDP2,
+    else ``AveragedModel`` with ``get_ema_multi_avg_fn`` over parameters and buffers."""
+    if decay <= 0:
+        return None
+    if sharded:
+        return ShardedEMA(module, decay)
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 class ShardedEMA:
     """Exponential moving average of an FSDP2 model, shard by shard."""
 
@@ -153,6 +166,10 @@ class ShardedEMA:
             with torch.no_grad():
                 for name, t in self._tensors(module):
                     t.copy_(saved[name])
+
+    def module_state(self) -> dict[str, torch.Tensor]:
+        """The average as the model's full state dict (a collective)."""
+        return {n: _full(t) for n, t in self.shadow.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``AveragedModel``'s keys, full tensors (a collective)."""

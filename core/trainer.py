@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from atoken.core.checkpoint import (
@@ -50,43 +49,22 @@ from atoken.core.distributed import (
     sync_gradients,
     wrap,
 )
-from atoken.core.errors import AtokenError, ConfigError, RunFolderError
+from atoken.core.errors import ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
 from atoken.core.run_folder import append_record, prepare_run_folder, truncate_log, write_stage
 from atoken.core.runconfig import RunConfig, StageSpec
 from atoken.core.sharded import (
     ExportTemplate,
-    ShardedEMA,
+    build_ema,
     load_model_state,
     load_optimizer_state,
     model_state,
     optimizer_state,
 )
+from atoken.core.train_task import NonFiniteLossError, TrainTask
 
 __all__ = ["RESUMABLE_KEYS", "NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
-
-
-class NonFiniteLossError(AtokenError, FloatingPointError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-class TrainTask(Protocol):
-    """What a run trains: the model, the batches and the loss."""
-
-    model: nn.Module
-
-    def batch(self, step: int, micro: int) -> Any:
-        """The batch of (step, micro-step); must depend on nothing else."""
-
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss, named float terms for the log)."""
-
-    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        """Held-out metrics of ``model`` (the EMA weights when enabled)."""
-
-    def is_pretrained(self, name: str) -> bool:
-        """Whether parameter ``name`` came from a pretrained encoder (gets ``encoder_lr_mult``)."""
 
 
 class _NoHooks:
@@ -186,13 +164,7 @@ class Trainer:
         self.model = wrap(
             self.module, self.dist, self.cfg.distributed, self.device, fast_bf16(self.device)
         )
-        if decay <= 0:
-            self.ema = None
-        elif self.sharded:
-            self.ema = ShardedEMA(self.module, decay)
-        else:
-            avg = get_ema_multi_avg_fn(decay)
-            self.ema = AveragedModel(self.module, multi_avg_fn=avg, use_buffers=True)
+        self.ema = build_ema(self.module, decay, sharded=self.sharded)
         self.optimizer = build_optimizer(self.module, self.optim_cfg, task.is_pretrained)
 
     def _enter(self, index: int) -> None:
@@ -229,14 +201,8 @@ class Trainer:
         0; the other ranks get None."""
         if not self.sharded:
             return self.eval_model
-        if self.ema is not None:
-            state = {
-                k[len("module.") :]: v
-                for k, v in self.ema.state_dict().items()
-                if k != "n_averaged"
-            }
-        else:
-            state = model_state(self.module)  # full tensors on rank 0, {} elsewhere
+        # full tensors (model_state: on rank 0 only, {} elsewhere)
+        state = self.ema.module_state() if self.ema is not None else model_state(self.module)
         return self.template.fill(state) if self.dist.main else None
 
     def state_dict(self) -> dict[str, Any]:
@@ -487,10 +453,11 @@ class Trainer:
                 self._finish_stage()
             elif cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 self.evaluate()
-            if stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            saved = stage_done or bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+            if saved:
                 self.save()
             if stop.agreed(self.dist):
-                if not (stage_done or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                if not saved:
                     self.save()
                 self._log(
                     {"step": done, "kind": "stopped", "stage": self.stage.name, "reason": "sigterm"}
