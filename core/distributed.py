@@ -284,7 +284,7 @@ def _fsdp(model: nn.Module, cfg: DistributedConfig, device: torch.device, bf16: 
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if use_bf16 else None, reduce_dtype=torch.float32
     )
-    kwargs = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": cfg.reshard_after_forward}
+    kwargs = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=cfg.reshard_after_forward)
     for module in model.modules():
         if isinstance(module, Block):
             fully_shard(module, **kwargs)

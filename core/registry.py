@@ -31,6 +31,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("tasks", "task"),
     ("data_sources", "data source"),
     ("stage_transforms", "stage transform"),
+    ("renderers", "renderer"),
 )
 
 
@@ -120,6 +121,7 @@ class Registries:
     tasks: Registry[Any] = attrs.field(factory=lambda: Registry("task"))
     data_sources: Registry[Any] = attrs.field(factory=lambda: Registry("data source"))
     stage_transforms: Registry[Any] = attrs.field(factory=lambda: Registry("stage transform"))
+    renderers: Registry[Any] = attrs.field(factory=lambda: Registry("renderer"))
 
     def by_kind(self) -> dict[str, Registry[Any]]:
         """``{"modalities": Registry, ...}`` in the order of :data:`KINDS`."""

@@ -129,6 +129,19 @@ def register_stage_transforms(register: Register) -> None:
     """
 
 
+@hookspec
+def register_renderers(register: Register) -> None:
+    """Add renderers of 3D Gaussians: ``register("my_splatter", MySplatter)``.
+
+    The factory takes keyword parameters (a run file's ``renderer = { name = ..., ... }``)
+    and returns a callable ``renderer(gaussians, camera) -> RenderOutput``: a
+    :class:`atoken.modalities.mesh.GaussianSet` seen by a kornia ``PinholeCamera`` batch of V
+    views gives ``rgb [V, 3, H, W]`` and ``alpha [V, H, W]``, differentiable with respect to
+    the Gaussians, following the image formation of :mod:`atoken.modalities.mesh.splat`.
+    Called when the registries are built. Since 0.3.
+    """
+
+
 # ------------------------------------------------------------------------------ lifecycle
 @hookspec
 def atoken_train_start(trainer: Any) -> None:

@@ -52,6 +52,7 @@ __all__ = [
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.modalities.image",
     "atoken.modalities.video",
+    "atoken.modalities.mesh",
     "atoken.plugins.attention",
     "atoken.plugins.bottlenecks.kl",
     "atoken.plugins.bottlenecks.fsq",

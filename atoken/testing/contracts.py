@@ -25,6 +25,7 @@ from atoken.core.coords import grid_index
 from atoken.core.errors import ModalityInputError
 from atoken.core.modality import Modality
 from atoken.plugins.manager import get_registry
+from atoken.testing._samples import as_tensor
 from atoken.testing.strategies import seqlens
 from atoken.testing.tokenizer_contracts import HeadContract, TokenizerRoundTripContract
 
@@ -43,10 +44,6 @@ __all__ = [
 _CONTRACT_CHECKS = [HealthCheck.function_scoped_fixture, HealthCheck.differing_executors]
 _fixture_ok = settings(suppress_health_check=_CONTRACT_CHECKS, max_examples=8)
 _seeds = st.integers(0, 2**16)
-
-
-def _as_tensor(sample: Any) -> torch.Tensor:
-    return sample if isinstance(sample, torch.Tensor) else torch.as_tensor(sample)
 
 
 class ModalityContract:
@@ -77,7 +74,7 @@ class ModalityContract:
             assert values.is_floating_point()
             assert coords.dtype == torch.int32 and coords.shape == (values.shape[0], 4)
             restored = modality.unpatchify(values, coords, meta)
-            assert torch.equal(_as_tensor(restored), _as_tensor(sample))
+            assert torch.equal(as_tensor(restored), as_tensor(sample))
 
     @_fixture_ok
     @given(seed=_seeds)
@@ -95,7 +92,7 @@ class ModalityContract:
             perm = data.draw(st.permutations(range(values.shape[0])))
             perm = torch.tensor(perm, dtype=torch.long)
             restored = modality.unpatchify(values[perm], coords[perm], meta)
-            assert torch.equal(_as_tensor(restored), _as_tensor(sample))
+            assert torch.equal(as_tensor(restored), as_tensor(sample))
 
     def test_batch_packs_and_unpacks(self, modality: Modality) -> None:
         samples = modality.examples(0)
@@ -103,7 +100,7 @@ class ModalityContract:
         assert latent.batch_size == len(samples)
         assert set(latent.modality) == {modality.name}
         for restored, sample in zip(modality.unpack(latent), samples, strict=True):
-            assert torch.equal(_as_tensor(restored), _as_tensor(sample))
+            assert torch.equal(as_tensor(restored), as_tensor(sample))
 
     def test_bad_input_raises_typed_error(self, modality: Modality) -> None:
         bad = modality.invalid_examples()

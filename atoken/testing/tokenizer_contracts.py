@@ -28,6 +28,7 @@ import torch
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
 from atoken.core.tokens import DiscreteTokens
+from atoken.testing._samples import as_tensor
 
 __all__ = ["HeadContract", "TokenizerRoundTripContract"]
 
@@ -39,13 +40,9 @@ FSQ_OVERRIDES: Mapping[str, Any] = {
 }
 
 
-def _as_tensor(sample: Any) -> torch.Tensor:
-    return sample if isinstance(sample, torch.Tensor) else torch.as_tensor(sample)
-
-
 def _canonical(modality: Modality, sample: Any) -> torch.Tensor:
     """The sample in the modality's canonical form (what decode gives back)."""
-    return _as_tensor(modality.unpatchify(*modality.patchify(sample)))
+    return as_tensor(modality.unpatchify(*modality.patchify(sample)))
 
 
 def _tokenizer(preset: str, modality: str, params: Mapping[str, Any], **overrides: Any) -> Any:
@@ -65,12 +62,21 @@ def _randomize(tokenizer: Any) -> None:
             torch.nn.init.normal_(p, std=0.02)
 
 
-def _check_outputs(modality: Modality, samples: list[Any], decoded: list[Any]) -> None:
+def _check_outputs(
+    modality: Modality, samples: list[Any], decoded: list[Any], head: Any = None
+) -> None:
+    """Decoded samples are finite floats shaped like the canonical samples, or of the type
+    the head declares (``head.sample_type``)."""
     assert len(decoded) == len(samples)
+    sample_type = getattr(head, "sample_type", None)
     for sample, out in zip(samples, decoded, strict=True):
-        want = _canonical(modality, sample)
-        out = _as_tensor(out)
-        assert out.shape == want.shape, f"decoded {tuple(out.shape)}, expected {want.shape}"
+        if sample_type is not None:
+            assert isinstance(out, sample_type), f"decoded {type(out).__name__}"
+        else:
+            want = _canonical(modality, sample)
+            got = as_tensor(out).shape
+            assert got == want.shape, f"decoded {tuple(got)}, expected {want.shape}"
+        out = as_tensor(out)
         assert out.is_floating_point() and bool(torch.isfinite(out).all())
 
 
@@ -116,7 +122,7 @@ class TokenizerRoundTripContract:
         assert set(latent.modality) == {name}
         if mod.layout == "xyz":
             assert not bool(latent.coords[:, 0].any()), "an xyz modality has t = 0"
-        _check_outputs(mod, samples, decoded)
+        _check_outputs(mod, samples, decoded, tokenizer.head_for(name))
 
     def test_embed_is_normalised(self, tokenizer: Any, name: str) -> None:
         samples = tokenizer.modality(name).examples(1)
@@ -138,7 +144,7 @@ class TokenizerRoundTripContract:
             latent = tokenizer.encode(samples, name)
             assert loaded.encode(samples, name).equal(latent)
             for a, b in zip(tokenizer.decode(latent), loaded.decode(latent), strict=True):
-                assert torch.equal(_as_tensor(a), _as_tensor(b))
+                assert torch.equal(as_tensor(a), as_tensor(b))
 
     def test_fsq_tokenize_detokenize(self, name: str, params: Mapping[str, Any]) -> None:
         tok = _tokenizer(self.preset, name, params, **FSQ_OVERRIDES)
@@ -151,9 +157,9 @@ class TokenizerRoundTripContract:
         assert isinstance(tokens, DiscreteTokens) and tokens.batch_size == len(samples)
         assert not tokens.ids.is_floating_point() and tokens.ids.shape[1] == 8
         assert int(tokens.ids.min()) >= 0 and int(tokens.ids.max()) < 4**6
-        _check_outputs(mod, samples, restored)
+        _check_outputs(mod, samples, restored, tok.head_for(name))
         for a, b in zip(restored, direct, strict=True):
-            assert torch.allclose(_as_tensor(a), _as_tensor(b), atol=1e-5)
+            assert torch.allclose(as_tensor(a), as_tensor(b), atol=1e-5)
 
     def test_an_empty_batch(self, tokenizer: Any, name: str) -> None:
         with torch.no_grad():
@@ -184,12 +190,12 @@ class TokenizerRoundTripContract:
             decoded = tokenizer.decode(latent)
             emb = tokenizer.embed(emptied)
         assert len(decoded) == 2 and bool(torch.isfinite(emb).all())
-        assert _as_tensor(decoded[0]).shape == _canonical(mod, samples[0]).shape
+        _check_outputs(mod, samples, decoded, tokenizer.head_for(name))
         alone = emptied.select([0])  # a batch whose only sample has no tokens: N = 0
         with torch.no_grad():
             latent = tokenizer.encode(alone)
             assert latent.num_tokens == 0 and latent.batch_size == 1
-            assert _as_tensor(tokenizer.decode(latent)[0]).shape == _as_tensor(decoded[0]).shape
+            assert as_tensor(tokenizer.decode(latent)[0]).shape == as_tensor(decoded[0]).shape
             assert bool(torch.isfinite(tokenizer.embed(alone)).all())
         fsq = _tokenizer(self.preset, name, self.modality_params, **FSQ_OVERRIDES)
         with torch.no_grad():
@@ -249,7 +255,7 @@ class HeadContract:
         _randomize(tokenizer)  # zero-initialised heads hide wrong wiring
         with torch.no_grad():
             decoded = tokenizer.decode(tokenizer.encode(samples, name))
-        _check_outputs(mod, samples, decoded)
+        _check_outputs(mod, samples, decoded, tokenizer.head_for(name))
 
     def test_zero_tokens(self, tokenizer: Any, head_and_modality: tuple[str, str]) -> None:
         _, name = head_and_modality

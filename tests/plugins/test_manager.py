@@ -124,7 +124,8 @@ def test_registration_hook_that_raises_is_wrapped():
 def test_disable_plugins_env_blocks_builtin_and_entrypoint(fresh_plugins):
     fresh_plugins.setenv(
         "ATOKEN_DISABLE_PLUGINS",
-        "atoken.modalities.image, atoken.modalities.video, depth, occupancy",
+        "atoken.modalities.image, atoken.modalities.video, atoken.modalities.mesh, depth, "
+        "occupancy",
     )
     manager.refresh(manager=True)
     assert atoken.get_registry().modalities.names() == []
@@ -152,6 +153,7 @@ def test_cli_json_lists_builtins_and_example_plugin():
     assert modalities == {
         "image": "atoken.modalities.image",
         "video": "atoken.modalities.video",
+        "mesh": "atoken.modalities.mesh",
         "depth": "depth",
         "occupancy": "occupancy",
     }

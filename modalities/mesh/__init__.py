@@ -1,0 +1,55 @@
+"""The built-in 3D modality family: meshes -> multi-view renders -> surface voxels -> tokens,
+decoded to 3D Gaussians.
+
+A plugin like any other (registered through the same hooks as third-party ones):
+
+* the modality ``mesh`` (:class:`MeshModality`; coords (0, x, y, z) in an R^3 grid);
+* the head ``gaussians`` (:class:`GaussianHead`), the modality's default head;
+* the renderer ``torch`` (:class:`TorchRenderer`), the reference Gaussian rasterizer.
+
+Public names: :class:`Views` (RGB + depth + kornia cameras), :class:`Voxels` (the canonical
+sample), :class:`GaussianSet` (with 3DGS PLY I/O), :func:`load_mesh`, :func:`render_views`,
+:func:`voxelize`, :func:`sphere_cameras`, :func:`orbit_cameras`.
+"""
+
+from __future__ import annotations
+
+from atoken.modalities.mesh.cameras import orbit_cameras, sphere_cameras
+from atoken.modalities.mesh.gaussians import GaussianSet
+from atoken.modalities.mesh.head import GaussianHead
+from atoken.modalities.mesh.meshes import NormalizedMesh, load_mesh
+from atoken.modalities.mesh.modality import MeshModality
+from atoken.modalities.mesh.render_torch import TorchRenderer
+from atoken.modalities.mesh.views import Views, render_views
+from atoken.modalities.mesh.voxelize import Voxels, voxelize
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = [
+    "GaussianHead",
+    "GaussianSet",
+    "MeshModality",
+    "NormalizedMesh",
+    "TorchRenderer",
+    "Views",
+    "Voxels",
+    "load_mesh",
+    "orbit_cameras",
+    "render_views",
+    "sphere_cameras",
+    "voxelize",
+]
+
+
+@hookimpl
+def register_modalities(register) -> None:
+    register("mesh", MeshModality)
+
+
+@hookimpl
+def register_heads(register) -> None:
+    register("gaussians", GaussianHead)
+
+
+@hookimpl
+def register_renderers(register) -> None:
+    register("torch", TorchRenderer)

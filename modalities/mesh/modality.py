@@ -1,0 +1,180 @@
+"""The ``mesh`` modality: 3D assets as surface voxels whose features are RGB patches (t = 0).
+
+Shapes (n active voxels of an R^3 grid, patch p, temporal patch pt):
+    values  float32 [n, pt * p * p * 3] laid out (pt, ph, pw, c): the voxel's patch fills
+            temporal slot 0 like an image patch, slots 1..pt-1 are zero
+    coords  int32 [n, 4] = (0, x, y, z), the voxel index
+    meta    {"resolution": R, "patch": p} (+ "center", "scale" of the mesh's normalisation)
+
+A raw sample is one of (each turned into the next):
+
+1. a mesh file (OBJ, PLY, GLB/glTF 2, ... via trimesh), a ``trimesh.Trimesh`` or ``Scene``:
+   normalised to [-0.5, 0.5]^3 and rendered from ``views`` cameras on a sphere;
+2. :class:`~.views.Views` (RGB + depth + kornia cameras, rendered or the user's own);
+3. :class:`~.voxelize.Voxels` (active voxels and their patches), the canonical form:
+   ``unpatchify`` returns it and ``unpatchify(*patchify(v))`` equals ``v`` exactly.
+
+The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`); the
+``pixels`` head decodes the patches back to :class:`Voxels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from atoken.core.errors import ModalityInputError, TooManyTokensError
+from atoken.core.modality import Modality, check_positive_ints
+from atoken.modalities.image import rgb_stats
+from atoken.modalities.mesh.cameras import sphere_cameras
+from atoken.modalities.mesh.meshes import NormalizedMesh, load_mesh
+from atoken.modalities.mesh.views import MESH_RENDERERS, Views, render_views
+from atoken.modalities.mesh.voxelize import Voxels, voxelize
+
+__all__ = ["MeshModality"]
+
+
+class MeshModality(Modality):
+    """3D assets as voxels of an R^3 grid with RGB patch features.
+
+    Args:
+        patch_size, temporal_patch: the encoder's patch (p) and temporal patch (pt).
+        input_mean, input_std: the encoder's per-channel normalisation of [0, 1] RGB.
+        resolution: the voxel grid side R (64 official; 32 or less for CPU tests).
+        views: cameras rendered per mesh (16 official), on a Fibonacci sphere.
+        render_size: square render side in pixels (256 official; 128 for the CPU config).
+        fov_degrees, radius: the cameras' field of view and distance (40 degrees, 2).
+        renderer: ``"auto"``, ``"embree"`` or ``"torch"`` (see :func:`.views.render_views`).
+        max_tokens: the most active voxels one sample may have.
+    """
+
+    name = "mesh"
+    layout = "xyz"
+    sample_ndim = 0  # samples are objects (meshes, views, voxels), never a batch tensor
+    uses_pos_table = False  # voxels are placed by the 4D RoPE alone
+    default_head = "gaussians"
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 16,
+        temporal_patch: int = 4,
+        input_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        input_std: Sequence[float] = (0.5, 0.5, 0.5),
+        resolution: int = 64,
+        views: int = 16,
+        render_size: int = 256,
+        fov_degrees: float = 40.0,
+        radius: float = 2.0,
+        renderer: str = "auto",
+        max_tokens: int = 65536,
+    ) -> None:
+        check_positive_ints(
+            "mesh",
+            patch_size=patch_size,
+            temporal_patch=temporal_patch,
+            resolution=resolution,
+            views=views,
+            render_size=render_size,
+            max_tokens=max_tokens,
+        )
+        if renderer not in MESH_RENDERERS:
+            raise ModalityInputError(f"mesh: renderer must be one of {MESH_RENDERERS}")
+        if patch_size > render_size:
+            raise ModalityInputError(f"mesh: patch_size {patch_size} > render_size {render_size}")
+        self.value_mean, self.value_std = rgb_stats("mesh", input_mean, input_std)
+        self.patch_size, self.temporal_patch = patch_size, temporal_patch
+        self.resolution, self.views, self.render_size = resolution, views, render_size
+        self.fov_degrees, self.radius = float(fov_degrees), float(radius)
+        self.renderer, self.max_tokens = renderer, max_tokens
+        self.value_dim = temporal_patch * patch_size * patch_size * 3
+        sphere_cameras(views, render_size, fov_degrees=fov_degrees, radius=radius)  # validates
+
+    @property
+    def content_dim(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+    # ------------------------------------------------------------------ raw samples
+    def cameras(self) -> Any:
+        """The modality's V cameras (a kornia ``PinholeCamera`` batch)."""
+        return sphere_cameras(
+            self.views, self.render_size, fov_degrees=self.fov_degrees, radius=self.radius
+        )
+
+    def render(self, sample: Any) -> tuple[Views, NormalizedMesh]:
+        """A mesh sample (file, trimesh) -> its views from :meth:`cameras` and the normalised
+        mesh."""
+        mesh = load_mesh(sample)
+        return render_views(mesh.mesh, self.cameras(), renderer=self.renderer), mesh
+
+    def voxels(self, sample: Any) -> tuple[Voxels, dict[str, Any]]:
+        """Any raw sample -> its :class:`Voxels` and extra meta (the mesh normalisation)."""
+        if isinstance(sample, Voxels):
+            return sample, {}
+        extra: dict[str, Any] = {}
+        if not isinstance(sample, Views):
+            sample, mesh = self.render(sample)
+            extra = {"center": list(mesh.center), "scale": mesh.scale}
+        return voxelize(sample, resolution=self.resolution, patch_size=self.patch_size), extra
+
+    # ------------------------------------------------------------------ the contract
+    def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        voxels, extra = self.voxels(sample)
+        p, pt = self.patch_size, self.temporal_patch
+        if voxels.patch_size != p:
+            raise ModalityInputError(f"mesh: voxel patches are {voxels.patch_size} px, not {p}")
+        n = len(voxels)
+        if n > self.max_tokens:
+            raise TooManyTokensError(f"mesh: {n} active voxels > max_tokens={self.max_tokens}")
+        values = torch.zeros(n, pt, p * p * 3)
+        values[:, 0] = voxels.patches.reshape(n, p * p * 3)  # slot 0, (ph, pw, c)
+        coords = torch.zeros(n, 4, dtype=torch.int32)
+        coords[:, 1:] = voxels.coords  # (0, x, y, z)
+        meta = {"resolution": voxels.resolution, "patch": p, **extra}
+        return values.reshape(n, self.value_dim), coords, meta
+
+    def unpatchify(
+        self, values: torch.Tensor, coords: torch.Tensor, meta: dict[str, Any]
+    ) -> Voxels:
+        p = int(meta["patch"])
+        n = values.shape[0]
+        if values.ndim != 2 or values.shape[1] < p * p * 3:
+            raise ModalityInputError(f"mesh: values must be [n, >= {p * p * 3}]")
+        patches = values[:, : p * p * 3].reshape(n, p, p, 3)  # slot 0
+        return Voxels.create(coords[:, 1:], patches, int(meta["resolution"]))
+
+    def grid_shape(self, meta: dict[str, Any]) -> tuple[int, int, int]:
+        r = int(meta["resolution"])
+        return r, r, r
+
+    def examples(self, seed: int) -> list[Voxels]:
+        g = torch.Generator().manual_seed(seed)
+        r, p = self.resolution, self.patch_size
+        out = []
+        for n in (5, 11):
+            flat = torch.randperm(r**3, generator=g)[: min(n, r**3)]
+            coords = torch.stack([flat // (r * r), (flat // r) % r, flat % r], dim=1)
+            levels = torch.randint(0, 256, (coords.shape[0], p, p, 3), generator=g)
+            out.append(Voxels.create(coords, levels.float() / 255, r))
+        return out
+
+    def invalid_examples(self) -> list[Any]:
+        import trimesh
+
+        blank = Views(
+            rgb=torch.zeros(1, 3, 32, 32),
+            depth=torch.zeros(1, 32, 32),
+            camera=sphere_cameras(1, 32),
+        )
+        point = trimesh.Trimesh(vertices=[[0.0, 0, 0]] * 3, faces=[[0, 1, 2]], process=False)
+        small = Voxels.create(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, 2, 3), 4)
+        return [
+            3,
+            "/no/such/mesh.obj",
+            trimesh.Trimesh(),
+            point,
+            blank,
+            small,
+        ]
