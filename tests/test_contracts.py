@@ -15,6 +15,7 @@ from atoken.testing.contracts import (
     TextEncoderContract,
     TokenizerRoundTripContract,
 )
+from atoken.testing.render_contracts import RendererContract
 from atoken.testing.stage_contracts import StageTransformContract
 
 REGISTRY = atoken.get_registry()
@@ -176,4 +177,10 @@ def test_several_contract_subclasses_run_in_one_session(tmp_path):
 class TestEveryStageTransform(StageTransformContract):
     @pytest.fixture(params=REGISTRY.stage_transforms.names())
     def transform_name(self, request):
+        return request.param
+
+
+class TestEveryRenderer(RendererContract):
+    @pytest.fixture(params=REGISTRY.renderers.names())
+    def renderer_name_under_test(self, request):
         return request.param

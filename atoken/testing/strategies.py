@@ -24,6 +24,7 @@ from atoken.core.latent import SparseLatent
 
 __all__ = [
     "coords4d",
+    "gaussian_sets",
     "images",
     "register_profiles",
     "seqlens",
@@ -134,6 +135,38 @@ def videos(
     H = draw(st.integers(min_side, max_side))
     W = draw(st.integers(min_side, max_side))
     return _pixels(draw, (3, T, H, W), dtype)
+
+
+@st.composite
+def gaussian_sets(
+    draw: st.DrawFn,
+    *,
+    max_gaussians: int = 24,
+    min_gaussians: int = 0,
+    extent: float = 0.4,
+    scales: tuple[float, float] = (0.01, 0.08),
+    dtype: torch.dtype = torch.float64,
+):
+    """A :class:`atoken.modalities.mesh.GaussianSet` of up to ``max_gaussians`` Gaussians in
+    ``[-extent, extent]^3`` (seen whole by the cameras of ``sphere_cameras``), scales in
+    ``scales``, opacities in [0.05, 0.95], colour coefficients in [-2, 2]."""
+    from atoken.modalities.mesh.gaussians import GaussianSet
+
+    n = draw(st.integers(min_gaussians, max_gaussians))
+
+    def floats(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        elements = st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+        return torch.from_numpy(draw(hnp.arrays(np.float64, (n, *shape), elements=elements)))
+
+    quats = floats(-1.0, 1.0, 4)
+    quats[:, 0] += 1.5  # never the zero quaternion
+    return GaussianSet(
+        means=floats(-extent, extent, 3).to(dtype),
+        scales=floats(*scales, 3).to(dtype),
+        quats=torch.nn.functional.normalize(quats, dim=1).to(dtype),
+        opacities=floats(0.05, 0.95).to(dtype),
+        sh0=floats(-2.0, 2.0, 3).to(dtype),
+    )
 
 
 def _pixels(draw: st.DrawFn, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -5,7 +5,8 @@ A plugin like any other (registered through the same hooks as third-party ones):
 
 * the modality ``mesh`` (:class:`MeshModality`; coords (0, x, y, z) in an R^3 grid);
 * the head ``gaussians`` (:class:`GaussianHead`), the modality's default head;
-* the renderer ``torch`` (:class:`TorchRenderer`), the reference Gaussian rasterizer.
+* the renderers ``torch`` (:class:`TorchRenderer`, the reference), ``cpu``
+  (:class:`CpuRenderer`, compiled tile kernels) and ``gsplat`` (:class:`GsplatRenderer`, CUDA).
 
 Public names: :class:`Views` (RGB + depth + kornia cameras), :class:`Voxels` (the canonical
 sample), :class:`GaussianSet` (with 3DGS PLY I/O), :func:`load_mesh`, :func:`render_views`,
@@ -19,14 +20,18 @@ from atoken.modalities.mesh.gaussians import GaussianSet
 from atoken.modalities.mesh.head import GaussianHead
 from atoken.modalities.mesh.meshes import NormalizedMesh, load_mesh
 from atoken.modalities.mesh.modality import MeshModality
+from atoken.modalities.mesh.render_cpu import CpuRenderer
+from atoken.modalities.mesh.render_gsplat import GsplatRenderer
 from atoken.modalities.mesh.render_torch import TorchRenderer
 from atoken.modalities.mesh.views import Views, render_views
 from atoken.modalities.mesh.voxelize import Voxels, voxelize
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = [
+    "CpuRenderer",
     "GaussianHead",
     "GaussianSet",
+    "GsplatRenderer",
     "MeshModality",
     "NormalizedMesh",
     "TorchRenderer",
@@ -53,3 +58,5 @@ def register_heads(register) -> None:
 @hookimpl
 def register_renderers(register) -> None:
     register("torch", TorchRenderer)
+    register("cpu", CpuRenderer)
+    register("gsplat", GsplatRenderer)

@@ -191,11 +191,11 @@ class GaussianSet:
         Raises:
             ModalityInputError: a file that is not a PLY or lacks a 3DGS property.
         """
-        from plyfile import PlyData
+        from plyfile import PlyData, PlyParseError
 
         try:
             vertex = PlyData.read(os.fspath(path))["vertex"]
-        except (OSError, KeyError, ValueError, IndexError) as exc:
+        except (OSError, KeyError, ValueError, IndexError, PlyParseError) as exc:
             raise ModalityInputError(f"gaussians: {os.fspath(path)!r} is not a 3DGS PLY") from exc
 
         def cols(*names: str) -> torch.Tensor:
