@@ -23,7 +23,7 @@ draws ``previews`` held-out samples beside their reconstructions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -217,14 +217,26 @@ class ReconstructionTask:
         return any(i in inputs for _, _, i in self.losses)
 
     def loss_terms(
-        self, out: Any, samples: Sequence[torch.Tensor], extra: dict[str, Any] | None = None
+        self,
+        out: Any,
+        samples: Sequence[torch.Tensor],
+        extra: dict[str, Any] | None = None,
+        *,
+        inputs_of: Mapping[str, tuple[Any, Any]] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``sum_i w_i loss_i`` of a :class:`~atoken.core.model.ModelOutput` and its targets."""
+        """``sum_i w_i loss_i`` of a :class:`~atoken.core.model.ModelOutput` and its targets.
+
+        ``inputs_of`` gives ``(prediction, target)`` for input kinds a subclass provides
+        (``{"samples": (renders, views), "gaussians": (gaussians, None)}``), replacing the
+        defaults (``out.samples`` and ``samples`` for ``"samples"``)."""
         context = {"latent": out.latent, **out.bottleneck.terms, **(extra or {})}
         total = torch.zeros((), device=out.latent.feats.device)
         logs: dict[str, float] = {}
         for term, fn, inputs in self.losses:
-            if inputs == "samples":
+            if inputs_of and inputs in inputs_of:
+                prediction, target = inputs_of[inputs]
+                value = fn(prediction, target, context)
+            elif inputs == "samples":
                 value = fn(out.samples, list(samples), context)
             elif inputs == "latent":
                 value = fn(out.latent, None, context)

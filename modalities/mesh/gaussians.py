@@ -34,6 +34,7 @@ __all__ = [
     "SH_C0",
     "GaussianSet",
     "activate",
+    "baseline_gaussians",
     "hammersley",
     "offset_perturbation",
 ]
@@ -215,3 +216,18 @@ class GaussianSet:
 
     def __repr__(self) -> str:
         return f"GaussianSet(n={len(self)})"
+
+
+def baseline_gaussians(voxels: Any, *, sigma: float = 0.6, opacity: float = 0.95) -> GaussianSet:
+    """The no-learning baseline: one isotropic Gaussian per active voxel at its centre, of
+    standard deviation ``sigma`` voxels and opacity ``opacity``, coloured with the mean of the
+    voxel's patch (:class:`~.voxelize.Voxels`)."""
+    n = len(voxels)
+    rgb = voxels.colors()  # [n, 3]
+    return GaussianSet(
+        means=voxels.centers(),
+        scales=torch.full((n, 3), sigma / voxels.resolution),
+        quats=torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4).clone(),
+        opacities=torch.full((n,), float(opacity)),
+        sh0=(rgb - 0.5) / SH_C0,
+    )

@@ -89,12 +89,13 @@ class CpuRenderer:
     """The fast CPU Gaussian rasterizer (same arguments and output as the ``torch`` one).
 
     Args:
-        tile: tile side in pixels.
+        tile: tile side in pixels (8: smaller tiles mean shorter lists per pixel; 2x
+            faster than 16 for voxel-sized Gaussians at 128 px).
         blur: pixels^2 added to every 2D covariance.
         background: the colour behind the Gaussians, a gray level or RGB triple.
     """
 
-    def __init__(self, *, tile: int = 16, blur: float = 0.3, background: float = 0.0) -> None:
+    def __init__(self, *, tile: int = 8, blur: float = 0.3, background: float = 0.0) -> None:
         if not isinstance(tile, int) or tile < 1:
             raise ModalityInputError(f"render: tile must be an int >= 1, got {tile!r}")
         self.tile, self.blur, self.background = tile, float(blur), background
