@@ -8,6 +8,7 @@ their evaluation views, which no asset is ever trained on.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,20 @@ class MeshSource:
             raise ConfigError(f"meshes: no training asset for rank {ctx.rank} of {ctx.world_size}")
         self.heldout_names = tuple(self.store.names[i] for i in held)
         self.heldout = [self.store.record(n) for n in self.heldout_names]
+
+    @staticmethod
+    def example_data(folder: str | os.PathLike) -> dict[str, Any]:
+        """The ``data`` table of a small real source for contract tests: two pybullet meshes
+        (duck and teddy) imported once into ``folder`` at 48 px, 4 + 2 views, a 16^3 grid."""
+        from atoken.modalities.mesh.pybullet_sets import pybullet_root
+        from atoken.modalities.mesh.store import MeshSettings, import_meshes
+
+        path = os.path.join(os.fspath(folder), "example_meshes")
+        root = pybullet_root()
+        sources = [os.path.join(root, "duck.obj"), os.path.join(root, "teddy2_VHACD_CHs.obj")]
+        settings = MeshSettings(views=4, eval_views=2, render_size=48, resolution=16)
+        import_meshes(sources, path, settings=settings, progress=False)
+        return {"source": "meshes", "path": path, "views_per_step": 2}
 
     def batch(self, step: int, micro: int = 0) -> list[MeshRecord]:
         c = self.context

@@ -12,7 +12,8 @@ A raw sample is one of (each turned into the next):
    normalised to [-0.5, 0.5]^3 and rendered from ``views`` cameras on a sphere;
 2. :class:`~.views.Views` (RGB + depth + kornia cameras, rendered or the user's own);
 3. :class:`~.voxelize.Voxels` (active voxels and their patches), the canonical form:
-   ``unpatchify`` returns it and ``unpatchify(*patchify(v))`` equals ``v`` exactly.
+   ``unpatchify`` returns it and ``unpatchify(*patchify(v))`` equals ``v`` exactly; a
+   :class:`~.store.MeshRecord` of a mesh store gives its voxels.
 
 The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`); the
 ``pixels`` head decodes the patches back to :class:`Voxels`.
@@ -111,6 +112,8 @@ class MeshModality(Modality):
 
     def voxels(self, sample: Any) -> tuple[Voxels, dict[str, Any]]:
         """Any raw sample -> its :class:`Voxels` and extra meta (the mesh normalisation)."""
+        if isinstance(getattr(sample, "voxels", None), Voxels):  # a stored record
+            sample = sample.voxels
         if isinstance(sample, Voxels):
             return sample, {}
         extra: dict[str, Any] = {}

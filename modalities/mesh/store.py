@@ -107,12 +107,19 @@ class MeshRecord:
     center: tuple[float, float, float]
     scale: float
 
+    def as_tensor(self) -> torch.Tensor:
+        """The record flattened (voxels, then the views' pixels), for comparisons."""
+        return torch.cat([self.voxels.as_tensor().flatten(), self.views.rgb.flatten()])
+
 
 @attrs.frozen(kw_only=True)
 class MeshImportReport:
+    """What an import did (``bad``: meshes skipped with ``skip_bad``, and why)."""
+
     added: int
     already_stored: int
     committed: int
+    bad: tuple[tuple[str, str], ...] = ()
 
 
 def list_meshes(sources: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
@@ -156,15 +163,19 @@ def _manifest(dst: str, settings: MeshSettings) -> None:
         with open(path, encoding="utf-8") as f:
             have = json.load(f)
         if have.get("schema") != SCHEMA:
-            raise StoreError(f"meshes: {dst!r} is not a mesh store")
+            raise StoreError(f"meshes: {dst!r} is not a mesh store", store=dst)
         if have != want:
             raise StoreError(
                 f"meshes: {dst!r} holds meshes made with other settings "
-                f"{have.get('settings')}; import into a new folder"
+                f"{have.get('settings')}; import into a new folder",
+                store=dst,
+                array="attributes",
             )
         return
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise StoreError(f"meshes: {dst!r} exists and is not a mesh store; nothing was written")
+        raise StoreError(
+            f"meshes: {dst!r} exists and is not a mesh store; nothing was written", store=dst
+        )
     os.makedirs(dst, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -198,9 +209,11 @@ def import_meshes(
     settings: MeshSettings | None = None,
     progress: bool = True,
     lock_timeout: float = 0.0,
+    skip_bad: bool = False,
 ) -> MeshImportReport:
     """Render, voxelise and store every mesh under ``sources`` in the mesh store ``dst``
-    (created, or resumed: meshes already complete are skipped).
+    (created, or resumed: meshes already complete are skipped). With ``skip_bad``, a file
+    that is not a usable mesh is reported in the result instead of raised.
 
     Raises:
         ConfigError: sources that match nothing or collide. ModalityInputError: a file that is
@@ -228,12 +241,17 @@ def import_meshes(
         done = writers["patches"].names
         todo = [(n, p) for n, p in found if n not in done]
         added = 0
+        bad: list[tuple[str, str]] = []
         with tqdm(total=len(todo), unit="mesh", disable=not progress) as bar:
             for name, path in todo:
                 try:
                     parts = _render(path, settings)
                 except ModalityInputError as exc:
-                    raise ModalityInputError(f"meshes: {name!r}: {exc}") from exc
+                    if not skip_bad:
+                        raise ModalityInputError(f"meshes: {name!r}: {exc}") from exc
+                    bad.append((name, str(exc)))
+                    bar.update(1)
+                    continue
                 for part, _, _ in PARTS:  # committed part by part, patches last
                     writers[part].add(name, parts[part])
                     writers[part].flush()
@@ -260,11 +278,15 @@ class MeshStore:
         self.path = os.fspath(path)
         manifest = os.path.join(self.path, MANIFEST)
         if not os.path.isfile(manifest):
-            raise StoreError(f"meshes: {self.path!r} is not a mesh store (no {MANIFEST})")
+            raise StoreError(
+                f"meshes: {self.path!r} is not a mesh store (no {MANIFEST})", store=self.path
+            )
         with open(manifest, encoding="utf-8") as f:
             info = json.load(f)
         if info.get("schema") != SCHEMA or info.get("version") != VERSION:
-            raise StoreError(f"meshes: {self.path!r} has schema {info.get('schema')!r}")
+            raise StoreError(
+                f"meshes: {self.path!r} has schema {info.get('schema')!r}", store=self.path
+            )
         self.settings = MeshSettings(**info["settings"])
         self._parts = {p: MediaStore(os.path.join(self.path, p)) for p, _, _ in PARTS}
         self._index = {p: {n: i for i, n in enumerate(s.names)} for p, s in self._parts.items()}
@@ -282,7 +304,9 @@ class MeshStore:
     def record(self, name: str, *, views: Sequence[int] | None = None) -> MeshRecord:
         """The asset ``name``; ``views`` picks feature views (all by default)."""
         if name not in self._index["patches"]:
-            raise KeyError(f"meshes: no complete sample {name!r} in {self.path!r}")
+            raise StoreError(
+                f"meshes: no complete sample {name!r} in {self.path!r}", store=self.path, name=name
+            )
         s = self.settings
         coords = torch.from_numpy(self._read("coords", name).astype(np.int64))
         patches = torch.from_numpy(self._read("patches", name)).float() / 255

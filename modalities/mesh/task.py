@@ -26,6 +26,7 @@ from torch import nn
 
 from atoken.core.runconfig import LossTerm
 from atoken.modalities.mesh.cameras import orbit_cameras
+from atoken.modalities.mesh.data import MeshSource
 from atoken.modalities.mesh.gaussians import baseline_gaussians
 from atoken.tasks.base import (
     ReconstructionParams,
@@ -71,6 +72,9 @@ class MeshReconstructionTask(ReconstructionTask):
         self.renderer = get_registry().renderers.create(
             p.renderer, background=p.background, **dict(p.renderer_params)
         )
+
+    #: The contract tests' data table (a small mesh store they write): see MeshSource.
+    example_data = staticmethod(MeshSource.example_data)
 
     def count(self, batch: Any) -> int:
         return len(batch)

@@ -1,0 +1,114 @@
+"""3D data and training through the public entry points: `atoken data import meshes` into a
+mesh store (resumable, checksummed, refusing foreign folders), the `meshes` source, and a few
+`atoken train` steps of images + meshes whose exported tokenizer decodes a mesh file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import atoken
+from atoken.cli import main
+from atoken.core.errors import StoreError, StoreIntegrityError
+from atoken.data import SourceContext, build_source
+from atoken.modalities.mesh import GaussianSet, MeshSettings, MeshStore, import_meshes
+
+pybullet_data = pytest.importorskip("pybullet_data")
+DATA = Path(pybullet_data.getDataPath())
+MESHES = [DATA / "duck.obj", DATA / "teddy2_VHACD_CHs.obj", DATA / "objects" / "mug.obj"]
+SMALL = ["--views", "4", "--eval-views", "2", "--render-size", "48", "--resolution", "16"]
+
+
+def _import(*args: str) -> str:
+    result = CliRunner().invoke(main, ["data", "import", "meshes", "--no-progress", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_import_resumes_verifies_and_refuses_foreign_folders(tmp_path):
+    dst = tmp_path / "meshes"
+    out = _import(*SMALL, str(MESHES[0]), str(MESHES[1]), str(dst))
+    assert "imported 2 meshes" in out
+    out = _import(*SMALL, *map(str, MESHES), str(dst))  # a rerun adds only the new mesh
+    assert "imported 1 meshes" in out and "2 already stored" in out
+    store = MeshStore(dst)
+    assert store.names == ("duck.obj", "teddy2_VHACD_CHs.obj", "objects/mug.obj")
+    rec = store.record("duck.obj")
+    assert rec.views.rgb.shape == (4, 3, 48, 48) and rec.eval_views.rgb.shape == (2, 3, 48, 48)
+    assert rec.voxels.resolution == 16 and len(rec.voxels) > 50
+    # the stored voxels are the modality's own voxelisation of the stored feature views
+    again = atoken.get_registry().modalities.create("mesh", resolution=16).voxels(rec.views)[0]
+    assert torch.equal(again.coords, rec.voxels.coords)
+    assert float((again.patches - rec.voxels.patches).abs().max()) <= 0.5 / 255 + 1e-6
+    # other settings, or a folder that is not a mesh store: refused, nothing written
+    with pytest.raises(StoreError, match="other settings"):
+        import_meshes(MESHES[:1], dst, settings=MeshSettings(views=8), progress=False)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a mesh store"):
+        import_meshes(MESHES[:1], tmp_path / "notes", progress=False)
+    assert os.listdir(tmp_path / "notes") == ["keep.txt"]
+    # a flipped byte in the stored patches is found when the sample is read
+    data = dst / "patches" / "data"
+    shard = next(p for p in sorted(data.rglob("*")) if p.is_file())
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises((StoreIntegrityError, StoreError)):
+        damaged = MeshStore(dst)
+        for name in damaged.names:
+            damaged.record(name)
+
+
+def test_the_meshes_source_is_deterministic_and_sharded(tmp_path):
+    import_meshes(MESHES, tmp_path / "m", settings=MeshSettings(views=4, eval_views=2,
+                  render_size=48, resolution=16), progress=False)  # fmt: skip
+    table = {"source": "meshes", "path": str(tmp_path / "m"), "views_per_step": 3}
+    a = build_source(table, SourceContext(seed=1), where="t")
+    b = build_source(table, SourceContext(seed=1), where="t")
+    assert a.heldout_names == ("objects/mug.obj",)
+    first, second = a.batch(5, 1)[0], b.batch(5, 1)[0]
+    assert first.name == second.name and torch.equal(first.as_tensor(), second.as_tensor())
+    assert first.views.count == 3
+    shards = [build_source(table, SourceContext(seed=1, rank=r, world_size=2), where="t")
+              for r in (0, 1)]  # fmt: skip
+    assert set(shards[0].train).isdisjoint(shards[1].train)
+
+
+@pytest.mark.slow
+def test_atoken_train_images_and_meshes_then_decode_a_mesh_file(tmp_path):
+    store = tmp_path / "meshes"
+    _import(*SMALL, *map(str, MESHES), str(store))
+    run = tmp_path / "mesh.toml"
+    text = (Path(__file__).resolve().parents[2] / "configs" / "mesh.toml").read_text()
+    text = text.replace('out_dir = "runs/mesh"', f'out_dir = "{tmp_path / "run"}"')
+    text = text.replace('path = "data/meshes"', f'path = "{store}"')
+    text = re.sub(r"heldout = \[[^\]]*\]", 'heldout = ["objects/mug.obj"]', text, flags=re.S)
+    text = re.sub(r"\nsteps = \d+", "\nsteps = 4", text)
+    text = re.sub(r"eval_every = \d+", "eval_every = 4", text)
+    text = re.sub(r"warmup_steps = \d+", "warmup_steps = 1", text)
+    text = text.replace("views_per_step = 4", "views_per_step = 2")
+    run.write_text(text)
+    result = CliRunner().invoke(main, ["train", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if x["kind"] == "eval"]
+    assert evals and np.isfinite(evals[-1]["mesh_reconstruction/psnr"])
+    assert "mesh_reconstruction/baseline_psnr" in evals[-1]
+    trained = [x for x in lines if x["kind"] == "train"]
+    assert all("mesh_reconstruction/l1" in x for x in trained)
+    pictures = tmp_path / "run" / "mesh_reconstruction"
+    assert (pictures / "mesh_step000004.png").is_file()
+    assert (pictures / "mesh_step000004_objects_mug_turntable.gif").is_file()
+    tok = atoken.Tokenizer.from_pretrained(tmp_path / "run" / "tokenizer").eval()
+    with torch.no_grad():
+        (gaussians,) = tok.reconstruct([str(MESHES[2])], "mesh")
+    assert isinstance(gaussians, GaussianSet) and len(gaussians) > 0
+    assert len(gaussians) % 8 == 0  # K = 8 Gaussians per voxel, from the run file
