@@ -231,8 +231,8 @@ def import_meshes_command(
 ) -> None:
     """Render, voxelise and store meshes from SRC... (OBJ, PLY, GLB/glTF... files, folders,
     globs) in the mesh store DST (resumable; see docs/3d.md)."""
+    from atoken.data.meshes import MeshSettings, import_meshes
     from atoken.modalities.mesh.pybullet_sets import pybullet_paths
-    from atoken.modalities.mesh.store import MeshSettings, import_meshes
 
     *srcs, dst = paths
     try:

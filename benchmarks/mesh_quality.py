@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import atoken
-from atoken.modalities.mesh import MeshStore, baseline_gaussians
+from atoken.data.meshes import MeshStore
+from atoken.modalities.mesh import baseline_gaussians
 from atoken.modalities.mesh.cameras import orbit_cameras
 from atoken.modalities.mesh.pybullet_sets import HELDOUT
 

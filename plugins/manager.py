@@ -72,9 +72,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.losses.siglip",
     "atoken.losses.distill",
     "atoken.data.builtin_sources",
+    "atoken.data.meshes",
     "atoken.tasks.base",
     "atoken.tasks.image",
     "atoken.tasks.video",
+    "atoken.tasks.mesh",
     "atoken.tasks.alignment",
     "atoken.transforms",
 )

@@ -1,12 +1,13 @@
 """The built-in 3D modality family: meshes -> multi-view renders -> surface voxels -> tokens,
-decoded to 3D Gaussians.
+decoded to 3D Gaussians. (Its training side, which needs the data and task layers, is
+:mod:`atoken.data.meshes`, the mesh store and the ``meshes`` source, and
+:mod:`atoken.tasks.mesh`, the ``mesh_reconstruction`` task.)
 
 A plugin like any other (registered through the same hooks as third-party ones):
 
 * the modality ``mesh`` (:class:`MeshModality`; coords (0, x, y, z) in an R^3 grid);
 * the head ``gaussians`` (:class:`GaussianHead`), the modality's default head;
-* the task ``mesh_reconstruction`` and the data source ``meshes`` (a mesh store written by
-  ``atoken data import meshes``), with the losses ``gaussian_opacity`` and ``gaussian_volume``;
+* the losses ``gaussian_opacity`` and ``gaussian_volume`` (regularisers of decoded sets);
 * the renderers ``torch`` (:class:`TorchRenderer`, the reference), ``cpu``
   (:class:`CpuRenderer`, compiled tile kernels) and ``gsplat`` (:class:`GsplatRenderer`, CUDA).
 
@@ -18,7 +19,6 @@ sample), :class:`GaussianSet` (with 3DGS PLY I/O), :func:`load_mesh`, :func:`ren
 from __future__ import annotations
 
 from atoken.modalities.mesh.cameras import orbit_cameras, sphere_cameras
-from atoken.modalities.mesh.data import MeshSource
 from atoken.modalities.mesh.gaussians import GaussianSet, baseline_gaussians
 from atoken.modalities.mesh.head import GaussianHead
 from atoken.modalities.mesh.losses import GaussianOpacityLoss, GaussianVolumeLoss
@@ -27,8 +27,6 @@ from atoken.modalities.mesh.modality import MeshModality
 from atoken.modalities.mesh.render_cpu import CpuRenderer
 from atoken.modalities.mesh.render_gsplat import GsplatRenderer
 from atoken.modalities.mesh.render_torch import TorchRenderer
-from atoken.modalities.mesh.store import MeshSettings, MeshStore, import_meshes
-from atoken.modalities.mesh.task import MeshReconstructionTask
 from atoken.modalities.mesh.views import Views, render_views
 from atoken.modalities.mesh.voxelize import Voxels, voxelize
 from atoken.plugins.hookspecs import hookimpl
@@ -41,16 +39,11 @@ __all__ = [
     "GaussianVolumeLoss",
     "GsplatRenderer",
     "MeshModality",
-    "MeshReconstructionTask",
-    "MeshSettings",
-    "MeshSource",
-    "MeshStore",
     "NormalizedMesh",
     "TorchRenderer",
     "Views",
     "Voxels",
     "baseline_gaussians",
-    "import_meshes",
     "load_mesh",
     "orbit_cameras",
     "render_views",
@@ -74,16 +67,6 @@ def register_renderers(register) -> None:
     register("torch", TorchRenderer)
     register("cpu", CpuRenderer)
     register("gsplat", GsplatRenderer)
-
-
-@hookimpl
-def register_data_sources(register) -> None:
-    register("meshes", MeshSource)
-
-
-@hookimpl
-def register_tasks(register) -> None:
-    register("mesh_reconstruction", MeshReconstructionTask)
 
 
 @hookimpl

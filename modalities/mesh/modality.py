@@ -13,7 +13,7 @@ A raw sample is one of (each turned into the next):
 2. :class:`~.views.Views` (RGB + depth + kornia cameras, rendered or the user's own);
 3. :class:`~.voxelize.Voxels` (active voxels and their patches), the canonical form:
    ``unpatchify`` returns it and ``unpatchify(*patchify(v))`` equals ``v`` exactly; a
-   :class:`~.store.MeshRecord` of a mesh store gives its voxels.
+   :class:`atoken.data.meshes.MeshRecord` gives its voxels.
 
 The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`); the
 ``pixels`` head decodes the patches back to :class:`Voxels`.

@@ -18,7 +18,8 @@ import atoken
 from atoken.cli import main
 from atoken.core.errors import StoreError, StoreIntegrityError
 from atoken.data import SourceContext, build_source
-from atoken.modalities.mesh import GaussianSet, MeshSettings, MeshStore, import_meshes
+from atoken.data.meshes import MeshSettings, MeshStore, import_meshes
+from atoken.modalities.mesh import GaussianSet
 
 pybullet_data = pytest.importorskip("pybullet_data")
 DATA = Path(pybullet_data.getDataPath())

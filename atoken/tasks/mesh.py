@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from atoken.core.runconfig import LossTerm
+from atoken.data.meshes import MeshSource
 from atoken.modalities.mesh.cameras import orbit_cameras
-from atoken.modalities.mesh.data import MeshSource
 from atoken.modalities.mesh.gaussians import baseline_gaussians
+from atoken.plugins.hookspecs import hookimpl
 from atoken.tasks.base import (
     ReconstructionParams,
     ReconstructionTask,
@@ -133,3 +134,8 @@ class MeshReconstructionTask(ReconstructionTask):
             clip = torch.stack(self._render(gaussians, orbit), dim=1)  # [3, T, H, W]
             stem = record.name.replace("/", "_").rsplit(".", 1)[0]
             write_gif(clip, out_dir / f"mesh_step{step:06d}_{stem}_turntable.gif", fps=12)
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    register("mesh_reconstruction", MeshReconstructionTask)
