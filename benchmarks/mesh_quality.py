@@ -8,7 +8,8 @@
 For each held-out object of the store (pybullet's held-out set: objects never trained on),
 both are rendered by the same renderer from the store's evaluation views (an orbit at 30
 degrees that no object's features or training ever used) and scored against the mesh's own
-renders: PSNR and SSIM per object, then the mean over objects. The baseline is one isotropic
+renders: PSNR and SSIM (and LPIPS when its weights are on the machine) per object, then the
+mean over objects. The baseline is one isotropic
 Gaussian per active voxel with the mean colour of its patch (``baseline_gaussians``), the same
 pipeline with no learning. ``--pictures`` writes the figures of docs/3d.md.
 """
@@ -76,6 +77,10 @@ def main() -> None:
     registry = atoken.get_registry()
     renderer = registry.renderers.create(args.renderer)
     metrics = {n: registry.metrics.create(n) for n in ("psnr", "ssim")}
+    try:  # LPIPS where its backbone's weights are on this machine (nothing is downloaded)
+        metrics["lpips"] = registry.metrics.create("lpips")
+    except atoken.WeightsNotFoundError as exc:
+        print(f"LPIPS not reported: {str(exc).splitlines()[0][:120]}")
     names = [n for n in HELDOUT if n in store.names]
     print(f"held-out objects of {args.store}: {len(names)}; {store.settings.eval_views} "
           f"unseen views each at {store.settings.render_size} px, {store.settings.resolution}^3 "
@@ -94,6 +99,8 @@ def main() -> None:
         rows.append((s_o["psnr"], s_b["psnr"], s_o["ssim"], s_b["ssim"]))
         print(f"{name:<40} {len(record.voxels):>6} {s_o['psnr']:>9.2f} {s_b['psnr']:>6.2f} "
               f"{s_o['ssim']:>9.3f} {s_b['ssim']:>6.3f}")  # fmt: skip
+        if "lpips" in s_o:
+            print(f"{'':<40} LPIPS ours {s_o['lpips']:.3f}, baseline {s_b['lpips']:.3f}")
         if args.pictures and name == names[0]:
             pictures(Path(args.pictures), name, record, ours, base, renderer)
     mean = [sum(r[i] for r in rows) / len(rows) for i in range(4)]
