@@ -209,9 +209,10 @@ def reconstruct(
     max_frames: int | None,
     modality: str | None,
 ) -> None:
-    """Encode and decode image, video or .npy files; write reconstructions and side-by-sides
-    (PNG for images and one-channel maps, MP4 and GIF for videos decoded in temporal tiles;
-    .npy arrays are written back as .npy)."""
+    """Encode and decode image, video, .npy or mesh files; write reconstructions and
+    side-by-sides (PNG for images and one-channel maps, MP4 and GIF for videos decoded in
+    temporal tiles; .npy arrays are written back as .npy; meshes as 3DGS .ply Gaussians with
+    a views | reconstruction PNG)."""
     from pathlib import Path
 
     from atoken.cli_files import read_input, save_reconstruction
@@ -234,7 +235,8 @@ def reconstruct(
             recon = model.reconstruct([sample], kind)[0]
         except AtokenError as exc:
             raise _fail(exc) from exc
-        rows.append((Path(path).stem, kind, *save_reconstruction(path, kind, sample, recon, out)))
+        saved = save_reconstruction(path, kind, sample, recon, out, model)
+        rows.append((Path(path).stem, kind, *saved))
     _table(("input", "modality", "size", "error"), rows)
     click.echo(f"wrote {len(rows)} reconstructions to {out}")
 

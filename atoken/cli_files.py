@@ -4,6 +4,10 @@
     video files (.mp4, ...)        -> video  streamed in temporal tiles (GIF + MP4 written)
     .npy arrays                    -> the ``--modality`` given (e.g. depth ``[H, W]``);
                                       written back as .npy, with a PNG when it is picturable
+    a modality's own files         -> that modality, when its class lists the suffix in
+                                      ``file_extensions`` (meshes: .obj, .ply, .glb, ...); the
+                                      path is its sample, and its ``save_reconstruction(path,
+                                      sample, recon, out) -> (size, error)`` writes the outputs
 
 The error column is PSNR in dB for images and videos, the RMSE in the modality's units for
 other samples.
@@ -36,6 +40,9 @@ def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.
 
     suffix = Path(path).suffix.lower()
     kind = "video" if suffix in VIDEO_EXTENSIONS else "image"
+    owner = _file_owner(suffix, modality, model)
+    if owner is not None:
+        return owner, path
     if suffix == ".npy":
         if not modality:
             raise ConfigError(f"{path}: a .npy array needs --modality (e.g. --modality depth)")
@@ -63,12 +70,30 @@ def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.
     return kind, sample
 
 
+def _file_owner(suffix: str, modality: str | None, model: Any) -> str | None:
+    """The tokenizer's modality that reads files with ``suffix`` itself (``file_extensions``):
+    ``modality`` when given and it does, else the only one that does; None for none."""
+    known = tuple(model.config.modalities or ())
+    names = [modality] if modality else list(known)
+    owners = [
+        n
+        for n in names
+        if (not known or n in known)
+        and suffix in getattr(model.modality(n), "file_extensions", ())
+    ]
+    return owners[0] if len(owners) == 1 else None
+
+
 def save_reconstruction(
-    path: str, kind: str, sample: torch.Tensor, recon: torch.Tensor, out: Path
+    path: str, kind: str, sample: Any, recon: Any, out: Path, model: Any = None
 ) -> tuple[str, str]:
     """Write the reconstruction (and a side-by-side picture when there is one); returns the
     table's ``(size, error)``."""
     from atoken.viz import save_side_by_side, to_pil, to_visible
+
+    own = getattr(model.modality(kind), "save_reconstruction", None) if model else None
+    if own is not None and isinstance(sample, str):
+        return own(path, sample, recon, out)
 
     stem = Path(path).stem
     size = "x".join(map(str, sample.shape[-2:]))

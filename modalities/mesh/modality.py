@@ -21,8 +21,9 @@ The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`);
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -56,6 +57,9 @@ class MeshModality(Modality):
     sample_ndim = 0  # samples are objects (meshes, views, voxels), never a batch tensor
     uses_pos_table = False  # voxels are placed by the 4D RoPE alone
     default_head = "gaussians"
+    #: Files ``atoken reconstruct`` hands to this modality as they are (see
+    #: :meth:`save_reconstruction`).
+    file_extensions: ClassVar[tuple[str, ...]] = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
 
     def __init__(
         self,
@@ -181,3 +185,30 @@ class MeshModality(Modality):
             blank,
             small,
         ]
+
+    # ------------------------------------------------------------------ files
+    def save_reconstruction(self, path: str, sample: Any, recon: Any, out: Any) -> tuple[str, str]:
+        """``atoken reconstruct`` on a mesh file: ``<stem>_gaussians.ply`` (3DGS PLY, in the
+        mesh's own units) and ``<stem>_side_by_side.png`` (the mesh's first four views | the
+        Gaussians rendered by the ``cpu`` renderer); returns ``("N voxels", "PSNR dB")`` over
+        every view of :meth:`cameras`."""
+        from pathlib import Path
+
+        from atoken.modalities.mesh.gaussians import GaussianSet
+        from atoken.modalities.mesh.render_cpu import CpuRenderer
+        from atoken.viz import save_side_by_side
+
+        if not isinstance(recon, GaussianSet):
+            raise ModalityInputError(f"mesh: {path}: the head decoded {type(recon).__name__}")
+        stem = Path(path).stem
+        views, mesh = self.render(sample)
+        recon.transformed(mesh.center, mesh.scale).save_ply(Path(out) / f"{stem}_gaussians.ply")
+        with torch.no_grad():
+            rgb = CpuRenderer()(recon, views.camera).rgb.clamp(0, 1)  # [V, 3, H, W]
+        save_side_by_side(
+            list(views.rgb[:4]), list(rgb[:4]), Path(out) / f"{stem}_side_by_side.png",
+            labels=[stem] * min(4, views.count),
+        )  # fmt: skip
+        mse = float(((rgb - views.rgb) ** 2).mean())
+        voxels = len(self.voxels(views)[0])
+        return f"{voxels} voxels", f"{-10 * math.log10(max(mse, 1e-12)):.2f} dB"

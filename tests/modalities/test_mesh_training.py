@@ -1,6 +1,7 @@
 """3D data and training through the public entry points: `atoken data import meshes` into a
 mesh store (resumable, checksummed, refusing foreign folders), the `meshes` source, and a few
-`atoken train` steps of images + meshes whose exported tokenizer decodes a mesh file."""
+`atoken train` steps of images + meshes whose exported tokenizer decodes a mesh file, also
+through `atoken reconstruct`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trimesh
 from click.testing import CliRunner
 
 import atoken
@@ -113,3 +115,14 @@ def test_atoken_train_images_and_meshes_then_decode_a_mesh_file(tmp_path):
         (gaussians,) = tok.reconstruct([str(MESHES[2])], "mesh")
     assert isinstance(gaussians, GaussianSet) and len(gaussians) > 0
     assert len(gaussians) % 8 == 0  # K = 8 Gaussians per voxel, from the run file
+    out = tmp_path / "recon"
+    result = CliRunner().invoke(
+        main, ["reconstruct", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
+               str(MESHES[2])],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert re.search(r"mug\s+mesh\s+\d+ voxels\s+[\d.]+ dB", result.output), result.output
+    saved = GaussianSet.load_ply(out / "mug_gaussians.ply")  # in the mesh's own units
+    assert len(saved) == len(gaussians) and (out / "mug_side_by_side.png").is_file()
+    mug = trimesh.load(MESHES[2], force="mesh", process=False)
+    assert np.allclose(saved.means.mean(0).numpy(), mug.bounding_box.centroid, atol=0.3 * mug.scale)
