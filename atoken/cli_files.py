@@ -78,8 +78,7 @@ def _file_owner(suffix: str, modality: str | None, model: Any) -> str | None:
     owners = [
         n
         for n in names
-        if (not known or n in known)
-        and suffix in getattr(model.modality(n), "file_extensions", ())
+        if (not known or n in known) and suffix in getattr(model.modality(n), "file_extensions", ())
     ]
     return owners[0] if len(owners) == 1 else None
 

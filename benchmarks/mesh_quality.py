@@ -49,6 +49,12 @@ def pictures(folder: Path, name: str, record, ours, base, renderer) -> None:
         list(views.rgb), list(o), folder / "3d_heldout.png",
         labels=[name] * views.count, columns=("mesh render", "ours", "baseline"), extra=[list(b)],
     )  # fmt: skip
+    dots = baseline_gaussians(record.voxels, sigma=0.25, opacity=1.0)  # the voxel grid
+    v = renderer(dots, views.camera).rgb.clamp(0, 1)
+    save_side_by_side(
+        list(views.rgb[:2]), list(v[:2]), folder / "3d_voxels.png",
+        labels=[name] * 2, columns=("mesh render", f"{len(record.voxels)} voxels"),
+    )  # fmt: skip
     feature = record.views
     save_side_by_side(
         list(feature.rgb[:4]), [d.expand(3, -1, -1) / max(float(d.max()), 1e-6)

@@ -286,8 +286,11 @@ class MeshStore:
         self.path = os.fspath(path)
         manifest = os.path.join(self.path, MANIFEST)
         if not os.path.isfile(manifest):
+            what = "is not a mesh store" if os.path.exists(self.path) else "does not exist"
             raise StoreError(
-                f"meshes: {self.path!r} is not a mesh store (no {MANIFEST})", store=self.path
+                f"meshes: {self.path!r} {what} (no {MANIFEST}); write one with "
+                f"`atoken data import meshes SRC... {self.path}` (docs/3d.md)",
+                store=self.path,
             )
         with open(manifest, encoding="utf-8") as f:
             info = json.load(f)
