@@ -98,6 +98,8 @@ class CpuRenderer:
     def __init__(self, *, tile: int = 8, blur: float = 0.3, background: float = 0.0) -> None:
         if not isinstance(tile, int) or tile < 1:
             raise ModalityInputError(f"render: tile must be an int >= 1, got {tile!r}")
+        if not float(blur) >= 0:
+            raise ModalityInputError(f"render: blur must be >= 0 pixels^2, got {blur!r}")
         self.tile, self.blur, self.background = tile, float(blur), background
 
     def _plan(self, splats: Splats) -> tuple:

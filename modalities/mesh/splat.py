@@ -100,6 +100,8 @@ def project(
     """The Gaussians as 2D splats in view ``view`` of ``camera``; ``blur`` (pixels^2) is
     added to every 2D covariance, as 3DGS' low-pass filter."""
     h, w = check_camera(camera)
+    if not math.isfinite(blur) or blur < 0:
+        raise ModalityInputError(f"render: blur must be >= 0, got {blur}")
     ext = camera.extrinsics[view].to(gaussians.means)
     rot = ext[:3, :3]
     cam = gaussians.means @ rot.T + ext[:3, 3]  # [G, 3]
@@ -132,8 +134,6 @@ def project(
         on_image = (u + radius >= 0) & (u - radius <= w - 1) & (v + radius >= 0)
         on_image &= v - radius <= h - 1
         radius = torch.where(visible & on_image & (opacity >= ALPHA_MIN), radius, 0)
-    if not math.isfinite(blur) or blur < 0:
-        raise ModalityInputError(f"render: blur must be >= 0, got {blur}")
     return Splats(
         mean2d=mean2d,
         conic=conic,

@@ -123,3 +123,13 @@ def test_the_cpu_renderer_stops_compositing_like_the_reference():
     a, b = TorchRenderer()(g, cam), CpuRenderer()(g, cam)
     assert float(a.alpha.max()) > 1 - 1e-3
     assert torch.allclose(a.rgb, b.rgb, atol=1e-12) and torch.allclose(a.alpha, b.alpha)
+
+
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+def test_renderer_settings_and_cameras_are_checked(name):
+    registry = atoken.get_registry().renderers
+    for bad in ({"tile": 0}, {"blur": -1.0}, {"blur": float("nan")}):
+        with pytest.raises(atoken.ModalityInputError):
+            registry.create(name, **bad)
+    with pytest.raises(atoken.ModalityInputError, match="PinholeCamera"):
+        registry.create(name)(_one(0.5, 0.5), "not a camera")
