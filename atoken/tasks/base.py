@@ -282,16 +282,22 @@ class ReconstructionTask:
                 labels=self.source.heldout_names[: len(pairs)],
             )
 
+    def codebook_metrics(self, model: nn.Module, samples: Sequence[Any]) -> dict[str, float]:
+        """With a discrete latent, how much of the codebook ``samples`` use
+        (``codebook_usage``, ``codebook_perplexity``); else nothing."""
+        size = getattr(model.bottleneck, "codebook_size", None)
+        if size is None:
+            return {}
+        from atoken.plugins.bottlenecks.fsq import codebook_usage
+
+        _, ids = model.encode_with_ids(list(samples), self.modality)
+        return {f"codebook_{k}": v for k, v in codebook_usage(ids, size).items()}
+
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         originals = [x.float().cpu() for x in self.source.heldout]
         recons = self.reconstruct_heldout(model)
         metrics = evaluate_samples(self.metrics, recons, originals)
-        size = getattr(model.bottleneck, "codebook_size", None)
-        if size is not None:  # a discrete latent: how much of the codebook the samples use
-            from atoken.plugins.bottlenecks.fsq import codebook_usage
-
-            _, ids = model.encode_with_ids(list(self.source.heldout), self.modality)
-            metrics.update({f"codebook_{k}": v for k, v in codebook_usage(ids, size).items()})
+        metrics.update(self.codebook_metrics(model, list(self.source.heldout)))
         k = self.params.previews
         if k:
             self.save_previews(originals[:k], recons[:k], out_dir, step)

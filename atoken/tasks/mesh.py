@@ -107,6 +107,7 @@ class MeshReconstructionTask(ReconstructionTask):
             if self.params.baseline:
                 base.extend(self._render(baseline_gaussians(record.voxels), views.camera))
         metrics = evaluate_samples(self.metrics, ours, originals)
+        metrics.update(self.codebook_metrics(model, [r.voxels for r in records]))
         if base:
             scored = evaluate_samples(self.metrics, base, originals)
             metrics.update({f"baseline_{k}": v for k, v in scored.items()})

@@ -126,3 +126,30 @@ def test_atoken_train_images_and_meshes_then_decode_a_mesh_file(tmp_path):
     assert len(saved) == len(gaussians) and (out / "mug_side_by_side.png").is_file()
     mug = trimesh.load(MESHES[2], force="mesh", process=False)
     assert np.allclose(saved.means.mean(0).numpy(), mug.bounding_box.centroid, atol=0.3 * mug.scale)
+
+
+def test_fsq_tokens_of_meshes_train_and_report_codebook_use(tmp_path):
+    from atoken.core.runconfig import LossTerm, TaskSpec
+    from atoken.tasks import TaskContext, build_task
+    from atoken.tasks.mesh import MeshReconstructionTask
+
+    torch.manual_seed(0)
+    tok = atoken.Tokenizer.from_preset(
+        "tiny", depth=1, decoder_depth=1, bottleneck="fsq", latent_dim=48,
+        bottleneck_params={"levels": [4] * 6, "groups": 8},
+        head_params={"mesh": {"gaussians_per_voxel": 2}},
+    )  # fmt: skip
+    spec = TaskSpec(
+        name="mesh_reconstruction",
+        params={"previews": 0},
+        data=MeshReconstructionTask.example_data(tmp_path),
+        losses=(LossTerm(name="l1", weight=1.0), LossTerm(name="gaussian_opacity", weight=0.01)),
+    )
+    task = build_task(spec, TaskContext(model=tok))
+    loss, logs = task.loss(tok, task.batch(0, 0))
+    loss.backward()
+    assert set(logs) == {"l1", "gaussian_opacity"} and 0 < logs["gaussian_opacity"] < 1
+    with torch.no_grad():
+        metrics = task.evaluate(tok.eval(), 1, tmp_path)
+    assert 0 < metrics["codebook_usage"] <= 1 and metrics["codebook_perplexity"] >= 1
+    assert {"psnr", "ssim", "baseline_psnr", "baseline_ssim"} <= set(metrics)
