@@ -189,14 +189,15 @@ class MeshModality(Modality):
     # ------------------------------------------------------------------ files
     def save_reconstruction(self, path: str, sample: Any, recon: Any, out: Any) -> tuple[str, str]:
         """``atoken reconstruct`` on a mesh file: ``<stem>_gaussians.ply`` (3DGS PLY, in the
-        mesh's own units) and ``<stem>_side_by_side.png`` (the mesh's first four views | the
-        Gaussians rendered by the ``cpu`` renderer); returns ``("N voxels", "PSNR dB")`` over
-        every view of :meth:`cameras`."""
+        mesh's own units) and ``<stem>_side_by_side.png`` (a row per view for the first four:
+        the mesh's view | the Gaussians rendered by the ``cpu`` renderer); returns
+        ``("N voxels", "PSNR dB")`` over every view of :meth:`cameras`."""
         from pathlib import Path
+
+        from PIL import Image
 
         from atoken.modalities.mesh.gaussians import GaussianSet
         from atoken.modalities.mesh.render_cpu import CpuRenderer
-        from atoken.viz import save_side_by_side
 
         if not isinstance(recon, GaussianSet):
             raise ModalityInputError(f"mesh: {path}: the head decoded {type(recon).__name__}")
@@ -205,10 +206,11 @@ class MeshModality(Modality):
         recon.transformed(mesh.center, mesh.scale).save_ply(Path(out) / f"{stem}_gaussians.ply")
         with torch.no_grad():
             rgb = CpuRenderer()(recon, views.camera).rgb.clamp(0, 1)  # [V, 3, H, W]
-        save_side_by_side(
-            list(views.rgb[:4]), list(rgb[:4]), Path(out) / f"{stem}_side_by_side.png",
-            labels=[stem] * min(4, views.count),
-        )  # fmt: skip
+        gap = torch.ones(3, rgb.shape[2], 4)  # white, between view and render
+        rows = [torch.cat([v, gap, r], dim=2) for v, r in zip(views.rgb[:4], rgb[:4], strict=True)]
+        grid = torch.cat(rows, dim=1)  # [3, 4 H, 2 W + 4]: view | render, one row per view
+        pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(Path(out) / f"{stem}_side_by_side.png")
         mse = float(((rgb - views.rgb) ** 2).mean())
         voxels = len(self.voxels(views)[0])
         return f"{voxels} voxels", f"{-10 * math.log10(max(mse, 1e-12)):.2f} dB"
