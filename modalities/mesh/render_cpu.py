@@ -23,7 +23,7 @@ from kornia.geometry.camera import PinholeCamera
 
 from atoken.core.errors import ModalityInputError
 from atoken.modalities.mesh.gaussians import GaussianSet
-from atoken.modalities.mesh.splat import RenderOutput, Splats, check_camera, project
+from atoken.modalities.mesh.splat import Splats, ViewRenderer, project
 
 __all__ = ["CpuRenderer", "has_numba"]
 
@@ -85,7 +85,7 @@ class _Rasterize(torch.autograd.Function):
         return total[:, 0:2], total[:, 2:5], total[:, 5], total[:, 6:9], None, None
 
 
-class CpuRenderer:
+class CpuRenderer(ViewRenderer):
     """The fast CPU Gaussian rasterizer (same arguments and output as the ``torch`` one).
 
     Args:
@@ -95,12 +95,7 @@ class CpuRenderer:
         background: the colour behind the Gaussians, a gray level or RGB triple.
     """
 
-    def __init__(self, *, tile: int = 8, blur: float = 0.3, background: float = 0.0) -> None:
-        if not isinstance(tile, int) or tile < 1:
-            raise ModalityInputError(f"render: tile must be an int >= 1, got {tile!r}")
-        if not float(blur) >= 0:
-            raise ModalityInputError(f"render: blur must be >= 0 pixels^2, got {blur!r}")
-        self.tile, self.blur, self.background = tile, float(blur), background
+    default_tile = 8  # shorter lists per pixel: 2x faster than 16 for voxel-sized Gaussians
 
     def _plan(self, splats: Splats) -> tuple:
         h, w, t = splats.height, splats.width, self.tile
@@ -117,12 +112,4 @@ class CpuRenderer:
         bg = torch.as_tensor(self.background, dtype=torch.float64).expand(3)
         return _Rasterize.apply(
             splats.mean2d, splats.conic, splats.opacity, splats.color, bg, self._plan(splats)
-        )
-
-    def __call__(self, gaussians: GaussianSet, camera: PinholeCamera) -> RenderOutput:
-        """Render every view of ``camera``: ``rgb [V, 3, H, W]``, ``alpha [V, H, W]``."""
-        check_camera(camera)
-        views = [self.render_view(gaussians, camera, i) for i in range(camera.batch_size)]
-        return RenderOutput(
-            rgb=torch.stack([c for c, _ in views]), alpha=torch.stack([a for _, a in views])
         )

@@ -14,17 +14,8 @@ from __future__ import annotations
 import torch
 from kornia.geometry.camera import PinholeCamera
 
-from atoken.core.errors import ModalityInputError
 from atoken.modalities.mesh.gaussians import GaussianSet
-from atoken.modalities.mesh.splat import (
-    ALPHA_MAX,
-    ALPHA_MIN,
-    T_MIN,
-    RenderOutput,
-    Splats,
-    check_camera,
-    project,
-)
+from atoken.modalities.mesh.splat import ALPHA_MAX, ALPHA_MIN, T_MIN, Splats, ViewRenderer, project
 
 __all__ = ["TorchRenderer", "composite_tile"]
 
@@ -48,7 +39,7 @@ def composite_tile(
     return rgb, 1 - trans[:, -1]
 
 
-class TorchRenderer:
+class TorchRenderer(ViewRenderer):
     """The reference Gaussian rasterizer (autograd, any dtype and device).
 
     Args:
@@ -56,13 +47,6 @@ class TorchRenderer:
         blur: pixels^2 added to every 2D covariance (3DGS' 0.3).
         background: the colour behind the Gaussians, a gray level or RGB triple.
     """
-
-    def __init__(self, *, tile: int = 16, blur: float = 0.3, background: float = 0.0) -> None:
-        if not isinstance(tile, int) or tile < 1:
-            raise ModalityInputError(f"render: tile must be an int >= 1, got {tile!r}")
-        if not float(blur) >= 0:
-            raise ModalityInputError(f"render: blur must be >= 0 pixels^2, got {blur!r}")
-        self.tile, self.blur, self.background = tile, float(blur), background
 
     def _background(self, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.background, dtype=like.dtype, device=like.device).expand(3)
@@ -95,11 +79,3 @@ class TorchRenderer:
                 rgb[:, y0:y1, x0:x1] = color.T.reshape(3, y1 - y0, x1 - x0)
                 alpha[y0:y1, x0:x1] = acc.reshape(y1 - y0, x1 - x0)
         return rgb, alpha
-
-    def __call__(self, gaussians: GaussianSet, camera: PinholeCamera) -> RenderOutput:
-        """Render every view of ``camera``: ``rgb [V, 3, H, W]``, ``alpha [V, H, W]``."""
-        check_camera(camera)
-        views = [self.render_view(gaussians, camera, i) for i in range(camera.batch_size)]
-        return RenderOutput(
-            rgb=torch.stack([c for c, _ in views]), alpha=torch.stack([a for _, a in views])
-        )

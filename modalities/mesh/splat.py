@@ -39,6 +39,7 @@ __all__ = [
     "T_MIN",
     "RenderOutput",
     "Splats",
+    "ViewRenderer",
     "check_camera",
     "project",
 ]
@@ -144,3 +145,35 @@ def project(
         height=h,
         width=w,
     )
+
+
+class ViewRenderer:
+    """What the CPU renderers share: checked settings, and ``__call__`` over the views of a
+    camera batch through the subclass's ``render_view(gaussians, camera, i) -> (rgb, alpha)``.
+
+    Args:
+        tile: tile side in pixels.
+        blur: pixels^2 added to every 2D covariance (3DGS' 0.3).
+        background: the colour behind the Gaussians, a gray level or RGB triple.
+    """
+
+    default_tile = 16
+
+    def __init__(self, *, tile: int | None = None, blur: float = 0.3, background: float = 0.0):
+        tile = self.default_tile if tile is None else tile
+        if not isinstance(tile, int) or tile < 1:
+            raise ModalityInputError(f"render: tile must be an int >= 1, got {tile!r}")
+        if not float(blur) >= 0:
+            raise ModalityInputError(f"render: blur must be >= 0 pixels^2, got {blur!r}")
+        self.tile, self.blur, self.background = tile, float(blur), background
+
+    def render_view(self, gaussians: GaussianSet, camera: PinholeCamera, view: int):
+        raise NotImplementedError
+
+    def __call__(self, gaussians: GaussianSet, camera: PinholeCamera) -> RenderOutput:
+        """Render every view of ``camera``: ``rgb [V, 3, H, W]``, ``alpha [V, H, W]``."""
+        check_camera(camera)
+        views = [self.render_view(gaussians, camera, i) for i in range(camera.batch_size)]
+        return RenderOutput(
+            rgb=torch.stack([c for c, _ in views]), alpha=torch.stack([a for _, a in views])
+        )
