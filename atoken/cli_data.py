@@ -286,10 +286,11 @@ def verify(url: str, storage_options: str | None, skip_bad: bool, no_progress: b
 def _data_source(
     data_arg: str, storage_options: dict[str, Any], modality: str | None = None
 ) -> tuple[Any, tuple[str, ...], str]:
-    """``(float samples sequence, names, modality)`` for a store URL, a folder or 'photos'.
+    """``(float samples sequence, names, modality)`` for a store URL, a mesh store (its
+    voxel records), a folder or 'photos'.
 
-    A media store's samples are of its own modality (``--modality`` must agree); folders and
-    'photos' hold images.
+    A media or mesh store's samples are of its own modality (``--modality`` must agree);
+    folders and 'photos' hold images.
 
     Raises:
         DataModalityError: ``modality`` is not the store's (or not an image modality for a
@@ -297,10 +298,15 @@ def _data_source(
     """
     from atoken.core.errors import DataModalityError
     from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
+    from atoken.data.meshes import MeshSamples, is_mesh_store
     from atoken.data.zarr_dataset import ZarrSamples, is_store_url
 
-    if is_store_url(data_arg):
-        store = ZarrSamples(data_arg, storage_options)
+    if is_store_url(data_arg) or is_mesh_store(data_arg):
+        store = (
+            MeshSamples(data_arg)
+            if is_mesh_store(data_arg)
+            else ZarrSamples(data_arg, storage_options)
+        )
         if modality and modality != store.modality:
             raise DataModalityError(
                 f"{data_arg!r} holds {store.modality!r} samples, not {modality!r} (leave out "
@@ -418,8 +424,8 @@ def encode(
     wait: float,
     modality: str | None,
 ) -> None:
-    """Encode DATA (a media store URL of any modality, an image folder or 'photos') into the
-    latent store OUT: SparseLatents, and for FSQ tokenizers their ids."""
+    """Encode DATA (a media store URL of any modality, a mesh store, an image folder or
+    'photos') into the latent store OUT: SparseLatents, and for FSQ tokenizers their ids."""
     from atoken.cli_common import _load_tokenizer
 
     options = _options(storage_options)

@@ -51,10 +51,12 @@ __all__ = [
     "MESH_EXTENSIONS",
     "MeshImportReport",
     "MeshRecord",
+    "MeshSamples",
     "MeshSettings",
     "MeshSource",
     "MeshStore",
     "import_meshes",
+    "is_mesh_store",
     "list_meshes",
 ]
 
@@ -345,6 +347,29 @@ class MeshStore:
         )
 
 
+def is_mesh_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a mesh store folder (it has a ``mesh_store.json``)."""
+    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
+
+
+class MeshSamples(Sequence):
+    """A mesh store's complete assets as a sequence of :class:`MeshRecord` (with all their
+    views), in store order: what ``atoken encode`` reads. ``names`` and ``modality`` as
+    :class:`atoken.data.ZarrSamples` has them."""
+
+    modality = "mesh"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.store = MeshStore(path)
+        self.names: tuple[str, ...] = self.store.names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> MeshRecord:  # type: ignore[override]
+        return self.store.record(self.names[i])
+
+
 # ------------------------------------------------------------------ the data source
 def _names(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
@@ -360,7 +385,7 @@ class MeshSource:
     views_per_step: int = attrs.field(default=4, validator=_positive)
     heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
 
-    modality: str = attrs.field(init=False, default="mesh")
+    modality: str = attrs.field(init=False, default=MeshSamples.modality)
     heldout: list[MeshRecord] = attrs.field(init=False, factory=list)
     heldout_names: tuple[str, ...] = attrs.field(init=False, default=())
 

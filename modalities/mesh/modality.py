@@ -117,7 +117,8 @@ class MeshModality(Modality):
     def voxels(self, sample: Any) -> tuple[Voxels, dict[str, Any]]:
         """Any raw sample -> its :class:`Voxels` and extra meta (the mesh normalisation)."""
         if isinstance(getattr(sample, "voxels", None), Voxels):  # a stored record
-            sample = sample.voxels
+            extra = {"center": list(sample.center), "scale": sample.scale}
+            return sample.voxels, extra if hasattr(sample, "scale") else {}
         if isinstance(sample, Voxels):
             return sample, {}
         extra: dict[str, Any] = {}

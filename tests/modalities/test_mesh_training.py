@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import atoken
 from atoken.cli import main
 from atoken.core.errors import StoreError, StoreIntegrityError
+from atoken.core.latent_store import LatentStore
 from atoken.data import SourceContext, build_source
 from atoken.data.meshes import MeshSettings, MeshStore, import_meshes
 from atoken.modalities.mesh import GaussianSet
@@ -153,3 +154,34 @@ def test_fsq_tokens_of_meshes_train_and_report_codebook_use(tmp_path):
         metrics = task.evaluate(tok.eval(), 1, tmp_path)
     assert 0 < metrics["codebook_usage"] <= 1 and metrics["codebook_perplexity"] >= 1
     assert {"psnr", "ssim", "baseline_psnr", "baseline_ssim"} <= set(metrics)
+
+
+def test_atoken_encode_stores_the_latents_of_a_mesh_store(tmp_path):
+    store = tmp_path / "meshes"
+    _import(*SMALL, str(MESHES[0]), str(MESHES[1]), str(store))
+    torch.manual_seed(0)
+    tok = atoken.Tokenizer.from_preset(
+        "tiny", depth=1, decoder_depth=1, head_params={"mesh": {"gaussians_per_voxel": 2}},
+        modality_params={"mesh": {"resolution": 16, "render_size": 48, "views": 4}},
+    ).eval()  # fmt: skip
+    tok.save_pretrained(tmp_path / "tok")
+    out = str(tmp_path / "latents.zarr")
+    args = ["encode", "--checkpoint", str(tmp_path / "tok"), str(store), out, "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    assert "encoded 2 samples (mesh)" in result.output
+    latents = LatentStore(out)
+    meta = latents.meta(range(2))
+    assert [m["source"] for m in meta] == ["duck.obj", "teddy2_VHACD_CHs.obj"]
+    records = [MeshStore(store).record(n) for n in ("duck.obj", "teddy2_VHACD_CHs.obj")]
+    assert meta[0]["resolution"] == 16 and meta[0]["scale"] == pytest.approx(records[0].scale)
+    with torch.no_grad():
+        stored = tok.decode(latents.latents([0, 1]))
+        direct = tok.reconstruct(records, "mesh")
+    for a, b, rec in zip(stored, direct, records, strict=True):
+        assert isinstance(a, GaussianSet) and len(a) == 2 * len(rec.voxels)
+        rows = [torch.cat([g.means, g.colors], 1).numpy() for g in (a, b)]  # the store's order
+        rows = [r[np.lexsort(r.T[::-1])] for r in rows]  # may differ: compare as sets
+        assert np.allclose(rows[0], rows[1], atol=1e-5)
+    wrong = CliRunner().invoke(main, [*args, "--modality", "image"])
+    assert wrong.exit_code == 1 and "holds 'mesh' samples" in wrong.output
