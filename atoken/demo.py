@@ -9,6 +9,7 @@
 3. Reconstructs the held-out photos (astronaut, coffee, flower: never trained on) with both,
    prints PSNR, SSIM and the EfficientNet Fréchet distance side by side, and writes
    ``runs/demo/summary.json`` and ``runs/demo/heldout_side_by_side.png``.
+4. Writes the run's page, ``runs/demo/report.html`` (``atoken report``), and prints its path.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from atoken.core.runconfig import load_run_file
 from atoken.plugins.manager import get_registry
+from atoken.report import write_report
 from atoken.tasks import evaluate_samples
 from atoken.train import fit_pca, run_training
 from atoken.viz import save_side_by_side
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     start = time.monotonic()
-    trainer, _ = run_training(cfg, overwrite=True)  # the demo's own folder, rerun each time
+    text = Path(args.config).read_text(encoding="utf-8")  # kept in the run folder as run.toml
+    trainer, _ = run_training(cfg, overwrite=True, run_file_text=text)  # rerun each time
     train_minutes = (time.monotonic() - start) / 60
     model = trainer.eval_model
     model.eval()
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if mixture.pca is not None:
         print("(pca_init: atoken started as this PCA; the difference is what training added)")
     print(f"wrote {out / 'summary.json'}, {picture}, {out / 'metrics.jsonl'}, {out / 'tokenizer'}")
+    report = write_report(out)
+    print(f"report (open it in a browser): {report}")
     return 0
 
 

@@ -142,7 +142,12 @@ def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
 
 
 def run_training(
-    cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    force: bool = False,
+    run_file_text: str | None = None,
 ) -> tuple[Trainer, dict[str, float]]:
     """Build everything a run file names and train, stage by stage; returns the trainer and
     final metrics (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained
@@ -151,7 +156,9 @@ def run_training(
 
     A fresh run into a folder that holds a run is a ``RunFolderError`` unless ``overwrite``;
     ``resume`` refuses a checkpoint of another configuration unless ``force``
-    (:meth:`atoken.core.trainer.Trainer.fit`) and lands in the checkpoint's stage."""
+    (:meth:`atoken.core.trainer.Trainer.fit`) and lands in the checkpoint's stage. The run
+    folder keeps the resolved configuration (``run.json``) and ``run_file_text``, the run
+    file's text, as ``run.toml`` (``atoken report`` shows them)."""
     tokenizer, mixture = build_run(cfg)
     transforms = build_transforms(cfg)
     last = [mixture]
@@ -169,6 +176,7 @@ def run_training(
         hooks=get_plugin_manager().hook,
         device=cfg.train.device,
         enter_stage=enter_stage,
+        run_file_text=run_file_text,
     )
     metrics = trainer.fit(resume=resume, overwrite=overwrite, force=force)
     exported = trainer.export_model()  # the EMA weights, gathered under FSDP2

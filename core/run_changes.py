@@ -23,6 +23,7 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.progress",
         "train.device",
+        "log.tensorboard",
         # how the processes share the work, not what they train (any world size resumes)
         "distributed.strategy",
         "distributed.backend",

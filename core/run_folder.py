@@ -1,6 +1,8 @@
 """A run's folder: what atoken writes there, and how a fresh run or a resume treats it.
 
     out_dir/metrics.jsonl               one JSON record per line (train, eval, stopped)
+    out_dir/run.json                    the run's configuration, resolved (RunConfig.to_dict)
+    out_dir/run.toml                    the run file it was started from (``atoken train``)
     out_dir/checkpoints/step_N.pt       atomic checkpoints (atoken.core.checkpoint)
     out_dir/stages/<stage>/metrics.json a finished stage's held-out metrics
     out_dir/stages/<stage>/tokenizer/   its exported tokenizer
@@ -12,6 +14,7 @@ Only these are atoken's: ``--overwrite`` deletes them and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +23,16 @@ from typing import Any
 from atoken.core.checkpoint import list_checkpoints
 from atoken.core.errors import RunFolderError
 
-__all__ = ["append_record", "prepare_run_folder", "truncate_log", "write_stage"]
+__all__ = [
+    "append_record",
+    "prepare_run_folder",
+    "read_run_files",
+    "truncate_log",
+    "write_run_files",
+    "write_stage",
+]
+
+RUN_JSON, RUN_TOML = "run.json", "run.toml"
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -46,6 +58,26 @@ def truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def write_run_files(out_dir: Path, config: dict[str, Any], text: str | None = None) -> None:
+    """``out_dir/run.json`` (the resolved configuration) and, when given, ``run.toml`` (the
+    run file's text), replacing those of an earlier attempt of this run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RUN_JSON).write_text(json.dumps(config, indent=1, default=str) + "\n")
+    if text is not None:
+        (out_dir / RUN_TOML).write_text(text)
+
+
+def read_run_files(out_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(configuration, run file text)`` of the run in ``out_dir``; None where not written
+    (runs of atoken < 0.4, or a torn file)."""
+    config = text = None
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((out_dir / RUN_JSON).read_text())
+    with contextlib.suppress(OSError):
+        text = (out_dir / RUN_TOML).read_text()
+    return config, text
+
+
 def prepare_run_folder(out_dir: Path, *, overwrite: bool = False) -> None:
     """Make ``out_dir`` ready for a fresh run.
 
@@ -67,6 +99,8 @@ def prepare_run_folder(out_dir: Path, *, overwrite: bool = False) -> None:
             "[run] out_dir)"
         )
     metrics.unlink(missing_ok=True)
+    for name in (RUN_JSON, RUN_TOML):
+        (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(stages, ignore_errors=True)
     for ckpt in list_checkpoints(out_dir / "checkpoints"):
         ckpt.unlink()

@@ -1,11 +1,11 @@
 """The sections of a run file: one frozen attrs class each, validated at construction.
 
 ``[run]`` :class:`RunSection`, ``[model]`` :class:`ModelConfig`, ``[optim]``
-:class:`OptimConfig`, ``[train]`` :class:`TrainConfig`, one ``[[tasks]]`` table
-:class:`TaskSpec` (its ``losses`` entries :class:`LossTerm`), one ``[[stages]]`` table
-:class:`StageSpec` (its ``transforms`` entries :class:`TransformSpec`). A bad value is a
-``ConfigError`` naming the field; :mod:`atoken.core.runconfig` structures a TOML file into
-them and adds the section to the message.
+:class:`OptimConfig`, ``[train]`` :class:`TrainConfig`, ``[log]`` :class:`LogConfig`, one
+``[[tasks]]`` table :class:`TaskSpec` (its ``losses`` entries :class:`LossTerm`), one
+``[[stages]]`` table :class:`StageSpec` (its ``transforms`` entries :class:`TransformSpec`).
+A bad value is a ``ConfigError`` naming the field; :mod:`atoken.core.runconfig` structures a
+TOML file into them and adds the section to the message.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from atoken.core.errors import ConfigError
 
 __all__ = [
     "DistributedConfig",
+    "LogConfig",
     "LossTerm",
     "ModelConfig",
     "OptimConfig",
@@ -161,6 +162,18 @@ class TrainConfig:
     # probability weight / sum of weights, loss unscaled); set [optim] grad_accum = N for one
     # micro-batch of every task per optimizer step
     mixture: str = attrs.field(default="round_robin", validator=_one_of("round_robin", "weighted"))
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    """``[log]``: loggers beside ``metrics.jsonl``, each a plugin on the lifecycle hooks.
+
+    ``tensorboard = true``: the built-in TensorBoard plugin writes event files to
+    ``out_dir/tensorboard`` (scalars every step, images at evaluations; needs
+    ``pip install "atoken[tensorboard]"``, docs/plugin_hooks.md).
+    """
+
+    tensorboard: bool = attrs.field(default=False, validator=_bool)
 
 
 @attrs.frozen(kw_only=True)

@@ -34,6 +34,7 @@ import attrs
 from atoken.core.errors import ConfigError
 from atoken.core.run_sections import (
     DistributedConfig,
+    LogConfig,
     LossTerm,
     ModelConfig,
     OptimConfig,
@@ -53,6 +54,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "DistributedConfig",
+    "LogConfig",
     "LossTerm",
     "ModelConfig",
     "OptimConfig",
@@ -77,6 +79,7 @@ class RunConfig:
     optim: OptimConfig = attrs.field(factory=OptimConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
     tasks: tuple[TaskSpec, ...] = attrs.field(default=(), converter=tuple)
     stages: tuple[StageSpec, ...] = attrs.field(default=(), converter=tuple)
 
@@ -259,6 +262,7 @@ _SECTIONS: dict[str, type] = {
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
     "DistributedConfig": DistributedConfig,
+    "LogConfig": LogConfig,
 }
 
 

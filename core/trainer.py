@@ -3,7 +3,8 @@
 The loop knows nothing of modalities or losses. A :class:`TrainTask` supplies the model, the
 batch of each step and the loss of a batch; the loop owns the optimizer, the schedule,
 gradient accumulation and clipping, bf16 autocast, EMA weights, the non-finite guard,
-atomic checkpoints, metrics JSONL, the progress bar and the lifecycle hooks.
+atomic checkpoints, metrics JSONL, the progress (:mod:`atoken.core.progress`) and the
+lifecycle hooks.
 
 Determinism: the batch of a step is a function of (seed, step, micro-step) and the global RNG
 is reseeded from the same triple before every micro-step, so a run interrupted and resumed
@@ -16,7 +17,6 @@ Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken pass
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -28,10 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from atoken.core.checkpoint import (
-    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     remove_partial,
@@ -51,18 +49,19 @@ from atoken.core.distributed import (
 )
 from atoken.core.errors import ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
+from atoken.core.progress import Progress, progress_mode
 from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
-from atoken.core.run_folder import append_record, prepare_run_folder, truncate_log, write_stage
-from atoken.core.runconfig import RunConfig, StageSpec
-from atoken.core.sharded import (
-    ExportTemplate,
-    build_ema,
-    load_model_state,
-    load_optimizer_state,
-    model_state,
-    optimizer_state,
+from atoken.core.run_folder import (
+    append_record,
+    prepare_run_folder,
+    truncate_log,
+    write_run_files,
+    write_stage,
 )
+from atoken.core.runconfig import RunConfig, StageSpec
+from atoken.core.sharded import ExportTemplate, build_ema, model_state
 from atoken.core.train_task import NonFiniteLossError, TrainTask
+from atoken.core.trainer_state import load_trainer_state, trainer_state
 
 __all__ = ["RESUMABLE_KEYS", "NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
 
@@ -112,8 +111,9 @@ class Trainer:
         hooks: Any = None,
         device: torch.device | str = "cpu",
         enter_stage: Callable[[int], TrainTask] | None = None,
+        run_file_text: str | None = None,
     ) -> None:
-        self.cfg, self.task = cfg, task
+        self.cfg, self.task, self.run_file_text = cfg, task, run_file_text
         self.dist, self.device = setup(cfg.distributed, resolve_device(device))
         self.hooks = hooks if hooks is not None and self.dist.main else _NoHooks()
         self.out_dir = cfg.run.output
@@ -130,6 +130,12 @@ class Trainer:
         for stage in self.plan:
             self.starts.append(self.starts[-1] + stage.steps)
         self.stage_index = 0
+        self.progress = Progress(
+            total=cfg.train.steps,
+            mode=progress_mode(cfg.train.progress and self.dist.main),
+            every=cfg.train.log_every,
+            world=self.dist.world,
+        )
         self._start_stage(task)
         self.step = 0
         self.nonfinite = 0
@@ -166,6 +172,14 @@ class Trainer:
         )
         self.ema = build_ema(self.module, decay, sharded=self.sharded)
         self.optimizer = build_optimizer(self.module, self.optim_cfg, task.is_pretrained)
+        self.progress.count(self.module)
+
+    def _show_stage(self) -> None:
+        """The progress of the stage the run is in (after a start, a switch or a resume)."""
+        i = self.stage_index
+        mix = "+".join(t.key for t in self.stage.tasks)
+        end = min(self.starts[i + 1], self.cfg.train.steps)
+        self.progress.stage(self.stage.name, mix, self.starts[i], end, self.step)
 
     def _enter(self, index: int) -> None:
         """Start stage ``index`` (the next one) from the current weights."""
@@ -174,6 +188,7 @@ class Trainer:
         torch.manual_seed(_step_seed(self.cfg.run.seed, self.starts[index], -1 - index))
         self.stage_index = index
         self._start_stage(self.enter_stage(index))
+        self._show_stage()
 
     def _finish_stage(self) -> dict[str, float]:
         """Evaluate the stage's weights and write its metrics (and tokenizer)."""
@@ -206,40 +221,13 @@ class Trainer:
         return self.template.fill(state) if self.dist.main else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "stage": self.stage_index,
-            "stage_name": self.stage.name,
-            "nonfinite": self.nonfinite,
-            "model": model_state(self.module),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "optimizer": optimizer_state(self.module, self.optimizer),
-            "losses": torch.tensor(self.losses, dtype=torch.float64),
-            "config": json.dumps(self.cfg.to_dict(), default=str),
-        }
+        """What a checkpoint holds (:func:`atoken.core.trainer_state.trainer_state`)."""
+        return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint; one of a later stage first enters the stages up to it (their
-        transforms give the model the checkpoint's shape)."""
-        saved = int(state.get("stage", 0))
-        if not self.stage_index <= saved < len(self.plan):
-            raise CheckpointError(
-                f"checkpoint is of stage {saved} ({state.get('stage_name', '?')!r}); this run "
-                f"is at stage {self.stage_index} of {len(self.plan)}"
-            )
-        while self.stage_index < saved:
-            self.stage_index += 1
-            self._start_stage(self.enter_stage(self.stage_index))
-        try:
-            load_model_state(self.module, state["model"])
-            if self.ema is not None and state["ema"]:
-                self.ema.load_state_dict(state["ema"])
-            load_optimizer_state(self.module, self.optimizer, state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not fit this run's model: {exc}") from exc
-        self.step = int(state["step"])
-        self.nonfinite = int(state["nonfinite"])
-        self.losses = [float(x) for x in state["losses"]]
+        """Load a checkpoint; one of a later stage first enters the stages up to it
+        (:func:`atoken.core.trainer_state.load_trainer_state`)."""
+        load_trainer_state(self, state)
 
     def resume(self, *, force: bool = False) -> bool:
         """Load the newest checkpoint of this run, if any; returns whether one was loaded.
@@ -401,7 +389,6 @@ class Trainer:
         another configuration); otherwise the folder must not hold a run unless ``overwrite``
         (:meth:`prepare_folder`). Partial files of a killed save are removed first.
         """
-        cfg = self.cfg.train
         refused = None
         if self.dist.main:
             remove_partial(self.ckpt_dir)
@@ -415,26 +402,22 @@ class Trainer:
             raise RunFolderError(refused)
         if resume:
             self.resume(force=force)
+        if self.dist.main:
+            write_run_files(self.out_dir, self.cfg.to_dict(), self.run_file_text)
         self.hooks.atoken_train_start(trainer=self)
         start = time.monotonic()
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            desc=self.cfg.run.name,
-            disable=None if cfg.progress and self.dist.main else True,
-            dynamic_ncols=True,
-        )
+        self._show_stage()
         stop = StopSignal()
         try:
             with stop:
-                self._loop(stop, bar, start)
+                self._loop(stop, start)
         finally:
-            bar.close()
+            self.progress.close()
         metrics = self._finish_stage()
         self.save()
         return metrics
 
-    def _loop(self, stop: StopSignal, bar: Any, start: float) -> None:
+    def _loop(self, stop: StopSignal, start: float) -> None:
         """Steps to ``[train] steps``: logs, stage ends, evaluations and checkpoints on the way;
         stops early at ``max_minutes`` or on SIGTERM (after a checkpoint)."""
         cfg = self.cfg.train
@@ -446,8 +429,7 @@ class Trainer:
             if done % cfg.log_every == 0 or done == 1 or record.get("skipped"):
                 self._log(record)
             self.hooks.atoken_step_end(trainer=self, step=done, logs=record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            self.progress.update(done, record)
             stage_done = done == self.starts[self.stage_index + 1] and done < cfg.steps
             if stage_done:
                 self._finish_stage()

@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.bottlenecks.kl",
     "atoken.plugins.bottlenecks.fsq",
     "atoken.plugins.heads",
+    "atoken.plugins.tensorboard",
     "atoken.losses.l1",
     "atoken.losses.mse",
     "atoken.losses.lpips",
