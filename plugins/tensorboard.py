@@ -5,11 +5,13 @@ Enabled by ``[log] tensorboard = true`` in the run file; needs ``pip install
 the trainer calls hooks there alone):
 
     train/<key>     every numeric value of a step's log record (loss, lr, grad_norm, each
-                    task's terms, skipped = 1 for a non-finite step), at the record's step
-    eval/<key>      every held-out metric, at the evaluation's step
+                    task's terms, skipped = 1 for a non-finite step), at the number of steps
+                    completed (1 for the first; metrics.jsonl's ``step`` + 1)
+    eval/<key>      every held-out metric, at the evaluation's step (steps completed)
     <task>/<name>   the PNG pictures the tasks wrote at that evaluation (HWC uint8)
 
-A resumed run purges the events after the step it resumes from, so nothing is counted twice.
+A resumed run purges the events after the step it resumes from (it redoes them), and a fresh
+run (an ``--overwrite``) all earlier ones, so nothing is counted twice (tested).
 Hooks used: ``atoken_train_start`` (open the writer), ``atoken_step_end``,
 ``atoken_eval_end``, ``atoken_checkpoint_saved`` (flush) and ``atoken_stage_end`` (flush; close
 after the last stage).
@@ -56,8 +58,10 @@ def atoken_train_start(trainer: Any) -> None:
     if old is not None:
         old.close()
     folder = Path(trainer.out_dir) / EVENTS_DIR
+    # purge_step: TensorBoard hides the events of earlier attempts from this step on: those a
+    # resumed run redoes (after its checkpoint's step), all of them for a fresh run
     _writers[id(trainer)] = SummaryWriter(
-        log_dir=str(folder), purge_step=trainer.step or None, flush_secs=10
+        log_dir=str(folder), purge_step=trainer.step + 1, flush_secs=10
     )
 
 
@@ -66,10 +70,9 @@ def atoken_step_end(trainer: Any, step: int, logs: dict[str, Any]) -> None:
     writer = writer_for(trainer)
     if writer is None:
         return
-    at = int(logs.get("step", step - 1))
     for key, value in logs.items():
         if key not in _NOT_SCALARS and isinstance(value, (int, float)):
-            writer.add_scalar(f"train/{key}", float(value), at)
+            writer.add_scalar(f"train/{key}", float(value), step)
 
 
 @hookimpl

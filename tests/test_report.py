@@ -170,7 +170,7 @@ def test_tensorboard_events_are_read_back_by_tensorboard(runs):
     assert {"train/loss", "train/lr", "train/grad_norm", "train/image_reconstruction/l1"} <= set(
         tags["scalars"]
     )
-    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 3]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # steps completed
     psnr = events.Scalars("eval/image_reconstruction/psnr")
     assert [e.step for e in psnr] == [2, 4] and all(np.isfinite(e.value) for e in psnr)
     logged = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -182,6 +182,20 @@ def test_tensorboard_events_are_read_back_by_tensorboard(runs):
     stored = Image.open(folder / "image_reconstruction" / "recon_step000004.png")
     assert (picture.width, picture.height) == stored.size
     assert not (second / "tensorboard").exists()  # off unless the run file says so
+
+
+def test_tensorboard_counts_no_step_twice_after_a_resume_or_an_overwrite(tmp_path, images):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder, _, run = _train(tmp_path, images, "again", tb=True)
+    (folder / "checkpoints" / "step_00000004.pt").unlink()  # as if killed after step 2
+    for extra in (["--resume"], ["--overwrite"]):
+        result = CliRunner().invoke(main, ["train", str(run), *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        events = EventAccumulator(str(folder / "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4], extra
+        assert [e.step for e in events.Scalars("eval/image_reconstruction/psnr")] == [2, 4]
 
 
 def test_progress_modes_and_lines(monkeypatch):
