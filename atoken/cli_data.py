@@ -301,12 +301,9 @@ def _data_source(
     from atoken.data.meshes import MeshSamples, is_mesh_store
     from atoken.data.zarr_dataset import ZarrSamples, is_store_url
 
-    if is_store_url(data_arg) or is_mesh_store(data_arg):
-        store = (
-            MeshSamples(data_arg)
-            if is_mesh_store(data_arg)
-            else ZarrSamples(data_arg, storage_options)
-        )
+    store = MeshSamples(data_arg) if is_mesh_store(data_arg) else None
+    if store is not None or is_store_url(data_arg):
+        store = store or ZarrSamples(data_arg, storage_options)
         if modality and modality != store.modality:
             raise DataModalityError(
                 f"{data_arg!r} holds {store.modality!r} samples, not {modality!r} (leave out "

@@ -70,9 +70,7 @@ def atoken_step_end(trainer: Any, step: int, logs: dict[str, Any]) -> None:
     writer = writer_for(trainer)
     if writer is None:
         return
-    for key, value in logs.items():
-        if key not in _NOT_SCALARS and isinstance(value, (int, float)):
-            writer.add_scalar(f"train/{key}", float(value), step)
+    _scalars(writer, "train", logs, step)
 
 
 @hookimpl
@@ -80,9 +78,7 @@ def atoken_eval_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
     writer = writer_for(trainer)
     if writer is None:
         return
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)):
-            writer.add_scalar(f"eval/{key}", float(value), step)
+    _scalars(writer, "eval", metrics, step)
     for folder, path in _pictures(Path(trainer.out_dir), step):
         writer.add_image(f"{folder}/{path.stem}", _read_rgb(path), step, dataformats="HWC")
     writer.flush()
@@ -103,6 +99,13 @@ def atoken_stage_end(trainer: Any, stage: str, metrics: dict[str, float]) -> Non
     writer.flush()
     if stage == trainer.plan[-1].name:
         _writers.pop(id(trainer)).close()
+
+
+def _scalars(writer: Any, prefix: str, values: dict[str, Any], step: int) -> None:
+    """``<prefix>/<key>`` for every number of ``values`` but the record's own fields."""
+    for key, value in values.items():
+        if key not in _NOT_SCALARS and isinstance(value, (int, float)):
+            writer.add_scalar(f"{prefix}/{key}", float(value), step)
 
 
 def _pictures(out_dir: Path, step: int) -> list[tuple[str, Path]]:

@@ -117,8 +117,9 @@ class MeshModality(Modality):
     def voxels(self, sample: Any) -> tuple[Voxels, dict[str, Any]]:
         """Any raw sample -> its :class:`Voxels` and extra meta (the mesh normalisation)."""
         if isinstance(getattr(sample, "voxels", None), Voxels):  # a stored record
-            extra = {"center": list(sample.center), "scale": sample.scale}
-            return sample.voxels, extra if hasattr(sample, "scale") else {}
+            normalised = hasattr(sample, "center") and hasattr(sample, "scale")
+            extra = {"center": list(sample.center), "scale": sample.scale} if normalised else {}
+            return sample.voxels, extra
         if isinstance(sample, Voxels):
             return sample, {}
         extra: dict[str, Any] = {}
