@@ -239,11 +239,18 @@ def _pictures(run: RunLog, last: int) -> str:
     return "\n".join(parts) or "<p>The run wrote no pictures.</p>"
 
 
+def _size(path: Path) -> int:
+    """Bytes of a checkpoint: one file, or a sharded folder's files."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def _checkpoints(run: RunLog) -> str:
     rows = []
     for path in list_checkpoints(run.folder / "checkpoints"):
         step = int(_STEP.search(path.stem).group(1))
-        rows.append([path.name, step, run.stage_of(step), f"{path.stat().st_size / 2**20:.1f}"])
+        rows.append([path.name, step, run.stage_of(step), f"{_size(path) / 2**20:.1f}"])
     parts = [_table(["checkpoint", "step", "stage", "MiB"], rows) if rows else
              "<p>No checkpoint is kept.</p>"]  # fmt: skip
     for path in sorted((run.folder / "stages").glob("*/metrics.json")):

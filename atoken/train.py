@@ -159,14 +159,14 @@ def run_training(
     (:meth:`atoken.core.trainer.Trainer.fit`) and lands in the checkpoint's stage. The run
     folder keeps the resolved configuration (``run.json``) and ``run_file_text``, the run
     file's text, as ``run.toml`` (``atoken report`` shows them)."""
-    tokenizer, mixture = build_run(cfg)
+    _, mixture = build_run(cfg)
     transforms = build_transforms(cfg)
     last = [mixture]
 
-    def enter_stage(index: int) -> TaskMixture:
+    def enter_stage(index: int, model: Tokenizer) -> TaskMixture:
         prefixes = last[0].pretrained_prefixes
         last[0] = build_stage(
-            tokenizer, cfg, index, transforms=transforms[index], pretrained_prefixes=prefixes
+            model, cfg, index, transforms=transforms[index], pretrained_prefixes=prefixes
         )
         return last[0]
 

@@ -3,12 +3,15 @@
 A checkpoint is ``<dir>/step_<NNNNNNNN>.pt`` holding plain tensors and containers only, and
 is loaded with ``torch.load(weights_only=True)`` (no arbitrary unpickling). A crash while
 writing leaves at most a ``.tmp`` file behind, never a truncated checkpoint under a real name.
+A sharded checkpoint is a folder ``<dir>/step_<NNNNNNNN>/`` (:mod:`atoken.core.sharded_checkpoint`),
+complete once it holds ``meta.json``; both kinds are listed, ordered and pruned together.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +21,25 @@ from atoken.core.errors import AtokenError
 
 __all__ = [
     "CheckpointError",
+    "fsync_dir",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "remove_checkpoint",
     "remove_partial",
     "save_checkpoint",
 ]
 
-_NAME = re.compile(r"^step_(\d{8})\.pt$")
+_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 
 
 class CheckpointError(AtokenError, ValueError):
     """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
+
+
+def _complete(path: Path, *, sharded: bool) -> bool:
+    """A full checkpoint is one file; a sharded one is complete once ``meta.json`` is written."""
+    return (path / "meta.json").is_file() if sharded else path.is_file()
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -37,8 +47,20 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _NAME.match(p.name)) and _complete(p, sharded=not m.group(2))
+    ]
     return [p for _, p in sorted(found)]
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint: a file, or a sharded checkpoint's folder."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -48,17 +70,19 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def remove_partial(folder: str | Path) -> list[Path]:
-    """Delete the ``.step_*.pt.tmp`` files a killed save left in ``folder``; returns them."""
+    """Delete the ``.step_*.tmp`` files and folders a killed save left in ``folder``; returns
+    them."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     partial = [p for p in folder.iterdir() if p.name.startswith(".step_") and p.suffix == ".tmp"]
     for p in partial:
-        p.unlink(missing_ok=True)
+        remove_checkpoint(p)
     return partial
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory, so a rename in it survives a power loss."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -92,9 +116,9 @@ def save_checkpoint(state: dict[str, Any], folder: str | Path, step: int, keep: 
             f"checkpoints in {str(folder)!r} are intact"
         ) from exc
     os.replace(tmp, final)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
+        remove_checkpoint(old)
     return final
 
 

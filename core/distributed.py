@@ -14,7 +14,9 @@ samples (:class:`atoken.data.SourceContext`). :func:`wrap` shards or replicates 
     fsdp   FSDP2 ``fully_shard`` on every transformer block, then on the root, with
            ``MixedPrecisionPolicy(param_dtype, reduce_dtype=float32)``; the tokenizer's
            entry points other than ``forward`` (encode, decode, ...) are registered with
-           ``register_fsdp_forward_method`` so they gather the root's parameters too
+           ``register_fsdp_forward_method`` so they gather the root's parameters too, and
+           with bf16 parameters ``forward`` and those run under bf16 autocast (the float
+           activations they make inside, from patches or latents, meet bf16 weights)
 
 The loss of a micro-step is normalised by the global count of what it averages (tokens, or
 samples: :func:`global_share`), so N ranks compute the gradient of one process holding the
@@ -24,6 +26,7 @@ whole global batch. Nothing here imports a modality or a task.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import signal
 import threading
@@ -294,7 +297,22 @@ def _fsdp(model: nn.Module, cfg: DistributedConfig, device: torch.device, bf16: 
     for name in FSDP_METHODS:
         if callable(getattr(model, name, None)):
             register_fsdp_forward_method(model, name)
+    if use_bf16:  # the entry points make fp32 activations inside (patches, latents, ...)
+        for name in ("forward", *FSDP_METHODS):
+            if callable(method := getattr(model, name, None)):
+                setattr(model, name, _in_autocast(method, device))
     return model
+
+
+def _in_autocast(method: Any, device: torch.device) -> Any:
+    """``method`` under bf16 autocast: fp32 activations meet the gathered bf16 weights."""
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return method(*args, **kwargs)
+
+    return run
 
 
 def wrap(

@@ -20,6 +20,7 @@ RESUMABLE_KEYS = frozenset(
         "train.eval_every",
         "train.checkpoint_every",
         "train.keep_checkpoints",
+        "train.checkpoint_format",
         "train.log_every",
         "train.progress",
         "train.device",

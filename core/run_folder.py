@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from atoken.core.checkpoint import list_checkpoints
+from atoken.core.checkpoint import list_checkpoints, remove_checkpoint
 from atoken.core.errors import RunFolderError
 
 __all__ = [
@@ -103,7 +103,7 @@ def prepare_run_folder(out_dir: Path, *, overwrite: bool = False) -> None:
         (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(stages, ignore_errors=True)
     for ckpt in list_checkpoints(out_dir / "checkpoints"):
-        ckpt.unlink()
+        remove_checkpoint(ckpt)
 
 
 def write_stage(out_dir: Path, record: dict[str, Any], model: Any) -> Path:

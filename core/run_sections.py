@@ -152,6 +152,9 @@ class TrainConfig:
     eval_every: int = attrs.field(default=0, validator=_non_negative)  # 0: only at the end
     checkpoint_every: int = attrs.field(default=0, validator=_non_negative)
     keep_checkpoints: int = attrs.field(default=2, validator=_positive)
+    # "full": rank 0 writes step_N.pt with the gathered tensors; "sharded": every rank writes
+    # its shards into the folder step_N/ (torch.distributed.checkpoint); either resumes on M
+    checkpoint_format: str = attrs.field(default="full", validator=_one_of("full", "sharded"))
     log_every: int = attrs.field(default=10, validator=_positive)
     max_nonfinite: int = attrs.field(default=5, validator=_positive)
     progress: bool = attrs.field(default=True, validator=_bool)

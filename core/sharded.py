@@ -33,6 +33,7 @@ __all__ = [
     "ExportTemplate",
     "ShardedEMA",
     "build_ema",
+    "full_state",
     "is_sharded",
     "load_model_state",
     "load_optimizer_state",
@@ -65,6 +66,12 @@ def model_state(module: nn.Module) -> dict[str, torch.Tensor]:
     if is_sharded(module):
         return get_model_state_dict(module, options=_FULL)
     return module.state_dict()
+
+
+def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict on every rank (a collective under FSDP2; :func:`model_state`
+    gives it to rank 0 only)."""
+    return {n: _full(t) for n, t in module.state_dict().items()}
 
 
 def load_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -170,6 +177,16 @@ class ShardedEMA:
     def module_state(self) -> dict[str, torch.Tensor]:
         """The average as the model's full state dict (a collective)."""
         return {n: _full(t) for n, t in self.shadow.items()}
+
+    def shards(self) -> dict[str, torch.Tensor]:
+        """``AveragedModel``'s keys, this rank's shards (DTensors): what a sharded checkpoint
+        writes and :meth:`load_shards` reads back."""
+        return {"n_averaged": torch.tensor(self.n_averaged), **{
+            f"module.{n}": t for n, t in self.shadow.items()}}  # fmt: skip
+
+    def load_shards(self, state: dict[str, torch.Tensor]) -> None:
+        """After ``dcp.load`` filled :meth:`shards` in place: the counter."""
+        self.n_averaged = int(state["n_averaged"])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``AveragedModel``'s keys, full tensors (a collective)."""

@@ -29,12 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atoken.core.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    remove_partial,
-    save_checkpoint,
-)
+from atoken.core.checkpoint import remove_partial
 from atoken.core.device import fast_bf16, resolve_device, to_device
 from atoken.core.distributed import (
     StopSignal,
@@ -50,7 +45,7 @@ from atoken.core.distributed import (
 from atoken.core.errors import ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.progress import Progress, progress_mode
-from atoken.core.run_changes import RESUMABLE_KEYS, config_changes
+from atoken.core.run_changes import RESUMABLE_KEYS
 from atoken.core.run_folder import (
     append_record,
     prepare_run_folder,
@@ -59,9 +54,14 @@ from atoken.core.run_folder import (
     write_stage,
 )
 from atoken.core.runconfig import RunConfig, StageSpec
-from atoken.core.sharded import ExportTemplate, build_ema, model_state
+from atoken.core.sharded import ExportTemplate, build_ema, full_state, model_state
 from atoken.core.train_task import NonFiniteLossError, TrainTask
-from atoken.core.trainer_state import load_trainer_state, trainer_state
+from atoken.core.trainer_state import (
+    load_trainer_state,
+    resume_trainer,
+    save_trainer,
+    trainer_state,
+)
 
 __all__ = ["RESUMABLE_KEYS", "NonFiniteLossError", "TrainTask", "Trainer", "fast_bf16"]
 
@@ -84,11 +84,13 @@ class Trainer:
         hooks: lifecycle hook caller (pluggy ``pm.hook`` or any object with those methods).
         device: where to train (default CPU; see :func:`resolve_device`); batches are moved
             there.
-        enter_stage: ``enter_stage(index) -> TrainTask`` starts stage ``index`` > 0 of the
-            plan: it transforms the model (in place or anew) and returns the stage's task. The
-            trainer first loads the EMA weights into the live model (a stage starts from the
-            weights the last one exported) and afterwards rebuilds the optimizer and the EMA.
-            Needed when the run file has more than one stage.
+        enter_stage: ``enter_stage(index, model) -> TrainTask`` starts stage ``index`` > 0 of
+            the plan: it transforms ``model`` (in place or anew) and returns the stage's task.
+            ``model`` is a plain module holding the weights the last stage exported (the EMA
+            when enabled): the live model, or under FSDP2 an unsharded copy with the gathered
+            weights on every rank. The trainer then wraps (shards) the task's model again and
+            rebuilds the optimizer and the EMA. Needed when the run file has more than one
+            stage.
 
     Stages: global steps ``[start, start + steps)`` of each stage, in order; the learning rate
     warms up and anneals within each stage with its ``[optim]`` overrides. A stage that ends
@@ -160,12 +162,6 @@ class Trainer:
         decay = self.cfg.train.ema_decay
         self.template = None  # FSDP2: a plain copy the gathered weights are exported into
         if self.sharded:
-            if len(self.plan) > 1:
-                raise ConfigError(
-                    "[distributed] strategy = 'fsdp' trains one stage per run for now: run "
-                    "each [[stages]] stage as its own run file ([model] init_from = the last "
-                    "stage's tokenizer), or use strategy = 'ddp'"
-                )
             self.template = ExportTemplate(self.module)
         self.model = wrap(
             self.module, self.dist, self.cfg.distributed, self.device, fast_bf16(self.device)
@@ -181,13 +177,24 @@ class Trainer:
         end = min(self.starts[i + 1], self.cfg.train.steps)
         self.progress.stage(self.stage.name, mix, self.starts[i], end, self.step)
 
+    def plain_model(self, *, ema: bool = False) -> nn.Module:
+        """The model as a plain module a stage transform can change: the live one, or under
+        FSDP2 an unsharded copy filled with the gathered weights on every rank (a collective).
+        ``ema``: with the EMA weights (when enabled) in place of the live ones."""
+        if not self.sharded:
+            if ema and self.ema is not None:
+                self.module.load_state_dict(self.ema.module.state_dict())
+            return self.module
+        use_ema = ema and self.ema is not None
+        state = self.ema.module_state() if use_ema else full_state(self.module)
+        return self.template.fill(state)
+
     def _enter(self, index: int) -> None:
-        """Start stage ``index`` (the next one) from the current weights."""
-        if self.ema is not None:  # the stage starts from the weights the last one exported
-            self.module.load_state_dict(self.ema.module.state_dict())
+        """Start stage ``index`` (the next one) from the weights the last one exported."""
+        model = self.plain_model(ema=True)
         torch.manual_seed(_step_seed(self.cfg.run.seed, self.starts[index], -1 - index))
         self.stage_index = index
-        self._start_stage(self.enter_stage(index))
+        self._start_stage(self.enter_stage(index, model))
         self._show_stage()
 
     def _finish_stage(self) -> dict[str, float]:
@@ -230,31 +237,16 @@ class Trainer:
         load_trainer_state(self, state)
 
     def resume(self, *, force: bool = False) -> bool:
-        """Load the newest checkpoint of this run, if any; returns whether one was loaded.
-
-        Without a checkpoint the run starts over (log records of the killed attempt dropped).
+        """Load the newest checkpoint of this run, if any (a file or a sharded folder);
+        returns whether one was loaded. Without one the run starts over (log records of the
+        killed attempt dropped).
 
         Raises:
             RunFolderError: the checkpoint was written with another configuration (the keys
                 that differ are named; ``force`` accepts them). Keys that only steer the run
                 (:data:`RESUMABLE_KEYS`, e.g. ``[train] steps``) may change.
         """
-        path = latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            self._truncate_log(0)
-            return False
-        state = load_checkpoint(path)
-        changed = config_changes(state.get("config", "{}"), self.cfg)
-        if changed and not force:
-            raise RunFolderError(
-                f"{path} was written by another run configuration: "
-                + "; ".join(changed)
-                + ". Resume with the run file it was trained with, or pass --force to accept "
-                "the changes"
-            )
-        self.load_state_dict(state)
-        self._truncate_log(self.step)
-        return True
+        return resume_trainer(self, force=force)
 
     def prepare_folder(self, *, overwrite: bool = False) -> None:
         """Make ``out_dir`` ready for a fresh run: a folder holding a run is a
@@ -262,17 +254,9 @@ class Trainer:
         prepare_run_folder(self.out_dir, overwrite=overwrite)
 
     def save(self) -> Path | None:
-        """Write a checkpoint (rank 0; the others wait); returns its path on rank 0."""
-        state = self.state_dict()  # every rank: gathering FSDP2 shards is a collective
-        keep = self.cfg.train.keep_checkpoints
-
-        def write() -> Path:
-            path = save_checkpoint(state, self.ckpt_dir, self.step, keep)
-            self.hooks.atoken_checkpoint_saved(trainer=self, step=self.step, path=path)
-            return path
-
-        path = on_main(write, self.dist, f"the checkpoint at step {self.step}")
-        return path if self.dist.main else None
+        """Write a checkpoint (every rank calls it: a full file written by rank 0, or each
+        rank's shards); returns its path on rank 0."""
+        return save_trainer(self)
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:

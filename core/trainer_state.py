@@ -4,27 +4,41 @@
                                             optimizer, losses, config}
     load_trainer_state(trainer, state)  enters the checkpoint's stage, then loads the weights,
                                         EMA, optimizer and counters
+    save_trainer(trainer)               -> the checkpoint written ([train] checkpoint_format)
+    resume_trainer(trainer, force=)     -> whether the newest checkpoint was loaded
 
-Weights and optimizer state go through :mod:`atoken.core.sharded`, so a checkpoint holds full
-tensors under DDP and FSDP2 alike.
+``checkpoint_format = "full"``: weights and optimizer state go through
+:mod:`atoken.core.sharded`, gathered to full tensors that rank 0 writes as one file, under DDP
+and FSDP2 alike. ``"sharded"``: every rank writes its shards
+(:mod:`atoken.core.sharded_checkpoint`). Either kind resumes on any number of processes.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from atoken.core.checkpoint import CheckpointError
+from atoken.core.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from atoken.core.distributed import on_main
+from atoken.core.errors import RunFolderError
+from atoken.core.run_changes import config_changes
 from atoken.core.sharded import (
     load_model_state,
     load_optimizer_state,
     model_state,
     optimizer_state,
 )
+from atoken.core.sharded_checkpoint import load_sharded, read_meta, save_sharded
 
-__all__ = ["load_trainer_state", "trainer_state"]
+__all__ = ["load_trainer_state", "resume_trainer", "save_trainer", "trainer_state"]
 
 
 def trainer_state(trainer: Any) -> dict[str, Any]:
@@ -44,7 +58,8 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
 
 def load_trainer_state(trainer: Any, state: dict[str, Any]) -> None:
     """Load ``state`` into ``trainer``; a checkpoint of a later stage first enters the stages
-    up to it (their transforms give the model the checkpoint's shape).
+    up to it (their transforms give the model the checkpoint's shape). ``state`` is a full
+    checkpoint, or a sharded one's :func:`read_meta` (its tensors are read by every rank).
 
     Raises:
         CheckpointError: a stage this run does not reach, or weights that do not fit.
@@ -57,14 +72,63 @@ def load_trainer_state(trainer: Any, state: dict[str, Any]) -> None:
         )
     while trainer.stage_index < saved:
         trainer.stage_index += 1
-        trainer._start_stage(trainer.enter_stage(trainer.stage_index))
+        trainer._start_stage(trainer.enter_stage(trainer.stage_index, trainer.plain_model()))
     try:
-        load_model_state(trainer.module, state["model"])
-        if trainer.ema is not None and state["ema"]:
-            trainer.ema.load_state_dict(state["ema"])
-        load_optimizer_state(trainer.module, trainer.optimizer, state["optimizer"])
+        if "sharded" in state:
+            load_sharded(trainer, state["sharded"])
+        else:
+            load_model_state(trainer.module, state["model"])
+            if trainer.ema is not None and state["ema"]:
+                trainer.ema.load_state_dict(state["ema"])
+            load_optimizer_state(trainer.module, trainer.optimizer, state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint does not fit this run's model: {exc}") from exc
     trainer.step = int(state["step"])
     trainer.nonfinite = int(state["nonfinite"])
     trainer.losses = [float(x) for x in state["losses"]]
+
+
+def save_trainer(trainer: Any) -> Path | None:
+    """Write ``trainer``'s checkpoint in its ``[train] checkpoint_format`` (every rank calls
+    it) and call ``atoken_checkpoint_saved`` on rank 0; returns the path on rank 0."""
+    keep = trainer.cfg.train.keep_checkpoints
+    if trainer.cfg.train.checkpoint_format == "sharded":
+        path = save_sharded(trainer, trainer.ckpt_dir, keep)
+        on_main(
+            lambda: trainer.hooks.atoken_checkpoint_saved(
+                trainer=trainer, step=trainer.step, path=path
+            ),
+            trainer.dist,
+            "the checkpoint hooks",
+        )
+        return path if trainer.dist.main else None
+    state = trainer_state(trainer)  # every rank: gathering FSDP2 shards is a collective
+
+    def write() -> Path:
+        path = save_checkpoint(state, trainer.ckpt_dir, trainer.step, keep)
+        trainer.hooks.atoken_checkpoint_saved(trainer=trainer, step=trainer.step, path=path)
+        return path
+
+    path = on_main(write, trainer.dist, f"the checkpoint at step {trainer.step}")
+    return path if trainer.dist.main else None
+
+
+def resume_trainer(trainer: Any, *, force: bool = False) -> bool:
+    """:meth:`atoken.core.trainer.Trainer.resume`: load the newest checkpoint, file or
+    sharded folder, into ``trainer``."""
+    path = latest_checkpoint(trainer.ckpt_dir)
+    if path is None:
+        trainer._truncate_log(0)
+        return False
+    state = read_meta(path) if path.is_dir() else load_checkpoint(path)
+    changed = config_changes(state.get("config", "{}"), trainer.cfg)
+    if changed and not force:
+        raise RunFolderError(
+            f"{path} was written by another run configuration: "
+            + "; ".join(changed)
+            + ". Resume with the run file it was trained with, or pass --force to accept "
+            "the changes"
+        )
+    trainer.load_state_dict(state)
+    trainer._truncate_log(trainer.step)
+    return True

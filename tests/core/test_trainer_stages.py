@@ -50,9 +50,10 @@ def test_a_stage_starts_from_the_exported_weights_with_a_new_optimizer(tmp_path,
     task = ToyTask()
     seen = {}
 
-    def enter_stage(index):
+    def enter_stage(index, model):
+        assert model is trainer.module  # one process: the live model, EMA weights loaded
         exported = trainer.eval_model.state_dict()  # the old EMA (or the live model)
-        live = trainer.model.state_dict()
+        live = model.state_dict()
         seen["same"] = all(torch.equal(live[k], exported[k]) for k in live)
         changed = any(not torch.equal(live[k], seen["live"][k]) for k in live)
         seen["moved"] = changed == (ema_decay > 0)  # the EMA differs from the live weights

@@ -60,6 +60,27 @@ def test_a_run_saved_on_two_processes_resumes_on_one_and_back(alone, tmp_path, s
     _close(_run(tmp_path / "b", 4, strategy, "--resume", nproc=2), alone)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_sharded_checkpoint_is_written_by_every_rank_and_reshards(alone, tmp_path, strategy):
+    """``checkpoint_format = "sharded"``: each rank writes its own file of a
+    ``torch.distributed.checkpoint`` folder; 2 -> 1 and 1 -> 2 continue like the run that
+    never stopped."""
+    sharded = {"TOY_FORMAT": "sharded"}
+    _run(tmp_path / "a", 2, strategy, nproc=2, env=sharded)
+    folder = tmp_path / "a" / "checkpoints" / "step_00000002"
+    files = sorted(p.name for p in folder.iterdir())
+    if strategy == "fsdp":  # each rank its shards; ddp writes the replicated tensors once
+        assert {"__0_0.distcp", "__1_0.distcp"} <= set(files), files
+    assert {".metadata", "meta.json"} <= set(files)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["step"], meta["world"], meta["data"]["step"]) == (2, 2, 2)
+    _close(_run(tmp_path / "a", 4, strategy, "--resume", env=sharded), alone)  # 2 -> 1
+    kept = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert kept == ["step_00000002", "step_00000004"]  # no partial folder left
+    _run(tmp_path / "b", 2, strategy, env=sharded)
+    _close(_run(tmp_path / "b", 4, strategy, "--resume", nproc=2, env=sharded), alone)  # 1 -> 2
+
+
 def test_only_rank_zero_writes_the_log(tmp_path):
     _run(tmp_path / "log", 4, nproc=2)
     records = [json.loads(x) for x in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]

@@ -96,12 +96,14 @@ def main() -> None:
                 "ema_decay": 0.8,
                 "log_every": 1,
                 "checkpoint_every": 2,
+                "checkpoint_format": os.environ.get("TOY_FORMAT", "full"),
                 "progress": False,
             },
             "distributed": {
                 "strategy": strategy,
                 "timeout": float(os.environ.get("TOY_TIMEOUT", 60)),
-                "param_dtype": os.environ.get("TOY_PARAM_DTYPE", "auto"),
+                # "auto" would compute in bf16 on a CPU with AVX-512-BF16
+                "param_dtype": os.environ.get("TOY_PARAM_DTYPE", "fp32"),
             },
         },
         "toy",
