@@ -31,6 +31,7 @@ from torch import nn
 from atoken.components import build_bottleneck
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import StageSpec
+from atoken.fsq_calibration import allocate_bits, calibrate, group_levels
 from atoken.pca_init import PCA_MAPS, fit_pca, init_from_pca
 from atoken.plugins.hookspecs import hookimpl
 
@@ -126,26 +127,6 @@ def _latents(tokenizer: nn.Module, calibration: Sequence[tuple[Any, str]]) -> to
     return z
 
 
-def _calibrate(fsq: nn.Module, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per channel of the latent ``m [N, L]``: (mean, std, input gain f, output gain g) of
-    the least-error scalar quantizer ``m ~ mu + sigma * g * fsq(f * (m - mu) / sigma)``,
-    the input gain searched on a grid, the output gain by least squares."""
-    mu, sigma = m.mean(0), m.std(0).clamp_min(1e-8)
-    z = (m - mu) / sigma  # [N, L] standardised
-    best_err = torch.full_like(mu, float("inf"))
-    best_f, best_g = torch.ones_like(mu), torch.ones_like(mu)
-    for f in torch.linspace(0.05, 3.0, 60, dtype=torch.float64).tolist():
-        codes, _ = fsq.quantize((z * f).float())  # [N, L] what the bottleneck will emit
-        codes = codes.double()
-        g = (z * codes).sum(0) / (codes**2).sum(0).clamp_min(1e-12)  # [L]
-        err = ((z - g * codes) ** 2).mean(0)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_f = torch.where(better, torch.full_like(mu, f), best_f)
-        best_g = torch.where(better, g, best_g)
-    return mu, sigma, best_f, best_g
-
-
 @torch.no_grad()
 def to_fsq(
     tokenizer: nn.Module,
@@ -154,6 +135,7 @@ def to_fsq(
     groups: int = 8,
     scale: float = 1.0,
     calibration: Sequence[tuple[Any, str]] | None = None,
+    bits: int | None = None,
 ) -> nn.Module:
     """Replace the ``kl`` bottleneck by ``fsq`` on its posterior mean, in place.
 
@@ -168,33 +150,47 @@ def to_fsq(
     ``mu + sigma * g * code`` (``W' = W * sigma * g``, ``b' = b + W mu``), so the decoder's
     output at the switch is the KL one up to the quantization error.
 
+    ``bits`` (with ``calibration``; ``levels`` is then unused): allocate ``bits`` bits per
+    token over the channels instead of the same levels everywhere
+    (:func:`atoken.fsq_calibration.allocate_bits`, weighted by the decoder's input map), deal
+    the channels to ``groups`` codebooks (permuting them, exactly, in the projection and the
+    decoder's input map) and give each channel ``2 ** its bits`` levels, some channels 1 (dropped).
+
     Raises:
-        ConfigError: a non-``kl`` bottleneck, or levels and groups that do not tile the latent.
+        ConfigError: a non-``kl`` bottleneck, levels and groups that do not tile the latent,
+            or ``bits`` without calibration.
     """
     _kl_with_decoder(tokenizer, "to_fsq")
     L = tokenizer.config.latent_dim
     levels = [int(v) for v in levels]
-    if groups * len(levels) != L:
+    if bits is not None and not calibration:
+        raise ConfigError("to_fsq: bits= allocates the levels on calibration samples; give them")
+    if bits is None and groups * len(levels) != L:
         raise ConfigError(
             f"to_fsq: {groups} groups x {len(levels)} levels = {groups * len(levels)} channels, "
             f"the latent has {L} (expand_latent first, or change groups / levels)"
         )
     if not scale > 0:
         raise ConfigError(f"to_fsq: scale must be > 0, got {scale!r}")
+    src = tokenizer.bottleneck.proj  # [2L, C]: mean rows first
+    weight, bias = src.weight[:L].double(), src.bias[:L].double()  # [L, C], [L]: the mean rows
+    in_proj = tokenizer.decoder.in_proj  # weight [C', L]
+    m = _latents(tokenizer, calibration).to(weight.device) if calibration else None
+    if bits is not None:  # allocated levels: channels permuted into balanced groups
+        sensitivity = in_proj.weight.double().pow(2).sum(0)  # [L]
+        perm, levels = group_levels(allocate_bits(m, sensitivity, int(bits)), int(groups))
+        weight, bias, m = weight[perm], bias[perm], m[:, perm]
+        in_proj.weight.copy_(in_proj.weight[:, perm].clone())
     config = tokenizer.config.with_overrides(
         bottleneck="fsq", bottleneck_params={"levels": levels, "groups": int(groups)}
     )
-    src = tokenizer.bottleneck.proj  # [2L, C]: mean rows first
     fsq = build_bottleneck(config).to(src.weight.device, src.weight.dtype)
-    weight, bias = src.weight[:L].double(), src.bias[:L].double()  # [L, C], [L]: the mean rows
-    if not calibration:
+    if m is None:
         weight, bias = weight * scale, bias * scale
     else:
-        in_proj = tokenizer.decoder.in_proj  # weight [C', L]
-        m = _latents(tokenizer, calibration).to(weight.device)
         if in_proj.bias is None:
             m = torch.cat([m, -m])  # no bias to add the mean back: a quantizer centred on 0
-        mu, sigma, f, g = _calibrate(fsq, m)
+        mu, sigma, f, g, _ = calibrate(fsq, m)
         weight = weight * (f / sigma)[:, None]  # [L, C]
         bias = (bias - mu) * (f / sigma)
         w_dec = in_proj.weight.double()  # [C', L]
@@ -271,12 +267,16 @@ def _samples(batch: Any) -> Any:
 class ToFSQ:
     """``to_fsq``: the ``kl`` bottleneck becomes ``fsq`` on its mean (:func:`to_fsq`),
     calibrated on the first ``calibrate`` training batches of each of the stage's tasks
-    (``calibrate = 0``: the mean rows times ``scale``, decoder untouched)."""
+    (``calibrate = 0``: the mean rows times ``scale``, decoder untouched). ``bits``: that
+    many bits per token allocated over the channels (``levels`` unused; needs calibration)."""
 
     levels: tuple[int, ...] = attrs.field(default=(4,) * 6, converter=tuple)
     groups: int = attrs.field(default=8, validator=_int_at_least(1))
     scale: float = attrs.field(default=1.0, validator=_positive)
     calibrate: int = attrs.field(default=8, validator=_int_at_least(0))
+    bits: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_int_at_least(1))
+    )
 
     example_tokenizer: ClassVar[dict[str, Any]] = {"latent_dim": 48}
 
@@ -292,6 +292,7 @@ class ToFSQ:
             groups=self.groups,
             scale=self.scale,
             calibration=calibration or None,
+            bits=self.bits,
         )
         mixture = context.mixture
         if mixture is not None:  # the new quantizer and its decoder map learn at the full lr

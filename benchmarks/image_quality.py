@@ -9,6 +9,8 @@ same held-out photos (astronaut, coffee, flower; never trained on):
     fsq from kl   stage 4: that KL checkpoint, then --fsq-steps steps of FSQ fine-tuning
                   (``to_fsq``: 8 groups x [4, 4, 4, 4] on the posterior mean, calibrated on
                   the training crops; the same MSE loss, no KL term), one [[stages]] run
+    fsq alloc     the same, with ``to_fsq(bits=64)``: the 64 bits allocated over the channels
+                  on the calibration crops (levels 2 ** bits per channel, 8 balanced groups)
     fsq scratch   the same FSQ latent from a random start for --steps + --fsq-steps steps
     kl scratch    the demo recipe without pca_init (random start, lr 3e-3)
     kl+gram       the demo recipe + Gram loss on EfficientNet-Lite0 features (--gram-weight)
@@ -96,11 +98,13 @@ def run_config(name: str, args: argparse.Namespace, **model: object) -> RunConfi
     )
 
 
-def fsq_from_kl_config(args: argparse.Namespace) -> RunConfig:
+def fsq_from_kl_config(args: argparse.Namespace, *, allocate: bool = False) -> RunConfig:
     """Two [[stages]]: the demo recipe (stage "kl", pca_init) for ``--steps``, then FSQ
-    fine-tuning (stage "fsq", to_fsq) for ``--fsq-steps`` with the same MSE loss."""
+    fine-tuning (stage "fsq", to_fsq) for ``--fsq-steps`` with the same MSE loss.
+    ``allocate``: ``to_fsq`` hands out the same bits per channel (``bits = FSQ_BITS``)."""
+    name = "fsq alloc" if allocate else "fsq from kl"
     data = run_config("kl", args).to_dict()
-    data["run"].update(name="fsq from kl", out_dir=str(Path(args.work) / "fsq_from_kl"))
+    data["run"].update(name=name, out_dir=str(Path(args.work) / name.replace(" ", "_")))
     data["model"]["pca_init"] = False  # the first stage's transform instead
     del data["train"]["steps"]  # the stages' sum
     task = data["tasks"][0]
@@ -113,7 +117,11 @@ def fsq_from_kl_config(args: argparse.Namespace) -> RunConfig:
             "steps": args.fsq_steps,
             "tasks": [fsq_task],
             "optim": {"lr": args.fsq_lr, "warmup_steps": 20},
-            "transforms": [{"name": "to_fsq", **FSQ}],
+            "transforms": [
+                {"name": "to_fsq", "groups": FSQ["groups"], "bits": FSQ_BITS}
+                if allocate
+                else {"name": "to_fsq", **FSQ}
+            ],
         },
     ]
     return structure(RunConfig, data, "benchmark")
@@ -123,7 +131,9 @@ def codebooks(model: Tokenizer, images: list[torch.Tensor]) -> list[dict[str, fl
     """Codebook usage and perplexity per FSQ group on the tokens of ``images``."""
     with torch.no_grad():
         ids = model.tokenize(images).ids
-    return codebook_usage_per_group(ids, model.bottleneck.codebook_size)
+    sizes = model.bottleneck.codebook_sizes
+    stats = codebook_usage_per_group(ids, sizes)
+    return [{**g, "size": size} for g, size in zip(stats, sizes, strict=True)]
 
 
 def steps_per_second(cfg: RunConfig, precision: str, steps: int) -> float:
@@ -196,6 +206,10 @@ def main() -> None:
     share = args.steps / (args.steps + args.fsq_steps)
     record("kl", kl_model, args.steps, minutes * share, None)
     record("fsq from kl", trainer.eval_model, trainer.step, minutes, FSQ_BITS)
+    start = time.monotonic()  # the same KL stage again (same seed), then allocated levels
+    alloc, _ = run_training(fsq_from_kl_config(args, allocate=True))
+    record("fsq alloc", alloc.eval_model, alloc.step, (time.monotonic() - start) / 60, FSQ_BITS)
+    levels = alloc.eval_model.bottleneck._levels  # [G, d]
 
     runs = {"fsq scratch": {**SCRATCH, "bottleneck": "fsq", "bottleneck_params": FSQ}}
     if not args.skip_ablations:
@@ -249,6 +263,9 @@ def main() -> None:
         "fsq_from_kl_minus_kl_psnr": gap("fsq from kl", "kl"),
         "fsq_from_kl_minus_tc_uniform_psnr": gap("fsq from kl", "tc uniform"),
         "fsq_from_kl_minus_tc_optimal_psnr": gap("fsq from kl", "tc optimal"),
+        "fsq_alloc_minus_kl_psnr": gap("fsq alloc", "kl"),
+        "fsq_alloc_minus_tc_optimal_psnr": gap("fsq alloc", "tc optimal"),
+        "fsq_alloc_levels": levels.tolist(),
         "fsq_scratch_minus_kl_psnr": gap("fsq scratch", "kl"),
         "kl_minus_pca_psnr": gap("kl", "pca"),
         "pca_init_gain_psnr": gap("kl", "kl scratch"),
@@ -258,7 +275,7 @@ def main() -> None:
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}",
     }
     Path(args.json).write_text(json.dumps(summary, indent=2))
-    shown = ["fsq from kl", "fsq scratch", "tc uniform", "tc optimal", "pca"]
+    shown = ["fsq from kl", "fsq alloc", "fsq scratch", "tc uniform", "tc optimal", "pca"]
     save_side_by_side(
         heldout,
         images["kl"],
@@ -286,16 +303,22 @@ def main() -> None:
             f"{cov_share(r):>10.1%}"
         )
     print(f"tc optimal bits per component: {results['tc optimal']['bits']}")
+    print(f"fsq alloc levels per group: {levels.tolist()}")
     for name, stats in groups.items():
         usage = " ".join(f"{g['usage']:.3f}" for g in stats)
         ppl = " ".join(f"{g['perplexity']:.1f}" for g in stats)
         print(f"{name} codebook usage per group: {usage}")
-        print(f"{name} perplexity per group (of 256): {ppl}")
+        sizes = " ".join(str(g["size"]) for g in stats)
+        print(f"{name} perplexity per group (of {sizes}): {ppl}")
     print(
         f"FSQ from KL - KL: {summary['fsq_from_kl_minus_kl_psnr']:+.2f} dB; "
         f"- tc uniform: {summary['fsq_from_kl_minus_tc_uniform_psnr']:+.2f} dB; "
         f"- tc optimal: {summary['fsq_from_kl_minus_tc_optimal_psnr']:+.2f} dB; "
         f"FSQ scratch - KL: {summary['fsq_scratch_minus_kl_psnr']:+.2f} dB"
+    )
+    print(
+        f"FSQ alloc from KL - KL: {summary['fsq_alloc_minus_kl_psnr']:+.2f} dB; "
+        f"- tc optimal: {summary['fsq_alloc_minus_tc_optimal_psnr']:+.2f} dB"
     )
     print(
         f"KL - PCA PSNR: {summary['kl_minus_pca_psnr']:+.2f} dB; "

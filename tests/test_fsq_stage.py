@@ -121,3 +121,49 @@ def test_the_to_fsq_transform_lets_its_new_layers_learn_at_the_full_lr(photos, k
     assert "bottleneck." not in mixture.pretrained_prefixes
     assert "decoder.in_proj." not in mixture.pretrained_prefixes
     assert "encoder.patch_embed." in mixture.pretrained_prefixes  # the PCA maps stay slow
+
+
+def test_allocated_to_fsq_spends_the_bits_as_transform_coding(photos, kl_tokenizer, tmp_path):
+    """``to_fsq(bits=...)`` at the budget of a uniform FSQ: the strong channels get more
+    levels, the held-out reconstruction beats the uniform FSQ and comes near the transform
+    coder with optimal allocation (the KL latent here is the PCA's), and the tokenizer saves,
+    loads and round-trips its ids through the public API."""
+    train, heldout = photos
+    kl, pca = kl_tokenizer
+    with torch.no_grad():
+        uniform = to_fsq(copy.deepcopy(kl), levels=[4, 4], groups=8, calibration=[(train, "image")])
+        allocated = to_fsq(copy.deepcopy(kl), groups=8, bits=32, calibration=[(train, "image")])
+        p_uni = _psnr(uniform.eval().reconstruct(heldout), heldout)
+        p_all = _psnr(allocated.eval().reconstruct(heldout), heldout)
+    levels = allocated.bottleneck._levels  # [8 groups, 2 channels]
+    assert float(levels.double().log2().sum()) == 32  # exactly the uniform FSQ's bits
+    assert int(levels.max()) > 4 and int(levels.min()) < 4  # uneven, unlike [4, 4] x 8
+    optimal = TransformCoder.fit(pca, train, bits_per_token=32, allocation="optimal")
+    p_opt = _psnr(optimal.reconstruct(heldout), heldout)
+    assert p_all > p_uni + 0.5
+    assert p_all == pytest.approx(p_opt, abs=1.0)
+    allocated.save_pretrained(tmp_path / "fsq")
+    back = Tokenizer.from_pretrained(tmp_path / "fsq").eval()
+    assert back.config.bottleneck_params["levels"] == levels.tolist()
+    with torch.no_grad():
+        tokens = back.tokenize(heldout)
+        assert torch.equal(tokens.ids, allocated.tokenize(heldout).ids)
+        again = back.detokenize(tokens)
+        direct = back.reconstruct(heldout)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(again, direct, strict=True))
+
+
+def test_allocated_to_fsq_needs_calibration_and_fitting_groups(photos, kl_tokenizer):
+    train, _ = photos
+    kl, _ = kl_tokenizer
+    with pytest.raises(ConfigError, match="calibration"):
+        to_fsq(copy.deepcopy(kl), groups=8, bits=32)
+    with pytest.raises(ConfigError, match="tile"):
+        to_fsq(copy.deepcopy(kl), groups=3, bits=32, calibration=[(train, "image")])
+    with pytest.raises(ConfigError, match="int32"):
+        to_fsq(copy.deepcopy(kl), groups=1, bits=64, calibration=[(train, "image")])
+    untouched = copy.deepcopy(kl)
+    with pytest.raises(ConfigError):
+        to_fsq(untouched, groups=3, bits=32, calibration=[(train, "image")])
+    assert untouched.config.bottleneck == "kl"  # a refused switch changes nothing
+    assert torch.equal(untouched.decoder.in_proj.weight, kl.decoder.in_proj.weight)

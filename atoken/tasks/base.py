@@ -285,7 +285,7 @@ class ReconstructionTask:
     def codebook_metrics(self, model: nn.Module, samples: Sequence[Any]) -> dict[str, float]:
         """With a discrete latent, how much of the codebook ``samples`` use
         (``codebook_usage``, ``codebook_perplexity``); else nothing."""
-        size = getattr(model.bottleneck, "codebook_size", None)
+        size = getattr(model.bottleneck, "codebook_sizes", None)
         if size is None:
             return {}
         from atoken.plugins.bottlenecks.fsq import codebook_usage

@@ -9,6 +9,11 @@ L, ``shift = atanh(offset / half_l)``, ``z' = tanh(z + shift) * half_l - offset`
 straight-through gradient and divided by ``L // 2``. The id of a group is
 ``sum_i level_index_i * prod(levels[:i])`` (the first channel is least significant). Quantization
 always runs in float32, whatever the autocast state.
+
+Per-group levels (``levels`` a list of ``groups`` lists of ``d`` levels each, as
+``to_fsq(bits=...)`` allocates them): group ``g`` quantizes its channel ``i`` to
+``levels[g][i]`` levels and its ids lie in ``[0, prod(levels[g]))``; a level of 2 is one bit
+(codes -1, 0, the even-L rule above) and a level of 1 drops the channel (its code is always 0).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ class FSQBottleneck(nn.Module):
     Args:
         in_dim: encoder width.
         levels: quantization levels per channel of one group, each >= 3
-            (e.g. ``[8, 8, 8, 5, 5, 5]``, or the official ``[4] * 6`` with 8 groups).
+            (e.g. ``[8, 8, 8, 5, 5, 5]``, or the official ``[4] * 6`` with 8 groups); or one
+            such list per group, all of one length, each level >= 1 (allocated levels).
         groups: independent codebooks; the latent has ``groups * len(levels)`` channels.
         eps: the bound's margin (1e-3, as the oracle).
     """
@@ -46,30 +52,35 @@ class FSQBottleneck(nn.Module):
         self,
         *,
         in_dim: int,
-        levels: Sequence[int] = (8, 8, 8, 5, 5, 5),
+        levels: Sequence[int] | Sequence[Sequence[int]] = (8, 8, 8, 5, 5, 5),
         groups: int = 1,
         eps: float = 1e-3,
     ) -> None:
         super().__init__()
-        levels = [int(v) for v in levels]
-        if not levels or any(v < 3 for v in levels):
-            raise ConfigError(f"fsq: every level must be >= 3, got {levels}")
         if groups < 1 or in_dim < 1:
             raise ConfigError(f"fsq: groups and in_dim must be >= 1, got {groups}, {in_dim}")
-        self.in_dim, self.levels, self.groups, self.eps = in_dim, levels, groups, eps
-        self.dim = len(levels)
+        table = _level_table(levels, groups)  # [G, d]
+        self.in_dim, self.groups, self.eps = in_dim, groups, eps
+        self.levels = table[0].tolist() if bool((table == table[0]).all()) else table.tolist()
+        self.dim = table.shape[1]
         self.latent_dim = groups * self.dim
-        self.codebook_size = int(torch.tensor(levels).prod())
+        #: codes per group, ``[G]`` (one number when every group has the same levels)
+        self.codebook_sizes = [int(v) for v in table.prod(1)]
+        self.codebook_size = max(self.codebook_sizes)
         self.proj = nn.Linear(in_dim, self.latent_dim)
-        basis = torch.cumprod(torch.tensor([1, *levels[:-1]]), 0).to(torch.int32)
-        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int32), persistent=False)
+        ones = torch.ones(groups, 1, dtype=torch.int32)
+        basis = torch.cumprod(torch.cat([ones, table[:, :-1]], 1), 1).to(torch.int32)  # [G, d]
+        self.register_buffer("_levels", table, persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
 
     def _bound(self, z: torch.Tensor) -> torch.Tensor:
-        half_l = (self._levels - 1) * (1 + self.eps) / 2
-        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
+        """``z [N, G, d]`` -> values in ``(-L/2, L/2)`` per channel (0 where ``L = 1``)."""
+        levels = self._levels.clamp_min(2)  # a dropped channel (L = 1) is zeroed below
+        half_l = (levels - 1) * (1 + self.eps) / 2
+        offset = torch.where(levels % 2 == 0, 0.5, 0.0)
         shift = torch.atanh(offset / half_l)
-        return torch.tanh(z + shift) * half_l - offset
+        bounded = torch.tanh(z + shift) * half_l - offset
+        return torch.where(self._levels > 1, bounded, torch.zeros_like(bounded))
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z [N, latent_dim]`` -> ``(z_q [N, latent_dim] float32, ids int32 [N, groups])``."""
@@ -78,8 +89,8 @@ class FSQBottleneck(nn.Module):
             raise ConfigError(f"fsq: expected {self.latent_dim} channels, got {z.shape[-1]}")
         with torch.autocast(z.device.type, enabled=False):
             zg = z.float().reshape(N, self.groups, self.dim)  # [N, G, d]
-            half_width = self._levels // 2
-            codes = _round_ste(self._bound(zg)) / half_width  # [N, G, d] in [-1, 1]
+            half_width = self._levels // 2  # [G, d]; 0 for a dropped channel
+            codes = _round_ste(self._bound(zg)) / half_width.clamp_min(1)  # [N, G, d] in [-1, 1]
             level_idx = codes * half_width + half_width  # [N, G, d] in 0..L-1
             ids = (level_idx * self._basis).sum(-1).round().to(torch.int32)  # [N, G]
         return codes.reshape(N, self.latent_dim), ids
@@ -88,11 +99,14 @@ class FSQBottleneck(nn.Module):
         """``ids [N, groups]`` -> ``z_q [N, latent_dim]`` float32 (exact inverse of ids)."""
         if ids.ndim != 2 or ids.shape[1] != self.groups:
             raise ConfigError(f"fsq: ids must be [N, {self.groups}], got {tuple(ids.shape)}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
-            raise ConfigError(f"fsq: ids must lie in [0, {self.codebook_size})")
-        half_width = self._levels // 2
+        sizes = torch.tensor(self.codebook_sizes, device=ids.device)  # [G]
+        if ids.numel() and (bool((ids < 0).any()) or bool((ids >= sizes).any())):
+            raise ConfigError(
+                f"fsq: the ids of group g must lie in [0, sizes[g]), sizes {self.codebook_sizes}"
+            )
+        half_width = self._levels // 2  # [G, d]; 0 for a dropped channel
         level_idx = (ids.long()[..., None] // self._basis) % self._levels  # [N, G, d]
-        codes = (level_idx - half_width) / half_width  # [N, G, d]
+        codes = (level_idx - half_width) / half_width.clamp_min(1)  # [N, G, d]
         return codes.float().reshape(ids.shape[0], self.latent_dim)
 
     def forward(self, x: torch.Tensor) -> BottleneckOutput:
@@ -100,12 +114,32 @@ class FSQBottleneck(nn.Module):
         return BottleneckOutput(latent=z_q, ids=ids)
 
 
-def codebook_usage_per_group(ids: torch.Tensor, codebook_size: int) -> list[dict[str, float]]:
+def _level_table(levels: Sequence[int] | Sequence[Sequence[int]], groups: int) -> torch.Tensor:
+    """The levels of every group's channels, ``int32 [G, d]``; typed errors for bad ones."""
+    nested = bool(levels) and not isinstance(levels[0], (int, float))
+    if not nested:
+        flat = [int(v) for v in levels]
+        if not flat or any(v < 3 for v in flat):
+            raise ConfigError(f"fsq: every level must be >= 3, got {flat}")
+        return torch.tensor([flat] * groups, dtype=torch.int32)
+    rows = [[int(v) for v in row] for row in levels]
+    if len(rows) != groups or len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise ConfigError(f"fsq: per-group levels need {groups} lists of one length, got {rows}")
+    if any(v < 1 for r in rows for v in r):
+        raise ConfigError(f"fsq: every per-group level must be >= 1, got {rows}")
+    return torch.tensor(rows, dtype=torch.int32)
+
+
+def codebook_usage_per_group(
+    ids: torch.Tensor, codebook_size: int | Sequence[int]
+) -> list[dict[str, float]]:
     """Per group of ids ``[N, G]``: the share of the codebook used and the perplexity
-    (``exp`` of the entropy of the code frequencies; ``codebook_size`` at most)."""
+    (``exp`` of the entropy of the code frequencies; ``codebook_size`` at most).
+    ``codebook_size``: one size, or one per group (per-group levels)."""
     stats = []
     for g in range(ids.shape[1] if ids.ndim == 2 else 0):
-        counts = torch.bincount(ids[:, g].long(), minlength=codebook_size).double()
+        size = codebook_size if isinstance(codebook_size, int) else int(codebook_size[g])
+        counts = torch.bincount(ids[:, g].long(), minlength=size).double()
         if counts.sum() == 0:
             stats.append({"usage": 0.0, "perplexity": 0.0})
             continue
@@ -117,7 +151,7 @@ def codebook_usage_per_group(ids: torch.Tensor, codebook_size: int) -> list[dict
     return stats
 
 
-def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
+def codebook_usage(ids: torch.Tensor, codebook_size: int | Sequence[int]) -> dict[str, float]:
     """Share of the codebook used and perplexity (per group, averaged) of ids ``[N, G]``."""
     if ids.numel() == 0:
         return {"usage": 0.0, "perplexity": 0.0}

@@ -55,15 +55,39 @@ def test_the_launcher_runs_atoken_train_under_torchrun():
     assert cmd[-5:] == ["train", "r.toml", "--resume", "--steps", "5"]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_atoken_train_nproc_2_trains_once_and_writes_once(tmp_path, strategy):
-    path = tmp_path / "run.toml"
-    # fsdp: bf16 parameters with fp32 steps, the mix every entry point must meet on any CPU
-    dtype = 'param_dtype = "bf16"' if strategy == "fsdp" else ""
-    path.write_text(RUN.format(out=tmp_path / "out", strategy=strategy, dtype=dtype))
-    cmd = [sys.executable, "-m", "atoken.cli", "train", "--nproc", "2", str(path)]
+STAGES = """
+[[stages]]
+name = "small"
+steps = 2
+tasks = ["img"]
+
+[[stages]]
+name = "wide"
+steps = 2
+tasks = ["img"]
+transforms = [{{ name = "expand_latent", latent_dim = 12 }}]
+"""
+
+
+def _train(tmp_path, name, strategy, *extra, dtype="", fmt="full", stages=True):
+    """``atoken train --nproc 2`` on a run file written for ``strategy``; the completed run."""
+    path = tmp_path / f"{name}.toml"
+    text = RUN.format(out=tmp_path / name, strategy=strategy, dtype=dtype)
+    text = text.replace("[train]\n", f'[train]\ncheckpoint_format = "{fmt}"\n')
+    path.write_text(text + (STAGES.format() if stages else ""))
+    cmd = [sys.executable, "-m", "atoken.cli", "train", "--nproc", "2", str(path), *extra]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _losses(out):
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def test_atoken_train_nproc_2_trains_once_and_writes_once(tmp_path):
+    done = _train(tmp_path, "out", "ddp", stages=False)
     assert done.stdout.count("trained 4 steps") == 1  # rank 0 reports
     out = tmp_path / "out"
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -76,3 +100,29 @@ def test_atoken_train_nproc_2_trains_once_and_writes_once(tmp_path, strategy):
     assert len(list((out / "img").glob("recon_step*.png"))) == 1
     tok = atoken.Tokenizer.from_pretrained(out / "tokenizer")
     assert tok.reconstruct([torch.rand(3, 32, 32)])[0].shape == (3, 32, 32)
+
+
+def test_stages_under_fsdp_match_ddp_and_resume_into_the_second_stage(tmp_path):
+    """Two [[stages]] (the second widens the latent) on two processes: ``fsdp`` with sharded
+    checkpoints, stopped in stage 2 and resumed, gives ``ddp``'s losses; the resumed steps
+    compute in bf16 (``param_dtype`` may change on resume), so every FSDP2 entry point
+    (training, evaluation, export) meets bf16 parameters."""
+    _train(tmp_path, "ddp", "ddp")
+    _train(tmp_path, "fsdp", "fsdp", "--steps", "3", dtype='param_dtype = "fp32"', fmt="sharded")
+    out = tmp_path / "fsdp"
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == ["step_00000002", "step_00000003"]  # DCP folders, the last one in stage 2
+    meta = json.loads((out / "checkpoints" / "step_00000003" / "meta.json").read_text())
+    assert (meta["step"], meta["stage"], meta["world"]) == (3, 1, 2)
+    done = _train(tmp_path, "fsdp", "fsdp", "--resume", dtype='param_dtype = "bf16"', fmt="sharded")
+    assert done.stdout.count("trained 4 steps") == 1
+    ref, got = _losses(tmp_path / "ddp"), _losses(out)
+    assert sorted(got) == [0, 1, 2, 3]  # each step once in the log
+    for step in (0, 1, 2):  # fp32 on both: reduce-scatter vs all-reduce rounding only
+        assert got[step] == pytest.approx(ref[step], rel=1e-5), step
+    assert got[3] == pytest.approx(ref[3], rel=3e-2)  # bf16 compute after the resume
+    for stage, width in (("small", 8), ("wide", 12)):
+        record = json.loads((out / "stages" / stage / "metrics.json").read_text())
+        assert record["complete"] and record["stage"] == stage
+        tok = atoken.Tokenizer.from_pretrained(out / "stages" / stage / "tokenizer")
+        assert tok.encode([torch.rand(3, 32, 32)]).feats.shape[-1] == width

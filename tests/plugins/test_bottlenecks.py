@@ -123,3 +123,25 @@ def test_kl_initial_logvar():
     mean, logvar = kl.posterior(torch.randn(5, 8))
     assert torch.equal(logvar, torch.full((5, 4), -8.0))
     assert torch.equal(mean, kl.proj.bias[:4].expand(5, 4))
+
+
+def test_fsq_per_group_levels_quantize_drop_and_round_trip():
+    """Allocated levels: one list per group; a level of 2 is one bit, 1 drops the channel."""
+    fsq = _fsq([[8, 2, 1], [4, 4, 1]], groups=2, in_dim=6)
+    assert fsq.codebook_sizes == [16, 16] and fsq.latent_dim == 6
+    z_q, ids = fsq.quantize(torch.randn(200, 6) * 3)  # [200, 6], [200, 2]
+    assert torch.equal(z_q[:, [2, 5]], torch.zeros(200, 2))  # dropped channels are 0
+    assert set(torch.unique(z_q[:, 1]).tolist()) == {-1.0, 0.0}  # one bit
+    assert set(torch.unique(z_q[:, 0]).tolist()) <= {v / 4 for v in range(-4, 4)}
+    assert int(ids.max()) < 16 and torch.equal(fsq.ids_to_codes(ids), z_q)
+    every = torch.arange(16, dtype=torch.int32)[:, None].repeat(1, 2)  # [16, 2]: all ids
+    codes = fsq.ids_to_codes(every)  # [16, 6]: each group's 16 codes are distinct
+    assert len(torch.unique(codes[:, :3], dim=0)) == 16 == len(torch.unique(codes[:, 3:], dim=0))
+    with pytest.raises(ConfigError, match="sizes"):
+        fsq.ids_to_codes(torch.tensor([[16, 0]], dtype=torch.int32))
+    one = _fsq([[5, 3], [5, 3]], groups=2, in_dim=4)  # equal rows: the uniform FSQ
+    assert one.levels == [5, 3] and one.codebook_sizes == [15, 15]
+    with pytest.raises(ConfigError, match="2 lists of one length"):
+        _fsq([[4, 4], [4]], groups=2)
+    with pytest.raises(ConfigError, match=">= 1"):
+        _fsq([[4, 0], [4, 4]], groups=2)
