@@ -12,6 +12,7 @@ import click
 import atoken
 from atoken.cli_classify import classify
 from atoken.cli_common import _fail, _load_tokenizer, _table
+from atoken.cli_convert import convert
 from atoken.cli_data import data, encode
 from atoken.cli_report import report
 from atoken.core.errors import AtokenError
@@ -336,6 +337,7 @@ main.add_command(data)
 main.add_command(encode)
 main.add_command(classify)
 main.add_command(report)
+main.add_command(convert)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

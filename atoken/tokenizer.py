@@ -100,6 +100,7 @@ class Tokenizer(ATokenModel):
                 config.decoder,
                 latent_dim=self.bottleneck.latent_dim,
                 final_norm=config.decoder_final_norm,
+                pos_grid=enc.pos_grid if config.decoder_pos_table else None,
             )
             self.head = components.create_head(config, config.head, enc.patch_dim, None, {})
         self.semantic: SemanticProjection | None = None
@@ -153,6 +154,19 @@ class Tokenizer(ATokenModel):
         load_timm_siglip(tokenizer.encoder, trunk)
         first = next(trunk.parameters())
         return tokenizer.to(first.device)
+
+    @classmethod
+    def from_official(cls, checkpoint: Any, config: Any = None, **options: Any) -> Tokenizer:
+        """A tokenizer holding an official AToken checkpoint (``.pt``, read with
+        ``weights_only=True``, or ``.safetensors``; flat state dict), mapped strictly.
+
+        ``config``: the official YAML path, its ``arch_cfg``, a ``TokenizerConfig`` or None
+        (shapes only; So/C unless ``fsq=True``); ``options``: ``heads``, ``decoder_heads``,
+        ``fsq``, ``modalities``. See :func:`atoken.official.from_official` for the errors.
+        """
+        from atoken.official.convert import from_official
+
+        return from_official(cls, checkpoint, config, **options)
 
     # ------------------------------------------------------------------------ attention
     @property
