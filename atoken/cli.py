@@ -13,7 +13,8 @@ import atoken
 from atoken.cli_classify import classify
 from atoken.cli_common import _fail, _load_tokenizer, _table
 from atoken.cli_convert import convert
-from atoken.cli_data import data, encode
+from atoken.cli_data import data
+from atoken.cli_encode import encode
 from atoken.cli_report import report
 from atoken.core.errors import AtokenError
 from atoken.plugins.manager import diagnose_plugins, get_registry

@@ -416,7 +416,8 @@ class Tokenizer(ATokenModel):
         return self.decode(self.encode(samples, modality))
 
     def tokenize(self, samples: Any, modality: str | Sequence[str] | None = None) -> DiscreteTokens:
-        """Samples -> discrete ids ``[N, G]`` with coords and metadata (FSQ tokenizers only).
+        """Samples -> discrete ids ``[N, G]`` with coords, sample lengths, metadata and the
+        codebook size of each group (FSQ tokenizers only; see :class:`DiscreteTokens`).
 
         Raises:
             ConfigError: for a continuous bottleneck.
@@ -428,7 +429,7 @@ class Tokenizer(ATokenModel):
                 "one (e.g. bottleneck='fsq')"
             )
         latent, out = self._bottleneck(samples, modality, None)
-        return DiscreteTokens.from_parts(out.ids, latent)
+        return DiscreteTokens.from_parts(out.ids, latent, getattr(bottleneck, "codebook_sizes", ()))
 
     def detokenize(self, tokens: DiscreteTokens) -> list[Any]:
         """Discrete ids back to samples."""

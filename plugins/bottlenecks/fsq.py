@@ -73,6 +73,11 @@ class FSQBottleneck(nn.Module):
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int32), persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
 
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        """The codebook size of each group: ``(prod(levels),) * groups``."""
+        return (self.codebook_size,) * self.groups
+
     def _bound(self, z: torch.Tensor) -> torch.Tensor:
         half_l = (self._levels - 1) * (1 + self.eps) / 2
         offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
