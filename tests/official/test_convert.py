@@ -135,10 +135,12 @@ def test_pickles_are_never_loaded(tmp_path, state):
 def test_cli_writes_a_folder_from_pretrained_loads(tmp_path, state):
     ckpt = write_official_checkpoint(tmp_path / "atoken-soc.pt", state)
     out = tmp_path / "converted"
-    result = CliRunner().invoke(
-        main, ["convert", "official", str(ckpt), str(out), "--config", str(_yaml(tmp_path))]
-    )
+    licence = tmp_path / "MODEL-LICENSE"
+    licence.write_text("the user's copy of the agreement")
+    args = ["convert", "official", str(ckpt), str(out), "--config", str(_yaml(tmp_path))]
+    result = CliRunner().invoke(main, [*args, "--licence", str(licence)])
     assert result.exit_code == 0, result.output
+    assert (out / "MODEL-LICENSE").read_text() == licence.read_text()
     notice = (out / "NOTICE.md").read_text()
     assert ATTRIBUTION in notice and "Model Derivative" in notice and "atoken-soc.pt" in notice
     loaded = atoken.Tokenizer.from_pretrained(out).eval()

@@ -114,6 +114,7 @@ def test_patch_values_are_laid_out_pt_ph_pw_c(tok):
 def test_norms_and_their_epsilons(tok):
     enc, dec = tok.config.encoder.backbone, tok.config.decoder
     assert (enc.norm, enc.norm_eps, enc.bias, enc.qk_norm) == ("layernorm", 1e-6, True, False)
+    assert enc.act == dec.act == "gelu_tanh"
     assert (dec.norm, dec.norm_eps, dec.bias, dec.qk_norm_per_head) == (
         "rmsnorm",
         1e-6,
