@@ -86,24 +86,24 @@ def _swap(key: str, rules: tuple[tuple[str, str], ...], reverse: bool) -> str | 
     return None
 
 
-def atoken_key(key: str) -> str | None:
-    """The atoken parameter an official key fills (None: the key is not in the table)."""
-    block = _OFFICIAL_BLOCK.match(key)
+def _map_key(key: str, reverse: bool) -> str | None:
+    block = (_ATOKEN_BLOCK if reverse else _OFFICIAL_BLOCK).match(key)
     if block:
         part, index, rest = block.groups()
-        inner = _swap(rest, BLOCK_RULES, reverse=False)
-        return None if inner is None else f"{part}.transformer.blocks.{index}.{inner}"
-    return _swap(key, TOP_RULES, reverse=False)
+        inner = _swap(rest, BLOCK_RULES, reverse)
+        blocks = "blocks" if reverse else "transformer.blocks"
+        return None if inner is None else f"{part}.{blocks}.{index}.{inner}"
+    return _swap(key, TOP_RULES, reverse)
+
+
+def atoken_key(key: str) -> str | None:
+    """The atoken parameter an official key fills (None: the key is not in the table)."""
+    return _map_key(key, reverse=False)
 
 
 def official_key(key: str) -> str | None:
     """The official key of an atoken parameter (None: it has no official counterpart)."""
-    block = _ATOKEN_BLOCK.match(key)
-    if block:
-        part, index, rest = block.groups()
-        inner = _swap(rest, BLOCK_RULES, reverse=True)
-        return None if inner is None else f"{part}.blocks.{index}.{inner}"
-    return _swap(key, TOP_RULES, reverse=True)
+    return _map_key(key, reverse=True)
 
 
 def _table_to_grid(t: torch.Tensor) -> torch.Tensor:
