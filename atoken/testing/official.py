@@ -34,10 +34,13 @@ def official_state_dict(
     grid: int = 16,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """A flat state dict with the official AToken keys (encoder with biases and LayerNorm,
     MAP head, ``proj [2 * latent, width]``, decoder without biases, RMSNorm and per-head
-    qk-norm gains, both with the learned ``grid x grid`` position table)."""
+    qk-norm gains, both with the learned ``grid x grid`` position table).
+
+    ``device="meta"`` gives shapes without memory (e.g. the full So400m size)."""
     g = torch.Generator().manual_seed(seed)
     dw = decoder_width or width
     dh = decoder_heads or heads
@@ -45,6 +48,8 @@ def official_state_dict(
     dm = decoder_mlp or mlp
 
     def rand(*shape: int, scale: float = 0.05, mean: float = 0.0) -> torch.Tensor:
+        if torch.device(device).type == "meta":
+            return torch.empty(*shape, dtype=dtype, device="meta")
         return (torch.randn(*shape, generator=g) * scale + mean).to(dtype)
 
     s: dict[str, torch.Tensor] = {}

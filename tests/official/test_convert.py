@@ -47,6 +47,27 @@ def test_the_key_table_covers_every_official_key_both_ways():
         assert official_key(ours) == key
 
 
+def test_the_so400m_checkpoint_shapes_give_the_released_parameter_counts():
+    """563 keys and 845,738,048 parameters (s1: 845,682,752), read off the official classes;
+    the converted config (built on the meta device: no memory) holds exactly as many."""
+    from atoken.official import infer_config
+
+    for latent, total in ((48, 845_738_048), (32, 845_682_752)):
+        state = official_state_dict(
+            width=1152, heads=16, depth=27, mlp=4304, latent=latent, device="meta"
+        )
+        assert len(state) == 563 and sum(v.numel() for v in state.values()) == total
+        config = infer_config(state)  # heads: 16 by default, 72 per head
+        assert config.name == "official-soc" and config.encoder.backbone.head_dim == 72
+        with torch.device("meta"):
+            tok = atoken.Tokenizer(config)
+        assert sum(p.numel() for p in tok.state_dict().values()) == total
+        enc = sum(v.numel() for k, v in state.items() if k.startswith("encoder."))
+        dec = sum(v.numel() for k, v in state.items() if k.startswith("decoder."))
+        assert enc == 430_542_272  # incl. the MAP head
+        assert dec == 415_085_184 + (0 if latent == 48 else -16 * 1152)
+
+
 def test_from_official_fills_every_parameter_from_the_checkpoint(state):
     tok = atoken.Tokenizer.from_official(state, heads=2)
     ours = tok.state_dict()
