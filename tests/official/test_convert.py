@@ -183,3 +183,12 @@ def test_cli_reports_a_broken_checkpoint(tmp_path, state):
     )
     assert result.exit_code != 0
     assert "proj.weight" in result.output
+
+
+def test_a_bf16_checkpoint_is_upcast_without_change(tmp_path):
+    state = official_state_dict(**SMALL, dtype=torch.bfloat16)
+    path = write_official_checkpoint(tmp_path / "bf16.safetensors", state)
+    tok = atoken.Tokenizer.from_official(path, heads=2)
+    weight = tok.decoder.transformer.blocks[1].mlp.fc1.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, state["decoder.blocks.1.mlp.mlp.0.weight"].float())
