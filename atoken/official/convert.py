@@ -114,6 +114,8 @@ def _config_for(
     state: Mapping[str, torch.Tensor], config: Any, options: dict[str, Any]
 ) -> TokenizerConfig:
     if isinstance(config, TokenizerConfig):
+        if options:
+            raise ConfigError(f"{sorted(options)} do not apply to a ready TokenizerConfig")
         return config
     if config is None or isinstance(config, Mapping):
         return infer_config(state, config, **options)

@@ -192,3 +192,11 @@ def test_a_bf16_checkpoint_is_upcast_without_change(tmp_path):
     weight = tok.decoder.transformer.blocks[1].mlp.fc1.weight
     assert weight.dtype == torch.float32
     assert torch.equal(weight, state["decoder.blocks.1.mlp.mlp.0.weight"].float())
+
+
+def test_a_ready_config_is_used_as_given(state):
+    tok = atoken.Tokenizer.from_official(state, heads=2)
+    again = atoken.Tokenizer.from_official(state, tok.config)
+    assert again.config == tok.config
+    with pytest.raises(ConfigError, match="heads"):
+        atoken.Tokenizer.from_official(state, tok.config, heads=2)
