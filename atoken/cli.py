@@ -12,7 +12,9 @@ import click
 import atoken
 from atoken.cli_classify import classify
 from atoken.cli_common import _fail, _load_tokenizer, _table
-from atoken.cli_data import data, encode
+from atoken.cli_convert import convert
+from atoken.cli_data import data
+from atoken.cli_encode import encode
 from atoken.cli_report import report
 from atoken.core.errors import AtokenError
 from atoken.plugins.manager import diagnose_plugins, get_registry
@@ -336,6 +338,7 @@ main.add_command(data)
 main.add_command(encode)
 main.add_command(classify)
 main.add_command(report)
+main.add_command(convert)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

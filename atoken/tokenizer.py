@@ -100,6 +100,7 @@ class Tokenizer(ATokenModel):
                 config.decoder,
                 latent_dim=self.bottleneck.latent_dim,
                 final_norm=config.decoder_final_norm,
+                pos_grid=enc.pos_grid if config.decoder_pos_table else None,
             )
             self.head = components.create_head(config, config.head, enc.patch_dim, None, {})
         self.semantic: SemanticProjection | None = None
@@ -153,6 +154,15 @@ class Tokenizer(ATokenModel):
         load_timm_siglip(tokenizer.encoder, trunk)
         first = next(trunk.parameters())
         return tokenizer.to(first.device)
+
+    @classmethod
+    def from_official(cls, checkpoint: Any, config: Any = None, **options: Any) -> Tokenizer:
+        """An official AToken checkpoint (``.pt`` read with ``weights_only=True``, or
+        ``.safetensors``), mapped strictly; ``config``: its YAML or None, ``options``: ``heads``,
+        ``decoder_heads``, ``fsq``, ``modalities`` (:func:`atoken.official.from_official`)."""
+        from atoken.official.convert import from_official
+
+        return from_official(cls, checkpoint, config, **options)
 
     # ------------------------------------------------------------------------ attention
     @property
@@ -273,12 +283,8 @@ class Tokenizer(ATokenModel):
     ) -> tuple[SparseLatent, BottleneckOutput]:
         bottleneck, _, _ = self._require_decoder()
         features = self.encode_features(samples, modality, tile_steps=tile_steps)
-        kwargs = (
-            {}
-            if sample is None or getattr(bottleneck, "is_discrete", False)
-            else {"sample": sample}
-        )
-        out = bottleneck(features.feats, **kwargs)
+        as_is = sample is None or getattr(bottleneck, "is_discrete", False)
+        out = bottleneck(features.feats, **({} if as_is else {"sample": sample}))
         return features.replace(feats=out.latent), out
 
     def encode(
@@ -298,7 +304,6 @@ class Tokenizer(ATokenModel):
                 mixed batch); None: ``config.default_modality``.
             sample: a continuous (``kl``) latent is the posterior mean at inference and a
                 sample in training; True/False forces either. A discrete one holds FSQ codes.
-
             tile_steps: latent time steps per tile for this call (default
                 ``config.tile_steps``). A sample whose coordinates span more is encoded in
                 tiles, each alone with its time re-based to 0; its meta records ``tile_steps``.
@@ -314,8 +319,7 @@ class Tokenizer(ATokenModel):
         return latent, out.ids
 
     def kv_cache(self, steps: int | None = None) -> KVCache:
-        """A fresh decoder KV cache of ``steps`` latent steps (default ``config.kv_cache_steps``)
-        for :meth:`decode_tile`."""
+        """A fresh KV cache of ``steps`` (default: the config's) for :meth:`decode_tile`."""
         return KVCache(self.config.kv_cache_steps if steps is None else steps)
 
     def decode(self, latent: SparseLatent, *, kv_cache_steps: int | None = None) -> list[Any]:
@@ -401,27 +405,25 @@ class Tokenizer(ATokenModel):
         """``decode(encode(samples))`` without gradients (tiled for long clips)."""
         return self.decode(self.encode(samples, modality))
 
-    def tokenize(self, samples: Any, modality: str | Sequence[str] | None = None) -> DiscreteTokens:
-        """Samples -> discrete ids ``[N, G]`` with coords and metadata (FSQ tokenizers only).
-
-        Raises:
-            ConfigError: for a continuous bottleneck.
-        """
+    def _discrete(self) -> nn.Module:
         bottleneck, _, _ = self._require_decoder()
         if not hasattr(bottleneck, "ids_to_codes"):
             raise ConfigError(
-                f"bottleneck {self.config.bottleneck!r} is continuous: tokenize needs a discrete "
+                f"bottleneck {self.config.bottleneck!r} is continuous: tokens need a discrete "
                 "one (e.g. bottleneck='fsq')"
             )
+        return bottleneck
+
+    def tokenize(self, samples: Any, modality: str | Sequence[str] | None = None) -> DiscreteTokens:
+        """Samples -> ids ``[N, G]`` with coords, sample lengths, metadata and each group's
+        codebook size (:class:`DiscreteTokens`). Raises ConfigError: a continuous bottleneck."""
+        sizes = getattr(self._discrete(), "codebook_sizes", ())
         latent, out = self._bottleneck(samples, modality, None)
-        return DiscreteTokens.from_parts(out.ids, latent)
+        return DiscreteTokens.from_parts(out.ids, latent, sizes)
 
     def detokenize(self, tokens: DiscreteTokens) -> list[Any]:
-        """Discrete ids back to samples."""
-        bottleneck, _, _ = self._require_decoder()
-        if not hasattr(bottleneck, "ids_to_codes"):
-            raise ConfigError(f"bottleneck {self.config.bottleneck!r} has no ids to decode")
-        codes = bottleneck.ids_to_codes(tokens.ids.to(self._device()))  # [N, L]
+        """Discrete ids back to samples (the inverse of :meth:`tokenize`)."""
+        codes = self._discrete().ids_to_codes(tokens.ids.to(self._device()))  # [N, L]
         latent = SparseLatent(
             codes,
             tokens.coords.to(self._device()),

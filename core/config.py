@@ -80,6 +80,10 @@ class BackboneConfig:
         norm_eps: epsilon of every norm (1e-6, SigLIP2's value).
         bias: biases in every linear layer and LayerNorm.
         qk_norm: per-head normalisation of q and k (the official decoder).
+        qk_norm_per_head: the qk-norm has one gain per head and channel (``[H, D]``) and is
+            ``F.normalize(x) * gain * sqrt(D)`` with no epsilon inside, as the official
+            release's ``SparseMultiHeadRMSNorm``; False: one RMSNorm gain ``[D]`` shared by
+            the heads.
         act: MLP activation, ``"gelu_tanh"`` or ``"gelu"`` (exact; timm's SigLIP-B uses it).
         rope: 4D RoPE in every attention layer.
         rope_pairs, rope_frequencies, rope_theta, rope_axis_order: see
@@ -96,6 +100,7 @@ class BackboneConfig:
     norm_eps: float = attrs.field(default=1e-6, validator=_positive_float)
     bias: bool = attrs.field(default=True, validator=_is_bool)
     qk_norm: bool = attrs.field(default=False, validator=_is_bool)
+    qk_norm_per_head: bool = attrs.field(default=False, validator=_is_bool)
     act: str = attrs.field(default="gelu_tanh", validator=_one_of("gelu_tanh", "gelu"))
     rope: bool = attrs.field(default=True, validator=_is_bool)
     rope_pairs: str = attrs.field(default="interleaved", validator=_one_of("interleaved", "half"))
@@ -198,6 +203,9 @@ class TokenizerConfig:
         head: the registered decoder output head (``pixels``).
         decoder_final_norm: normalise the decoder's tokens before the head (the official
             decoder does; the override key is ``decoder_final_norm``).
+        decoder_pos_table: add the learned 2D position table (``encoder.pos_grid``, resized to
+            each sample's grid) to the decoder's input, as the official decoder does (its
+            ``decoder.pos_embedder``); it applies to every sample the decoder reads.
         text_encoder: the registered text encoder whose space the semantic embedding is
             projected to (``minilm``, ``open_clip``); None: no text alignment.
         text_encoder_params: its parameters (e.g. ``{"pretrained": "/path/model.safetensors"}``;
@@ -236,6 +244,7 @@ class TokenizerConfig:
     bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     head: str = attrs.field(default="pixels")
     decoder_final_norm: bool = attrs.field(default=True, validator=_is_bool)
+    decoder_pos_table: bool = attrs.field(default=False, validator=_is_bool)
     text_encoder: str | None = attrs.field(default=None)
     text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)
     modalities: tuple[str, ...] | None = attrs.field(
@@ -284,6 +293,8 @@ class TokenizerConfig:
                 f"TokenizerConfig.decoder must be a BackboneConfig or None, got "
                 f"{type(self.decoder).__name__}"
             )
+        if self.decoder_pos_table and self.decoder is None:
+            raise ConfigError("TokenizerConfig.decoder_pos_table needs a decoder")
         if any(s <= 0 for s in self.input_std):
             raise ConfigError(f"TokenizerConfig.input_std must be positive, got {self.input_std}")
         if self.attention is not None and (

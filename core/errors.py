@@ -19,6 +19,7 @@ __all__ = [
     "ModalityInputError",
     "PluginLoadError",
     "RunFolderError",
+    "StateDictMismatchError",
     "StoreError",
     "StoreIntegrityError",
     "StoreLockedError",
@@ -81,6 +82,38 @@ class EmbeddingSizeError(ConfigError):
 class RunFolderError(AtokenError, ValueError):
     """A run's output folder holds another run (refused without ``--resume``/``--overwrite``),
     or a resumed checkpoint was written by a different run configuration."""
+
+
+class StateDictMismatchError(AtokenError, ValueError):
+    """A state dict does not fit the model it is mapped into: keys missing, keys left over, or
+    shapes that differ. Every list is kept whole on the error (``missing``, ``unexpected``,
+    ``wrong_shape`` as ``(key, expected shape, found shape)``); the message names the first ones.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        missing: list[str] | tuple[str, ...] = (),
+        unexpected: list[str] | tuple[str, ...] = (),
+        wrong_shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | tuple = (),
+    ) -> None:
+        self.source = source
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.wrong_shape = sorted(wrong_shape)
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {', '.join(self.missing[:8])}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {', '.join(self.unexpected[:8])}")
+        if self.wrong_shape:
+            shapes = ", ".join(
+                f"{k} (expected {list(want)}, found {list(got)})"
+                for k, want, got in self.wrong_shape[:8]
+            )
+            parts.append(f"{len(self.wrong_shape)} of the wrong shape: {shapes}")
+        super().__init__(f"{source}: the state dict does not fit: " + "; ".join(parts))
 
 
 class ComponentError(AtokenError):

@@ -186,7 +186,7 @@ def decode_with_cache(
         coords = coords.clone()
         coords[:, 0] += active.held_steps  # the tile follows the held steps
     seqlens = torch.tensor([n], dtype=torch.int64, device=latent.device)  # [1]
-    x = decoder.in_proj(latent)  # [n, C]
+    x = decoder.embed(latent, coords, seqlens)  # [n, C]
     x = decoder.transformer(x, seqlens, coords, cache=active)  # [n, C]
     if active is not None:
         active.commit(steps)

@@ -232,7 +232,8 @@ class LatentStore:
         return self.read(indices, box=box)[0]
 
     def tokens(self, indices: Sequence[int] | None = None, *, box: Box | None = None):
-        """The FSQ ids as :class:`~atoken.core.tokens.DiscreteTokens`.
+        """The FSQ ids as :class:`~atoken.core.tokens.DiscreteTokens` (with the codebook
+        sizes the samples' meta records, when they all agree).
 
         Raises:
             StoreError: the store holds no ids.
@@ -242,7 +243,9 @@ class LatentStore:
                 "holds no ids (written from a continuous latent)", store=self.url, array="ids"
             )
         latent, extra = self.read(indices, box=box, fields=("ids",))
-        return DiscreteTokens.from_parts(extra["ids"], latent)
+        sizes = {tuple(m.get("codebook_sizes", ())) for m in latent.meta}
+        known = sizes.pop() if len(sizes) == 1 else ()  # written by `atoken encode`
+        return DiscreteTokens.from_parts(extra["ids"], latent, known)
 
 
 def _adjacent_runs(ranges: list[tuple[int, int]]) -> list[list[int]]:

@@ -26,7 +26,8 @@ Two knobs describe every variant in use:
 
 * ``axis_order``: which coordinate column feeds each quarter. The default ``(0, 1, 2, 3)`` is
   (t, x, y, z); the official release concatenates (t, h, w, z), i.e. (t, y, x, z) in atoken's
-  coordinates, which is ``axis_order=(0, 2, 1, 3)``.
+  coordinates, which is ``axis_order=(0, 2, 1, 3)`` (settled by running the official code
+  beside a converted checkpoint: docs/official-weights.md).
 
 ``Rope4D(D)`` defaults to the official pairs and frequencies; ``Rope4D(D, pair_layout="half",
 frequencies="axial")`` is the standard rotate-half one. Angles, cosines and the rotation itself

@@ -20,10 +20,12 @@ through :func:`~atoken.core.attention.call_attention`. Without a cache nothing o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -35,7 +37,16 @@ from atoken.core.rope import Rope4D, RopeTables
 if TYPE_CHECKING:
     from atoken.core.kv_cache import KVCache
 
-__all__ = ["ACTIVATIONS", "NORMS", "Attention", "Block", "Mlp", "Transformer", "make_norm"]
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "Attention",
+    "Block",
+    "HeadRMSNorm",
+    "Mlp",
+    "Transformer",
+    "make_norm",
+]
 
 NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu")
@@ -56,6 +67,34 @@ def make_norm(
     raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
+class HeadRMSNorm(nn.Module):
+    """Per-head RMS normalisation with a gain per head and channel, ``x [..., H, D]``.
+
+    ``y = F.normalize(x, dim=-1) * weight * sqrt(D)`` in float32, cast back: an RMSNorm
+    without epsilon inside the root (``F.normalize`` clamps the norm at 1e-12 instead), with
+    ``weight [H, D]`` starting at one. This is the official release's qk-norm
+    (``SparseMultiHeadRMSNorm``, its ``gamma``).
+    """
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.scale = math.sqrt(head_dim)
+        self.weight = nn.Parameter(torch.ones(heads, head_dim))  # [H, D]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., H, D]`` -> same shape and dtype."""
+        y = F.normalize(x.float(), dim=-1) * self.weight.float() * self.scale  # [..., H, D]
+        return y.to(x.dtype)
+
+
+def _qk_norm(
+    qk_norm: bool, per_head: bool, norm: str, heads: int, head_dim: int, eps: float
+) -> nn.Module:
+    if not qk_norm:
+        return nn.Identity()
+    return HeadRMSNorm(heads, head_dim) if per_head else make_norm(norm, head_dim, eps=eps)
+
+
 def _make_act(kind: str) -> nn.Module:
     if kind == "gelu_tanh":
         return nn.GELU(approximate="tanh")
@@ -72,6 +111,7 @@ class Attention(nn.Module):
         heads: H; ``dim`` must be a multiple of it.
         qkv_bias, proj_bias: biases of the qkv and output projections.
         qk_norm: normalise q and k per head (over D) with ``norm`` before RoPE.
+        qk_norm_per_head: use :class:`HeadRMSNorm` (a gain per head, the official form).
         norm, eps: the qk-norm kind and epsilon.
         attention_fn: the packed attention backend ``fn(q, k, v, seqlens)``.
     """
@@ -84,6 +124,7 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         qk_norm: bool = False,
+        qk_norm_per_head: bool = False,
         norm: Literal["layernorm", "rmsnorm"] = "layernorm",
         eps: float = 1e-6,
         attention_fn: AttentionFn = attention_sdpa,
@@ -95,8 +136,8 @@ class Attention(nn.Module):
         self.head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.qk_norm = qk_norm
-        self.q_norm = make_norm(norm, self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = make_norm(norm, self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.q_norm = _qk_norm(qk_norm, qk_norm_per_head, norm, heads, self.head_dim, eps)
+        self.k_norm = _qk_norm(qk_norm, qk_norm_per_head, norm, heads, self.head_dim, eps)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.attention_fn = attention_fn
 
@@ -184,6 +225,7 @@ class Block(nn.Module):
         norm, eps: ``"layernorm"`` or ``"rmsnorm"`` and its epsilon (blocks and qk-norm).
         bias: biases in every linear layer and LayerNorm.
         qk_norm: per-head normalisation of q and k.
+        qk_norm_per_head: with a gain per head (:class:`HeadRMSNorm`).
         act: the MLP activation.
         attention_fn: the packed attention backend.
     """
@@ -198,6 +240,7 @@ class Block(nn.Module):
         eps: float = 1e-6,
         bias: bool = True,
         qk_norm: bool = False,
+        qk_norm_per_head: bool = False,
         act: Literal["gelu_tanh", "gelu"] = "gelu_tanh",
         attention_fn: AttentionFn = attention_sdpa,
     ) -> None:
@@ -209,6 +252,7 @@ class Block(nn.Module):
             qkv_bias=bias,
             proj_bias=bias,
             qk_norm=qk_norm,
+            qk_norm_per_head=qk_norm_per_head,
             norm=norm,
             eps=eps,
             attention_fn=attention_fn,
@@ -241,7 +285,7 @@ class Transformer(nn.Module):
 
     Args:
         depth, dim, heads, mlp_hidden: the stack's shape.
-        norm, eps, bias, qk_norm, act: block options (see :class:`Block`).
+        norm, eps, bias, qk_norm, qk_norm_per_head, act: block options (see :class:`Block`).
         rope: the shared :class:`Rope4D` (None: no rotary embedding).
         attention_fn: the packed attention backend.
         grad_checkpointing: recompute each block in the backward pass (training only).
@@ -258,6 +302,7 @@ class Transformer(nn.Module):
         eps: float = 1e-6,
         bias: bool = True,
         qk_norm: bool = False,
+        qk_norm_per_head: bool = False,
         act: Literal["gelu_tanh", "gelu"] = "gelu_tanh",
         rope: Rope4D | None = None,
         attention_fn: AttentionFn = attention_sdpa,
@@ -273,6 +318,7 @@ class Transformer(nn.Module):
                 eps=eps,
                 bias=bias,
                 qk_norm=qk_norm,
+                qk_norm_per_head=qk_norm_per_head,
                 act=act,
                 attention_fn=attention_fn,
             )
@@ -304,6 +350,7 @@ class Transformer(nn.Module):
             eps=config.norm_eps,
             bias=config.bias,
             qk_norm=config.qk_norm,
+            qk_norm_per_head=config.qk_norm_per_head,
             act=config.act,
             rope=rope,
             attention_fn=attention_fn,

@@ -194,6 +194,8 @@ def test_every_shipped_run_file_loads_and_builds_its_tasks(tmp_path):
         assert cfg.tasks, path
         if path.stem == "video":  # decoding the clips is slow; parsing is the check here
             continue
+        if path.stem == "finetune_official":  # starts from a converted official folder:
+            continue  # tests/official/test_finetune.py converts one and trains from it
         _, mixture = build_run(cfg)  # the first stage's tasks (the later ones: parsed)
         assert [t.label for t in mixture.tasks] == [s.key for s in cfg.plan()[0].tasks]
 

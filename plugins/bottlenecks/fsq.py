@@ -2,6 +2,8 @@
 
 Shapes: x [N, in_dim] -> z [N, G * d] (a linear map; d = len(levels), G = groups)
 -> codes z_q [N, G * d] in [-1, 1] and ids int32 [N, G] (one id per group).
+With ``logvar=True`` the map gives ``[N, 2 * G * d]`` = [mean | logvar] (the official So/D's
+``proj``, shared with the continuous So/C) and the mean, the first ``G * d``, is quantized.
 
 Bounding, rounding and index order follow vector-quantize-pytorch's ``FSQ`` exactly (the test
 oracle): per channel with L levels, ``half_l = (L - 1)(1 + eps) / 2``, ``offset = 0.5`` for even
@@ -43,7 +45,10 @@ class FSQBottleneck(nn.Module):
             (e.g. ``[8, 8, 8, 5, 5, 5]``, or the official ``[4] * 6`` with 8 groups); or one
             such list per group, all of one length, each level >= 1 (allocated levels).
         groups: independent codebooks; the latent has ``groups * len(levels)`` channels.
-        eps: the bound's margin (1e-3, as the oracle).
+        eps: the bound's margin (1e-3, as the oracle and the official ``FSQ.bound``).
+        bias: a bias on the projection (the official ``proj`` has none).
+        logvar: the projection also gives a log-variance, which is ignored: the codes
+            quantize the posterior mean, as the official So/D does.
     """
 
     is_discrete = True
@@ -55,6 +60,8 @@ class FSQBottleneck(nn.Module):
         levels: Sequence[int] | Sequence[Sequence[int]] = (8, 8, 8, 5, 5, 5),
         groups: int = 1,
         eps: float = 1e-3,
+        bias: bool = True,
+        logvar: bool = False,
     ) -> None:
         super().__init__()
         if groups < 1 or in_dim < 1:
@@ -67,7 +74,8 @@ class FSQBottleneck(nn.Module):
         #: codes per group, ``[G]`` (one number when every group has the same levels)
         self.codebook_sizes = [int(v) for v in table.prod(1)]
         self.codebook_size = max(self.codebook_sizes)
-        self.proj = nn.Linear(in_dim, self.latent_dim)
+        self.logvar = bool(logvar)
+        self.proj = nn.Linear(in_dim, self.latent_dim * (2 if self.logvar else 1), bias=bool(bias))
         ones = torch.ones(groups, 1, dtype=torch.int32)
         basis = torch.cumprod(torch.cat([ones, table[:, :-1]], 1), 1).to(torch.int32)  # [G, d]
         self.register_buffer("_levels", table, persistent=False)
@@ -110,7 +118,9 @@ class FSQBottleneck(nn.Module):
         return codes.float().reshape(ids.shape[0], self.latent_dim)
 
     def forward(self, x: torch.Tensor) -> BottleneckOutput:
-        z_q, ids = self.quantize(self.proj(x))
+        """``x [N, in_dim]`` -> codes ``[N, latent_dim]`` and ids ``[N, groups]``."""
+        z = self.proj(x)  # [N, latent_dim] (or [N, 2 * latent_dim] = [mean | logvar])
+        z_q, ids = self.quantize(z[:, : self.latent_dim])
         return BottleneckOutput(latent=z_q, ids=ids)
 
 

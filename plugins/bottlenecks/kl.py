@@ -30,6 +30,8 @@ class KLBottleneck(nn.Module):
         init_logvar: initial log-variance (the bias of its projection). 0 is the textbook
             start; a negative value (e.g. -8) starts with little sampling noise, which makes
             short trainings with the paper's tiny KL weight converge much faster.
+        bias: a bias on the projection (the official release's ``proj`` has none; then
+            ``init_logvar`` is not applied).
     """
 
     is_discrete = False
@@ -42,6 +44,7 @@ class KLBottleneck(nn.Module):
         sample_at_inference: bool = False,
         logvar_range: tuple[float, float] = (-30.0, 20.0),
         init_logvar: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if in_dim < 1 or latent_dim < 1:
@@ -49,9 +52,10 @@ class KLBottleneck(nn.Module):
         self.in_dim, self.latent_dim = in_dim, latent_dim
         self.sample_at_inference = sample_at_inference
         self.logvar_range = logvar_range
-        self.proj = nn.Linear(in_dim, 2 * latent_dim)
-        with torch.no_grad():
-            self.proj.bias[latent_dim:].fill_(float(init_logvar))
+        self.proj = nn.Linear(in_dim, 2 * latent_dim, bias=bool(bias))
+        if self.proj.bias is not None:
+            with torch.no_grad():
+                self.proj.bias[latent_dim:].fill_(float(init_logvar))
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar), each ``[N, latent_dim]``."""

@@ -294,3 +294,22 @@ def test_bad_steps_are_typed_errors():
             KVCache(1).commit(bad)
     with pytest.raises(ConfigError, match="outside"):
         decode_with_cache(dec, latent, coords, KVCache(1), steps=1)  # tokens at t = 1
+
+
+@torch.no_grad()
+def test_a_decoder_position_table_is_added_in_the_cached_path_too():
+    """decoder_pos_table (the official decoder's learned 2D table): one pass without a cache
+    equals decode_with_cache, and the table moves the output."""
+    torch.manual_seed(0)
+    tok = Tokenizer.from_preset(
+        "tiny", decoder_depth=1, latent_dim=LATENT, decoder_pos_table=True
+    ).eval()
+    dec = tok.decoder
+    assert dec.pos_table is not None and dec.pos_table.grid == (16, 16)
+    latent, coords = _tile()
+    n = torch.tensor([latent.shape[0]])
+    ref = dec(latent, coords, n)
+    assert torch.allclose(decode_with_cache(dec, latent, coords, KVCache(2)), ref, atol=1e-5)
+    with torch.no_grad():
+        dec.pos_table.weight.zero_()
+    assert not torch.allclose(dec(latent, coords, n), ref, atol=1e-3)

@@ -61,6 +61,7 @@ def _packed(grids: list[tuple[int, int]], channels: int, seed: int = 0):
     [
         {},
         {"norm": "rmsnorm", "qk_norm": True, "bias": False},
+        {"norm": "rmsnorm", "qk_norm": True, "qk_norm_per_head": True, "bias": False},
         {"rope": False, "act": "gelu"},
         {"rope_pairs": "half", "rope_frequencies": "axial"},
     ],
@@ -408,3 +409,16 @@ def test_tokenizer_accepts_a_batch_tensor_and_rejects_bad_input(tiny) -> None:
 def test_exports() -> None:
     assert atoken.PatchEmbed4D is PatchEmbed4D
     assert "Tokenizer" in atoken.__all__ and "Rope4D" in atoken.__all__
+
+
+def test_per_head_qk_norm_has_a_gain_per_head_and_no_epsilon() -> None:
+    from atoken.core.transformer import Attention, HeadRMSNorm
+
+    attn = Attention(16, 2, qk_norm=True, qk_norm_per_head=True)
+    assert isinstance(attn.q_norm, HeadRMSNorm) and attn.q_norm.weight.shape == (2, 8)
+    x = torch.randn(5, 2, 8) * 1e-4  # tiny values: an RMSNorm's eps would shrink them
+    with torch.no_grad():
+        attn.q_norm.weight.copy_(torch.rand(2, 8) + 0.5)
+        y = attn.q_norm(x)
+    want = x / x.pow(2).mean(-1, keepdim=True).sqrt() * attn.q_norm.weight
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)

@@ -145,3 +145,16 @@ def test_fsq_per_group_levels_quantize_drop_and_round_trip():
         _fsq([[4, 4], [4]], groups=2)
     with pytest.raises(ConfigError, match=">= 1"):
         _fsq([[4, 0], [4, 4]], groups=2)
+
+
+def test_bias_free_projections_and_fsq_on_the_mean_of_mean_logvar():
+    reg = atoken.get_registry().bottlenecks
+    kl = reg.create("kl", in_dim=8, latent_dim=6, bias=False)
+    assert kl.proj.bias is None and kl.proj.weight.shape == (12, 8)
+    fsq = reg.create("fsq", in_dim=8, levels=[4] * 6, groups=2, bias=False, logvar=True)
+    assert fsq.proj.bias is None and fsq.proj.weight.shape == (24, 8)  # [mean | logvar]
+    assert fsq.codebook_sizes == [4096, 4096]
+    x = torch.randn(5, 8)
+    out = fsq(x)
+    codes, ids = fsq.quantize(x @ fsq.proj.weight[:12].T)  # only the mean rows
+    assert torch.equal(out.latent, codes) and torch.equal(out.ids, ids)

@@ -1,0 +1,77 @@
+"""``atoken convert``: checkpoints of other releases -> ``save_pretrained`` folders.
+
+    atoken convert official CHECKPOINT OUT_DIR [--config official.yaml] [--fsq] [--heads N]
+
+``official`` reads an apple/ml-atoken checkpoint (``.pt`` with ``weights_only=True``, or
+``.safetensors``), maps it strictly (:mod:`atoken.official`) and writes ``config.json``,
+``model.safetensors`` and the licence ``NOTICE.md``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from atoken.cli_common import _fail
+from atoken.core.errors import AtokenError
+
+__all__ = ["convert"]
+
+
+@click.group()
+def convert() -> None:
+    """Convert checkpoints of other releases into atoken tokenizer folders."""
+
+
+@convert.command("official")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The official YAML (configs/atoken-*.yaml): head counts and the FSQ settings.",
+)
+@click.option(
+    "--fsq/--kl",
+    "fsq",
+    default=None,
+    help="So/D (FSQ on the posterior mean) or So/C (continuous) [default: the YAML's, else kl].",
+)
+@click.option("--heads", type=click.IntRange(min=1), default=None, help="Encoder heads [16].")
+@click.option(
+    "--decoder-heads", type=click.IntRange(min=1), default=None, help="Decoder heads [from shapes]."
+)
+@click.option(
+    "--licence",
+    "licence_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Your copy of the official MODEL-LICENSE, copied beside the weights.",
+)
+def official(
+    checkpoint: str,
+    out_dir: str,
+    config_path: str | None,
+    fsq: bool | None,
+    heads: int | None,
+    decoder_heads: int | None,
+    licence_file: str | None,
+) -> None:
+    """Convert an official AToken CHECKPOINT into the tokenizer folder OUT_DIR."""
+    from atoken.official import convert_official
+    from atoken.official.notice import NOTICE_NAME
+
+    try:
+        folder = convert_official(
+            checkpoint,
+            out_dir,
+            config_path,
+            licence_file=licence_file,
+            heads=heads,
+            decoder_heads=decoder_heads,
+            fsq=fsq,
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"converted {checkpoint} into {folder} (licence notice: {folder / NOTICE_NAME})")

@@ -1,0 +1,39 @@
+"""Official AToken checkpoints (apple/ml-atoken) in atoken: key table, config inference,
+strict conversion, the licence notice and the official constants.
+
+    from atoken import Tokenizer
+    tok = Tokenizer.from_official("atoken-sod.pt", "configs/atoken-sod.yaml")
+
+or, from the shell, ``atoken convert official atoken-sod.pt converted/sod --config
+configs/atoken-sod.yaml`` (a ``save_pretrained`` folder). See ``docs/official-weights.md``.
+"""
+
+from __future__ import annotations
+
+from atoken.official.config import FSQ_LEVELS, OFFICIAL_AXIS_ORDER, infer_config, read_official_yaml
+from atoken.official.convert import convert_state_dict, from_official, load_official_state_dict
+from atoken.official.folder import convert_official
+from atoken.official.keys import atoken_key, official_key, to_atoken, to_official
+from atoken.official.notice import ATTRIBUTION, NOTICE_NAME, write_notice
+from atoken.official.zeroshot import OFFICIAL_LOGIT_BIAS, OFFICIAL_LOGIT_SCALE, official_logits
+
+__all__ = [
+    "ATTRIBUTION",
+    "FSQ_LEVELS",
+    "NOTICE_NAME",
+    "OFFICIAL_AXIS_ORDER",
+    "OFFICIAL_LOGIT_BIAS",
+    "OFFICIAL_LOGIT_SCALE",
+    "atoken_key",
+    "convert_official",
+    "convert_state_dict",
+    "from_official",
+    "infer_config",
+    "load_official_state_dict",
+    "official_key",
+    "official_logits",
+    "read_official_yaml",
+    "to_atoken",
+    "to_official",
+    "write_notice",
+]

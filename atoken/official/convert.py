@@ -1,0 +1,160 @@
+"""Official AToken checkpoints -> atoken tokenizers and ``save_pretrained`` folders.
+
+    tok = Tokenizer.from_official("atoken-sod.pt", "configs/atoken-sod.yaml")
+
+A checkpoint is a flat state dict (no wrapper, no prefix), a ``.pt`` file read with
+``torch.load(weights_only=True)`` (nothing else is ever unpickled) or a ``.safetensors`` file.
+The mapping is strict: every official key fills one atoken parameter of the right shape and
+every atoken parameter is filled, else :class:`~atoken.core.errors.StateDictMismatchError`
+lists the missing, unexpected and wrong-shape keys. Stored values are copied as they are
+(a bf16 checkpoint is upcast to the model's float32 without change).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atoken.core.checkpoint import CheckpointError
+from atoken.core.config import TokenizerConfig
+from atoken.core.errors import ConfigError, StateDictMismatchError
+from atoken.official.config import infer_config, read_official_yaml
+from atoken.official.keys import to_atoken
+
+__all__ = [
+    "convert_state_dict",
+    "from_official",
+    "load_official_state_dict",
+]
+
+_WRAPPERS = ("state_dict", "model", "module", "ema")
+
+
+def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The flat state dict in ``path`` (``.safetensors``, else a ``.pt``/``.pth`` file read with
+    ``torch.load(weights_only=True)`` on the CPU).
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or one that is not a flat mapping of
+            names to tensors (a wrapped training checkpoint is named as such).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for a bad file
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from exc
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    wrapped = [k for k in _WRAPPERS if isinstance(state.get(k), Mapping)]
+    if wrapped:
+        raise CheckpointError(
+            f"{path}: a wrapped checkpoint (key {wrapped[0]!r} holds the weights); the "
+            "official files are flat state dicts: save state[{wrapped[0]!r}] alone"
+        )
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
+    return dict(state)
+
+
+def convert_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Size | tuple[int, ...]],
+    *,
+    source: str = "official state dict",
+) -> dict[str, torch.Tensor]:
+    """Map an official state dict to atoken keys and layouts, strictly.
+
+    Args:
+        state: the official keys and tensors.
+        expected: atoken key -> shape of every parameter and persistent buffer to fill
+            (``{k: v.shape for k, v in model.state_dict().items()}``).
+        source: named in the error.
+
+    Raises:
+        StateDictMismatchError: listing official keys with no atoken parameter
+            (``unexpected``), atoken parameters no key fills (``missing``), and keys whose
+            shape differs (``wrong_shape``, official key with the expected and found shapes).
+    """
+    out: dict[str, torch.Tensor] = {}
+    unexpected, wrong, wrong_targets = [], [], set()
+    for key, value in state.items():
+        ours, mapped = to_atoken(key, value)
+        if ours is None or ours not in expected:
+            unexpected.append(key)
+            continue
+        want = tuple(expected[ours])
+        if tuple(mapped.shape) != want:
+            wrong.append((key, want, tuple(mapped.shape)))
+            wrong_targets.add(ours)
+            continue
+        out[ours] = mapped
+    missing = [k for k in expected if k not in out and k not in wrong_targets]
+    if unexpected or missing or wrong:
+        raise StateDictMismatchError(
+            source, missing=missing, unexpected=unexpected, wrong_shape=wrong
+        )
+    return out
+
+
+def _config_for(
+    state: Mapping[str, torch.Tensor], config: Any, options: dict[str, Any]
+) -> TokenizerConfig:
+    if isinstance(config, TokenizerConfig):
+        if options:
+            raise ConfigError(f"{sorted(options)} do not apply to a ready TokenizerConfig")
+        return config
+    if config is None or isinstance(config, Mapping):
+        return infer_config(state, config, **options)
+    if isinstance(config, (str, os.PathLike)):
+        return infer_config(state, read_official_yaml(config), **options)
+    raise ConfigError(
+        "config must be an official YAML path, its arch_cfg mapping, a TokenizerConfig or "
+        f"None, got {type(config).__name__}"
+    )
+
+
+def from_official(
+    cls: type,
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+    config: Any = None,
+    **options: Any,
+) -> Any:
+    """A ``cls`` (:class:`atoken.Tokenizer`) holding an official checkpoint's weights.
+
+    Args:
+        checkpoint: a ``.pt``/``.safetensors`` path, or the state dict itself.
+        config: the official YAML path (``configs/atoken-sod.yaml``), its ``arch_cfg``
+            mapping, a ready :class:`TokenizerConfig`, or None (shapes only: So/C unless
+            ``fsq=True``).
+        options: ``heads``, ``decoder_heads``, ``fsq``, ``modalities``
+            (:func:`atoken.official.config.infer_config`).
+
+    Raises:
+        CheckpointError: an unreadable checkpoint.
+        ConfigError: shapes the converter cannot represent, or a YAML that disagrees.
+        StateDictMismatchError: keys that do not map one to one.
+    """
+    if isinstance(checkpoint, Mapping):
+        state, source = dict(checkpoint), "official state dict"
+    else:
+        state, source = load_official_state_dict(checkpoint), str(checkpoint)
+    cfg = _config_for(state, config, options)
+    model = cls(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    mapped = convert_state_dict(state, expected, source=source)
+    model.load_state_dict(mapped, strict=True)
+    return model.eval()

@@ -1,0 +1,41 @@
+"""An official AToken checkpoint as a ``save_pretrained`` folder with its licence notice.
+
+    convert_official("atoken-soc.pt", "converted/soc")  # config.json, model.safetensors, NOTICE.md
+
+(the ``atoken convert official`` command); load the folder with ``Tokenizer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from atoken.official.convert import from_official
+from atoken.official.notice import write_notice
+from atoken.tokenizer import Tokenizer
+
+__all__ = ["convert_official"]
+
+
+def convert_official(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: Any = None,
+    *,
+    licence_file: str | os.PathLike | None = None,
+    **options: Any,
+) -> Path:
+    """Convert an official checkpoint into a ``save_pretrained`` folder (``config.json``,
+    ``model.safetensors``) with the model licence notice beside the weights (``NOTICE.md``).
+
+    Arguments as :func:`from_official`; ``licence_file``: the user's copy of the official
+    ``MODEL-LICENSE``, copied beside the weights. Returns ``out_dir``; load the folder with
+    ``Tokenizer.from_pretrained(out_dir)``.
+    """
+    model = from_official(Tokenizer, checkpoint, config, **options)
+    folder = model.save_pretrained(out_dir)
+    write_notice(
+        folder, source=Path(checkpoint).name, config=model.config, licence_file=licence_file
+    )
+    return folder

@@ -1,0 +1,83 @@
+"""CPU inference speed at the official model's size: tokens/s of encode and decode.
+
+    .venv/bin/python benchmarks/official_inference.py             # so400m preset, ~3-5 minutes
+    .venv/bin/python benchmarks/official_inference.py --preset tiny --repeats 1   # a quick look
+
+The ``so400m`` preset (27 + 27 blocks of 1152 wide, 16 heads, MLP 4304: the official AToken
+So400m shapes) with random weights, no gradients, on a 256 px image (256 tokens) and a
+16-frame 256 px clip (4 x 16 x 16 = 1024 tokens), in fp32 and under bf16 autocast. Each figure
+is the best of ``--repeats`` timed runs after one warm-up; fp32 and bf16 run side by side in
+this one process, so a busy machine slows both alike (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+
+import torch
+
+import atoken
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    """Print the table and a JSON line of tokens/s per case, precision and direction."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="so400m")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tok = atoken.Tokenizer.from_preset(args.preset).eval()
+    params = sum(p.numel() for p in tok.parameters())
+    g = torch.Generator().manual_seed(0)
+    cases = {
+        "image 256 px": ([torch.rand(3, 256, 256, generator=g)], "image"),
+        "clip 16 x 256 px": ([torch.rand(3, 16, 256, 256, generator=g)], "video"),
+    }
+    rows, out = [], {}
+    for label, (samples, modality) in cases.items():
+        for precision in ("fp32", "bf16"):
+            ctx = (
+                (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+                if precision == "bf16"
+                else contextlib.nullcontext
+            )
+            with torch.no_grad(), ctx():
+                latent = tok.encode(samples, modality)
+                n = latent.num_tokens
+                enc = _best(lambda: tok.encode(samples, modality), args.repeats)  # noqa: B023
+                dec = _best(lambda: tok.decode(latent), args.repeats)  # noqa: B023
+            out[f"{label} {precision}"] = {
+                "tokens": n,
+                "encode_tokens_per_s": n / enc,
+                "decode_tokens_per_s": n / dec,
+                "round_trip_tokens_per_s": n / (enc + dec),
+            }
+            rows.append((label, precision, n, n / enc, n / dec, n / (enc + dec)))
+    load = os.getloadavg()[0]
+    print(f"{args.preset}: {params / 1e6:.0f} M parameters, random weights, {args.threads} "
+          f"threads, load average {load:.2f}")  # fmt: skip
+    print(f"{'case':18s} {'prec':5s} {'tokens':>6s} {'encode/s':>9s} {'decode/s':>9s} "
+          f"{'both/s':>8s}")  # fmt: skip
+    for label, precision, n, e, d, b in rows:
+        print(f"{label:18s} {precision:5s} {n:6d} {e:9.1f} {d:9.1f} {b:8.1f}")
+    print(json.dumps({"preset": args.preset, "load_average": load, "results": out}))
+
+
+if __name__ == "__main__":
+    main()
