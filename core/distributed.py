@@ -25,6 +25,8 @@ whole global batch. Nothing here imports a modality or a task.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import functools
 import os
@@ -153,10 +155,24 @@ def setup(cfg: DistributedConfig, device: torch.device) -> tuple[Dist, torch.dev
         # the small collectives (counts, flags, objects) run on CPU tensors: gloo serves them
         spec = "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
         dist.init_process_group(spec, timeout=timeout)
+        atexit.register(_leave)  # the group this process joined, left before teardown
     d = Dist(
         rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, timeout=cfg.timeout
     )
     return d, device
+
+
+def _leave() -> None:
+    """Destroy the process group at exit. Left to the interpreter's teardown, gloo's threads
+    can be destroyed while joinable, and the process aborts ("terminate called without an
+    active exception") after its work is done."""
+    if not dist.is_initialized():
+        return
+    # leave together (a rank still at work keeps the group's threads busy); a peer already
+    # gone (a failed run) is waited for 10 s at most
+    with contextlib.suppress(Exception):
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(value: torch.Tensor | float, d: Dist, what: str = "a sum") -> torch.Tensor:
