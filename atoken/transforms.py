@@ -164,7 +164,9 @@ def to_fsq(
     L = tokenizer.config.latent_dim
     levels = [int(v) for v in levels]
     if bits is not None and not calibration:
-        raise ConfigError("to_fsq: bits= allocates the levels on calibration samples; give them")
+        raise ConfigError(
+            "to_fsq: bits= allocates the levels on calibration samples ([[stages]]: calibrate > 0)"
+        )
     if bits is None and groups * len(levels) != L:
         raise ConfigError(
             f"to_fsq: {groups} groups x {len(levels)} levels = {groups * len(levels)} channels, "
