@@ -178,11 +178,11 @@ def to_fsq(
     weight, bias = src.weight[:L].double(), src.bias[:L].double()  # [L, C], [L]: the mean rows
     in_proj = tokenizer.decoder.in_proj  # weight [C', L]
     m = _latents(tokenizer, calibration).to(weight.device) if calibration else None
+    perm = list(range(L))  # latent channel of each FSQ channel
     if bits is not None:  # allocated levels: channels permuted into balanced groups
         sensitivity = in_proj.weight.double().pow(2).sum(0)  # [L]
         perm, levels = group_levels(allocate_bits(m, sensitivity, int(bits)), int(groups))
         weight, bias, m = weight[perm], bias[perm], m[:, perm]
-        in_proj.weight.copy_(in_proj.weight[:, perm].clone())
     config = tokenizer.config.with_overrides(
         bottleneck="fsq", bottleneck_params={"levels": levels, "groups": int(groups)}
     )
@@ -195,7 +195,7 @@ def to_fsq(
         mu, sigma, f, g, _ = calibrate(fsq, m)
         weight = weight * (f / sigma)[:, None]  # [L, C]
         bias = (bias - mu) * (f / sigma)
-        w_dec = in_proj.weight.double()  # [C', L]
+        w_dec = in_proj.weight.double()[:, perm]  # [C', L] in the FSQ channels' order
         if in_proj.bias is not None:
             in_proj.bias.add_((w_dec @ mu).to(in_proj.bias.dtype))
         in_proj.weight.copy_((w_dec * (sigma * g)[None, :]).to(in_proj.weight.dtype))
