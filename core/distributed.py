@@ -32,6 +32,7 @@ import functools
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,6 +58,7 @@ __all__ = [
     "collective",
     "global_share",
     "on_main",
+    "round_store",
     "setup",
     "share_object",
     "sync_gradients",
@@ -154,12 +156,51 @@ def setup(cfg: DistributedConfig, device: torch.device) -> tuple[Dist, torch.dev
         timeout = datetime.timedelta(seconds=cfg.timeout)
         # the small collectives (counts, flags, objects) run on CPU tensors: gloo serves them
         spec = "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
-        dist.init_process_group(spec, timeout=timeout)
+        store = round_store(rank, world, timeout)
+        if store is None:
+            dist.init_process_group(spec, timeout=timeout)
+        else:
+            dist.init_process_group(spec, timeout=timeout, store=store, rank=rank, world_size=world)
         atexit.register(_leave)  # the group this process joined, left before teardown
     d = Dist(
         rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, timeout=cfg.timeout
     )
     return d, device
+
+
+def round_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """The store this restart round of a torchrun group meets in: torchrun's own store under a
+    prefix of its own, or None where ``init_process_group``'s ``env://`` store is already new.
+
+    torchrun's agent keeps one store for the whole run and hands it to every round of workers
+    it starts (``TORCHELASTIC_USE_AGENT_STORE=True``, the default since torch 2.5). The keys
+    the killed round wrote stay in it: a restarted rank that reads them before its peer
+    rewrites them connects gloo's full mesh to the dead process's port ("Connection refused",
+    pytorch #135712; on this 2-core machine 8 of 10 kill-restart runs with one restart
+    allowed failed so, 0 of 20 with the prefix). Each round therefore meets
+    under ``atoken/round_<TORCHELASTIC_RESTART_COUNT>/``. That count is the same on every rank
+    only when one agent starts them all (one node): on several nodes it is not (pytorch
+    #108158), so there the rounds need torchrun's own per-round store,
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` in torchrun's environment on every node;
+    without it a multi-node run that may restart gets a warning.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None  # a plain env:// launch, or torchrun with a new store every round
+    if int(os.environ.get("LOCAL_WORLD_SIZE", world)) != world:
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+            warnings.warn(
+                "torchrun on several nodes with --max-restarts and its store shared across "
+                "restarts: a restarted round can read the failed round's keys and fail to "
+                "connect (pytorch #135712); set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in "
+                "torchrun's environment on every node",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return None
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    store.set_timeout(timeout)
+    round_ = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return dist.PrefixStore(f"atoken/round_{round_}", store)
 
 
 def _leave() -> None:

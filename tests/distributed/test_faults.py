@@ -37,16 +37,12 @@ def alone6(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("alone6"), 6)
 
 
-@pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="flaky on a loaded 2-core machine: the restarted group's gloo mesh sometimes fails "
-    "to connect (Connection refused) and torchrun waits out its rendezvous; issue #14",
-)
 def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint(alone6, tmp_path):
-    # two restarts allowed: on a loaded machine the first restart's gloo mesh can fail to
-    # connect to a port of the killed group (torchrun then restarts once more)
-    done = _launch(tmp_path / "k", 6, "kill:1:3", "--nproc-per-node=2", "--max-restarts=2")
+    # one restart allowed: the restarted round meets under a store prefix of its own
+    # (atoken.core.distributed.round_store), so it never reads the killed round's addresses
+    done = _launch(tmp_path / "k", 6, "kill:1:3", "--nproc-per-node=2", "--max-restarts=1")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Connection refused" not in done.stderr
     result = json.loads((tmp_path / "k" / "result.json").read_text())
     _close(result, alone6)  # nothing lost or done twice: steps 2-3 redone from step 2's state
     records = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 
 import pytest
 import torch
 
-from atoken.core.distributed import Dist, StopSignal, all_reduce_sum, global_share, setup, wrap
+from atoken.core.distributed import (
+    Dist,
+    StopSignal,
+    all_reduce_sum,
+    global_share,
+    round_store,
+    setup,
+    wrap,
+)
 from atoken.core.errors import ConfigError
 from atoken.core.run_changes import RESUMABLE_KEYS
 from atoken.core.run_sections import DistributedConfig
@@ -36,6 +45,31 @@ def test_a_process_group_that_cannot_work_is_a_config_error(monkeypatch, env, cf
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=match):
         setup(DistributedConfig(**cfg), torch.device("cpu"))
+
+
+def test_each_torchrun_restart_round_meets_under_its_own_store_prefix(monkeypatch):
+    """torchrun's agent keeps one store across restarts: a round's keys must not be found by
+    the next round (the killed rank's gloo address was, pytorch #135712)."""
+    timeout = datetime.timedelta(seconds=10)
+    agent = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, timeout=timeout)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(agent.port), "LOCAL_WORLD_SIZE": "2"}
+    for key, value in {**env, "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+        monkeypatch.setenv(key, value)
+    seen = []
+    for restart in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", restart)
+        store = round_store(0, 2, timeout)
+        seen.append(store.check(["rank_1"]))  # did an earlier round leave this key?
+        store.set("rank_1", f"address of round {restart}")
+    assert seen == [False, False]
+    assert agent.get("atoken/round_1/rank_1") == b"address of round 1"
+
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # torchrun's store is new
+    assert round_store(0, 2, timeout) is None
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    with pytest.warns(RuntimeWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        assert round_store(0, 4, timeout) is None  # 4 ranks, 2 here: several nodes
 
 
 def test_bad_distributed_keys_are_config_errors():
