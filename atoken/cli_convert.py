@@ -1,18 +1,23 @@
 """``atoken convert``: checkpoints of other releases -> ``save_pretrained`` folders.
 
     atoken convert official CHECKPOINT OUT_DIR [--config official.yaml] [--fsq] [--heads N]
+                                               [--overwrite]
 
 ``official`` reads an apple/ml-atoken checkpoint (``.pt`` with ``weights_only=True``, or
 ``.safetensors``), maps it strictly (:mod:`atoken.official`) and writes ``config.json``,
-``model.safetensors`` and the licence ``NOTICE.md``.
+``model.safetensors`` and the licence ``NOTICE.md`` into a new or empty OUT_DIR (a tokenizer
+folder only with ``--overwrite``; a folder of other files never). Warnings (NaN or infinite
+weights) are printed to stderr.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from atoken.cli_common import _fail
-from atoken.core.errors import AtokenError
+from atoken.core.errors import AtokenError, NonFiniteWeightsWarning
 
 __all__ = ["convert"]
 
@@ -49,6 +54,11 @@ def convert() -> None:
     default=None,
     help="Your copy of the official MODEL-LICENSE, copied beside the weights.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the tokenizer in OUT_DIR (a folder of other files is never written into).",
+)
 def official(
     checkpoint: str,
     out_dir: str,
@@ -57,21 +67,29 @@ def official(
     heads: int | None,
     decoder_heads: int | None,
     licence_file: str | None,
+    overwrite: bool,
 ) -> None:
-    """Convert an official AToken CHECKPOINT into the tokenizer folder OUT_DIR."""
+    """Convert an official AToken CHECKPOINT into the tokenizer folder OUT_DIR (new or empty;
+    an existing tokenizer folder with --overwrite)."""
     from atoken.official import convert_official
     from atoken.official.notice import NOTICE_NAME
 
-    try:
-        folder = convert_official(
-            checkpoint,
-            out_dir,
-            config_path,
-            licence_file=licence_file,
-            heads=heads,
-            decoder_heads=decoder_heads,
-            fsq=fsq,
-        )
-    except AtokenError as exc:
-        raise _fail(exc) from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWeightsWarning)
+        try:
+            folder = convert_official(
+                checkpoint,
+                out_dir,
+                config_path,
+                licence_file=licence_file,
+                heads=heads,
+                decoder_heads=decoder_heads,
+                fsq=fsq,
+                overwrite=overwrite,
+            )
+        except AtokenError as exc:
+            raise _fail(exc) from exc
+        finally:  # shown on stderr, also when the conversion then fails
+            for warning in caught:
+                click.echo(f"Warning ({warning.category.__name__}): {warning.message}", err=True)
     click.echo(f"converted {checkpoint} into {folder} (licence notice: {folder / NOTICE_NAME})")

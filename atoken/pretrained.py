@@ -22,9 +22,17 @@ from safetensors.torch import load_file, load_model, save_model
 
 from atoken.core.checkpoint import CheckpointError
 from atoken.core.config import TokenizerConfig
-from atoken.core.errors import ConfigError
+from atoken.core.errors import ConfigError, OutputFolderError
 
-__all__ = ["CONFIG_NAME", "FORMAT", "WEIGHTS_NAME", "load_pretrained", "save_pretrained"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT",
+    "WEIGHTS_NAME",
+    "check_output_folder",
+    "is_tokenizer_folder",
+    "load_pretrained",
+    "save_pretrained",
+]
 
 FORMAT = "atoken-tokenizer"
 FORMAT_VERSION = 1
@@ -42,6 +50,60 @@ def save_pretrained(model: Any, folder: str | os.PathLike) -> Path:
     save_model(model, str(folder / WEIGHTS_NAME))
     os.replace(tmp, folder / CONFIG_NAME)  # the config last: a folder with it is complete
     return folder
+
+
+_CONFIG_MAX_BYTES = 16 * 2**20  # a config.json is a few KiB: a larger file is not ours
+_LISTED = 4  # entries an error names when a folder holds files atoken did not write
+
+
+def is_tokenizer_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a tokenizer :func:`save_pretrained` wrote: its ``config.json``
+    is a JSON object of format ``"atoken-tokenizer"`` (any version)."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        if not path.is_file() or path.stat().st_size > _CONFIG_MAX_BYTES:
+            return False
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def check_output_folder(folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``folder`` if a new tokenizer may be written there: a missing path, an empty folder, or,
+    with ``overwrite``, a tokenizer folder (:func:`is_tokenizer_folder`: its ``config.json``
+    and weights are replaced, other files kept). Checked before anything is written.
+
+    Raises:
+        OutputFolderError: ``folder`` is a file, holds files atoken did not write (never
+            replaced, even with ``overwrite``), or holds a tokenizer and ``overwrite`` is off.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise OutputFolderError("is a file, not a folder", folder=str(folder))
+    try:
+        entries = sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        raise OutputFolderError(f"cannot be listed ({exc})", folder=str(folder)) from exc
+    if not entries:
+        return folder
+    if is_tokenizer_folder(folder):
+        if overwrite:
+            return folder
+        raise OutputFolderError(
+            "holds a saved tokenizer; pass --overwrite (overwrite=True) to replace it, or "
+            "choose a new folder",
+            folder=str(folder),
+        )
+    shown = ", ".join(entries[:_LISTED]) + (", ..." if len(entries) > _LISTED else "")
+    raise OutputFolderError(
+        f"is not an atoken tokenizer folder (no {CONFIG_NAME} of format {FORMAT!r}) and holds "
+        f"{len(entries)} entries ({shown}) that atoken did not write: choose a new or an empty "
+        "folder (--overwrite replaces only a tokenizer folder)",
+        folder=str(folder),
+    )
 
 
 def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> Any:

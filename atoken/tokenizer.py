@@ -46,6 +46,7 @@ from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
 from atoken.core.model import ATokenModel, ModelOutput
+from atoken.core.model_size import check_model_size
 from atoken.core.projection import ModalityProjections
 from atoken.core.semantic import SemanticProjection
 from atoken.core.siglip import encoder_config_from_timm, find_timm_trunk, load_timm_siglip
@@ -80,6 +81,8 @@ class Tokenizer(ATokenModel):
         super().__init__()
         if not isinstance(config, TokenizerConfig):
             raise ConfigError(f"Tokenizer needs a TokenizerConfig, got {type(config).__name__}")
+        if torch.get_default_device().type != "meta":  # a meta build allocates nothing
+            check_model_size(config)  # a ConfigError naming the sizes, not the allocator's
         implicit = config.modalities is None
         names = tuple(get_registry().modalities.names()) if implicit else config.modalities
         self.config = attrs.evolve(config, modalities=names)
@@ -130,8 +133,15 @@ class Tokenizer(ATokenModel):
     def from_preset(cls, name: str, **overrides: Any) -> Tokenizer:
         """A freshly initialised tokenizer from a bundled preset (``tiny``, ``small``, ``base``,
         ``so400m``, ``atoken-so``) with flat overrides
-        (:meth:`TokenizerConfig.with_overrides`)."""
-        return cls(load_preset(name).with_overrides(**overrides))
+        (:meth:`TokenizerConfig.with_overrides`).
+
+        Raises:
+            ConfigError: an unknown preset or override, or weights that would not fit in this
+                machine's memory (the message names the overridden size keys).
+        """
+        config = load_preset(name).with_overrides(**overrides)
+        check_model_size(config, overrides=overrides, preset=name)
+        return cls(config)
 
     @classmethod
     def from_open_clip(cls, model: nn.Module, **overrides: Any) -> Tokenizer:

@@ -1,8 +1,10 @@
-"""Typed errors of atoken.
+"""Typed errors (and warnings) of atoken.
 
 Every error atoken raises on purpose derives from :class:`AtokenError`, so callers can catch the
 whole family at once. Each subclass also derives from the builtin that best describes it
-(``ValueError``, ``LookupError``, ``ImportError``), so generic handlers keep working.
+(``ValueError``, ``LookupError``, ``ImportError``), so generic handlers keep working. Warnings
+atoken issues on purpose have their own categories (:class:`NonFiniteWeightsWarning`), so they
+can be filtered or turned into errors one by one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = [
     "EmbeddingSizeError",
     "LatentValidationError",
     "ModalityInputError",
+    "NonFiniteWeightsWarning",
+    "OutputFolderError",
     "PluginLoadError",
     "RunFolderError",
     "StateDictMismatchError",
@@ -82,6 +86,20 @@ class EmbeddingSizeError(ConfigError):
 class RunFolderError(AtokenError, ValueError):
     """A run's output folder holds another run (refused without ``--resume``/``--overwrite``),
     or a resumed checkpoint was written by a different run configuration."""
+
+
+class OutputFolderError(AtokenError, ValueError):
+    """An output folder is refused: it holds files atoken did not write, or a result atoken
+    wrote that would be replaced without ``overwrite``. ``folder`` names it."""
+
+    def __init__(self, message: str, *, folder: str) -> None:
+        super().__init__(f"{folder!r}: {message}")
+        self.folder = folder
+
+
+class NonFiniteWeightsWarning(UserWarning):
+    """Weights being loaded or converted hold NaN or infinite values (the message names the
+    first tensors and how many there are); the model computes NaN wherever they reach."""
 
 
 class StateDictMismatchError(AtokenError, ValueError):
@@ -163,8 +181,9 @@ class StoreError(AtokenError, ValueError):
     """A zarr store (dataset or latents) cannot be opened, read or written as its schema says.
 
     The message names the store, the array and the sample; so do the attributes ``store``
-    (the URL), ``array`` (an array name, or ``"attributes"`` for the group's metadata) and
-    ``sample`` (an index, a description such as ``"0..9"``, or ``None`` for every sample).
+    (the URL), ``array`` (an array name, ``"attributes"`` for the group's ``atoken``
+    attributes in its ``zarr.json``, or ``None`` for the store as a whole) and ``sample`` (an
+    index, a description such as ``"0..9"``, or ``None`` for every sample).
     """
 
     def __init__(
@@ -176,8 +195,16 @@ class StoreError(AtokenError, ValueError):
         sample: int | str | None = None,
         name: str | None = None,
     ) -> None:
-        where = f"store {store!r}, array {array or 'attributes'!r}, "
-        where += "all samples" if sample is None else f"sample {sample}"
+        parts = [f"store {store!r}"]
+        if array == "attributes":  # the group's metadata: there is no array of that name
+            parts.append("its 'atoken' attributes (zarr.json)")
+        elif array is not None:
+            parts.append(f"array {array!r}")
+        if sample is not None:
+            parts.append(f"sample {sample}")
+        elif array not in (None, "attributes"):
+            parts.append("all samples")
+        where = ", ".join(parts)
         if name:
             where += f" ({name!r})"
         super().__init__(f"{where}: {message}")

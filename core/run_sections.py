@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from atoken.core.errors import ConfigError
+from atoken.core.validators import check_path_name, path_name
 
 __all__ = [
     "DistributedConfig",
@@ -83,9 +84,10 @@ def _tuple(value: Any) -> tuple:
 
 @attrs.frozen(kw_only=True)
 class RunSection:
-    """``[run]``: name, output folder and seed."""
+    """``[run]``: name, output folder and seed. ``name`` is a folder name (the default
+    ``out_dir`` is ``runs/<name>``): :data:`~atoken.core.validators.PATH_NAME_RULE`."""
 
-    name: str = attrs.field(default="run", validator=_str)
+    name: str = attrs.field(default="run", validator=path_name)
     out_dir: str = attrs.field(default="", validator=_str)  # default: runs/<name>
     seed: int = attrs.field(default=0, validator=_integer)
 
@@ -225,9 +227,11 @@ class TaskSpec:
     task's own parameters, validated by the task's ``Params`` class).
 
     ``label`` names the task in logs, metrics and output folders (default: ``name``; two tasks
-    of one name need labels). ``data`` is the data-source table (``source`` plus its
-    parameters; empty: the task's default source). ``losses``/``metrics`` left out take the
-    task's defaults; ``modality`` left empty is the task's or the data source's.
+    of one name need labels); it, or the name standing in for it, is the folder of the task's
+    pictures, so it follows :data:`~atoken.core.validators.PATH_NAME_RULE`. ``data`` is the
+    data-source table (``source`` plus its parameters; empty: the task's default source).
+    ``losses``/``metrics`` left out take the task's defaults; ``modality`` left empty is the
+    task's or the data source's.
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -238,6 +242,17 @@ class TaskSpec:
     losses: tuple[LossTerm, ...] | None = attrs.field(default=None, converter=_optional_tuple)
     metrics: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_tuple)
     params: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.label:
+            check_path_name(self.label, "label")
+        elif self.name:  # the name is the label: it names the task's output folder
+            try:
+                check_path_name(self.name, "name")
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{exc} (a task without a label is filed under its name)"
+                ) from None
 
     @property
     def key(self) -> str:
@@ -271,7 +286,7 @@ class StageSpec:
     ``[optim]`` keys this stage overrides; ``mixture`` empty is ``[train] mixture``.
     """
 
-    name: str = attrs.field(validator=_str)
+    name: str = attrs.field(validator=path_name)  # out_dir/stages/<name>/
     steps: int = attrs.field(validator=_positive)
     tasks: tuple[TaskSpec, ...] = attrs.field(converter=_tuple)
     mixture: str = attrs.field(default="", validator=_one_of("", "round_robin", "weighted"))
@@ -279,6 +294,4 @@ class StageSpec:
     transforms: tuple[TransformSpec, ...] = attrs.field(default=(), converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(f"name must be letters, digits, '-' or '_', got {self.name!r}")
         distinct_labels(self.tasks, "tasks")

@@ -114,7 +114,13 @@ def open_group(
             attributes=None if attributes is None else dict(attributes),
         )
     except FileNotFoundError as exc:
-        raise StoreError("no zarr group here (missing zarr.json)", store=store_label(url)) from exc
+        path = local_path(url)
+        what = (
+            "does not exist"
+            if path is not None and not os.path.exists(path)
+            else "is not an atoken store: it holds no zarr.json (not a zarr group)"
+        )
+        raise StoreError(what, store=store_label(url)) from exc
     except (ValueError, TypeError, KeyError) as exc:  # wrong format, unreadable metadata
         raise StoreError(
             f"not a readable zarr v3 group ({type(exc).__name__}: {exc})", store=store_label(url)
@@ -132,9 +138,8 @@ def check_schema(
     info = group.attrs.get(ATTRS_KEY)
     if not isinstance(info, Mapping):
         raise StoreSchemaError(
-            f"no {ATTRS_KEY!r} attributes: not a store written by atoken",
+            f"is not a store written by atoken: a zarr group without {ATTRS_KEY!r} attributes",
             store=store,
-            array="attributes",
         )
     if info.get("schema") != schema:
         raise StoreSchemaError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +14,10 @@ import attrs
 from atoken.core.errors import ConfigError
 
 __all__ = [
+    "PATH_NAME_RULE",
     "as_json",
     "as_tuple",
+    "check_path_name",
     "float_triple",
     "int_tuple",
     "is_bool",
@@ -24,6 +27,7 @@ __all__ = [
     "optional_name",
     "optional_names",
     "optional_positive_int",
+    "path_name",
     "positive_float",
     "positive_int",
 ]
@@ -152,3 +156,31 @@ def name_map(of: type) -> Any:
             )
 
     return check
+
+
+#: What a user-given name that becomes a folder or file name (``[run] name``, a ``[[tasks]]``
+#: label, a ``[[stages]]`` name) may hold: one path component, never a path (docs/training.md).
+PATH_NAME_RULE = (
+    "1 to 100 characters: ASCII letters, digits, '-', '_' and '.', starting with a letter, "
+    "a digit or '_' (it becomes a folder name: no '/', no '..', not absolute)"
+)
+_PATH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def check_path_name(value: Any, key: str) -> str:
+    """``value`` if it is a name that may become one path component inside an output folder
+    (:data:`PATH_NAME_RULE`): a separator, ``..``, an absolute path, a drive or a hidden
+    name could write outside the folder or hide from it.
+
+    Raises:
+        ConfigError: naming ``key`` (``"name"``, ``"label"``) and the value.
+    """
+    if not isinstance(value, str) or _PATH_NAME.fullmatch(value) is None:
+        raise ConfigError(f"{key} must be {PATH_NAME_RULE}; got {value!r}")
+    return value
+
+
+def path_name(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: :func:`check_path_name` naming the field (the run-file section is added
+    by whoever structures the file)."""
+    check_path_name(value, attribute.name)

@@ -215,3 +215,23 @@ def test_atoken_plugins_lists_tasks_and_data_sources():
     assert "image_reconstruction" in {c["name"] for c in components["tasks"]}
     assert "media_store" in {c["name"] for c in components["data_sources"]}
     assert "synthetic_depth" in {c["name"] for c in components["data_sources"]}  # the example
+
+
+def test_video_previews_of_clips_named_like_paths_stay_in_the_task_folder(tmp_path):
+    """A store's clip names become file names: ``../../x`` and ``a/b`` write one file each,
+    inside the task's folder (#36 item 3)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from atoken.tasks.video import VideoReconstructionTask
+
+    names = ("../../escaped", "sub/clip.mp4")
+    task = SimpleNamespace(
+        source=SimpleNamespace(heldout_names=names), params=SimpleNamespace(fps=4.0)
+    )
+    clips = [torch.rand(3, 2, 16, 16) for _ in names]
+    folder = tmp_path / "run" / "video"
+    VideoReconstructionTask.save_previews(task, clips, clips, folder, 3)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 4 and all(p.parent == folder for p in written), written

@@ -119,3 +119,45 @@ def test_a_full_disk_during_an_import_keeps_what_was_committed(tmp_path, monkeyp
                 w.add(f"s{i}", np.full((2, 2, 3), i, np.uint8))
     monkeypatch.undo()
     assert MediaStore(url).names == ("s0", "s1")
+
+
+def test_a_huge_override_is_a_config_error_naming_the_key_before_allocating(tmp_path):
+    """#36 item 6: ``width = 24000000`` once died in the allocator (295 GB) naming no key."""
+    from click.testing import CliRunner
+
+    from atoken.cli import main
+
+    out = tmp_path / "out"
+    run = tmp_path / "run.toml"
+    run.write_text(
+        f'[run]\nout_dir = "{out}"\n[model]\npreset = "tiny"\n'
+        "overrides = { width = 24000000, depth = 1 }\n"
+        '[train]\nsteps = 1\nprecision = "fp32"\nprogress = false\n'
+        '[[tasks]]\nname = "image_reconstruction"\n'
+        'data = { source = "photos", batch_size = 1, crop_min = 32, crop_max = 32 }\n'
+    )
+    result = CliRunner().invoke(main, ["train", str(run)])
+    assert result.exit_code != 0
+    assert "ConfigError" in result.output and "width = 24000000" in result.output, result.output
+    assert "parameters" in result.output and "TB as float32" in result.output
+    assert "depth = 1" in result.output  # overridden too
+    assert "latent_dim" not in result.output  # passed by every run file, but the preset's
+    assert not out.exists()
+
+
+def test_a_config_too_large_for_the_memory_names_its_sizes(monkeypatch):
+    from atoken.core import model_size
+    from atoken.core.config import load_preset
+
+    config = load_preset("tiny")
+    count = model_size.parameter_count(config)
+    monkeypatch.setattr(model_size, "memory_limit", lambda: 4 * count - 1)  # fp32: 1 byte short
+    with pytest.raises(ConfigError, match=rf"about {count:,} parameters .*encoder depth 4, width"):
+        Tokenizer(config)
+    with pytest.raises(ConfigError, match=r"overrides latent_dim = 64 \(on preset 'tiny'\)"):
+        Tokenizer.from_preset("tiny", latent_dim=64, decoder_final_norm=False)
+    monkeypatch.setattr(model_size, "memory_limit", lambda: 4 * count)
+    Tokenizer(config)  # exactly fits
+    with torch.device("meta"):  # a meta build allocates nothing: never refused
+        monkeypatch.setattr(model_size, "memory_limit", lambda: 1)
+        Tokenizer(config)

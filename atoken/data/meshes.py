@@ -179,7 +179,6 @@ def _manifest(dst: str, settings: MeshSettings) -> None:
                 f"meshes: {dst!r} holds meshes made with other settings "
                 f"{have.get('settings')}; import into a new folder",
                 store=dst,
-                array="attributes",
             )
         return
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):

@@ -7,12 +7,14 @@ A checkpoint is a flat state dict (no wrapper, no prefix), a ``.pt`` file read w
 The mapping is strict: every official key fills one atoken parameter of the right shape and
 every atoken parameter is filled, else :class:`~atoken.core.errors.StateDictMismatchError`
 lists the missing, unexpected and wrong-shape keys. Stored values are copied as they are
-(a bf16 checkpoint is upcast to the model's float32 without change).
+(a bf16 checkpoint is upcast to the model's float32 without change); NaN or infinite values
+are kept too, with a :class:`~atoken.core.errors.NonFiniteWeightsWarning` naming the tensors.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch
 
 from atoken.core.checkpoint import CheckpointError
 from atoken.core.config import TokenizerConfig
-from atoken.core.errors import ConfigError, StateDictMismatchError
+from atoken.core.errors import ConfigError, NonFiniteWeightsWarning, StateDictMismatchError
 from atoken.official.config import infer_config, read_official_yaml
 from atoken.official.keys import to_atoken
 
@@ -29,9 +31,24 @@ __all__ = [
     "convert_state_dict",
     "from_official",
     "load_official_state_dict",
+    "nonfinite_tensors",
 ]
 
 _WRAPPERS = ("state_dict", "model", "module", "ema")
+_NAMED = 5  # tensors a warning names
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` holding NaN or +-inf, sorted
+    (tensors on the meta device hold no values and are skipped)."""
+    return sorted(
+        name
+        for name, value in state.items()
+        if torch.is_tensor(value)
+        and value.is_floating_point()
+        and value.device.type != "meta"
+        and not bool(torch.isfinite(value).all())
+    )
 
 
 def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -62,7 +79,7 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     if wrapped:
         raise CheckpointError(
             f"{path}: a wrapped checkpoint (key {wrapped[0]!r} holds the weights); the "
-            "official files are flat state dicts: save state[{wrapped[0]!r}] alone"
+            f"official files are flat state dicts: save state[{wrapped[0]!r}] alone"
         )
     bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
@@ -147,11 +164,25 @@ def from_official(
         CheckpointError: an unreadable checkpoint.
         ConfigError: shapes the converter cannot represent, or a YAML that disagrees.
         StateDictMismatchError: keys that do not map one to one.
+
+    Warns:
+        NonFiniteWeightsWarning: tensors holding NaN or infinite values (named; converted as
+            they are).
     """
     if isinstance(checkpoint, Mapping):
         state, source = dict(checkpoint), "official state dict"
     else:
         state, source = load_official_state_dict(checkpoint), str(checkpoint)
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - _NAMED} more" if len(bad) > _NAMED else ""
+        warnings.warn(
+            f"{source}: {len(bad)} of {len(state)} tensors hold NaN or infinite values: "
+            f"{', '.join(bad[:_NAMED])}{more}; the converted tokenizer computes NaN wherever "
+            "they reach (a damaged or diverged checkpoint?)",
+            NonFiniteWeightsWarning,
+            stacklevel=3,
+        )
     cfg = _config_for(state, config, options)
     model = cls(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}

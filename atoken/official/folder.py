@@ -13,6 +13,7 @@ from typing import Any
 
 from atoken.official.convert import from_official
 from atoken.official.notice import write_notice
+from atoken.pretrained import check_output_folder
 from atoken.tokenizer import Tokenizer
 
 __all__ = ["convert_official"]
@@ -24,6 +25,7 @@ def convert_official(
     config: Any = None,
     *,
     licence_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> Path:
     """Convert an official checkpoint into a ``save_pretrained`` folder (``config.json``,
@@ -32,8 +34,21 @@ def convert_official(
     Arguments as :func:`from_official`; ``licence_file``: the user's copy of the official
     ``MODEL-LICENSE``, copied beside the weights. Returns ``out_dir``; load the folder with
     ``Tokenizer.from_pretrained(out_dir)``.
+
+    ``out_dir`` must be a new or empty folder, or, with ``overwrite``, a tokenizer folder
+    (:func:`atoken.pretrained.check_output_folder`); a folder of other files is never
+    written into. It is checked before the checkpoint is read.
+
+    Raises:
+        OutputFolderError: ``out_dir`` holds files atoken did not write, or a tokenizer
+            without ``overwrite``.
+
+    Warns:
+        NonFiniteWeightsWarning: the checkpoint holds NaN or infinite values (named).
     """
+    check_output_folder(out_dir, overwrite=overwrite)
     model = from_official(Tokenizer, checkpoint, config, **options)
+    check_output_folder(out_dir, overwrite=overwrite)  # nothing appeared meanwhile
     folder = model.save_pretrained(out_dir)
     write_notice(
         folder, source=Path(checkpoint).name, config=model.config, licence_file=licence_file

@@ -70,7 +70,8 @@ class VideoReconstructionTask(ReconstructionTask):
         from atoken.viz_video import save_clip_side_by_side
 
         for name, clip, recon in zip(self.source.heldout_names, originals, recons, strict=False):
-            stem = out_dir / f"video_step{step:06d}_{name}"
+            flat = name.replace("/", "_").replace("\\", "_")  # a store's name: one file, inside
+            stem = out_dir / f"video_step{step:06d}_{flat}"
             save_clip_side_by_side(clip, recon, stem, fps=self.params.fps)
 
 

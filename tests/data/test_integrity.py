@@ -40,8 +40,12 @@ def store(tmp_path) -> str:
 
 def _names_everything(exc: StoreError, url: str, array: str, sample: str) -> None:
     text = str(exc)
-    where = "all samples" if sample == "all" else f"sample {sample}"
-    assert url in text and f"array {array!r}" in text and where in text, text
+    if array == "attributes":  # the group's metadata, not an array
+        assert url in text and "'atoken' attributes (zarr.json)" in text, text
+        assert "array" not in text, text
+    else:
+        where = "all samples" if sample == "all" else f"sample {sample}"
+        assert url in text and f"array {array!r}" in text and where in text, text
     assert exc.store == url and exc.array == array
 
 
@@ -99,8 +103,38 @@ def test_not_an_atoken_store(tmp_path):
     zarr.open_group(tmp_path / "other.zarr", mode="w").create_array("x", shape=(2,), dtype="i4")
     with pytest.raises(StoreSchemaError, match="not a store written by atoken"):
         MediaStore(tmp_path / "other.zarr")
-    with pytest.raises(StoreError, match="no zarr group"):
+    with pytest.raises(StoreError, match="does not exist"):
         MediaStore(tmp_path / "nothing.zarr")
+
+
+def _user_files(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "a.txt").write_text("mine")
+
+
+def _foreign_group(folder: Path) -> None:
+    zarr.open_group(folder, mode="w").create_array("x", shape=(2,), dtype="i4")
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_user_files, "is not an atoken store: it holds no zarr.json"),
+        (Path.mkdir, "is not an atoken store: it holds no zarr.json"),
+        (lambda folder: None, "does not exist"),
+        (_foreign_group, "is not a store written by atoken: a zarr group without 'atoken'"),
+    ],
+    ids=["user-files", "empty-folder", "missing", "foreign-zarr-group"],
+)
+def test_a_folder_that_is_no_store_is_named_as_such(tmp_path, make, says):
+    """#36 item 6: the message says what is missing and names no array (there is no array
+    'attributes'), through the command a user runs."""
+    folder = tmp_path / "folder"
+    make(folder)
+    result = CliRunner().invoke(main, ["data", "verify", str(folder)])
+    assert result.exit_code != 0
+    assert says in result.output and str(folder) in result.output, result.output
+    assert "array" not in result.output, result.output
 
 
 def test_offsets_that_disagree_with_shapes(store):

@@ -4,6 +4,8 @@ official`` command producing a folder ``Tokenizer.from_pretrained`` loads."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -200,3 +202,91 @@ def test_a_ready_config_is_used_as_given(state):
     assert again.config == tok.config
     with pytest.raises(ConfigError, match="heads"):
         atoken.Tokenizer.from_official(state, tok.config, heads=2)
+
+
+def _convert(ckpt, out, *extra):
+    return CliRunner().invoke(
+        main, ["convert", "official", str(ckpt), str(out), "--heads", "2", *extra]
+    )
+
+
+def test_cli_never_writes_into_a_folder_of_user_files(tmp_path, state):
+    """#36 item 5: the user's own config.json is not replaced, with or without --overwrite."""
+    ckpt = write_official_checkpoint(tmp_path / "atoken-soc.safetensors", state)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ((), ("--overwrite",)):
+        result = _convert(ckpt, out, *extra)
+        assert result.exit_code != 0
+        assert "OutputFolderError" in result.output and str(out) in result.output, result.output
+        assert "not an atoken tokenizer folder" in result.output
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "config.json").unlink()
+    (out / "notes.txt").unlink()  # an empty folder is fine
+    assert _convert(ckpt, out).exit_code == 0
+
+
+def test_cli_replaces_a_tokenizer_folder_only_with_overwrite(tmp_path, state):
+    ckpt = write_official_checkpoint(tmp_path / "atoken-soc.safetensors", state)
+    out = tmp_path / "converted"
+    assert _convert(ckpt, out).exit_code == 0
+    (out / "README.md").write_text("my notes on these weights")
+    weights = (out / "model.safetensors").read_bytes()
+    again = _convert(ckpt, out)
+    assert again.exit_code != 0
+    assert "OutputFolderError" in again.output and "--overwrite" in again.output, again.output
+    assert str(out) in again.output
+    replaced = _convert(ckpt, out, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert (out / "README.md").read_text() == "my notes on these weights"  # kept
+    assert (out / "model.safetensors").read_bytes() == weights  # the same conversion again
+    atoken.Tokenizer.from_pretrained(out)
+
+
+def test_convert_official_takes_overwrite_and_refuses_a_file(tmp_path, state):
+    from atoken.core.errors import OutputFolderError
+    from atoken.official import convert_official
+
+    ckpt = write_official_checkpoint(tmp_path / "atoken-soc.safetensors", state)
+    out = convert_official(ckpt, tmp_path / "out", heads=2)
+    with pytest.raises(OutputFolderError, match="overwrite") as info:
+        convert_official(ckpt, out, heads=2)
+    assert info.value.folder == str(out)
+    assert convert_official(ckpt, out, heads=2, overwrite=True) == out
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(OutputFolderError, match="is a file"):
+        convert_official(ckpt, a_file, heads=2, overwrite=True)
+
+
+def test_nonfinite_weights_warn_naming_the_tensors(tmp_path, state):
+    from atoken.core.errors import NonFiniteWeightsWarning
+
+    bad = {k: v.clone() for k, v in state.items()}
+    names = sorted(k for k, v in bad.items() if v.is_floating_point())[:7]
+    for i, name in enumerate(names):
+        bad[name].view(-1)[0] = float("nan") if i % 2 else float("inf")
+    ckpt = write_official_checkpoint(tmp_path / "nan.safetensors", bad)
+    with pytest.warns(NonFiniteWeightsWarning, match=rf"7 of {len(bad)} tensors") as caught:
+        atoken.Tokenizer.from_official(ckpt, heads=2)
+    message = str(caught[0].message)
+    assert all(n in message for n in names[:5]) and "and 2 more" in message
+    result = _convert(ckpt, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "NonFiniteWeightsWarning" in result.output and names[0] in result.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonFiniteWeightsWarning)  # finite weights: silent
+        atoken.Tokenizer.from_official(state, heads=2)
+
+
+def test_a_wrapped_checkpoint_says_which_key_to_save(tmp_path, state):
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": state}, wrapped)
+    result = _convert(wrapped, tmp_path / "out")
+    assert result.exit_code != 0
+    assert "save state['state_dict'] alone" in result.output, result.output
+    assert "{" not in result.output, result.output
+    assert not (tmp_path / "out").exists()
