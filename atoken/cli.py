@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 import atoken
+from atoken.cli_checkpoint import checkpoint
 from atoken.cli_classify import classify
 from atoken.cli_common import _fail, _load_tokenizer, _table
 from atoken.cli_convert import convert
@@ -125,6 +126,19 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--force", is_flag=True, help="With --resume: accept a run file that differs from the run's."
 )
+@click.option(
+    "--resume-from",
+    "resume_from",
+    default=None,
+    metavar="step_N",
+    help="Continue from this checkpoint of the run instead of the newest (implies --resume).",
+)
+@click.option(
+    "--fallback",
+    is_flag=True,
+    help="With --resume: when the newest checkpoint is damaged, continue from the newest "
+    "intact one (without it a damaged checkpoint is an error naming that one).",
+)
 @click.option("--steps", type=int, default=None, help="Override [train] steps.")
 @click.option("--out", "out_dir", default=None, help="Override [run] out_dir.")
 @click.option(
@@ -148,6 +162,8 @@ def train(
     resume: bool,
     overwrite: bool,
     force: bool,
+    resume_from: str | None,
+    fallback: bool,
     steps: int | None,
     out_dir: str | None,
     device: str | None,
@@ -181,7 +197,13 @@ def train(
         cfg = load_run_file(run_file, **overrides)
         text = Path(run_file).read_text(encoding="utf-8")
         trainer, metrics = run_training(
-            cfg, resume=resume, overwrite=overwrite, force=force, run_file_text=text
+            cfg,
+            resume=resume or fallback,
+            overwrite=overwrite,
+            force=force,
+            run_file_text=text,
+            resume_from=resume_from,
+            fallback=fallback,
         )
     except TrainingStopped as exc:  # SIGTERM: saved and logged; 143 as a killed process
         raise SystemExit(exc.code) from exc
@@ -339,6 +361,7 @@ main.add_command(encode)
 main.add_command(classify)
 main.add_command(report)
 main.add_command(convert)
+main.add_command(checkpoint)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -20,8 +20,18 @@ from typing import Any
 __all__ = ["launch", "restarted", "torchrun_command"]
 
 #: ``atoken train`` options passed through to every worker, as (param, flag).
-_FLAGS = (("resume", "--resume"), ("overwrite", "--overwrite"), ("force", "--force"))
-_VALUES = (("steps", "--steps"), ("out_dir", "--out"), ("device", "--device"))
+_FLAGS = (
+    ("resume", "--resume"),
+    ("overwrite", "--overwrite"),
+    ("force", "--force"),
+    ("fallback", "--fallback"),
+)
+_VALUES = (
+    ("resume_from", "--resume-from"),
+    ("steps", "--steps"),
+    ("out_dir", "--out"),
+    ("device", "--device"),
+)
 
 
 def torchrun_command(params: dict[str, Any], *, nproc: int, max_restarts: int) -> list[str]:

@@ -148,6 +148,8 @@ def run_training(
     overwrite: bool = False,
     force: bool = False,
     run_file_text: str | None = None,
+    resume_from: str | None = None,
+    fallback: bool = False,
 ) -> tuple[Trainer, dict[str, float]]:
     """Build everything a run file names and train, stage by stage; returns the trainer and
     final metrics (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained
@@ -158,7 +160,10 @@ def run_training(
     ``resume`` refuses a checkpoint of another configuration unless ``force``
     (:meth:`atoken.core.trainer.Trainer.fit`) and lands in the checkpoint's stage. The run
     folder keeps the resolved configuration (``run.json``) and ``run_file_text``, the run
-    file's text, as ``run.toml`` (``atoken report`` shows them)."""
+    file's text, as ``run.toml`` (``atoken report`` shows them). ``resume_from`` names the
+    checkpoint to resume from (``step_N``); ``fallback`` resumes from the newest intact one
+    when the newest is damaged. The run folder's lock is held from the first look at the
+    folder to the saved tokenizer: a second training into it is a ``RunFolderError``."""
     _, mixture = build_run(cfg)
     transforms = build_transforms(cfg)
     last = [mixture]
@@ -178,8 +183,15 @@ def run_training(
         enter_stage=enter_stage,
         run_file_text=run_file_text,
     )
-    metrics = trainer.fit(resume=resume, overwrite=overwrite, force=force)
-    exported = trainer.export_model()  # the EMA weights, gathered under FSDP2
-    if trainer.dist.main:  # one process writes (torchrun: rank 0)
-        exported.save_pretrained(cfg.run.output / "tokenizer")
+    with trainer.hold_folder():
+        metrics = trainer.fit(
+            resume=resume,
+            overwrite=overwrite,
+            force=force,
+            resume_from=resume_from,
+            fallback=fallback,
+        )
+        exported = trainer.export_model()  # the EMA weights, gathered under FSDP2
+        if trainer.dist.main:  # one process writes (torchrun: rank 0)
+            exported.save_pretrained(cfg.run.output / "tokenizer")
     return trainer, metrics

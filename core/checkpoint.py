@@ -103,7 +103,7 @@ def save_checkpoint(state: dict[str, Any], folder: str | Path, step: int, keep: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{step:08d}.pt"
-    tmp = folder / f".{final.name}.tmp"
+    tmp = folder / f".{final.name}.{os.getpid()}.tmp"  # one name per writer
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)

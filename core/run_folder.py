@@ -8,8 +8,12 @@
     out_dir/stages/<stage>/tokenizer/   its exported tokenizer
     out_dir/tokenizer/                  the run's exported tokenizer
     out_dir/<task label>/               each task's pictures
+    <parent>/.<out_dir name>.atoken-lock  who trains into out_dir now (:class:`RunFolderLock`)
 
-Only these are atoken's: ``--overwrite`` deletes them and nothing else.
+Only these are atoken's: ``--overwrite`` deletes them and nothing else. One process writes a
+run folder at a time: a training (rank 0 under torchrun) holds the folder's lock from before
+it looks at the folder to its last write, so a second ``atoken train`` into it, fresh, with
+``--resume`` or with ``--overwrite``, is a ``RunFolderError`` naming the holder.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from atoken.core.checkpoint import list_checkpoints, remove_checkpoint
-from atoken.core.errors import RunFolderError
+from atoken.core.errors import RunFolderError, StoreLockedError
+from atoken.core.store_lock import StoreLock
 
 __all__ = [
+    "RunFolderLock",
     "append_record",
     "prepare_run_folder",
     "read_run_files",
@@ -33,6 +39,56 @@ __all__ = [
 ]
 
 RUN_JSON, RUN_TOML = "run.json", "run.toml"
+
+
+class RunFolderLock:
+    """The one-writer lock of the run folder ``out_dir`` (a context manager; re-entrant).
+
+    It is the stores' lock (:class:`atoken.core.store_lock.StoreLock`): an ``flock`` on the
+    hidden sibling ``.<name>.atoken-lock`` that records the holder's pid, host and start time.
+    The kernel releases it when the holder exits, however it dies, so a lock is never stale;
+    taking it is one atomic call, so of two processes started at the same instant one wins.
+
+    Raises:
+        RunFolderError: another process holds it (named: pid, host, since).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self._lock = StoreLock(str(self.out_dir))
+        self._depth = 0
+
+    def acquire(self) -> RunFolderLock:
+        """Take the lock (at once or not at all); a holder taking it again nests."""
+        if self._depth == 0:
+            try:
+                self._lock.acquire()
+            except StoreLockedError as exc:
+                raise RunFolderError(
+                    f"{self.out_dir} is being written by another training ({exc.holder}); "
+                    "wait for it to finish or stop it, or choose another [run] out_dir"
+                ) from exc
+        self._depth += 1
+        return self
+
+    def release(self) -> None:
+        """Give up one hold; the last one releases the lock."""
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self._lock.release()
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._depth > 0
+
+    def __enter__(self) -> RunFolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """Sharded checkpoints: every rank writes its own shards with ``torch.distributed.checkpoint``.
 
     checkpoints/step_NNNNNNNN/        a DCP folder ([train] checkpoint_format = "sharded")
-        .metadata                     every tensor's global shape and where its pieces are
+        .metadata                     every tensor's global shape and where its pieces are,
+                                      as JSON (:mod:`atoken.core.dcp_format`: nothing in the
+                                      folder is unpickled on resume)
         __<rank>_0.distcp             the pieces of the model, optimizer and EMA rank <rank> holds
         meta.json                     step, stage, counters, losses, config, data position;
                                       written last by rank 0: the folder is then complete
@@ -11,8 +13,9 @@ parameters, the AdamW moments and the EMA; under DDP or on one process the full 
 written once. DCP records each tensor's global shape, so a checkpoint written on N ranks
 loads on M with any strategy (``dcp.load`` reads the pieces each rank's shards need).
 
-The folder is written as ``.step_NNNNNNNN.tmp/`` and renamed by rank 0 once every rank has
-written its file, so a killed save never leaves a folder under a real name. The data
+The folder is written as ``.step_NNNNNNNN.<pid>.tmp/`` (the pid of rank 0: one name per
+writer) and renamed by rank 0 once every rank has written its file, so a killed save never
+leaves a folder under a real name. The data
 position is the step: batches are a function of ``(seed, step, micro-step, rank)``.
 """
 
@@ -34,9 +37,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from atoken.core.checkpoint import CheckpointError, fsync_dir, list_checkpoints, remove_checkpoint
+from atoken.core.dcp_format import (
+    SafeLoadPlanner,
+    SafeReader,
+    SafeWriter,
+    check_files,
+    read_metadata,
+)
 from atoken.core.distributed import barrier, on_main, share_object
 
-__all__ = ["META", "load_sharded", "read_meta", "save_sharded"]
+__all__ = ["META", "load_sharded", "read_meta", "save_sharded", "verify_sharded"]
 
 #: The file that completes a sharded checkpoint folder.
 META = "meta.json"
@@ -81,7 +91,7 @@ def save_sharded(trainer: Any, folder: Path, keep: int) -> Path:
     """
     d = trainer.dist
     final = folder / f"step_{trainer.step:08d}"
-    tmp = folder / f".{final.name}.tmp"
+    tmp = Path(share_object(str(folder / f".{final.name}.{os.getpid()}.tmp"), d, "the save's name"))
 
     def clear() -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +99,7 @@ def save_sharded(trainer: Any, folder: Path, keep: int) -> Path:
 
     on_main(clear, d, "preparing a sharded checkpoint")
     try:
-        dcp.save(_tensors(trainer), checkpoint_id=str(tmp))
+        dcp.save(_tensors(trainer), storage_writer=SafeWriter(str(tmp)))
         error = ""
     except Exception as exc:  # DCP gathers the ranks' failures and raises on every rank
         error = str(exc)
@@ -127,7 +137,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"sharded checkpoint {str(path)!r} is unreadable: {exc}") from exc
+        raise CheckpointError(
+            f"sharded checkpoint {str(path)!r}: {META} is unreadable ({exc})"
+        ) from exc
     missing = [k for k in _META_KEYS if k not in meta] if isinstance(meta, dict) else _META_KEYS
     step = meta.get("step") if isinstance(meta, dict) else None
     if missing or isinstance(step, bool) or not isinstance(step, int) or step < 0:
@@ -138,12 +150,29 @@ def read_meta(path: Path) -> dict[str, Any]:
     return {**meta, "sharded": str(path)}
 
 
+def verify_sharded(path: Path) -> dict[str, Any]:
+    """:func:`read_meta` after checking the folder's index and that every data file holds
+    the bytes the index points at (nothing is unpickled, no tensor is read).
+
+    Raises:
+        CheckpointError: the damaged file, named.
+    """
+    meta = read_meta(path)
+    check_files(path, read_metadata(path))
+    return meta
+
+
 def load_sharded(trainer: Any, path: Path) -> None:
     """Load the tensors of the sharded checkpoint ``path`` into ``trainer``'s model,
-    optimizer and EMA, resharded to this run's ranks (every rank calls it)."""
+    optimizer and EMA, resharded to this run's ranks (every rank calls it).
+
+    Raises:
+        CheckpointError: a damaged or foreign folder (its index in another format, a file
+            missing or truncated, a piece that does not load), named.
+    """
     state = _tensors(trainer)
     path = Path(share_object(str(path), trainer.dist, "the checkpoint to load"))
-    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = read_metadata(path).state_dict_metadata
     # a parameter no step has used yet keeps no optimizer state: the saved run had none for
     # it either (the template made here has state for every parameter)
     held = {k.split(".", 2)[2] for k in saved if k.startswith("optimizer.state.")}
@@ -151,7 +180,14 @@ def load_sharded(trainer: Any, path: Path) -> None:
     for name in list(optim):
         if not any(h.startswith(f"{name}.") for h in held):
             del optim[name]
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
+    except CheckpointError:
+        raise
+    except Exception as exc:  # DCP gathers the ranks' failures (a damaged piece, a bad blob)
+        raise CheckpointError(
+            f"sharded checkpoint {str(path)!r} does not load: {str(exc).strip()[:800]}"
+        ) from exc
     # the optimizer's state is keyed by parameter name; strict=False as for full checkpoints
     set_model_state_dict(trainer.module, state["model"])
     options = StateDictOptions(strict=False)

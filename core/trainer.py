@@ -21,8 +21,8 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from atoken.core.optim import build_optimizer, lr_at, set_lr
 from atoken.core.progress import Progress, progress_mode
 from atoken.core.run_changes import RESUMABLE_KEYS
 from atoken.core.run_folder import (
+    RunFolderLock,
     append_record,
     prepare_run_folder,
     truncate_log,
@@ -121,6 +122,7 @@ class Trainer:
         self.out_dir = cfg.run.output
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.folder_lock = RunFolderLock(self.out_dir)  # taken by rank 0 (hold_folder)
         self.plan = cfg.plan()
         if len(self.plan) > 1 and enter_stage is None:
             raise ConfigError(
@@ -236,17 +238,41 @@ class Trainer:
         (:func:`atoken.core.trainer_state.load_trainer_state`)."""
         load_trainer_state(self, state)
 
-    def resume(self, *, force: bool = False) -> bool:
-        """Load the newest checkpoint of this run, if any (a file or a sharded folder);
-        returns whether one was loaded. Without one the run starts over (log records of the
-        killed attempt dropped).
+    def resume(
+        self, *, force: bool = False, checkpoint: str | None = None, fallback: bool = False
+    ) -> bool:
+        """Load the newest checkpoint of this run, if any (a file or a sharded folder), or
+        the one ``checkpoint`` names (``step_N``); returns whether one was loaded. Without one
+        the run starts over (log records of the killed attempt dropped).
 
         Raises:
             RunFolderError: the checkpoint was written with another configuration (the keys
                 that differ are named; ``force`` accepts them). Keys that only steer the run
                 (:data:`RESUMABLE_KEYS`, e.g. ``[train] steps``) may change.
+            CheckpointError: the newest checkpoint is damaged (the file is named, and the
+                newest intact one, which ``fallback`` takes instead), or ``checkpoint``
+                names none of the run's.
         """
-        return resume_trainer(self, force=force)
+        return resume_trainer(self, force=force, checkpoint=checkpoint, fallback=fallback)
+
+    @contextmanager
+    def hold_folder(self) -> Iterator[None]:
+        """Hold the run folder's one-writer lock (:class:`RunFolderLock`, taken by rank 0)
+        for the ``with`` block; nests, so :meth:`fit` inside it keeps holding it.
+
+        Raises:
+            RunFolderError: another process trains into the folder (on every rank).
+        """
+
+        def take() -> None:
+            self.folder_lock.acquire()
+
+        on_main(take, self.dist, "locking the run folder")
+        try:
+            yield
+        finally:
+            if self.dist.main:
+                self.folder_lock.release()
 
     def prepare_folder(self, *, overwrite: bool = False) -> None:
         """Make ``out_dir`` ready for a fresh run: a folder holding a run is a
@@ -365,14 +391,31 @@ class Trainer:
         return metrics
 
     def fit(
-        self, *, resume: bool = False, overwrite: bool = False, force: bool = False
+        self,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        force: bool = False,
+        resume_from: str | None = None,
+        fallback: bool = False,
     ) -> dict[str, float]:
         """Train to ``cfg.train.steps`` (or the time limit); evaluate and checkpoint at the end.
 
         ``resume`` continues from the newest checkpoint (``force``: even one written with
-        another configuration); otherwise the folder must not hold a run unless ``overwrite``
-        (:meth:`prepare_folder`). Partial files of a killed save are removed first.
+        another configuration; ``resume_from``: from the checkpoint it names; ``fallback``:
+        from the newest intact one when the newest is damaged); otherwise the folder must not
+        hold a run unless ``overwrite`` (:meth:`prepare_folder`). The run folder's lock is
+        held throughout (:meth:`hold_folder`); partial files of a killed save are removed
+        first.
         """
+        with self.hold_folder():
+            return self._fit(
+                resume or resume_from is not None, overwrite, force, resume_from, fallback
+            )
+
+    def _fit(
+        self, resume: bool, overwrite: bool, force: bool, resume_from: str | None, fallback: bool
+    ) -> dict[str, float]:
         refused = None
         if self.dist.main:
             remove_partial(self.ckpt_dir)
@@ -385,7 +428,7 @@ class Trainer:
         if refused:
             raise RunFolderError(refused)
         if resume:
-            self.resume(force=force)
+            self.resume(force=force, checkpoint=resume_from, fallback=fallback)
         if self.dist.main:
             write_run_files(self.out_dir, self.cfg.to_dict(), self.run_file_text)
         self.hooks.atoken_train_start(trainer=self)

@@ -5,7 +5,11 @@
     load_trainer_state(trainer, state)  enters the checkpoint's stage, then loads the weights,
                                         EMA, optimizer and counters
     save_trainer(trainer)               -> the checkpoint written ([train] checkpoint_format)
-    resume_trainer(trainer, force=)     -> whether the newest checkpoint was loaded
+    resume_trainer(trainer, force=, checkpoint=, fallback=)
+                                        -> whether a checkpoint was loaded: the newest, or the
+                                           one named; a damaged newest one is an error naming
+                                           the newest intact one (taken only with fallback)
+    verify_checkpoint(path)             -> its counters, after checking it is intact
 
 ``checkpoint_format = "full"``: weights and optimizer state go through
 :mod:`atoken.core.sharded`, gathered to full tensors that rank 0 writes as one file, under DDP
@@ -16,6 +20,7 @@ and FSDP2 alike. ``"sharded"``: every rank writes its shards
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ import torch
 
 from atoken.core.checkpoint import (
     CheckpointError,
-    latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -36,9 +41,16 @@ from atoken.core.sharded import (
     model_state,
     optimizer_state,
 )
-from atoken.core.sharded_checkpoint import load_sharded, read_meta, save_sharded
+from atoken.core.sharded_checkpoint import load_sharded, save_sharded, verify_sharded
 
-__all__ = ["load_trainer_state", "resume_trainer", "save_trainer", "trainer_state"]
+__all__ = [
+    "find_checkpoint",
+    "load_trainer_state",
+    "resume_trainer",
+    "save_trainer",
+    "trainer_state",
+    "verify_checkpoint",
+]
 
 
 def trainer_state(trainer: Any) -> dict[str, Any]:
@@ -113,14 +125,77 @@ def save_trainer(trainer: Any) -> Path | None:
     return path if trainer.dist.main else None
 
 
-def resume_trainer(trainer: Any, *, force: bool = False) -> bool:
-    """:meth:`atoken.core.trainer.Trainer.resume`: load the newest checkpoint, file or
-    sharded folder, into ``trainer``."""
-    path = latest_checkpoint(trainer.ckpt_dir)
-    if path is None:
-        trainer._truncate_log(0)
-        return False
-    state = read_meta(path) if path.is_dir() else load_checkpoint(path)
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's counters and configuration after checking it is intact: a full file is
+    loaded (``weights_only=True``); a sharded folder's ``meta.json`` and JSON index are read
+    and every data file is checked to hold the bytes the index points at.
+
+    Raises:
+        CheckpointError: the damaged checkpoint and file, named.
+    """
+    return verify_sharded(path) if path.is_dir() else load_checkpoint(path)
+
+
+def find_checkpoint(folder: Path, name: str) -> Path:
+    """The complete checkpoint of ``folder`` that ``name`` names: ``step_N`` (any number of
+    digits), ``N``, or the file or folder name.
+
+    Raises:
+        CheckpointError: no such checkpoint (the ones there are listed).
+    """
+    found = list_checkpoints(folder)
+    digits = name.removeprefix("step_").removesuffix(".pt")
+    for path in found:
+        if path.name == name or (digits.isdigit() and int(path.name[5:13]) == int(digits)):
+            return path
+    there = ", ".join(p.name for p in found) or "none"
+    raise CheckpointError(f"no checkpoint {name!r} in {str(folder)!r} (there: {there})")
+
+
+def _newest_intact(found: list[Path], fallback: bool) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint and its state; a damaged one is an error that names the newest
+    intact one, which is taken instead only with ``fallback``."""
+    try:
+        return found[-1], verify_checkpoint(found[-1])
+    except CheckpointError as exc:
+        damaged = exc
+    for older in reversed(found[:-1]):
+        try:
+            state = verify_checkpoint(older)
+        except CheckpointError:
+            continue
+        if not fallback:
+            raise CheckpointError(
+                f"{damaged} The newest intact checkpoint is {older.name} (step "
+                f"{state['step']}): resume from it with --resume-from {older.name} or "
+                "--fallback; nothing was deleted"
+            ) from damaged
+        logging.getLogger("atoken").warning(
+            "%s; resuming from the newest intact checkpoint, %s (--fallback)", damaged, older.name
+        )
+        return older, state
+    raise CheckpointError(f"{damaged} No older checkpoint is intact.") from damaged
+
+
+def resume_trainer(
+    trainer: Any, *, force: bool = False, checkpoint: str | None = None, fallback: bool = False
+) -> bool:
+    """:meth:`atoken.core.trainer.Trainer.resume`: load the newest checkpoint (or the one
+    ``checkpoint`` names, :func:`find_checkpoint`), file or sharded folder, into ``trainer``.
+
+    Raises:
+        CheckpointError: the checkpoint is damaged (and which older one is intact), or the
+            named one does not exist.
+    """
+    if checkpoint is not None:
+        path = find_checkpoint(trainer.ckpt_dir, checkpoint)
+        state = verify_checkpoint(path)
+    else:
+        found = list_checkpoints(trainer.ckpt_dir)
+        if not found:
+            trainer._truncate_log(0)
+            return False
+        path, state = _newest_intact(found, fallback)
     changed = config_changes(state.get("config", "{}"), trainer.cfg)
     if changed and not force:
         raise RunFolderError(
