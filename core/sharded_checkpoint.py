@@ -101,7 +101,7 @@ def save_sharded(trainer: Any, folder: Path, keep: int) -> Path:
     try:
         dcp.save(_tensors(trainer), storage_writer=SafeWriter(str(tmp)))
         error = ""
-    except Exception as exc:  # DCP gathers the ranks' failures and raises on every rank
+    except (Exception, dcp.CheckpointException) as exc:  # DCP's is a BaseException
         error = str(exc)
     if error:
         on_main(lambda: shutil.rmtree(tmp, ignore_errors=True), d, "removing a failed save")
@@ -184,7 +184,7 @@ def load_sharded(trainer: Any, path: Path) -> None:
         dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
     except CheckpointError:
         raise
-    except Exception as exc:  # DCP gathers the ranks' failures (a damaged piece, a bad blob)
+    except (Exception, dcp.CheckpointException) as exc:  # a damaged piece, a bad blob
         raise CheckpointError(
             f"sharded checkpoint {str(path)!r} does not load: {str(exc).strip()[:800]}"
         ) from exc
