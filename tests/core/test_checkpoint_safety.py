@@ -32,7 +32,8 @@ from atoken.core.run_folder import RunFolderLock, prepare_run_folder
 RUN = (
     '[run]\nout_dir = "out"\n'
     '[model]\npreset = "tiny"\noverrides = {{ depth = 1, decoder_depth = 1 }}\n'
-    "[train]\nsteps = {steps}\nprecision = \"fp32\"\nprogress = false\ncheckpoint_every = 1\nlog_every = 1\n"
+    '[train]\nsteps = {steps}\nprecision = "fp32"\nprogress = false\ncheckpoint_every = 1\n'
+    "log_every = 1\n"
     'keep_checkpoints = 3\ncheckpoint_format = "{fmt}"\n'
     '[[tasks]]\nname = "image_reconstruction"\n'
     'data = {{ source = "photos", batch_size = 1, crop_min = 32, crop_max = 32 }}\n'
