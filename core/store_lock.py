@@ -11,8 +11,9 @@ holds it::
   file races with a waiting writer); it is empty of meaning while unlocked.
 * fsspec URLs create it with an exclusive create (``mode="xb"``, a conditional write on
   object stores that support it) and delete it on release. A writer killed while holding it
-  leaves it behind: the error then names the holder, and the marker is removed by hand once
-  no writer runs.
+  leaves it behind. A marker whose holder ran on this host under a pid that no longer runs is
+  stale: it is removed and the lock taken. One of another host cannot be checked from here:
+  the error names the holder, and the marker is removed by hand once no writer runs.
 
 A second writer waits up to ``timeout`` seconds (default 0: it fails at once) and then
 raises :class:`~atoken.core.errors.StoreLockedError`, naming the holder.
@@ -44,6 +45,24 @@ _POLL = 0.05  # seconds between attempts while waiting
 def _holder() -> bytes:
     since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode()
+
+
+def _stale(raw: bytes) -> bool:
+    """Whether a marker's holder ran on this host under a pid that no longer exists."""
+    try:
+        info = json.loads(raw.decode())
+        pid, host = int(info["pid"]), str(info["host"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return False
+    if host != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _describe(raw: bytes) -> str:
@@ -100,9 +119,13 @@ class StoreLock:
                 f.write(_holder())
         except FileExistsError:
             try:
-                return _describe(fs.cat_file(marker))
+                raw = fs.cat_file(marker)
             except FileNotFoundError:  # released meanwhile: try again
                 return "another writer"
+            if _stale(raw):  # its holder died on this host: take it over on the next try
+                fs.rm(marker)
+                return "a writer that died (its stale marker was removed)"
+            return _describe(raw)
         self._marker = (fs, marker)
         return None
 

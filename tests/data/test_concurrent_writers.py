@@ -3,8 +3,14 @@ a sample, and a refused one says who holds the store."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 
+import fsspec
 import numpy as np
 import pytest
 
@@ -42,6 +48,30 @@ def test_memory_urls_lock_with_an_exclusive_marker():
             StoreLock(url).acquire()
     with StoreLock(url):  # released: free again
         pass
+
+
+def test_a_marker_left_by_a_dead_writer_on_this_host_is_stale_and_taken_over():
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    fs = fsspec.filesystem("memory")
+    marker = "/locks/.dead.zarr.atoken-lock"
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "then"}
+    fs.pipe_file(marker, json.dumps(holder).encode())
+    with StoreLock("memory://locks/dead.zarr", timeout=1):  # the dead pid's marker is stale
+        assert json.loads(fs.cat_file(marker))["pid"] == os.getpid()
+    alive = {**holder, "pid": os.getppid()}  # a live process: still held
+    fs.pipe_file(marker, json.dumps(alive).encode())
+    with pytest.raises(StoreLockedError, match=f"process {os.getppid()}"):
+        StoreLock("memory://locks/dead.zarr").acquire()
+    away = {**holder, "host": "another-host"}  # another host's pid cannot be checked
+    fs.pipe_file(marker, json.dumps(away).encode())
+    with pytest.raises(StoreLockedError, match="another-host"):
+        StoreLock("memory://locks/dead.zarr").acquire()
+    fs.rm(marker)
 
 
 @pytest.mark.parametrize("wait", [0.0, 60.0])
