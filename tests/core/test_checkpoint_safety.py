@@ -257,3 +257,27 @@ def test_two_trainings_started_at_the_same_instant_never_both_take_a_folder(tmp_
         assert all(r is None or isinstance(r, int) for r in results), results
         assert len(winners) == 1, (attempt, results)
         assert (folder / "metrics.jsonl").read_text() == f"{winners[0]}\n"
+
+
+def test_two_atoken_train_started_together_never_share_a_folder(tmp_path):
+    """The race of #36 through the command: two fresh runs into one folder at the same instant;
+    one trains, the other is refused, and the log holds one run."""
+    for attempt in range(3):
+        folder = tmp_path / f"try{attempt}"
+        folder.mkdir()
+        (folder / "run.toml").write_text(RUN.format(steps=2, fmt="full"))
+        cmd = [sys.executable, "-m", "atoken.cli", "train", "run.toml"]
+        procs = [
+            subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes[0] == 0 and codes[1] != 0, outs
+        refused = outs[[p.returncode for p in procs].index(codes[1])]
+        assert "RunFolderError" in refused, refused
+        records = [
+            json.loads(x) for x in (folder / "out" / "metrics.jsonl").read_text().splitlines()
+        ]
+        keys = [(r["step"], r["kind"]) for r in records]
+        assert len(keys) == len(set(keys)), keys  # one run's records, none twice
