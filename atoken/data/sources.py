@@ -45,15 +45,24 @@ __all__ = [
 
 @attrs.frozen(kw_only=True)
 class SourceContext:
-    """What a source needs from the run: the seed and this process's rank and world size."""
+    """What a source needs from the run: the seed, this process's rank and world size, the
+    batches per optimizer step (``micro_steps``, the stage's ``[optim] grad_accum``) and how
+    many unreadable samples a source may skip before it fails (``[train] max_bad_samples``)."""
 
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+    micro_steps: int = 1
+    max_bad_samples: int = 16
 
     def __attrs_post_init__(self) -> None:
         if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
             raise ConfigError(f"need 0 <= rank < world_size, got {self.rank}, {self.world_size}")
+        if self.micro_steps < 1 or self.max_bad_samples < 0:
+            raise ConfigError(
+                f"need micro_steps >= 1 and max_bad_samples >= 0, got {self.micro_steps}, "
+                f"{self.max_bad_samples}"
+            )
 
     def sampler(self, items: Sequence[Any], **params: Any) -> WindowSampler:
         """The crop (or clip) sampler of ``items`` for this run and process: ``params`` are
@@ -63,14 +72,16 @@ class SourceContext:
         )
 
 
-def current_context(seed: int = 0) -> SourceContext:
+def current_context(seed: int = 0, **run: int) -> SourceContext:
     """The context of this process: rank and world size from ``torch.distributed`` when it is
-    initialised, else from the ``RANK``/``WORLD_SIZE`` environment (torchrun), else 0 of 1."""
+    initialised, else from the ``RANK``/``WORLD_SIZE`` environment (torchrun), else 0 of 1;
+    ``run`` gives the other fields (``micro_steps``, ``max_bad_samples``)."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        return SourceContext(seed=seed, rank=dist.get_rank(), world_size=dist.get_world_size())
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return SourceContext(seed=seed, rank=rank, world_size=world)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return SourceContext(seed=seed, rank=rank, world_size=world, **run)
 
 
 @runtime_checkable

@@ -1,0 +1,202 @@
+"""What the streaming sources share: samples read by index, an epoch order, crops, bad samples.
+
+Shapes: a decoded image is uint8 ``[3, H, W]``; a training crop float32 ``[3, h, w]`` in [0, 1]
+(``npy`` samples: the stored array, channel-first in the modality's layout, floats unscaled).
+
+A subclass (:class:`~atoken.data.webdataset_source.WebDatasetSource`,
+:class:`~atoken.data.hf_source.HFDatasetSource`) lists its samples' ``names`` and reads sample
+``i`` with ``read(i)``; this base splits off the held-out samples, orders the rest with an
+:class:`~atoken.data.epoch_order.EpochOrder` (seed, rank, world size, step) and crops each
+sample with the generator of its global position, so ``batch(step, micro)`` depends on nothing
+else and runs the same in a ``torch.utils.data`` worker as in the training process.
+
+Bad samples: a sample that cannot be read (``BadSampleError``: truncated, undecodable, missing
+its key) is left out of its batch with a warning naming the shard and key, and counted; the
+count passing ``[train] max_bad_samples`` (``SourceContext.max_bad_samples``; 0: fail on the
+first) fails the run with the last one's error. A bad sample is never replaced by another, so
+nothing is repeated: its batch is one sample shorter. Problems found while indexing (a
+truncated tar member, a missing key) count before training starts; with data workers, each
+process counts the samples it decodes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from atoken.core.errors import BadSampleError, ConfigError
+from atoken.core.validators import non_negative_int, positive_int
+from atoken.data.epoch_order import EpochOrder
+from atoken.data.sampling import crop_box, to_float
+from atoken.data.sources import SourceContext, split_heldout
+
+__all__ = ["IMAGE_KEYS", "IndexedSource", "decode_sample", "example_images"]
+
+#: Sample keys (file extensions in a shard) read as images, in order of preference.
+IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "npy")
+
+_log = logging.getLogger("atoken")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _image(data: bytes, resize: int) -> torch.Tensor:
+    from PIL import Image
+
+    from atoken.modalities.image import to_image_tensor
+
+    with Image.open(io.BytesIO(data)) as img:
+        if resize and img.format == "JPEG":
+            img.draft("RGB", (resize, resize))  # DCT-domain downscale: decodes less
+        img.load()
+        if resize:
+            w, h = img.size
+            scale = resize / min(w, h)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            img = img.resize(size, Image.Resampling.BICUBIC)
+        if img.mode == "RGB":
+            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+        x = to_image_tensor(img)  # grey repeated, alpha premultiplied: [3, H, W] in [0, 1]
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def example_images(n: int = 4, side: int = 96) -> list[tuple[str, bytes]]:
+    """``n`` bundled photos as ``(name, JPEG bytes)``, centre crops of ``side`` pixels: the
+    small real data of the streaming sources' contract tests."""
+    from PIL import Image
+
+    from atoken.data.images import TRAIN_PHOTOS, load_photo
+
+    out = []
+    for name in TRAIN_PHOTOS[:n]:
+        x = load_photo(name)  # uint8 [3, H, W]
+        H, W = x.shape[-2:]
+        top, left = (H - side) // 2, (W - side) // 2
+        crop = x[:, top : top + side, left : left + side].permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, "JPEG", quality=90)
+        out.append((name, buf.getvalue()))
+    return out
+
+
+def decode_sample(data: bytes, ext: str, *, resize: int = 0, where: str = "") -> torch.Tensor:
+    """The sample held in ``data`` (a file of extension ``ext``): an image as uint8
+    ``[3, H, W]`` (the shorter side resized to ``resize`` when > 0), an ``npy`` array as a
+    tensor of its dtype.
+
+    Raises:
+        BadSampleError: the bytes do not decode (``where`` names the shard and key).
+    """
+    try:
+        if ext == "npy":
+            return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).copy())
+        return _image(data, resize)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...; all mean "bad"
+        raise BadSampleError(
+            f"{where}: cannot decode its {ext!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+@attrs.define(kw_only=True, slots=False)
+class IndexedSource:
+    """The shared parameters and the batch of an indexed source (see the module docstring).
+
+    ``resize``: the shorter side of each image is resized to this many pixels before the crop
+    (0: native scale, as the folder sources); ``shuffle``: a fresh permutation per epoch.
+    """
+
+    context: SourceContext = attrs.field(factory=SourceContext)
+    batch_size: int = attrs.field(default=8, validator=positive_int)
+    crop_min: int = attrs.field(default=64, validator=positive_int)
+    crop_max: int = attrs.field(default=256, validator=positive_int)
+    resize: int = attrs.field(default=0, validator=non_negative_int)
+    shuffle: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
+
+    modality: str = attrs.field(init=False, default="image")
+    names: tuple[str, ...] = attrs.field(init=False, default=())
+    heldout: list[torch.Tensor] = attrs.field(init=False, factory=list)
+    heldout_names: tuple[str, ...] = attrs.field(init=False, default=())
+    train: list[int] = attrs.field(init=False, factory=list)
+    order: EpochOrder = attrs.field(init=False, default=None)
+    bad: int = attrs.field(init=False, default=0)  # bad samples seen by this process
+
+    # ------------------------------------------------------------------ for subclasses
+    def read(self, index: int) -> torch.Tensor:
+        """Sample ``index`` of :attr:`names`, decoded (uint8 image or npy array).
+
+        Raises:
+            BadSampleError: it cannot be read or decoded.
+        """
+        raise NotImplementedError
+
+    def _split(self, names: Sequence[str], where: str) -> None:
+        """Set the names, the held-out samples (decoded now) and the training order."""
+        if self.crop_min > self.crop_max:
+            raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
+        self.names = tuple(names)
+        train, held = split_heldout(self.names, self.heldout_choice, where)
+        self.train = train
+        c = self.context
+        self.order = EpochOrder(
+            len(train),
+            batch_size=self.batch_size,
+            seed=c.seed,
+            rank=c.rank,
+            world_size=c.world_size,
+            micro_steps=c.micro_steps,
+            shuffle=self.shuffle,
+        )
+        self.heldout_names = tuple(self.names[i] for i in held)
+        self.heldout = [to_float(self.read(i)) for i in held]
+
+    def skip(self, exc: BadSampleError) -> None:
+        """Count a bad sample: warn, or fail once more than ``max_bad_samples`` were seen."""
+        self.bad += 1
+        limit = self.context.max_bad_samples
+        if self.bad > limit:
+            raise BadSampleError(
+                f"{exc} ({self.bad} bad samples, more than [train] max_bad_samples = {limit})",
+                shard=exc.shard,
+                key=exc.key,
+            ) from exc
+        _log.warning("skipped bad sample %d of at most %d: %s", self.bad, limit, exc)
+
+    # ------------------------------------------------------------------ training
+    def _crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        rand = lambda lo, hi: int(torch.randint(lo, hi, (), generator=g))  # noqa: E731
+        top, left, h, w = crop_box(H, W, self.crop_min, self.crop_max, rand)
+        return to_float(x[..., top : top + h, left : left + w])  # [..., h, w]
+
+    def sample_indices(self, step: int, micro: int) -> list[int]:
+        """The indices (into :attr:`names`) of batch ``(step, micro)`` on this rank."""
+        return [self.train[self.order.sample(g)] for g in self.order.positions(step, micro)]
+
+    def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
+        """Up to ``batch_size`` float32 crops of this rank's samples at ``(step, micro)``
+        (fewer when bad samples were skipped).
+
+        Raises:
+            BadSampleError: more bad samples than allowed, or a batch of bad samples only.
+        """
+        out = []
+        for g in self.order.positions(step, micro):
+            index = self.train[self.order.sample(g)]
+            try:
+                x = self.read(index)
+            except BadSampleError as exc:
+                self.skip(exc)
+                continue
+            out.append(self._crop(x, self.order.generator(g)))
+        if not out:
+            raise BadSampleError(f"every sample of batch (step {step}, micro {micro}) is bad")
+        return out
