@@ -13,6 +13,7 @@ Shapes: feats [n, C], coords int32 [n, 4], grid [C, *shape], occupancy bool [*sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +42,9 @@ def _layout_axes(layout: str) -> tuple[int, int, int]:
         ) from None
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     dims = tuple(int(s) for s in shape)
     if len(dims) != 3 or any(s < 0 for s in dims):
@@ -65,10 +69,16 @@ def grid_index(coords: torch.Tensor, shape: Sequence[int], *, layout: str = "thw
     """The raster (flat) index of each coordinate in a grid: int64 ``[n]``.
 
     Raises:
-        CoordinateError: when a coordinate lies outside the grid or a column that the
-            layout does not use is non-zero.
+        CoordinateError: when a coordinate lies outside the grid, a column that the layout
+            does not use is non-zero, or the grid has more cells than int64 indexes (an index
+            would wrap, silently wrong).
     """
     dims = _check_shape(shape)
+    if math.prod(dims) > _INT64_MAX + 1:
+        raise CoordinateError(
+            f"grid {dims} has {math.prod(dims)} cells, more than an int64 index can number "
+            f"({_INT64_MAX + 1})"
+        )
     axes = _layout_axes(layout)
     if coords.ndim != 2 or coords.shape[1] != 4:
         raise CoordinateError(f"coords must have shape [n, 4], got {tuple(coords.shape)}")

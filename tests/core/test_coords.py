@@ -76,3 +76,23 @@ def test_errors_are_typed():
         raster_coords((1, 2))
     with pytest.raises(CoordinateError, match="feats"):
         scatter_to_grid(torch.zeros(2, 1), torch.zeros(1, 4, dtype=torch.int32), (1, 1, 1))
+
+
+@given(st.data())
+def test_grid_index_is_exact_up_to_the_int64_limit(data):
+    """Large grids (#33): the index equals Python's exact raster index, and a grid whose cells
+    an int64 cannot number is refused rather than wrapped."""
+    dims = tuple(data.draw(st.integers(1, 2**21), label=f"dim{i}") for i in range(3))
+    point = [data.draw(st.integers(0, d - 1)) for d in dims]
+    coords = torch.zeros(1, 4, dtype=torch.int64)
+    for grid_axis, column in enumerate(LAYOUTS["xyz"]):  # grid axis i is coordinate column
+        coords[0, column] = point[grid_axis]
+    exact = (point[0] * dims[1] + point[1]) * dims[2] + point[2]
+    assert int(grid_index(coords, dims, layout="xyz")[0]) == exact
+
+
+def test_a_grid_too_large_for_int64_is_refused():
+    coords = torch.tensor([[3, 0, 0, 0]], dtype=torch.int32)  # t = 3: grid axis 0 of "thw"
+    with pytest.raises(CoordinateError, match="int64"):
+        grid_index(coords, (4, 2**31, 2**31), layout="thw")  # 2^64 cells: 3 * 2^62 would wrap
+    assert int(grid_index(coords, (4, 2**31, 2**30), layout="thw")[0]) == 3 * 2**61
