@@ -62,7 +62,8 @@ def _errors(m: torch.Tensor, max_bits: int) -> torch.Tensor:
     var = m.var(0)  # [L]
     errs = [var]
     for b in range(1, max_bits + 1):
-        fsq = FSQBottleneck(in_dim=1, levels=[[2**b] * L], groups=1).to(m.device)
+        # one channel per group: L independent scalar quantizers (ids are not needed here)
+        fsq = FSQBottleneck(in_dim=1, levels=[[2**b]] * L, groups=L).to(m.device)
         errs.append(calibrate(fsq, m)[4] * var)
     return torch.stack(errs, 1)  # [L, B + 1]
 

@@ -20,6 +20,7 @@ Per-group levels (``levels`` a list of ``groups`` lists of ``d`` levels each, as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +30,7 @@ from atoken.core.components import BottleneckOutput
 from atoken.core.errors import ConfigError
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["FSQBottleneck", "codebook_usage", "codebook_usage_per_group"]
+__all__ = ["MAX_CODEBOOK", "FSQBottleneck", "codebook_usage", "codebook_usage_per_group"]
 
 
 def _round_ste(z: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,12 @@ class FSQBottleneck(nn.Module):
         self.dim = table.shape[1]
         self.latent_dim = groups * self.dim
         #: codes per group, ``[G]`` (one number when every group has the same levels)
-        self.codebook_sizes = [int(v) for v in table.prod(1)]
+        self.codebook_sizes = [math.prod(int(v) for v in row) for row in table.tolist()]
+        if max(self.codebook_sizes) > MAX_CODEBOOK:
+            raise ConfigError(
+                f"fsq: levels {table.tolist()} give {max(self.codebook_sizes)} codes in a group; "
+                f"ids are int32, so a group holds at most {MAX_CODEBOOK} codes (31 bits)"
+            )
         self.codebook_size = max(self.codebook_sizes)
         self.logvar = bool(logvar)
         self.proj = nn.Linear(in_dim, self.latent_dim * (2 if self.logvar else 1), bias=bool(bias))
@@ -99,8 +105,9 @@ class FSQBottleneck(nn.Module):
             zg = z.float().reshape(N, self.groups, self.dim)  # [N, G, d]
             half_width = self._levels // 2  # [G, d]; 0 for a dropped channel
             codes = _round_ste(self._bound(zg)) / half_width.clamp_min(1)  # [N, G, d] in [-1, 1]
-            level_idx = codes * half_width + half_width  # [N, G, d] in 0..L-1
-            ids = (level_idx * self._basis).sum(-1).round().to(torch.int32)  # [N, G]
+            level_idx = (codes * half_width + half_width).round().long()  # [N, G, d] in 0..L-1
+            # integer arithmetic: a float32 sum is inexact above 2^24 codes per group
+            ids = (level_idx * self._basis.long()).sum(-1).to(torch.int32)  # [N, G]
         return codes.reshape(N, self.latent_dim), ids
 
     def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
@@ -122,6 +129,10 @@ class FSQBottleneck(nn.Module):
         z = self.proj(x)  # [N, latent_dim] (or [N, 2 * latent_dim] = [mean | logvar])
         z_q, ids = self.quantize(z[:, : self.latent_dim])
         return BottleneckOutput(latent=z_q, ids=ids)
+
+
+#: The most codes one group may have: its ids are int32.
+MAX_CODEBOOK = 2**31
 
 
 def _level_table(levels: Sequence[int] | Sequence[Sequence[int]], groups: int) -> torch.Tensor:

@@ -158,3 +158,20 @@ def test_bias_free_projections_and_fsq_on_the_mean_of_mean_logvar():
     out = fsq(x)
     codes, ids = fsq.quantize(x @ fsq.proj.weight[:12].T)  # only the mean rows
     assert torch.equal(out.latent, codes) and torch.equal(out.ids, ids)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(25, 31))
+def test_fsq_ids_of_wide_groups_round_trip_exactly(target, bits):
+    """Ids of up to 31 bits per group (#33): computed in integers, not float32 (exact only
+    below 2^24), and never wrapped; 32 bits is refused."""
+    fsq = _fsq([[2] * bits], groups=1, in_dim=bits)
+    assert fsq.codebook_sizes == [2**bits]
+    ids = torch.tensor([[target % 2**bits]], dtype=torch.int32)
+    codes = fsq.ids_to_codes(ids)  # [1, bits] in {-1, 0}
+    z_q, back = fsq.quantize(codes * 5.0)  # far from the rounding edges: the same codes
+    assert torch.equal(z_q, codes) and torch.equal(back, ids)
+
+
+def test_fsq_refuses_more_codes_than_int32_ids_hold():
+    with pytest.raises(ConfigError, match="at most 2147483648 codes"):
+        _fsq([[2] * 32], groups=1, in_dim=32)
