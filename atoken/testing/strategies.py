@@ -143,13 +143,18 @@ def gaussian_sets(
     *,
     max_gaussians: int = 24,
     min_gaussians: int = 0,
-    extent: float = 0.4,
+    extent: float = 0.35,
     scales: tuple[float, float] = (0.01, 0.08),
     dtype: torch.dtype = torch.float64,
 ):
-    """A :class:`atoken.modalities.mesh.GaussianSet` of up to ``max_gaussians`` Gaussians in
-    ``[-extent, extent]^3`` (seen whole by the cameras of ``sphere_cameras``), scales in
-    ``scales``, opacities in [0.05, 0.95], colour coefficients in [-2, 2]."""
+    """A :class:`atoken.modalities.mesh.GaussianSet` of up to ``max_gaussians`` Gaussians with
+    means in ``[-extent, extent]^3``, scales in ``scales``, opacities in [0.05, 0.95], colour
+    coefficients in [-2, 2].
+
+    With the default ``extent`` every mean projects inside the image of every camera of
+    ``sphere_cameras`` (radius 2, 40 degrees: the cone holds a sphere of radius
+    ``2 sin(20 deg) = 0.684`` about the origin, and the box's corners lie at
+    ``0.35 sqrt(3) = 0.606``); a Gaussian's footprint may still reach past the image's edge."""
     from atoken.modalities.mesh.gaussians import GaussianSet
 
     n = draw(st.integers(min_gaussians, max_gaussians))

@@ -3,6 +3,8 @@ answers, and the compiled CPU renderer against it (gradcheck in float64)."""
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 
 import pytest
@@ -133,3 +135,22 @@ def test_renderer_settings_and_cameras_are_checked(name):
             registry.create(name, **bad)
     with pytest.raises(atoken.ModalityInputError, match="PinholeCamera"):
         registry.create(name)(_one(0.5, 0.5), "not a camera")
+
+
+def test_the_strategys_box_projects_inside_every_sphere_camera():
+    """``gaussian_sets``' promise (#33): the corners of its default box of means land inside the
+    image of every ``sphere_cameras`` view (at the old extent 0.4 some did not)."""
+    extent = inspect.signature(gaussian_sets).parameters["extent"].default
+    corners = torch.tensor(list(itertools.product([-extent, extent], repeat=3)))  # [8, 3]
+    cam = sphere_cameras(64, 32)
+    homo = torch.cat([corners, torch.ones(8, 1)], 1)  # [8, 4]
+    pts = torch.einsum("vij,nj->vni", cam.extrinsics, homo)[..., :3]  # [V, 8, 3] camera frame
+    assert bool((pts[..., 2] > 0).all())  # in front of every camera
+    pix = torch.einsum("vij,vnj->vni", cam.intrinsics[:, :3, :3], pts)  # [V, 8, 3]
+    uv = pix[..., :2] / pix[..., 2:]  # [V, 8, 2]
+    assert bool(((uv >= -0.5) & (uv <= 32 - 0.5)).all()), float(uv.abs().max())
+    wider = corners / extent * 0.4  # the old default: outside for some view
+    pts = torch.einsum("vij,nj->vni", cam.extrinsics, torch.cat([wider, torch.ones(8, 1)], 1))
+    pix = torch.einsum("vij,vnj->vni", cam.intrinsics[:, :3, :3], pts[..., :3])
+    uv = pix[..., :2] / pix[..., 2:]
+    assert not bool(((uv >= -0.5) & (uv <= 32 - 0.5)).all())
