@@ -204,10 +204,13 @@ def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, pluggy.PluginValidatio
     for hook_name, caller in vars(pm.hook).items():
         if hook_name.startswith("_") or caller.has_spec():
             continue
+        specs = [n for n, c in vars(pm.hook).items() if not n.startswith("_") and c.has_spec()]
+        close = difflib.get_close_matches(hook_name, sorted(specs), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         for impl in caller.get_hookimpls():
             if not impl.optionalhook and impl.plugin_name not in found:
                 found[impl.plugin_name] = pluggy.PluginValidationError(
-                    impl.plugin, f"unknown hook {hook_name!r} in plugin {impl.plugin!r}"
+                    impl.plugin, f"unknown hook {hook_name!r} in plugin {impl.plugin!r}{hint}"
                 )
     return found
 

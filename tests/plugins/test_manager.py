@@ -107,6 +107,7 @@ def test_misspelt_hook_is_an_error_not_silence(fresh_plugins):
     with pytest.raises(PluginLoadError, match="atoken_typo_plugin") as err:
         atoken.get_plugin_manager()
     assert "register_modalitys" in str(err.value)
+    assert "did you mean 'register_modalities'" in str(err.value)  # the close hookspec
 
 
 def test_registration_hook_that_raises_is_wrapped():
@@ -174,3 +175,13 @@ def test_an_unknown_name_to_disable_is_a_warning_with_close_matches(fresh_plugin
         registry = atoken.get_registry()
     assert "depth" in registry.modalities  # the typo disabled nothing
     assert "gram" not in registry.losses  # the known name still disabled its plugin
+
+
+def test_python_dash_m_atoken_runs_the_command():
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "atoken", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "train" in done.stdout and "checkpoint" in done.stdout
