@@ -108,7 +108,12 @@ def build_stage(
     stage = cfg.plan()[index]
     if transforms is None:
         transforms = build_transforms(cfg)[index]
-    context = TaskContext(model=tokenizer, sources=current_context(cfg.run.seed))
+    sources = current_context(
+        cfg.run.seed,
+        micro_steps=cfg.stage_optim(stage).grad_accum,
+        max_bad_samples=cfg.train.max_bad_samples,
+    )
+    context = TaskContext(model=tokenizer, sources=sources)
     tasks = [build_task(spec, context) for spec in stage.tasks]
     mixture = TaskMixture(
         tokenizer,

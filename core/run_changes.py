@@ -24,6 +24,9 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.progress",
         "train.device",
+        # how batches are computed and how many bad samples are tolerated, not which batches
+        "train.data_workers",
+        "train.max_bad_samples",
         "log.tensorboard",
         # how the processes share the work, not what they train (any world size resumes)
         "distributed.strategy",

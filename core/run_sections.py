@@ -145,7 +145,7 @@ class OptimConfig:
 
 @attrs.frozen(kw_only=True)
 class TrainConfig:
-    """``[train]``: length, precision, EMA, evaluation, checkpoints and guards."""
+    """``[train]``: length, precision, EMA, evaluation, checkpoints, guards and data workers."""
 
     steps: int = attrs.field(default=1000, validator=_positive)
     max_minutes: float = attrs.field(default=0.0, validator=_non_negative)  # 0: no limit
@@ -167,6 +167,12 @@ class TrainConfig:
     # probability weight / sum of weights, loss unscaled); set [optim] grad_accum = N for one
     # micro-batch of every task per optimizer step
     mixture: str = attrs.field(default="round_robin", validator=_one_of("round_robin", "weighted"))
+    # worker processes that compute the coming batches ahead of the loop (0: in the training
+    # process); the batches are the same for any number (atoken.core.prefetch)
+    data_workers: int = attrs.field(default=2, validator=_non_negative)
+    # unreadable samples (truncated, undecodable, missing their key) a streaming source skips
+    # with a warning before the run fails naming the shard and the key (0: fail on the first)
+    max_bad_samples: int = attrs.field(default=16, validator=_non_negative)
 
 
 @attrs.frozen(kw_only=True)

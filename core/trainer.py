@@ -8,7 +8,9 @@ lifecycle hooks.
 
 Determinism: the batch of a step is a function of (seed, step, micro-step) and the global RNG
 is reseeded from the same triple before every micro-step, so a run interrupted and resumed
-from a checkpoint produces the same losses as one that never stopped.
+from a checkpoint produces the same losses as one that never stopped. ``[train]
+data_workers`` compute the coming batches in worker processes (:mod:`atoken.core.prefetch`),
+which changes none of them.
 
 Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken passes pluggy's
 ``pm.hook``): ``atoken_train_start(trainer)``, ``atoken_step_end(trainer, step, logs)``,
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from atoken.core.distributed import (
 )
 from atoken.core.errors import ConfigError, RunFolderError
 from atoken.core.optim import build_optimizer, lr_at, set_lr
+from atoken.core.prefetch import Prefetcher
 from atoken.core.progress import Progress, progress_mode
 from atoken.core.run_changes import RESUMABLE_KEYS
 from atoken.core.run_folder import (
@@ -160,6 +164,15 @@ class Trainer:
     def _start_stage(self, task: TrainTask) -> None:
         self.task = task
         self.optim_cfg = self.cfg.stage_optim(self.stage)
+        if getattr(self, "batches", None) is not None:
+            self.batches.close()
+        self.batches = Prefetcher(  # [train] data_workers compute the coming batches
+            task,
+            workers=self.cfg.train.data_workers,
+            grad_accum=self.optim_cfg.grad_accum,
+            end_step=min(self.starts[self.stage_index + 1], self.cfg.train.steps),
+            seed_of=partial(_step_seed, self.cfg.run.seed, rank=self.dist.rank),
+        )
         self.module = task.model.to(self.device)  # what is saved and evaluated
         decay = self.cfg.train.ema_decay
         self.template = None  # FSDP2: a plain copy the gathered weights are exported into
@@ -303,7 +316,7 @@ class Trainer:
     def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         """One micro-batch's backward; returns its loss as a share of the global batch's."""
         torch.manual_seed(_step_seed(self.cfg.run.seed, step, micro, self.dist.rank))
-        raw = self.task.batch(step, micro)
+        raw = self.batches.get(step, micro)
         count = getattr(self.task, "count", None)
         share = global_share(float(count(raw)) if callable(count) else 1.0, self.dist)
         batch = to_device(raw, self.device)
@@ -439,6 +452,7 @@ class Trainer:
             with stop:
                 self._loop(stop, start)
         finally:
+            self.batches.close()
             self.progress.close()
         metrics = self._finish_stage()
         self.save()

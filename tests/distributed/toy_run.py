@@ -98,6 +98,7 @@ def main() -> None:
                 "checkpoint_every": 2,
                 "checkpoint_format": os.environ.get("TOY_FORMAT", "full"),
                 "progress": False,
+                "data_workers": 0,  # TOY_FAULT must strike the training process, not a worker
             },
             "distributed": {
                 "strategy": strategy,
