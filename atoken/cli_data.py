@@ -1,4 +1,5 @@
-"""``atoken data import images|videos|meshes`` and ``data verify`` (click).
+"""``atoken data import images|videos|meshes`` and ``data verify`` (click); ``import images
+--format wds`` writes WebDataset shards instead of a store.
 
 Registered onto :func:`atoken.cli.main`. Heavy imports (zarr, torch models) stay inside the
 commands so ``atoken --help`` stays fast.
@@ -82,6 +83,30 @@ def import_() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["zarr", "wds"]),
+    default="zarr",
+    show_default=True,
+    help="zarr: a media store; wds: WebDataset tar shards in the folder DST (each file's own "
+    "bytes, a caption x.txt beside x.jpg as the txt key).",
+)
+@click.option(
+    "--shard-samples",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="--format wds: samples per shard at most.",
+)
+@click.option(
+    "--shard-size",
+    default=1024.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="--format wds: MiB per shard at most.",
+)
+@click.option("--prefix", default="shard", show_default=True, help="--format wds: shard names.")
 @_WAIT
 def import_images_command(
     paths: tuple[str, ...],
@@ -97,9 +122,14 @@ def import_images_command(
     max_pixels: int | None,
     overwrite: bool,
     no_progress: bool,
+    fmt: str,
+    shard_samples: int,
+    shard_size: float,
+    prefix: str,
     wait: float,
 ) -> None:
-    """Import images from SRC... (folders, globs, files or fsspec URLs) into the store DST."""
+    """Import images from SRC... (folders, globs, files or fsspec URLs) into the store DST,
+    or (``--format wds``, local SRC and DST) into WebDataset shards in the folder DST."""
     import fsspec
 
     from atoken.data.importer import import_images, load_mapping
@@ -108,6 +138,9 @@ def import_images_command(
     if len(paths) < 2:
         raise click.UsageError("give at least one SRC and the DST store")
     *srcs, dst = paths
+    if fmt == "wds":
+        _import_shards(srcs, dst, shard_samples, shard_size, prefix, skip_bad, not no_progress)
+        return
     dst_options = _options(storage_options)
     if src_storage_options is not None:
         src_options = _options(src_storage_options)
@@ -135,6 +168,35 @@ def import_images_command(
     except AtokenError as exc:
         raise _fail(exc) from exc
     _echo_import(report, "images", dst)
+
+
+def _import_shards(
+    srcs: list[str],
+    dst: str,
+    shard_samples: int,
+    shard_mib: float,
+    prefix: str,
+    skip_bad: bool,
+    progress: bool,
+) -> None:
+    from atoken.data.wds_writer import write_image_shards
+
+    try:
+        report = write_image_shards(
+            srcs,
+            dst,
+            prefix=prefix,
+            shard_samples=shard_samples,
+            shard_bytes=max(1, int(shard_mib * 2**20)),
+            skip_bad=skip_bad,
+            progress=progress,
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"wrote {report.samples} images into {len(report.shards)} shards in {dst}")
+    for name, reason in report.skipped:
+        click.echo(f"skipped {name}: {reason}")
+    click.echo(f'train on them with: data = {{ source = "webdataset", urls = "{report.urls}" }}')
 
 
 def _echo_import(report: Any, kind: str, dst: str) -> None:
