@@ -62,8 +62,8 @@ def _image(data: bytes, resize: int) -> torch.Tensor:
             scale = resize / min(w, h)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             img = img.resize(size, Image.Resampling.BICUBIC)
-        if img.mode == "RGB":
-            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+        if img.mode == "RGB":  # numpy: one thread, no contention with the training step's
+            return torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1)))
         x = to_image_tensor(img)  # grey repeated, alpha premultiplied: [3, H, W] in [0, 1]
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
@@ -175,7 +175,11 @@ class IndexedSource:
         H, W = x.shape[-2:]
         rand = lambda lo, hi: int(torch.randint(lo, hi, (), generator=g))  # noqa: E731
         top, left, h, w = crop_box(H, W, self.crop_min, self.crop_max, rand)
-        return to_float(x[..., top : top + h, left : left + w])  # [..., h, w]
+        crop = x[..., top : top + h, left : left + w]  # [..., h, w]
+        if crop.dtype != torch.uint8:
+            return to_float(crop)
+        # x / 255 in numpy (one thread; IEEE division, so the values of to_float's)
+        return torch.from_numpy(np.divide(crop.numpy(), np.float32(255), dtype=np.float32))
 
     def sample_indices(self, step: int, micro: int) -> list[int]:
         """The indices (into :attr:`names`) of batch ``(step, micro)`` on this rank."""
