@@ -5,7 +5,9 @@ strict conversion, the licence notice and the official constants.
     tok = Tokenizer.from_official("atoken-sod.pt", "configs/atoken-sod.yaml")
 
 or, from the shell, ``atoken convert official atoken-sod.pt converted/sod --config
-configs/atoken-sod.yaml`` (a ``save_pretrained`` folder). See ``docs/official-weights.md``.
+configs/atoken-sod.yaml`` (a ``save_pretrained`` folder). The separate 3D Gaussian decoder:
+``load_gaussian_decoder("3d_decode_gs.pt", "configs/3d_decode_gs.yaml")``. See
+``docs/official-weights.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from __future__ import annotations
 from atoken.official.config import FSQ_LEVELS, OFFICIAL_AXIS_ORDER, infer_config, read_official_yaml
 from atoken.official.convert import convert_state_dict, from_official, load_official_state_dict
 from atoken.official.folder import convert_official
+from atoken.official.gaussian_decoder import (
+    OFFICIAL_SOFTCAP,
+    gaussian_decoder_options,
+    load_gaussian_decoder,
+    read_gaussian_yaml,
+)
 from atoken.official.keys import atoken_key, official_key, to_atoken, to_official
 from atoken.official.notice import ATTRIBUTION, NOTICE_NAME, write_notice
 from atoken.official.zeroshot import OFFICIAL_LOGIT_BIAS, OFFICIAL_LOGIT_SCALE, official_logits
@@ -24,14 +32,18 @@ __all__ = [
     "OFFICIAL_AXIS_ORDER",
     "OFFICIAL_LOGIT_BIAS",
     "OFFICIAL_LOGIT_SCALE",
+    "OFFICIAL_SOFTCAP",
     "atoken_key",
     "convert_official",
     "convert_state_dict",
     "from_official",
+    "gaussian_decoder_options",
     "infer_config",
+    "load_gaussian_decoder",
     "load_official_state_dict",
     "official_key",
     "official_logits",
+    "read_gaussian_yaml",
     "read_official_yaml",
     "to_atoken",
     "to_official",

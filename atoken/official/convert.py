@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ def convert_state_dict(
     expected: Mapping[str, torch.Size | tuple[int, ...]],
     *,
     source: str = "official state dict",
+    mapper: Callable[[str, torch.Tensor], tuple[str | None, torch.Tensor]] = to_atoken,
 ) -> dict[str, torch.Tensor]:
     """Map an official state dict to atoken keys and layouts, strictly.
 
@@ -100,6 +101,8 @@ def convert_state_dict(
         expected: atoken key -> shape of every parameter and persistent buffer to fill
             (``{k: v.shape for k, v in model.state_dict().items()}``).
         source: named in the error.
+        mapper: ``(official key, value) -> (atoken key or None, value)``: the tokenizer's
+            table (:func:`atoken.official.keys.to_atoken`) unless another model is filled.
 
     Raises:
         StateDictMismatchError: listing official keys with no atoken parameter
@@ -109,7 +112,7 @@ def convert_state_dict(
     out: dict[str, torch.Tensor] = {}
     unexpected, wrong, wrong_targets = [], [], set()
     for key, value in state.items():
-        ours, mapped = to_atoken(key, value)
+        ours, mapped = mapper(key, value)
         if ours is None or ours not in expected:
             unexpected.append(key)
             continue

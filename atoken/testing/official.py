@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["official_state_dict", "official_yaml", "write_official_checkpoint"]
+__all__ = [
+    "official_gaussian_decoder_state_dict",
+    "official_gaussian_yaml",
+    "official_state_dict",
+    "official_yaml",
+    "write_official_checkpoint",
+]
 
 
 def official_state_dict(
@@ -132,6 +138,87 @@ def official_yaml(
             "      quantizer_chunk_size: 1",
         ]
     return "\n".join(lines) + "\n"
+
+
+def official_gaussian_decoder_state_dict(
+    *,
+    width: int = 64,
+    depth: int = 2,
+    mlp: int = 96,
+    in_channels: int = 768,
+    gaussians: int = 32,
+    heads: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """A flat state dict with the keys of the official ``3d_decode_gs.pt``
+    (``SLatGaussianDecoderTrain``: no biases but the output layer's, RMSNorm gains, the
+    persistent ``offset_perturbation [K, 3]``; 76 keys at 12 blocks). ``heads`` adds per-head
+    qk-norm gains ``[heads, width / heads]`` (``qk_rms_norm: true``; off at release). Values
+    are random, the output layer included (the official one starts at zero)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.05, mean: float = 0.0) -> torch.Tensor:
+        if torch.device(device).type == "meta":
+            return torch.empty(*shape, dtype=dtype, device="meta")
+        return (torch.randn(*shape, generator=g) * scale + mean).to(dtype)
+
+    s: dict[str, torch.Tensor] = {"input_layer.weight": rand(width, in_channels, scale=0.05)}
+    for i in range(depth):
+        p = f"blocks.{i}."
+        s[p + "norm1.weight"] = rand(width, scale=0.1, mean=1.0)
+        s[p + "norm2.weight"] = rand(width, scale=0.1, mean=1.0)
+        s[p + "attn.to_qkv.weight"] = rand(3 * width, width, scale=width**-0.5)
+        if heads is not None:
+            s[p + "attn.q_rms_norm.gamma"] = rand(heads, width // heads, scale=0.1, mean=1.0)
+            s[p + "attn.k_rms_norm.gamma"] = rand(heads, width // heads, scale=0.1, mean=1.0)
+        s[p + "attn.to_out.weight"] = rand(width, width, scale=width**-0.5)
+        s[p + "mlp.mlp.0.weight"] = rand(mlp, width, scale=width**-0.5)
+        s[p + "mlp.mlp.2.weight"] = rand(width, mlp, scale=mlp**-0.5)
+    s["out_layer.weight"] = rand(14 * gaussians, width, scale=width**-0.5)
+    s["out_layer.bias"] = rand(14 * gaussians, scale=0.1)
+    s["offset_perturbation"] = rand(gaussians, 3, scale=0.5)
+    return s
+
+
+def official_gaussian_yaml(
+    *, width: int, depth: int, mlp: int, heads: int, in_channels: int = 768, gaussians: int = 32
+) -> str:
+    """The official ``configs/3d_decode_gs.yaml`` with those shapes (the released one at
+    768 / 12 / 3072 / 12 heads)."""
+    return (
+        "\n".join(
+            [
+                "model:",
+                "    class_name: models.pretrained.decoder_gs.SLatGaussianDecoderTrain",
+                "    resolution: 64",
+                f"    model_channels: {width}",
+                f"    latent_channels: {in_channels}",
+                f"    num_blocks: {depth}",
+                f"    num_heads: {heads}",
+                f"    mlp_channels: {mlp}",
+                '    attn_mode: "swin"',
+                "    window_size: 8",
+                "    representation_config:",
+                "        lr:",
+                "            _xyz: 1.0",
+                "            _features_dc: 1.0",
+                "            _opacity: 1.0",
+                "            _scaling: 1.0",
+                "            _rotation: 0.1",
+                "        perturb_offset: True",
+                "        voxel_size: 1.5",
+                f"        num_gaussians: {gaussians}",
+                "        2d_filter_kernel_size: 0.1",
+                "        3d_filter_kernel_size: 9.0e-4",
+                "        scaling_bias: 4.0e-3",
+                "        opacity_bias: 0.1",
+                '        scaling_activation: "softplus"',
+            ]
+        )
+        + "\n"
+    )
 
 
 def write_official_checkpoint(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> Path:

@@ -74,9 +74,20 @@ def offset_perturbation(count: int) -> torch.Tensor:
 
 
 def activate(
-    raw: torch.Tensor, coords: torch.Tensor, resolution: int, perturbation: torch.Tensor
+    raw: torch.Tensor,
+    coords: torch.Tensor,
+    resolution: int,
+    perturbation: torch.Tensor,
+    *,
+    scale_init: float | None = None,
+    scale_floor: float | None = None,
 ) -> GaussianSet:
-    """A head's raw output ``[n, 14 K]`` for voxels ``coords [n, 3]`` -> the Gaussians."""
+    """A head's raw output ``[n, 14 K]`` for voxels ``coords [n, 3]`` -> the Gaussians.
+
+    ``scale_init`` and ``scale_floor`` (the softplus bias target s0 and the 3D filter f) default
+    to the official 0.004 and 9e-4 scaled by 64 / R; pass them to use absolute values, as the
+    official Gaussian decoder does at any resolution.
+    """
     k = perturbation.shape[0]
     n = raw.shape[0]
     if raw.ndim != 2 or raw.shape[1] != 14 * k:
@@ -86,7 +97,8 @@ def activate(
     r = float(resolution)
     center = (coords.float() + 0.5) / r - 0.5  # [n, 3]
     offset = torch.tanh(xyz.reshape(n, k, 3) + perturbation) * (OFFSET_SPAN / r)  # [n, K, 3]
-    s0, floor = SCALE_INIT * 64 / r, SCALE_FLOOR * 64 / r
+    s0 = SCALE_INIT * 64 / r if scale_init is None else float(scale_init)
+    floor = SCALE_FLOOR * 64 / r if scale_floor is None else float(scale_floor)
     scales = F.softplus(scaling.reshape(n, k, 3) + math.log(math.expm1(s0)))
     scales = torch.sqrt(scales.square() + floor**2)
     identity = raw.new_tensor([1.0, 0.0, 0.0, 0.0])
