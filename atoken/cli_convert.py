@@ -7,7 +7,9 @@
 ``.safetensors``), maps it strictly (:mod:`atoken.official`) and writes ``config.json``,
 ``model.safetensors`` and the licence ``NOTICE.md`` into a new or empty OUT_DIR (a tokenizer
 folder only with ``--overwrite``; a folder of other files never). Warnings (NaN or infinite
-weights) are printed to stderr.
+weights) are printed to stderr. The 3D Gaussian decoder (``3d_decode_gs.pt``, recognised by its
+keys, with ``--config 3d_decode_gs.yaml``) becomes a Gaussian decoder folder instead
+(:mod:`atoken.official.gaussian_folder`).
 """
 
 from __future__ import annotations
@@ -72,8 +74,16 @@ def official(
     """Convert an official AToken CHECKPOINT into the tokenizer folder OUT_DIR (new or empty;
     an existing tokenizer folder with --overwrite)."""
     from atoken.official import convert_official
+    from atoken.official.gaussian_folder import is_gaussian_decoder_checkpoint
     from atoken.official.notice import NOTICE_NAME
 
+    if is_gaussian_decoder_checkpoint(checkpoint):
+        if fsq is not None or heads is not None or decoder_heads is not None:
+            click.echo(
+                "--fsq/--kl, --heads and --decoder-heads apply to tokenizers: ignored", err=True
+            )
+        _gaussian_decoder(checkpoint, out_dir, config_path, licence_file, overwrite)
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWeightsWarning)
         try:
@@ -93,3 +103,26 @@ def official(
             for warning in caught:
                 click.echo(f"Warning ({warning.category.__name__}): {warning.message}", err=True)
     click.echo(f"converted {checkpoint} into {folder} (licence notice: {folder / NOTICE_NAME})")
+
+
+def _gaussian_decoder(
+    checkpoint: str,
+    out_dir: str,
+    config_path: str | None,
+    licence_file: str | None,
+    overwrite: bool,
+) -> None:
+    """``3d_decode_gs.pt`` -> a converted Gaussian decoder folder."""
+    from atoken.official.gaussian_folder import convert_gaussian_decoder
+    from atoken.official.notice import NOTICE_NAME
+
+    try:
+        folder = convert_gaussian_decoder(
+            checkpoint, out_dir, config_path, licence_file=licence_file, overwrite=overwrite
+        )
+    except AtokenError as exc:
+        raise _fail(exc) from exc
+    click.echo(
+        f"converted the Gaussian decoder {checkpoint} into {folder} (load it with "
+        f"atoken.official.load_gaussian_decoder; licence notice: {folder / NOTICE_NAME})"
+    )

@@ -32,6 +32,7 @@ the representation constants, and is checked against the shapes.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -40,12 +41,16 @@ from typing import Any
 
 import torch
 
-from atoken.core.errors import ConfigError
+from atoken.core.checkpoint import CheckpointError
+from atoken.core.errors import ConfigError, StateDictMismatchError
 from atoken.modalities.mesh.swin_decoder import SwinGaussianDecoder
 from atoken.official.convert import convert_state_dict, load_official_state_dict
 from atoken.official.keys import BLOCK_RULES
 
 __all__ = [
+    "FOLDER_CONFIG",
+    "FOLDER_FORMAT",
+    "FOLDER_WEIGHTS",
     "OFFICIAL_SOFTCAP",
     "TRAINING_ONLY_PREFIXES",
     "gaussian_decoder_key",
@@ -56,6 +61,9 @@ __all__ = [
 
 #: The logit cap of the official windowed attention under flash-attn, its default backend.
 OFFICIAL_SOFTCAP = 30.0
+#: A converted folder: its config (format, options) and its weights (atoken keys).
+FOLDER_CONFIG, FOLDER_WEIGHTS = "gaussian_decoder.json", "gaussian_decoder.safetensors"
+FOLDER_FORMAT = "atoken-gaussian-decoder"
 #: Prefixes of the training-only modules of ``SLatGaussianDecoderTrain`` (no inference use).
 TRAINING_ONLY_PREFIXES: tuple[str, ...] = ("lpips_loss.", "ssim_loss.", "get_psnr.")
 
@@ -213,7 +221,9 @@ def load_gaussian_decoder(
     """The official Gaussian decoder, in eval mode on the CPU, from its checkpoint.
 
     Args:
-        checkpoint: ``3d_decode_gs.pt`` / ``.safetensors``, or the state dict itself.
+        checkpoint: ``3d_decode_gs.pt`` / ``.safetensors``, the state dict itself, or a folder
+            ``atoken convert official`` wrote (:func:`~atoken.official.gaussian_folder.
+            convert_gaussian_decoder`; ``config`` is then not used).
         config: ``configs/3d_decode_gs.yaml``, its ``model`` mapping (or the whole document),
             or None (the released settings).
         softcap: the attention logit cap of the official flash-attn path (30); None computes
@@ -226,13 +236,12 @@ def load_gaussian_decoder(
         ``decoder.to_gaussians(raw, coords) -> list[GaussianSet]``.
 
     Raises:
-        CheckpointError: an unreadable checkpoint.
+        CheckpointError: an unreadable checkpoint or converted folder.
         ConfigError: shapes or YAML settings the decoder cannot hold.
         StateDictMismatchError: keys that do not map one to one (training-only keys aside).
     """
-    from atoken.core.attention import default_attention_backend
-    from atoken.plugins.manager import get_registry
-
+    if not isinstance(checkpoint, Mapping) and Path(checkpoint).is_dir():
+        return _load_folder(Path(checkpoint), softcap=softcap, attention=attention)
     if isinstance(checkpoint, Mapping):
         state, source = dict(checkpoint), "official Gaussian decoder state dict"
     else:
@@ -250,10 +259,55 @@ def load_gaussian_decoder(
             f"{type(config).__name__}"
         )
     options = gaussian_decoder_options(state, model)
-    name = attention or default_attention_backend("cpu")
-    backend = get_registry().attention_backends.create(name)
-    decoder = SwinGaussianDecoder(**options, softcap=softcap, attention_fn=backend)
+    decoder = SwinGaussianDecoder(**options, softcap=softcap, attention_fn=_backend(attention))
     expected = {k: v.shape for k, v in decoder.state_dict().items()}
     mapped = convert_state_dict(state, expected, source=source, mapper=_to_atoken)
     decoder.load_state_dict(mapped, strict=True)
+    return decoder.eval()
+
+
+def _backend(name: str | None) -> Any:
+    from atoken.core.attention import default_attention_backend
+    from atoken.plugins.manager import get_registry
+
+    return get_registry().attention_backends.create(name or default_attention_backend("cpu"))
+
+
+def _load_folder(
+    folder: Path, *, softcap: float | None, attention: str | None
+) -> SwinGaussianDecoder:
+    """A decoder from a converted folder (``gaussian_decoder.json`` + ``.safetensors``)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    try:
+        doc = json.loads((folder / FOLDER_CONFIG).read_text("utf-8"))
+        state = load_file(str(folder / FOLDER_WEIGHTS), device="cpu")
+    except Exception as exc:  # missing, unreadable, not JSON; safetensors has its own types
+        raise CheckpointError(
+            f"{folder}: not a converted Gaussian decoder folder ({FOLDER_CONFIG} and "
+            f"{FOLDER_WEIGHTS}): {exc}"
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("format") != FOLDER_FORMAT:
+        raise CheckpointError(f"{folder / FOLDER_CONFIG}: not of format {FOLDER_FORMAT!r}")
+    options = doc.get("options")
+    allowed = set(inspect.signature(SwinGaussianDecoder).parameters) - {"softcap", "attention_fn"}
+    if not isinstance(options, dict) or set(options) - allowed:
+        raise CheckpointError(f"{folder / FOLDER_CONFIG}: options must be a mapping of {allowed}")
+    decoder = SwinGaussianDecoder(**options, softcap=softcap, attention_fn=_backend(attention))
+    expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        raise StateDictMismatchError(
+            str(folder / FOLDER_WEIGHTS),
+            missing=[k for k in expected if k not in found],
+            unexpected=[k for k in found if k not in expected],
+            wrong_shape=[
+                (k, expected[k], found[k])
+                for k in expected
+                if found.get(k, expected[k]) != expected[k]
+            ],
+        )
+    decoder.load_state_dict(state, strict=True)
     return decoder.eval()

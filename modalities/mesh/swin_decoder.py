@@ -211,6 +211,7 @@ class SwinGaussianDecoder(nn.Module):
         if softcap is not None and not softcap > 0:
             raise ConfigError(f"softcap must be > 0 or None, got {softcap}")
         self.in_channels, self.width, self.window = in_channels, width, window
+        self.depth, self.heads, self.mlp_hidden, self.qk_norm = depth, heads, mlp_hidden, qk_norm
         self.gaussians_per_voxel, self.resolution = gaussians_per_voxel, resolution
         self.softcap, self.scale_init, self.scale_floor = softcap, scale_init, scale_floor
         self.in_proj = nn.Linear(in_channels, width, bias=False)

@@ -337,3 +337,54 @@ def test_scale_constants_come_from_the_yaml(state):
     dec = load_gaussian_decoder(state, {"num_heads": 2, "representation_config": rep})
     (g,) = dec.to_gaussians(torch.zeros(1, 448), torch.tensor([[0, 1, 1, 1]]))
     torch.testing.assert_close(g.scales, torch.full((32, 3), 0.01))
+
+
+# ------------------------------------------------------------------ atoken convert
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_atoken_convert_writes_a_folder_load_gaussian_decoder_reads(tmp_path, state, suffix):
+    from click.testing import CliRunner
+
+    from atoken.cli import main
+
+    ckpt = write_official_checkpoint(tmp_path / f"3d_decode_gs{suffix}", state)
+    yaml_path = tmp_path / "3d_decode_gs.yaml"
+    yaml_path.write_text(official_gaussian_yaml(**SMALL, heads=2))
+    out = tmp_path / "converted"
+    args = ["convert", "official", str(ckpt), str(out), "--config", str(yaml_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "NOTICE.md",
+        "gaussian_decoder.json",
+        "gaussian_decoder.safetensors",
+    ]
+    assert "Model Derivative" in (out / "NOTICE.md").read_text()
+    direct = load_gaussian_decoder(ckpt, yaml_path)
+    again = load_gaussian_decoder(out)
+    assert again.blocks[0].attn.heads == 2 and not again.training
+    feats, coords = _voxels(n=40)
+    with torch.no_grad():
+        torch.testing.assert_close(again(feats, coords), direct(feats, coords), rtol=0, atol=0)
+    refused = CliRunner().invoke(main, args)  # the folder holds a decoder: --overwrite
+    assert refused.exit_code != 0 and "--overwrite" in refused.output
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_convert_never_writes_into_a_folder_of_other_files(tmp_path, state):
+    from atoken.core.errors import OutputFolderError
+    from atoken.official.gaussian_folder import convert_gaussian_decoder
+
+    ckpt = write_official_checkpoint(tmp_path / "3d_decode_gs.pt", state)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(OutputFolderError, match=r"notes\.txt"):
+        convert_gaussian_decoder(ckpt, out, {"num_heads": 2}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_damaged_converted_folder_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "gaussian_decoder.json").write_text('{"format": "something else"}')
+    (tmp_path / "gaussian_decoder.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="gaussian_decoder"):
+        load_gaussian_decoder(tmp_path)
