@@ -45,6 +45,7 @@ from atoken.core.dcp_format import (
     read_metadata,
 )
 from atoken.core.distributed import barrier, on_main, share_object
+from atoken.core.train_task import data_positions
 
 __all__ = ["META", "load_sharded", "read_meta", "save_sharded", "verify_sharded"]
 
@@ -77,7 +78,11 @@ def _meta(trainer: Any) -> dict[str, Any]:
         "world": trainer.dist.world,
         "strategy": trainer.cfg.distributed.strategy if trainer.dist.active else "single",
         # batches are drawn from (seed, step, micro-step, rank): the step is the position
-        "data": {"step": trainer.step, "seed": trainer.cfg.run.seed},
+        "data": {
+            "step": trainer.step,
+            "seed": trainer.cfg.run.seed,
+            "positions": data_positions(trainer.task, trainer.step),  # where each source goes on
+        },
     }
 
 

@@ -17,6 +17,11 @@ holds it::
 
 A second writer waits up to ``timeout`` seconds (default 0: it fails at once) and then
 raises :class:`~atoken.core.errors.StoreLockedError`, naming the holder.
+
+A process forked while holding a lock (a data-loader worker) is not its holder: the child
+closes its copy of the descriptor at once (``os.register_at_fork``), so the lock goes with
+the holder's death even while such children linger, and a child's ``release`` touches
+nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import posixpath
 import socket
 import time
+import weakref
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -40,6 +46,21 @@ from atoken.core.storage import StoreLike, local_path, store_label
 __all__ = ["StoreLock"]
 
 _POLL = 0.05  # seconds between attempts while waiting
+_HELD: weakref.WeakSet[StoreLock] = weakref.WeakSet()  # the locks this process holds
+
+
+def _forget_in_child() -> None:
+    """In a forked child: drop the parent's locks (close the copied descriptors; an flock
+    stays with the parent's own descriptor) so the child never holds or releases them."""
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            os.close(lock._fd)
+        lock._fd, lock._marker = None, None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _holder() -> bytes:
@@ -109,6 +130,7 @@ class StoreLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder(), 0)
         self._fd = fd
+        _HELD.add(self)
         return None
 
     def _try_marker(self) -> str | None:
@@ -127,6 +149,7 @@ class StoreLock:
                 return "a writer that died (its stale marker was removed)"
             return _describe(raw)
         self._marker = (fs, marker)
+        _HELD.add(self)
         return None
 
     def acquire(self) -> StoreLock:
@@ -150,6 +173,7 @@ class StoreLock:
 
     def release(self) -> None:
         """Give the lock up (a no-op when not held)."""
+        _HELD.discard(self)
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -11,7 +11,7 @@ from torch import nn
 
 from atoken.core.errors import AtokenError
 
-__all__ = ["NonFiniteLossError", "TrainTask"]
+__all__ = ["NonFiniteLossError", "TrainTask", "data_positions"]
 
 
 class NonFiniteLossError(AtokenError, FloatingPointError):
@@ -34,3 +34,16 @@ class TrainTask(Protocol):
 
     def is_pretrained(self, name: str) -> bool:
         """Whether parameter ``name`` came from a pretrained encoder (gets ``encoder_lr_mult``)."""
+
+    # optional: ``data_position(step) -> {label: position}`` and ``resume_data(step,
+    # positions)``, for sources that draw samples by position (data_positions)
+
+
+def data_positions(task: Any, step: int) -> dict[str, int]:
+    """Where ``task``'s data sources stand before ``step``, by task label (its optional
+    ``data_position(step)``; empty for tasks whose batches depend on the step alone). A
+    checkpoint records it, so a run resumed on another number of processes goes on at the
+    next sample (:class:`atoken.data.epoch_order.EpochOrder`)."""
+    position = getattr(task, "data_position", None)
+    found = position(step) if callable(position) else None
+    return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}

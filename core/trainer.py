@@ -60,7 +60,7 @@ from atoken.core.run_folder import (
 )
 from atoken.core.runconfig import RunConfig, StageSpec
 from atoken.core.sharded import ExportTemplate, build_ema, full_state, model_state
-from atoken.core.train_task import NonFiniteLossError, TrainTask
+from atoken.core.train_task import NonFiniteLossError, TrainTask, data_positions
 from atoken.core.trainer_state import (
     load_trainer_state,
     resume_trainer,
@@ -266,7 +266,13 @@ class Trainer:
                 newest intact one, which ``fallback`` takes instead), or ``checkpoint``
                 names none of the run's.
         """
-        return resume_trainer(self, force=force, checkpoint=checkpoint, fallback=fallback)
+        loaded = resume_trainer(self, force=force, checkpoint=checkpoint, fallback=fallback)
+        if loaded and self.dist.main:  # the log says where the run went on, and on how many
+            positions = data_positions(self.task, self.step)
+            self._log(
+                {"step": self.step, "kind": "resumed", "world": self.dist.world, "data": positions}
+            )
+        return loaded
 
     @contextmanager
     def hold_folder(self) -> Iterator[None]:

@@ -42,6 +42,7 @@ from atoken.core.sharded import (
     optimizer_state,
 )
 from atoken.core.sharded_checkpoint import load_sharded, save_sharded, verify_sharded
+from atoken.core.train_task import data_positions
 
 __all__ = [
     "find_checkpoint",
@@ -65,6 +66,7 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "optimizer": optimizer_state(trainer.module, trainer.optimizer),
         "losses": torch.tensor(trainer.losses, dtype=torch.float64),
         "config": json.dumps(trainer.cfg.to_dict(), default=str),
+        "data": {"positions": data_positions(trainer.task, trainer.step)},
     }
 
 
@@ -98,6 +100,11 @@ def load_trainer_state(trainer: Any, state: dict[str, Any]) -> None:
     trainer.step = int(state["step"])
     trainer.nonfinite = int(state["nonfinite"])
     trainer.losses = [float(x) for x in state["losses"]]
+    data = state.get("data")
+    positions = data.get("positions") if isinstance(data, dict) else None
+    resume = getattr(trainer.task, "resume_data", None)
+    if positions and callable(resume):  # checkpoints of atoken < 0.5 hold none: the step
+        resume(trainer.step, {str(k): int(v) for k, v in positions.items()})
 
 
 def save_trainer(trainer: Any) -> Path | None:

@@ -12,8 +12,18 @@ nothing. Training draws sample positions, not samples:
 so the ranks' batches of a step are consecutive runs of one permutation: in an epoch every
 training sample is drawn exactly once over all ranks (no duplicates, no gaps), and the
 batch of ``(step, micro)`` on rank ``r`` is a pure function of ``(seed, step, micro, rank,
-world_size)``. The position ``g`` also seeds the sample's augmentation (its crop), so a sample
-seen in two epochs gets two crops.
+world_size)``.
+
+A run resumed on another number of processes (or with another batch size) continues at the
+next position of the run it resumes, not at where its own formula would put the step: the
+checkpoint records :meth:`EpochOrder.consumed` (the positions drawn before its step, over all
+ranks) and :meth:`EpochOrder.rebase` makes the resumed order count on from there:
+
+    g = position + ((step - base_step) * micro_steps + micro) * world_size * batch_size
+        + rank * batch_size + j
+
+The position ``g`` also seeds the sample's augmentation (its crop), so a sample seen in two
+epochs gets two crops.
 """
 
 from __future__ import annotations
@@ -60,12 +70,31 @@ class EpochOrder:
         self.rank, self.world_size, self.micro_steps = rank, world_size, micro_steps
         self.shuffle = shuffle
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, permutation [n])
+        self.base = (0, 0)  # (step, position): the order counts on from here (rebase)
 
     def positions(self, step: int, micro: int) -> range:
         """The global positions ``g`` of batch ``(step, micro)`` on this rank."""
-        slot = step * self.micro_steps + micro
-        first = (slot * self.world_size + self.rank) * self.batch_size
+        base_step, base = self.base
+        slot = (step - base_step) * self.micro_steps + micro
+        first = base + (slot * self.world_size + self.rank) * self.batch_size
         return range(first, first + self.batch_size)
+
+    def consumed(self, step: int) -> int:
+        """The positions drawn over all ranks before ``step``: where a run that resumes at
+        ``step`` goes on, whatever its number of processes."""
+        base_step, base = self.base
+        return base + (step - base_step) * self.micro_steps * self.world_size * self.batch_size
+
+    def rebase(self, step: int, position: int) -> None:
+        """Make batch ``(step, 0)`` start at global position ``position`` (the
+        :meth:`consumed` of the run being resumed).
+
+        Raises:
+            ConfigError: a negative step or position.
+        """
+        if int(step) < 0 or int(position) < 0:
+            raise ConfigError(f"a data position needs step, position >= 0, got {step}, {position}")
+        self.base = (int(step), int(position))
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The order of epoch ``epoch``: int64 ``[n]`` (the last one is cached)."""

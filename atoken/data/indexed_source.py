@@ -181,6 +181,15 @@ class IndexedSource:
         # x / 255 in numpy (one thread; IEEE division, so the values of to_float's)
         return torch.from_numpy(np.divide(crop.numpy(), np.float32(255), dtype=np.float32))
 
+    def data_position(self, step: int) -> int:
+        """The samples drawn over all ranks before ``step`` (what a checkpoint records)."""
+        return self.order.consumed(step)
+
+    def resume_data(self, step: int, position: int) -> None:
+        """Go on from ``position`` at ``step`` (a checkpoint's :meth:`data_position`), on any
+        number of processes."""
+        self.order.rebase(step, position)
+
     def sample_indices(self, step: int, micro: int) -> list[int]:
         """The indices (into :attr:`names`) of batch ``(step, micro)`` on this rank."""
         return [self.train[self.order.sample(g)] for g in self.order.positions(step, micro)]

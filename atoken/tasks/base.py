@@ -207,6 +207,17 @@ class ReconstructionTask:
     def batch(self, step: int, micro: int) -> Any:
         return self.source.batch(step, micro)
 
+    def data_position(self, step: int) -> int | None:
+        """The source's position before ``step`` (None: its batches depend on the step only)."""
+        position = getattr(self.source, "data_position", None)
+        return int(position(step)) if callable(position) else None
+
+    def resume_data(self, step: int, position: int) -> None:
+        """Hand a checkpoint's :meth:`data_position` back to the source."""
+        resume = getattr(self.source, "resume_data", None)
+        if callable(resume):
+            resume(step, position)
+
     def count(self, batch: Any) -> int:
         """What the losses average over: the samples (each loss is a mean per sample, then
         over the samples), so ranks weigh their micro-batches by it."""

@@ -69,6 +69,25 @@ class TaskMixture:
         i = self.index(step, micro)
         return i, self.tasks[i].batch(step, micro)
 
+    def data_position(self, step: int) -> dict[str, int]:
+        """Each task's data position before ``step``, by label (tasks whose sources order
+        samples by position only: see :class:`atoken.data.epoch_order.EpochOrder`)."""
+        found = {}
+        for task in self.tasks:
+            position = getattr(task, "data_position", None)
+            value = position(step) if callable(position) else None
+            if value is not None:
+                found[task.label] = int(value)
+        return found
+
+    def resume_data(self, step: int, positions: dict[str, int]) -> None:
+        """Go on from a checkpoint's :meth:`data_position` (labels it does not name keep the
+        step's own position)."""
+        for task in self.tasks:
+            resume = getattr(task, "resume_data", None)
+            if task.label in positions and callable(resume):
+                resume(step, int(positions[task.label]))
+
     def count(self, batch: tuple[int, Any]) -> float:
         """What the micro-step's task averages its loss over (``task.count``; 1 without)."""
         i, data = batch

@@ -97,3 +97,40 @@ def test_training_killed_twice_and_resumed_ends_bit_identical(tmp_path):
 
     trial = killed_training(tmp_path, steps=12, kills=2, seed=3)
     assert trial.mismatched == 0 and trial.lost == 0 and trial.found == 12, trial
+
+
+_FORKING_HOLDER = """
+import os, sys, time
+from atoken.core.store_lock import StoreLock
+
+lock = StoreLock(sys.argv[1]).acquire()
+child = os.fork()
+if child == 0:  # a data-loader worker, say: not the holder
+    lock.release()  # must not unlock the parent's lock
+    time.sleep(60)
+    os._exit(0)
+time.sleep(0.5)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_child_neither_releases_nor_keeps_its_parents_lock(tmp_path):
+    """Data workers are forked while the training holds its run folder's lock: the holder's
+    death frees it although they linger, and a child's release frees nothing."""
+    url = str(tmp_path / "s.zarr")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _FORKING_HOLDER, url], stdout=subprocess.PIPE, text=True
+    )
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(StoreLockedError, match=f"process {holder.pid}"):
+            StoreLock(url).acquire()  # the child's release did not unlock it
+        holder.kill()
+        holder.wait(timeout=30)
+        os.kill(child, 0)  # the child still runs
+        with StoreLock(url):  # and the lock went with the holder
+            pass
+    finally:
+        holder.kill()
+        os.kill(child, 9)

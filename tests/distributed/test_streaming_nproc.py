@@ -4,8 +4,12 @@ data workers, are those it computes itself (the losses of data_workers = 2 and 0
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,56 @@ def test_two_processes_with_data_workers_train_the_losses_of_none(tmp_path):
     with_workers = _losses(tmp_path, "w2", urls, 2)
     assert len(with_workers) == 3
     assert with_workers == _losses(tmp_path, "w0", urls, 0)  # the global loss, bit for bit
+
+
+def _start(run_file: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "atoken.cli", "train", *args, str(run_file)]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_two_process_run_killed_resumes_on_two_and_on_one_at_the_next_sample(tmp_path):
+    """SIGKILL to the whole group mid-epoch. On 2 processes again the run ends with the
+    losses of one that never stopped; on 1 process it goes on at the sample the 2-process
+    run would have drawn next (the checkpoint's data position, logged as it resumes)."""
+    urls = write_shards(tmp_path / "shards", n=18, per_shard=4)  # epochs of 16: crossed
+    body = RUN.replace("steps = 3", "steps = 12\ncheckpoint_every = 2")
+
+    def run_file(name: str) -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(body.format(out=tmp_path / name, urls=urls, workers=2))
+        return path
+
+    full = _start(run_file("full"), "--nproc", "2")
+    cut = _start(run_file("cut"), "--nproc", "2")
+    ckpts, deadline = tmp_path / "cut" / "checkpoints", time.monotonic() + 300
+    while not any(int(p.name[5:13]) >= 4 for p in ckpts.glob("step_*.pt")):
+        assert cut.poll() is None, cut.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint of step 4"
+        time.sleep(0.05)
+    os.killpg(cut.pid, signal.SIGKILL)
+    cut.wait(timeout=60)
+    saved = max(int(p.name[5:13]) for p in ckpts.glob("step_*.pt"))
+    assert saved < 12  # killed mid-run
+    shutil.copytree(tmp_path / "cut", tmp_path / "one")
+    for proc in (full, _start(run_file("cut"), "--nproc", "2", "--resume")):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    train = lambda out: {r["step"]: r["loss"] for r in _records(out) if r["kind"] == "train"}  # noqa: E731
+    assert train(tmp_path / "cut") == pytest.approx(train(tmp_path / "full"), rel=1e-6)
+
+    one = _start(run_file("one"), "--resume")  # the same folder, now on one process
+    _, err = one.communicate(timeout=600)
+    assert one.returncode == 0, err.decode()[-3000:]
+    resumed = [r for r in _records(tmp_path / "one") if r["kind"] == "resumed"]
+    step = resumed[-1]["step"]
+    assert resumed[-1]["world"] == 1 and step == saved
+    # 2 ranks x batch 2 per step drawn before the checkpoint; one process alone would be at
+    # step x 1 x 2 without the checkpoint's position
+    assert resumed[-1]["data"] == {"image_reconstruction": step * 2 * 2}
+    assert max(train(tmp_path / "one")) == 11
