@@ -137,7 +137,9 @@ class HFDatasetSource(IndexedSource):
             value = data
         if isinstance(value, (bytes, bytearray)):
             ext = "npy" if bytes(value[:6]) == b"\x93NUMPY" else "image"
-            return decode_sample(bytes(value), ext, resize=self.resize, where=where)
+            return decode_sample(
+                bytes(value), ext, resize=self.resize, where=where, frame_stride=self.frame_stride
+            )
         return torch.from_numpy(np.asarray(value).copy())  # an array column, as stored
 
     def caption(self, index: int) -> str:

@@ -36,10 +36,12 @@ from atoken.data.epoch_order import EpochOrder
 from atoken.data.sampling import crop_box, to_float
 from atoken.data.sources import SourceContext, split_heldout
 
-__all__ = ["IMAGE_KEYS", "IndexedSource", "decode_sample", "example_images"]
+__all__ = ["CLIP_KEYS", "IMAGE_KEYS", "IndexedSource", "decode_sample", "example_images"]
 
 #: Sample keys (file extensions in a shard) read as images, in order of preference.
 IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "npy")
+#: Sample keys decoded as clips (uint8 ``[3, T, H, W]``).
+CLIP_KEYS: tuple[str, ...] = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 
 _log = logging.getLogger("atoken")
 
@@ -87,10 +89,25 @@ def example_images(n: int = 4, side: int = 96) -> list[tuple[str, bytes]]:
     return out
 
 
-def decode_sample(data: bytes, ext: str, *, resize: int = 0, where: str = "") -> torch.Tensor:
+def _clip(data: bytes, ext: str, frame_stride: int) -> torch.Tensor:
+    """A video file's bytes -> uint8 ``[3, T, H, W]`` (PyAV reads a file: a temporary one)."""
+    import tempfile
+
+    from atoken.modalities.video_io import read_video
+
+    with tempfile.NamedTemporaryFile(suffix=f".{ext}") as f:
+        f.write(data)
+        f.flush()
+        return read_video(f.name, frame_stride=frame_stride)
+
+
+def decode_sample(
+    data: bytes, ext: str, *, resize: int = 0, where: str = "", frame_stride: int = 1
+) -> torch.Tensor:
     """The sample held in ``data`` (a file of extension ``ext``): an image as uint8
-    ``[3, H, W]`` (the shorter side resized to ``resize`` when > 0), an ``npy`` array as a
-    tensor of its dtype.
+    ``[3, H, W]`` (the shorter side resized to ``resize`` when > 0), a video (``mp4``,
+    ``webm``, ... :data:`CLIP_KEYS`) as uint8 ``[3, T, H, W]`` (every ``frame_stride``-th
+    frame), an ``npy`` array as a tensor of its dtype.
 
     Raises:
         BadSampleError: the bytes do not decode (``where`` names the shard and key).
@@ -98,6 +115,8 @@ def decode_sample(data: bytes, ext: str, *, resize: int = 0, where: str = "") ->
     try:
         if ext == "npy":
             return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).copy())
+        if ext in CLIP_KEYS:
+            return _clip(data, ext, frame_stride)
         return _image(data, resize)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...; all mean "bad"
         raise BadSampleError(
@@ -111,6 +130,9 @@ class IndexedSource:
 
     ``resize``: the shorter side of each image is resized to this many pixels before the crop
     (0: native scale, as the folder sources); ``shuffle``: a fresh permutation per epoch.
+    Clips: ``frames`` (> 0) frames at a random start, drawn from the sample's generator like
+    its crop (a clip with fewer frames is a bad sample); ``frame_stride``: every n-th frame is
+    decoded. ``frames = 0`` keeps whole clips.
     """
 
     context: SourceContext = attrs.field(factory=SourceContext)
@@ -120,6 +142,8 @@ class IndexedSource:
     resize: int = attrs.field(default=0, validator=non_negative_int)
     shuffle: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
+    frames: int = attrs.field(default=0, validator=non_negative_int)
+    frame_stride: int = attrs.field(default=1, validator=positive_int)
 
     modality: str = attrs.field(init=False, default="image")
     names: tuple[str, ...] = attrs.field(init=False, default=())
@@ -171,6 +195,23 @@ class IndexedSource:
         _log.warning("skipped bad sample %d of at most %d: %s", self.bad, limit, exc)
 
     # ------------------------------------------------------------------ training
+    def _window(self, x: torch.Tensor, g: torch.Generator, where: str) -> torch.Tensor:
+        """A clip's ``frames`` frames at a random start (``x [3, T, H, W]``); others as they
+        are.
+
+        Raises:
+            BadSampleError: a clip with fewer than ``frames`` frames.
+        """
+        if x.ndim != 4 or not self.frames:
+            return x
+        T = x.shape[1]
+        if self.frames > T:
+            raise BadSampleError(
+                f"{where}: a clip of {T} frames, fewer than frames = {self.frames}"
+            )
+        start = int(torch.randint(0, T - self.frames + 1, (), generator=g))
+        return x[:, start : start + self.frames]  # [3, frames, H, W]
+
     def _crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         H, W = x.shape[-2:]
         rand = lambda lo, hi: int(torch.randint(lo, hi, (), generator=g))  # noqa: E731
@@ -204,12 +245,13 @@ class IndexedSource:
         out = []
         for g in self.order.positions(step, micro):
             index = self.train[self.order.sample(g)]
+            gen = self.order.generator(g)  # the sample's window (clips) and crop
             try:
-                x = self.read(index)
+                x = self._window(self.read(index), gen, self.names[index])
             except BadSampleError as exc:
                 self.skip(exc)
                 continue
-            out.append(self._crop(x, self.order.generator(g)))
+            out.append(self._crop(x, gen))
         if not out:
             raise BadSampleError(f"every sample of batch (step {step}, micro {micro}) is bad")
         return out

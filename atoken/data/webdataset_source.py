@@ -124,9 +124,10 @@ class WebDatasetSource(IndexedSource):
     """``webdataset``: samples of tar shards at ``urls`` (see the module docstring).
 
     Parameters beyond the shared ones (``batch_size``, ``crop_min``, ``crop_max``, ``resize``,
-    ``shuffle``, ``heldout``): ``urls``, ``storage_options`` (fsspec), ``keys`` (sample
-    extensions, first found is read), ``caption_key`` ("" or ``txt``/``json``) and
-    ``modality`` (the samples' registered modality; default image).
+    ``shuffle``, ``heldout``, ``frames``, ``frame_stride``): ``urls``, ``storage_options``
+    (fsspec), ``keys`` (sample extensions, first found is read: images, ``npy`` or clips such
+    as ``mp4``), ``caption_key`` ("" or ``txt``/``json``) and ``modality`` (the samples'
+    registered modality; default image; clips: ``modality = "video"``).
     """
 
     urls: Any = attrs.field(default="")
@@ -213,7 +214,9 @@ class WebDatasetSource(IndexedSource):
                 key=key,
             )
         try:
-            return decode_sample(data, ext, resize=self.resize, where=where)
+            return decode_sample(
+                data, ext, resize=self.resize, where=where, frame_stride=self.frame_stride
+            )
         except BadSampleError as exc:
             raise BadSampleError(str(exc), shard=self.shards[shard], key=key) from exc
 
