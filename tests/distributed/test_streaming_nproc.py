@@ -118,3 +118,31 @@ def test_a_two_process_run_killed_resumes_on_two_and_on_one_at_the_next_sample(t
     # step x 1 x 2 without the checkpoint's position
     assert resumed[-1]["data"] == {"image_reconstruction": step * 2 * 2}
     assert max(train(tmp_path / "one")) == 11
+
+
+def test_a_hugging_face_dataset_trains_on_two_processes_with_the_losses_of_no_workers(tmp_path):
+    """``hf_datasets`` under ``atoken train --nproc 2``: each rank its share, decoded by its
+    data workers, and the global losses of data_workers = 0."""
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(9)]
+    features = datasets.Features({"image": datasets.Image()})
+    folder = tmp_path / "hf"
+    datasets.Dataset.from_dict({"image": images}, features=features).save_to_disk(str(folder))
+    data = f'source = "hf_datasets", path = "{folder}", image_key = "image"'
+    body = RUN.replace('source = "webdataset", urls = "{urls}"', data)
+
+    def losses(name: str, workers: int) -> list[float]:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(body.format(out=tmp_path / name, workers=workers))
+        cmd = [sys.executable, "-m", "atoken.cli", "train", "--nproc", "2", str(path)]
+        env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [r["loss"] for r in _records(tmp_path / name) if r["kind"] == "train"]
+
+    with_workers = losses("w2", 2)
+    assert len(with_workers) == 3 and with_workers == losses("w0", 0)
