@@ -157,6 +157,12 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     help="With --nproc: restart the process group this many times after a failure; each "
     "restart resumes from the last complete checkpoint.",
 )
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Check the run file and print per stage its parameters, tokens, FLOPs and memory "
+    "per rank (DDP and FSDP2) at --nproc ranks; nothing is trained or launched.",
+)
 def train(
     run_file: str,
     resume: bool,
@@ -169,6 +175,7 @@ def train(
     device: str | None,
     nproc: int,
     max_restarts: int,
+    plan: bool,
 ) -> None:
     """Train a tokenizer as RUN_FILE (TOML) describes.
 
@@ -180,6 +187,13 @@ def train(
     from atoken.core.runconfig import load_run_file
     from atoken.train import run_training
 
+    if plan:  # before any launch: with --plan, --nproc N plans for N ranks
+        from atoken.cli_plan import print_plan
+
+        try:
+            return print_plan(run_file, nproc=nproc, device=device)
+        except AtokenError as exc:
+            raise _fail(exc) from exc
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         ctx = click.get_current_context()
         raise SystemExit(launch(ctx.params, nproc=nproc, max_restarts=max_restarts))

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "check_output_folder",
     "is_tokenizer_folder",
+    "load_config",
     "load_pretrained",
     "save_pretrained",
 ]
@@ -106,9 +108,21 @@ def check_output_folder(folder: str | os.PathLike, *, overwrite: bool = False) -
     )
 
 
-def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> Any:
-    """Build ``cls`` from ``folder``'s config and load its safetensors weights strictly."""
-    folder = Path(folder)
+def load_config(folder: str | os.PathLike, **overrides: Any) -> TokenizerConfig:
+    """The :class:`TokenizerConfig` a tokenizer folder holds (its ``config.json`` only: no
+    weight is read), with ``overrides`` applied and the modalities not installed here dropped.
+
+    Raises:
+        CheckpointError: no ``config.json`` or ``model.safetensors`` in ``folder``, or a
+            ``config.json`` that is not a tokenizer config of this format.
+    """
+    return _read_config(Path(folder), overrides)[0]
+
+
+def _read_config(
+    folder: Path, overrides: Mapping[str, Any]
+) -> tuple[TokenizerConfig, list[str], list[str]]:
+    """(config, modalities dropped, modalities added by ``overrides``) of ``folder``."""
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
         raise CheckpointError(
@@ -136,6 +150,14 @@ def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> A
     config, dropped = _installed_modalities(config, config_path)
     # Modalities added by an override (not in the file) keep their fresh parameters.
     added = [m for m in config.modalities or () if saved is not None and m not in saved]
+    return config, dropped, added
+
+
+def load_pretrained(cls: type, folder: str | os.PathLike, **overrides: Any) -> Any:
+    """Build ``cls`` from ``folder``'s config and load its safetensors weights strictly."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    config, dropped, added = _read_config(folder, overrides)
     skip = tuple(f"{part}.{name}." for name in dropped for part in _OWN_PARAMETERS)
     fresh = tuple(f"{part}.{name}." for name in added for part in _OWN_PARAMETERS)
     _check_shapes(cls, config, weights_path, config_path, skip=skip, fresh=fresh)

@@ -58,7 +58,14 @@ class StageContext:
 
 
 class StageTransform(Protocol):
-    """A built stage transform."""
+    """A built stage transform.
+
+    It may also have ``apply_shapes(tokenizer)``: the same change of modules and shapes on a
+    tokenizer built on the meta device, without data (``atoken train --plan`` counts each
+    stage's parameters with it, :mod:`atoken.plan`). A transform without it is called as
+    ``transform(tokenizer, StageContext(stage=...))`` with no tasks, and when that fails the
+    plan names it and keeps the previous stage's shapes.
+    """
 
     def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
         """Change ``tokenizer`` in place."""
@@ -236,6 +243,9 @@ class PCAInit:
         "decoder_bias": True,
     }
 
+    def apply_shapes(self, tokenizer: nn.Module) -> None:
+        """No shape changes: the PCA sets values only."""
+
     def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
         if not context.tasks:
             raise ConfigError("pca_init fits the PCA on the stage's first task; it has none")
@@ -255,6 +265,10 @@ class ExpandLatent:
     latent_dim: int = attrs.field(validator=_int_at_least(1))
 
     example_params: ClassVar[dict[str, Any]] = {"latent_dim": 48}
+
+    def apply_shapes(self, tokenizer: nn.Module) -> None:
+        """:func:`expand_latent` (on the meta device it moves no data)."""
+        expand_latent(tokenizer, self.latent_dim)
 
     def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
         expand_latent(tokenizer, self.latent_dim)
@@ -281,6 +295,15 @@ class ToFSQ:
     )
 
     example_tokenizer: ClassVar[dict[str, Any]] = {"latent_dim": 48}
+
+    def apply_shapes(self, tokenizer: nn.Module) -> None:
+        """The FSQ bottleneck of the same shapes, uncalibrated: allocated ``bits`` give every
+        group ``latent_dim / groups`` channels, as uniform levels of that length do."""
+        levels = self.levels
+        if self.bits is not None:
+            _kl_with_decoder(tokenizer, "to_fsq")
+            levels = (4,) * (tokenizer.config.latent_dim // self.groups)
+        to_fsq(tokenizer, levels=levels, groups=self.groups, scale=self.scale)
 
     def __call__(self, tokenizer: nn.Module, context: StageContext) -> None:
         calibration = [

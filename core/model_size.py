@@ -140,12 +140,15 @@ def check_model_size(
     """Refuse a config whose weights alone would not fit in :func:`memory_limit`.
 
     ``overrides`` (the flat overrides the config was made with) and ``preset`` name where
-    the size came from in the message. Nothing happens when the memory is unknown.
+    the size came from in the message. Nothing happens when the memory is unknown or the
+    default device is ``meta`` (a build that allocates nothing, as ``atoken train --plan``).
 
     Raises:
         ConfigError: naming the estimated parameters and bytes, the memory, and the
             overridden size keys (else the config's sizes).
     """
+    if torch.get_default_device().type == "meta":  # a meta build allocates nothing (--plan)
+        return
     limit = memory_limit()
     if limit is None:
         return

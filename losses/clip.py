@@ -31,7 +31,7 @@ from atoken.core.errors import ConfigError, WeightsNotFoundError
 from atoken.losses._images import ImageBatch, check_size, image_pairs, resized_batch
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["CLIPLoss", "registry_normalisation"]
+__all__ = ["CLIPLoss", "open_clip_parameters", "registry_normalisation"]
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -48,6 +48,22 @@ def registry_normalisation(model_name: str) -> tuple[tuple[float, ...], tuple[fl
         if cfg.get("mean") and cfg.get("std"):
             pairs.add((tuple(cfg["mean"]), tuple(cfg["std"])))
     return pairs.pop() if len(pairs) == 1 else None
+
+
+def open_clip_parameters(model_name: str) -> int:
+    """The parameters of the open_clip model ``model_name`` (both towers: what
+    ``open_clip.create_model`` holds), counted on the meta device: nothing is read or allocated.
+
+    Raises:
+        ConfigError: ``model_name`` is not an open_clip model.
+    """
+    import open_clip
+
+    if open_clip.get_model_config(model_name) is None:
+        raise ConfigError(f"unknown open_clip model name {model_name!r} (open_clip.list_models())")
+    with torch.device("meta"):
+        model = open_clip.create_model(model_name, device="meta")
+    return sum(p.numel() for p in model.parameters())
 
 
 def _weights_file(model_name: str, pretrained: str | os.PathLike | None) -> Path:
@@ -117,6 +133,16 @@ class CLIPLoss(nn.Module):
         self.model: nn.Module | None = None
         if model is not None:
             self._adopt(model)
+
+    @staticmethod
+    def planned_parameters(
+        *, model: nn.Module | None = None, model_name: str = "ViT-B-16-SigLIP2", **_: Any
+    ) -> int:
+        """The parameters of the frozen network the loss holds (the whole open_clip model),
+        counted without its weights (``atoken train --plan``)."""
+        if model is not None:
+            return sum(p.numel() for p in model.parameters())
+        return open_clip_parameters(model_name)
 
     def _adopt(self, model: nn.Module) -> None:
         self.model = model.requires_grad_(False).eval()

@@ -104,6 +104,14 @@ class DistillLoss(nn.Module):
                 "The teacher's image embedding must have the text encoder's size."
             ) from exc
 
+    @staticmethod
+    def planned_parameters(
+        *, teacher: nn.Module | None = None, model_name: str = "ViT-B-16-SigLIP2", **_: Any
+    ) -> int:
+        """The parameters of the frozen teacher (the whole open_clip model), counted without
+        its weights (``atoken train --plan``)."""
+        return CLIPLoss.planned_parameters(model=teacher, model_name=model_name)
+
     def scale(self) -> float:
         """The similarity scale: the teacher's ``exp(logit_scale)`` or ``logit_scale``."""
         model = self.teacher.model

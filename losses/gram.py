@@ -145,6 +145,23 @@ class GramLoss(nn.Module):
             )
         self.net: nn.Module | None = None
 
+    @staticmethod
+    def planned_parameters(*, network: str = "efficientnet_lite0", **_: Any) -> int:
+        """The parameters of the frozen feature network, counted on the meta device without
+        its weights (``atoken train --plan``)."""
+        if network not in NETWORKS:
+            raise ConfigError(f"gram: network must be one of {NETWORKS}, got {network!r}")
+        with torch.device("meta"):
+            if network == "efficientnet_lite0":
+                import timm
+
+                net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+            else:
+                import torchvision
+
+                net = getattr(torchvision.models, network)(weights=None).features
+        return sum(p.numel() for p in net.parameters())
+
     def network(self, device: torch.device | str = "cpu") -> nn.Module:
         """The frozen feature network, built on first call (then moved to ``device``)."""
         if self.net is None:

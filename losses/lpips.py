@@ -110,6 +110,16 @@ class LPIPSLoss(nn.Module):
             self.label = f"LPIPS v{version} ({net})"
         self.model: nn.Module | None = None
 
+    @staticmethod
+    def planned_parameters(*, net: str = "vgg", version: str = "0.1", **_: Any) -> int:
+        """The parameters of the frozen ``lpips.LPIPS`` network (trunk and linear heads),
+        counted on the meta device without the trunk's weights (``atoken train --plan``)."""
+        if net not in _TRUNKS:
+            raise ConfigError(f"lpips: net must be one of {sorted(_TRUNKS)}, got {net!r}")
+        with torch.device("meta"):
+            model = build_lpips(net, None, version=version)
+        return sum(p.numel() for p in model.parameters())
+
     def extra_repr(self) -> str:
         return self.label
 

@@ -35,6 +35,7 @@ from atoken.core.errors import ConfigError, DataModalityError
 from atoken.core.runconfig import LossTerm, TaskSpec, structure
 from atoken.data.sources import SourceContext, build_source
 from atoken.plugins.hookspecs import hookimpl
+from atoken.tasks.planning import BatchShape, grid_batch
 
 __all__ = [
     "ReconstructionParams",
@@ -202,6 +203,14 @@ class ReconstructionTask:
             self.losses.append((term, fn, inputs))
         names = self.default_metrics if spec.metrics is None else spec.metrics
         self.metrics = {name: registry.metrics.create(name) for name in names}
+
+    @classmethod
+    def plan_batch(cls, spec: TaskSpec, config: Any) -> BatchShape:
+        """The micro-batch ``spec``'s data table asks for (:func:`grid_batch`), for the
+        tokenizer ``config``, with no data read (``atoken train --plan``). A task whose
+        samples are not crops or clips of a pixel grid overrides it."""
+        data = dict(spec.data) or ({"source": cls.default_source} if cls.default_source else {})
+        return grid_batch(data, config, where=f"[[tasks]] {spec.key}")
 
     # ------------------------------------------------------------------------- training
     def batch(self, step: int, micro: int) -> Any:

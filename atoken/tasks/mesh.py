@@ -16,6 +16,7 @@ no-learning baseline (:func:`.gaussians.baseline_gaussians`, prefixed ``baseline
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from atoken.tasks.base import (
     clamp_range,
     evaluate_samples,
 )
+from atoken.tasks.planning import BatchShape, source_defaults
 
 __all__ = ["MeshParams", "MeshReconstructionTask"]
 
@@ -76,6 +78,36 @@ class MeshReconstructionTask(ReconstructionTask):
 
     #: The contract tests' data table (a small mesh store they write): see MeshSource.
     example_data = staticmethod(MeshSource.example_data)
+
+    #: Active voxels of an asset per R² of its R³ grid, for plans: a closed surface crosses
+    #: about 4 R² cells (TRELLIS keeps assets under 32,768 = 8 * 64² voxels).
+    PLANNED_VOXELS_PER_R2: ClassVar[int] = 4
+
+    @classmethod
+    def plan_batch(cls, spec: Any, config: Any) -> BatchShape:
+        """``batch_size`` assets (the source's default else) of ``4 R²`` voxel tokens each,
+        R the modality's grid side (its ``modality_params`` ``resolution``, else its
+        default): an estimate, the true count is the asset's surface."""
+        from atoken.plugins.manager import get_registry
+
+        modality = spec.modality or cls.default_modality
+        params = dict(config.modality_params).get(modality, {})
+        resolution = params.get("resolution")
+        if resolution is None:
+            factory = get_registry().modalities.get(modality)
+            resolution = inspect.signature(factory).parameters["resolution"].default
+        data = dict(spec.data) or {"source": cls.default_source}
+        batch = data.get("batch_size", source_defaults(data.get("source")).get("batch_size", 1))
+        tokens = cls.PLANNED_VOXELS_PER_R2 * int(resolution) ** 2
+        return BatchShape(
+            samples=int(batch),
+            tokens_mean=tokens,
+            tokens_max=tokens,
+            tokens_sq_mean=tokens**2,
+            note=f"{tokens:,} voxels an asset is an estimate (4 R², R = {resolution}); the "
+            "renders of the decoded Gaussians (views_per_step x render_size² each) are not "
+            "counted",
+        )
 
     def count(self, batch: Any) -> int:
         return len(batch)

