@@ -200,6 +200,43 @@ def test_every_shipped_run_file_loads_and_builds_its_tasks(tmp_path):
         assert [t.label for t in mixture.tasks] == [s.key for s in cfg.plan()[0].tasks]
 
 
+def test_the_papers_run_files_load_plan_and_follow_the_recipe():
+    """configs/paper/: the So/C curriculum for 256 ranks and its one-GPU reduction load,
+    round-trip and plan stage by stage (#29 item 2); the one-GPU file builds its first stage
+    from the data atoken ships; the full one has the paper's numbers."""
+    from atoken.core.runconfig import RunConfig, structure
+    from atoken.plan import plan_run
+
+    paper = {p.stem: p for p in sorted((ROOT / "configs" / "paper").glob("*.toml"))}
+    assert set(paper) == {"so-c", "so-c-1gpu"}
+    for path in paper.values():
+        cfg = load_run_file(path)
+        assert structure(RunConfig, json.loads(json.dumps(cfg.to_dict())), "again") == cfg
+        plan = plan_run(cfg, nproc=256)
+        assert [s.name for s in plan.stages] == ["image", "video", "3d", "fsq"]
+        assert [t.name for s in cfg.plan() for t in s.transforms] == ["expand_latent", "to_fsq"]
+        assert cfg.plan()[-1].transforms[0].params == {"levels": [4] * 6, "groups": 8}
+        assert (cfg.optim.betas, cfg.optim.lr, cfg.optim.min_lr) == ((0.9, 0.95), 3e-4, 3e-5)
+        assert (cfg.optim.weight_decay, cfg.optim.encoder_lr_mult) == (0.1, 0.1)
+        for stage in cfg.plan():  # one micro-batch of every task a step, round robin
+            assert cfg.stage_optim(stage).grad_accum == len(stage.tasks)
+            kl = [t for t in stage.tasks for term in t.losses if term.name == "kl"]
+            assert (stage.name == "fsq") == (not kl)  # a discrete latent exports no KL term
+    full = load_run_file(paper["so-c"])
+    assert [s.steps for s in full.plan()] == [200_000, 200_000, 50_000, 100_000]
+    assert full.optim.warmup_steps == 2000 and full.train.ema_decay == 0.9999
+    weights = {t.name: t.weight for t in full.plan()[0].tasks[0].losses}
+    assert weights == {"l1": 0.2, "lpips": 2.0, "gram": 200.0, "clip": 0.2, "kl": 1e-8}
+    distill = full.plan()[0].tasks[1].losses[0]
+    assert (distill.name, distill.weight, distill.params["temperature"]) == ("distill", 1.0, 2.0)
+    batches = {t.key: 256 * t.data["batch_size"] for s in full.plan() for t in s.tasks}
+    assert batches["image_text"] == 8192  # the paper's global batches on 256 ranks
+    assert 1024 <= batches["image_512"] <= 4096 and 512 <= batches["video_512"] <= 1024
+    assert 256 <= batches["mesh"] <= 512
+    _, mixture = build_run(load_run_file(paper["so-c-1gpu"]))
+    assert [t.label for t in mixture.tasks] == ["image_512", "image_text"]
+
+
 def test_a_run_config_with_tasks_round_trips_through_its_dict():
     from atoken.core.runconfig import RunConfig, structure
 
