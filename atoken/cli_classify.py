@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,8 +21,17 @@ __all__ = ["classify"]
     show_default=True,
     help='The prompt of a label, e.g. "a photo of the digit {}".',
 )
+@click.option(
+    "--sigmoid",
+    is_flag=True,
+    help="SigLIP scores: each label's own probability sigmoid(exp(logit_scale) * cos + "
+    "logit_bias) with the tokenizer's scale and bias (the official ones for a converted "
+    "official folder), instead of a softmax over the labels.",
+)
 @click.argument("images", nargs=-1, required=True)
-def classify(checkpoint: str, labels: str, template: str, images: tuple[str, ...]) -> None:
+def classify(
+    checkpoint: str, labels: str, template: str, sigmoid: bool, images: tuple[str, ...]
+) -> None:
     """Print each image's probability for every label (zero-shot, no training)."""
     from atoken.cli_common import _fail, _load_tokenizer, _table
     from atoken.modalities.image import to_image_tensor
@@ -32,11 +42,35 @@ def classify(checkpoint: str, labels: str, template: str, images: tuple[str, ...
         names = parse_labels(labels)
         model = _load_tokenizer(checkpoint)
         tensors = [to_image_tensor(p) for p in images]
-        probs = classify_images(model, tensors, names, template=template)  # [B, K]
+        if sigmoid:
+            probs = _sigmoid_scores(model, tensors, names, template)  # [B, K]
+        else:
+            probs = classify_images(model, tensors, names, template=template)  # [B, K]
     except AtokenError as exc:
         raise _fail(exc) from exc
+    fmt = "{:.4g}" if sigmoid else "{:.4f}"  # SigLIP scores are often far below 1e-4
     rows = []
     for path, row in zip(images, probs.tolist(), strict=True):
         best = names[max(range(len(names)), key=row.__getitem__)]
-        rows.append((Path(path).name, *(f"{p:.4f}" for p in row), best))
+        rows.append((Path(path).name, *(fmt.format(p) for p in row), best))
     _table(("image", *names, "best"), rows)
+
+
+def _sigmoid_scores(model: Any, images: list[Any], names: list[str], template: str) -> Any:
+    """``sigmoid(semantic.logits(image, text))`` ``[B, K]``: SigLIP's per-label probabilities.
+
+    Raises:
+        ConfigError: a template without ``{}``, or a tokenizer without a text encoder.
+    """
+    import torch
+
+    from atoken.core.errors import ConfigError
+
+    if "{}" not in template:
+        raise ConfigError(f"the prompt template must contain '{{}}', got {template!r}")
+    if getattr(model, "semantic", None) is None:
+        raise ConfigError("zero-shot classification needs a tokenizer with a text encoder")
+    with torch.no_grad():
+        image = model.embed(images, "image")  # [B, D]
+        text = model.embed_text([template.format(n) for n in names])  # [K, D]
+        return torch.sigmoid(model.semantic.logits(image, text))  # [B, K]

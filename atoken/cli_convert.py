@@ -1,14 +1,17 @@
 """``atoken convert``: checkpoints of other releases -> ``save_pretrained`` folders.
 
     atoken convert official CHECKPOINT OUT_DIR [--config official.yaml] [--fsq] [--heads N]
+                                               [--text-tower FILE [--text-tokenizer DIR]]
                                                [--overwrite]
 
 ``official`` reads an apple/ml-atoken checkpoint (``.pt`` with ``weights_only=True``, or
 ``.safetensors``), maps it strictly (:mod:`atoken.official`) and writes ``config.json``,
 ``model.safetensors`` and the licence ``NOTICE.md`` into a new or empty OUT_DIR (a tokenizer
 folder only with ``--overwrite``; a folder of other files never). Warnings (NaN or infinite
-weights) are printed to stderr. The 3D Gaussian decoder (``3d_decode_gs.pt``, recognised by its
-keys, with ``--config 3d_decode_gs.yaml``) becomes a Gaussian decoder folder instead
+weights) are printed to stderr. ``--text-tower`` attaches the SigLIP2-So400m text tower (a local
+open_clip checkpoint) with the official logit scale and bias, for ``atoken classify``. The 3D
+Gaussian decoder (``3d_decode_gs.pt``, recognised by its keys, with ``--config
+3d_decode_gs.yaml``) becomes a Gaussian decoder folder instead
 (:mod:`atoken.official.gaussian_folder`).
 """
 
@@ -57,6 +60,24 @@ def convert() -> None:
     help="Your copy of the official MODEL-LICENSE, copied beside the weights.",
 )
 @click.option(
+    "--text-tower",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A local open_clip checkpoint of ViT-SO400M-16-SigLIP2-naflex (its text tower is "
+    "used, with the official logit scale and bias: zero-shot through atoken classify).",
+)
+@click.option(
+    "--text-tokenizer",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="The text tower's Hugging Face tokenizer folder [the --text-tower file's folder].",
+)
+@click.option(
+    "--text-model",
+    default=None,
+    help="The open_clip model name of --text-tower [ViT-SO400M-16-SigLIP2-naflex].",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the tokenizer in OUT_DIR (a folder of other files is never written into).",
@@ -69,6 +90,9 @@ def official(
     heads: int | None,
     decoder_heads: int | None,
     licence_file: str | None,
+    text_tower: str | None,
+    text_tokenizer: str | None,
+    text_model: str | None,
     overwrite: bool,
 ) -> None:
     """Convert an official AToken CHECKPOINT into the tokenizer folder OUT_DIR (new or empty;
@@ -96,6 +120,7 @@ def official(
                 decoder_heads=decoder_heads,
                 fsq=fsq,
                 overwrite=overwrite,
+                **_text_options(text_tower, text_tokenizer, text_model),
             )
         except AtokenError as exc:
             raise _fail(exc) from exc
@@ -103,6 +128,12 @@ def official(
             for warning in caught:
                 click.echo(f"Warning ({warning.category.__name__}): {warning.message}", err=True)
     click.echo(f"converted {checkpoint} into {folder} (licence notice: {folder / NOTICE_NAME})")
+
+
+def _text_options(tower: str | None, tokenizer: str | None, model: str | None) -> dict[str, str]:
+    """The text-tower options given on the command line (``from_official`` checks them)."""
+    given = {"text_tower": tower, "text_tokenizer": tokenizer, "text_model": model}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _gaussian_decoder(

@@ -70,6 +70,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.metrics.semantic",
     "atoken.plugins.text_encoders.minilm",
     "atoken.plugins.text_encoders.open_clip",
+    "atoken.plugins.text_encoders.open_clip_text",
     "atoken.losses.siglip",
     "atoken.losses.distill",
     "atoken.data.builtin_sources",

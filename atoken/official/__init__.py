@@ -23,7 +23,14 @@ from atoken.official.gaussian_decoder import (
 )
 from atoken.official.keys import atoken_key, official_key, to_atoken, to_official
 from atoken.official.notice import ATTRIBUTION, NOTICE_NAME, write_notice
-from atoken.official.zeroshot import OFFICIAL_LOGIT_BIAS, OFFICIAL_LOGIT_SCALE, official_logits
+from atoken.official.zeroshot import (
+    OFFICIAL_LOGIT_BIAS,
+    OFFICIAL_LOGIT_SCALE,
+    OFFICIAL_TEXT_MODEL,
+    official_logits,
+    official_semantic_state,
+    official_text_encoder,
+)
 
 __all__ = [
     "ATTRIBUTION",
@@ -33,6 +40,7 @@ __all__ = [
     "OFFICIAL_LOGIT_BIAS",
     "OFFICIAL_LOGIT_SCALE",
     "OFFICIAL_SOFTCAP",
+    "OFFICIAL_TEXT_MODEL",
     "atoken_key",
     "convert_official",
     "convert_state_dict",
@@ -43,6 +51,8 @@ __all__ = [
     "load_official_state_dict",
     "official_key",
     "official_logits",
+    "official_semantic_state",
+    "official_text_encoder",
     "read_gaussian_yaml",
     "read_official_yaml",
     "to_atoken",

@@ -26,6 +26,7 @@ from atoken.core.config import TokenizerConfig
 from atoken.core.errors import ConfigError, NonFiniteWeightsWarning, StateDictMismatchError
 from atoken.official.config import infer_config, read_official_yaml
 from atoken.official.keys import to_atoken
+from atoken.official.zeroshot import official_semantic_state, official_text_encoder
 
 __all__ = [
     "convert_state_dict",
@@ -161,7 +162,11 @@ def from_official(
             mapping, a ready :class:`TokenizerConfig`, or None (shapes only: So/C unless
             ``fsq=True``).
         options: ``heads``, ``decoder_heads``, ``fsq``, ``modalities``
-            (:func:`atoken.official.config.infer_config`).
+            (:func:`atoken.official.config.infer_config`); ``text_tower`` (a local open_clip
+            checkpoint of the SigLIP2-So400m text tower), with ``text_tokenizer`` (its Hugging
+            Face tokenizer folder, default the checkpoint's) and ``text_model`` (default
+            ``ViT-SO400M-16-SigLIP2-naflex``): the tokenizer gets that text encoder, W_s =
+            identity and the official logit scale and bias (:mod:`atoken.official.zeroshot`).
 
     Raises:
         CheckpointError: an unreadable checkpoint.
@@ -186,9 +191,37 @@ def from_official(
             NonFiniteWeightsWarning,
             stacklevel=3,
         )
+    text = _text_options(options)
     cfg = _config_for(state, config, options)
+    if text is not None:
+        name, params = official_text_encoder(**text)
+        cfg = cfg.with_overrides(text_encoder=name, text_encoder_params=params)
     model = cls(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("semantic.")}
     mapped = convert_state_dict(state, expected, source=source)
+    if model.semantic is not None:
+        width = cfg.encoder.backbone.width
+        if model.semantic.proj.weight.shape != (width, width):
+            raise ConfigError(
+                f"the text tower gives {model.semantic.proj.weight.shape[0]}-d embeddings, the "
+                f"official image embedding is {width}-d: the official model pairs with "
+                "SigLIP2-So400m's text tower (1152-d)"
+            )
+        mapped.update(official_semantic_state(width))
     model.load_state_dict(mapped, strict=True)
     return model.eval()
+
+
+def _text_options(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Pops ``text_tower``, ``text_tokenizer``, ``text_model`` from ``options``."""
+    tower = options.pop("text_tower", None)
+    tokenizer = options.pop("text_tokenizer", None)
+    model = options.pop("text_model", None)
+    if tower is None:
+        if tokenizer is not None or model is not None:
+            raise ConfigError("text_tokenizer and text_model need text_tower")
+        return None
+    out: dict[str, Any] = {"text_tower": tower, "tokenizer": tokenizer}
+    if model is not None:
+        out["model_name"] = model
+    return out
