@@ -102,9 +102,11 @@ def official(
     from atoken.official.notice import NOTICE_NAME
 
     if is_gaussian_decoder_checkpoint(checkpoint):
-        if fsq is not None or heads is not None or decoder_heads is not None:
+        text = _text_options(text_tower, text_tokenizer, text_model)
+        if fsq is not None or heads is not None or decoder_heads is not None or text:
             click.echo(
-                "--fsq/--kl, --heads and --decoder-heads apply to tokenizers: ignored", err=True
+                "--fsq/--kl, --heads, --decoder-heads and --text-* apply to tokenizers: ignored",
+                err=True,
             )
         _gaussian_decoder(checkpoint, out_dir, config_path, licence_file, overwrite)
         return

@@ -183,3 +183,14 @@ class TestRandomSigLIP2TextTowerPassesTheContract(TextEncoderContract):
     @pytest.fixture
     def text_encoder(self, tower):
         return atoken.get_registry().text_encoders.create("open_clip_text", pretrained=tower[0])
+
+
+def test_the_text_tower_options_do_not_apply_to_the_gaussian_decoder(tower, tmp_path):
+    from atoken.testing.official import official_gaussian_decoder_state_dict
+
+    state = official_gaussian_decoder_state_dict(width=64, depth=1, mlp=96)
+    ckpt = write_official_checkpoint(tmp_path / "3d_decode_gs.pt", state)
+    args = ["convert", "official", str(ckpt), str(tmp_path / "gs"), "--text-tower", tower[0]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "--text-* apply to tokenizers: ignored" in result.output
