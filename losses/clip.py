@@ -18,6 +18,8 @@ from ``pretrained=None`` wrongly shows the OpenAI values), else ``model.visual.p
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,6 +52,7 @@ def registry_normalisation(model_name: str) -> tuple[tuple[float, ...], tuple[fl
     return pairs.pop() if len(pairs) == 1 else None
 
 
+@functools.lru_cache(maxsize=32)
 def open_clip_parameters(model_name: str) -> int:
     """The parameters of the open_clip model ``model_name`` (both towers: what
     ``open_clip.create_model`` holds), counted on the meta device: nothing is read or allocated.
@@ -61,8 +64,13 @@ def open_clip_parameters(model_name: str) -> int:
 
     if open_clip.get_model_config(model_name) is None:
         raise ConfigError(f"unknown open_clip model name {model_name!r} (open_clip.list_models())")
-    with torch.device("meta"):
-        model = open_clip.create_model(model_name, device="meta")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns that no weights were loaded: none are
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(model_name, device="meta")
+    finally:
+        logging.disable(previous)
     return sum(p.numel() for p in model.parameters())
 
 
