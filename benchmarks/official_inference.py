@@ -7,7 +7,9 @@ The ``so400m`` preset (27 + 27 blocks of 1152 wide, 16 heads, MLP 4304: the offi
 So400m shapes) with random weights, no gradients, on a 256 px image (256 tokens) and a
 16-frame 256 px clip (4 x 16 x 16 = 1024 tokens), in fp32 and under bf16 autocast. Each figure
 is the best of ``--repeats`` timed runs after one warm-up; fp32 and bf16 run side by side in
-this one process, so a busy machine slows both alike (the load average is printed).
+this one process, so a busy machine slows both alike (the load average is printed). The bf16
+rows also give how far bf16's latent and decoded values are from fp32's (mean and maximum
+absolute difference; docs/official-weights.md compares them with the official model's own).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tok = atoken.Tokenizer.from_preset(args.preset).eval()
+    with torch.no_grad():  # zero-initialised layers (the output head) get values: decodes vary
+        for p in tok.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
     params = sum(p.numel() for p in tok.parameters())
     g = torch.Generator().manual_seed(0)
     cases = {
@@ -51,6 +57,7 @@ def main() -> None:
     }
     rows, out = [], {}
     for label, (samples, modality) in cases.items():
+        fp32: tuple[torch.Tensor, torch.Tensor] | None = None
         for precision in ("fp32", "bf16"):
             ctx = (
                 (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
@@ -62,20 +69,33 @@ def main() -> None:
                 n = latent.num_tokens
                 enc = _best(lambda: tok.encode(samples, modality), args.repeats)  # noqa: B023
                 dec = _best(lambda: tok.decode(latent), args.repeats)  # noqa: B023
+                values = (latent.feats.float(), tok.decode(latent)[0].float())
             out[f"{label} {precision}"] = {
                 "tokens": n,
                 "encode_tokens_per_s": n / enc,
                 "decode_tokens_per_s": n / dec,
                 "round_trip_tokens_per_s": n / (enc + dec),
             }
-            rows.append((label, precision, n, n / enc, n / dec, n / (enc + dec)))
+            drift = ""
+            if fp32 is None:
+                fp32 = values
+            else:  # bf16 against fp32: (mean, max) |difference| of latent and decoded values
+                d = [(a - b).abs() for a, b in zip(values, fp32, strict=True)]
+                out[f"{label} {precision}"]["vs_fp32"] = {
+                    "latent_mean": float(d[0].mean()),
+                    "latent_max": float(d[0].max()),
+                    "decoded_mean": float(d[1].mean()),
+                    "decoded_max": float(d[1].max()),
+                }
+                drift = "  " + "  ".join(f"{float(x.mean()):.1e}/{float(x.max()):.1e}" for x in d)
+            rows.append((label, precision, n, n / enc, n / dec, n / (enc + dec), drift))
     load = os.getloadavg()[0]
     print(f"{args.preset}: {params / 1e6:.0f} M parameters, random weights, {args.threads} "
           f"threads, load average {load:.2f}")  # fmt: skip
     print(f"{'case':18s} {'prec':5s} {'tokens':>6s} {'encode/s':>9s} {'decode/s':>9s} "
-          f"{'both/s':>8s}")  # fmt: skip
-    for label, precision, n, e, d, b in rows:
-        print(f"{label:18s} {precision:5s} {n:6d} {e:9.1f} {d:9.1f} {b:8.1f}")
+          f"{'both/s':>8s}  vs fp32: latent, decoded (mean/max)")  # fmt: skip
+    for label, precision, n, e, d, b, drift in rows:
+        print(f"{label:18s} {precision:5s} {n:6d} {e:9.1f} {d:9.1f} {b:8.1f}{drift}")
     print(json.dumps({"preset": args.preset, "load_average": load, "results": out}))
 
 
