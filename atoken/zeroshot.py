@@ -59,7 +59,11 @@ def classify(
     if "{}" not in template:
         raise ConfigError(f"the prompt template must contain '{{}}', got {template!r}")
     if getattr(tokenizer, "semantic", None) is None:
-        raise ConfigError("zero-shot classification needs a tokenizer with a text encoder")
+        raise ConfigError(
+            "zero-shot classification needs a tokenizer with a text encoder: train one with a "
+            "text_alignment task, or attach a text tower to an official checkpoint "
+            "(atoken convert official CHECKPOINT OUT --text-tower FILE)"
+        )
     image = tokenizer.embed(images, modality)  # [B, D]
     text = tokenizer.embed_text([template.format(n) for n in names])  # [K, D]
     scale = tokenizer.semantic.logit_scale.exp()

@@ -258,7 +258,8 @@ class ATokenModel(nn.Module):
             return self.projections.embed(
                 name, values.to(self.projections.inputs[name].weight.dtype)
             )
-        return self.encoder.patch_embed(values)
+        # the patch embedding computes in its weights' dtype (a model cast to bf16 whole)
+        return self.encoder.patch_embed(values.to(self.encoder.patch_embed.proj.weight.dtype))
 
     def _encode_batch(self, batch: PackedBatch) -> torch.Tensor:
         """One encoder pass over a whole packed batch: tokens ``[N, C]`` in batch order."""

@@ -172,3 +172,17 @@ def test_tensor_batches_follow_the_modality(tok):
         tok.encode(clips[0], "video")  # one clip is not a batch of 3
     with pytest.raises(ModalityInputError, match=r"\[B, C, H, W\]"):
         tok.encode(clips, "image")
+
+
+def test_a_tokenizer_cast_to_bf16_encodes_and_decodes_near_fp32():
+    """``tok.to(torch.bfloat16)`` (pure-bf16 inference, as the official README casts its
+    model): the patch embedding takes the values in its weights' dtype."""
+    torch.manual_seed(0)
+    tok = Tokenizer.from_preset("tiny").eval()
+    img = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        ref = tok.decode(tok.encode([img]))[0].float()
+        half = tok.to(torch.bfloat16)
+        out = half.decode(half.encode([img]))[0].float()
+    assert out.shape == ref.shape and bool(torch.isfinite(out).all())
+    assert float((out - ref).abs().mean()) < 0.05  # bf16 rounding, not a different model

@@ -161,3 +161,11 @@ def test_a_config_too_large_for_the_memory_names_its_sizes(monkeypatch):
     with torch.device("meta"):  # a meta build allocates nothing: never refused
         monkeypatch.setattr(model_size, "memory_limit", lambda: 1)
         Tokenizer(config)
+
+
+def test_zero_shot_without_a_text_encoder_says_how_to_get_one():
+    from atoken.zeroshot import classify
+
+    tok = Tokenizer.from_preset("tiny").eval()
+    with pytest.raises(ConfigError, match="--text-tower"):
+        classify(tok, [torch.rand(3, 32, 32)], ["a cat", "a dog"])
