@@ -42,7 +42,8 @@ def test_shards_on_s3_give_the_samples_on_disk(s3_shards):
             assert torch.equal(x, y)
 
 
-def test_atoken_train_reads_shards_on_s3_with_workers(s3_shards, tmp_path):
+def _s3_run_file(s3_shards, tmp_path: Path) -> Path:
+    """A 2-step run with 2 data workers on the shards on S3."""
     _, remote, options = s3_shards
     table = ", ".join(f'{k} = "{v}"' for k, v in options.items())
     data = (
@@ -51,7 +52,11 @@ def test_atoken_train_reads_shards_on_s3_with_workers(s3_shards, tmp_path):
     )
     run = tmp_path / "s3.toml"
     run.write_text(RUN.format(out=tmp_path / "out", steps=2, workers=2, data=data))
-    result = CliRunner().invoke(main, ["train", str(run)])
+    return run
+
+
+def test_atoken_train_reads_shards_on_s3_with_workers(s3_shards, tmp_path):
+    result = CliRunner().invoke(main, ["train", str(_s3_run_file(s3_shards, tmp_path))])
     assert result.exit_code == 0, result.output
     records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").open()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1]
@@ -62,14 +67,7 @@ def test_atoken_train_nproc_2_reads_shards_on_s3_with_workers(s3_shards, tmp_pat
     import subprocess
     import sys
 
-    _, remote, options = s3_shards
-    table = ", ".join(f'{k} = "{v}"' for k, v in options.items())
-    data = (
-        f'{{ source = "webdataset", urls = "{remote}", storage_options = {{ {table} }}, '
-        "batch_size = 2, crop_min = 32, crop_max = 48 }"
-    )
-    run = tmp_path / "s3.toml"
-    run.write_text(RUN.format(out=tmp_path / "out", steps=2, workers=2, data=data))
+    run = _s3_run_file(s3_shards, tmp_path)
     cmd = [sys.executable, "-m", "atoken.cli", "train", "--nproc", "2", str(run)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
