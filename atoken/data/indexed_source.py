@@ -181,6 +181,9 @@ class IndexedSource:
         )
         self.heldout_names = tuple(self.names[i] for i in held)
         self.heldout = [to_float(self.read(i)) for i in held]
+        if getattr(self, "caption_key", ""):  # a CaptionedSource: per-sample captions
+            self.captions = tuple(self.caption(i) for i in held)  # the held-out ones, [K]
+            self.heldout_labels = torch.arange(len(held))  # [K]: each its own caption
 
     def skip(self, exc: BadSampleError) -> None:
         """Count a bad sample: warn, or fail once more than ``max_bad_samples`` were seen."""
@@ -231,6 +234,28 @@ class IndexedSource:
         number of processes."""
         self.order.rebase(step, position)
 
+    def caption(self, index: int) -> str:
+        """The caption of sample ``index`` ("" where the source has none)."""
+        return ""
+
+    def labelled_batch(
+        self, step: int, micro: int = 0
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+        """``(samples, labels [B], texts [B])`` of ``(step, micro)``: each sample with its own
+        caption (``caption_key``), read here, so in a data worker when there are workers;
+        ``labels`` are the samples' indices into :attr:`names`. A bad sample is left out with
+        its caption.
+
+        Raises:
+            ConfigError: the source has no ``caption_key``.
+        """
+        if not getattr(self, "caption_key", ""):
+            raise ConfigError("this source has no captions: set caption_key (e.g. 'txt')")
+        kept: list[int] = []
+        samples = self._batch(step, micro, kept)
+        texts = [self.caption(i) for i in kept]
+        return samples, torch.tensor(kept, dtype=torch.long), texts
+
     def sample_indices(self, step: int, micro: int) -> list[int]:
         """The indices (into :attr:`names`) of batch ``(step, micro)`` on this rank."""
         return [self.train[self.order.sample(g)] for g in self.order.positions(step, micro)]
@@ -242,6 +267,10 @@ class IndexedSource:
         Raises:
             BadSampleError: more bad samples than allowed, or a batch of bad samples only.
         """
+        return self._batch(step, micro, [])
+
+    def _batch(self, step: int, micro: int, kept: list[int]) -> list[torch.Tensor]:
+        """:meth:`batch`, appending the index of every sample it keeps to ``kept``."""
         out = []
         for g in self.order.positions(step, micro):
             index = self.train[self.order.sample(g)]
@@ -252,6 +281,7 @@ class IndexedSource:
                 self.skip(exc)
                 continue
             out.append(self._crop(x, gen))
+            kept.append(index)
         if not out:
             raise BadSampleError(f"every sample of batch (step {step}, micro {micro}) is bad")
         return out

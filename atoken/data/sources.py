@@ -11,7 +11,10 @@ ones). A source is built as ``factory(context=SourceContext, **params)`` and pro
     heldout         whole float32 samples, never trained on; heldout_names their names
 
 Captioned sources (:class:`CaptionedSource`) also give ``captions`` (one per class),
-``labelled_batch(step, micro) -> (samples, labels [B])`` and ``heldout_labels [K]``.
+``labelled_batch(step, micro) -> (samples, labels [B])`` and ``heldout_labels [K]``. A
+source whose every sample has its own caption (web data: the streaming sources with a
+``caption_key``) returns ``(samples, labels, texts)``: ``texts`` the batch's captions, read
+where the batch is made (a data worker), and ``captions`` the held-out samples' captions.
 
 Samples are float32: uint8 sources are scaled to [0, 1], float sources (metric depth, point
 coordinates) keep their values. Crops and clips come from the one
@@ -103,8 +106,9 @@ class CaptionedSource(DataSource, Protocol):
     captions: tuple[str, ...]
     heldout_labels: torch.Tensor
 
-    def labelled_batch(self, step: int, micro: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(samples, labels ``[B]`` indexing ``captions``) of (step, micro-step)."""
+    def labelled_batch(self, step: int, micro: int) -> tuple[Any, ...]:
+        """(samples, labels ``[B]`` indexing ``captions``) of (step, micro-step), or
+        (samples, labels, texts ``[B]``) for per-sample captions."""
 
 
 def _accepted(factory: Any) -> list[str]:

@@ -12,7 +12,10 @@ the batch's distinct captions are embedded by the tokenizer's text encoder to ``
 An ``"embeddings"`` loss is called as ``loss(embedding [B, D], text [T, D], context)`` with
 ``positives``, the tokenizer's ``logit_scale`` and ``logit_bias`` (so they are trained and
 saved) and ``images`` (the batch's samples, for a distillation teacher). Any modality with an
-embedding works; the data source must be captioned (:class:`atoken.data.CaptionedSource`).
+embedding works; the data source must be captioned (:class:`atoken.data.CaptionedSource`):
+class captions (``digits``), or a caption per sample (``webdataset``/``hf_datasets`` with a
+``caption_key``; a batch then carries its texts, and held-out samples are scored against the
+held-out captions).
 Evaluation reports the sample metrics on held-out reconstructions and the embedding metrics
 (``zeroshot``, ``retrieval``) of held-out embeddings against the class captions.
 """
@@ -136,25 +139,40 @@ class TextAlignmentTask(ReconstructionTask):
         self.embedding_metrics = {k: self.metrics[k] for k in embedding}
         self.metrics = {k: m for k, m in self.metrics.items() if k not in embedding}
 
-    def batch(self, step: int, micro: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def batch(self, step: int, micro: int) -> tuple[Any, ...]:
+        """``(samples, labels)`` of class captions, or ``(samples, labels, texts)`` of a source
+        whose every sample has its own caption."""
         return self.source.labelled_batch(step, micro)
+
+    def batch_texts(self, batch: tuple[Any, ...]) -> tuple[list[str], torch.Tensor]:
+        """The batch's distinct captions ``[T]`` and ``positives [B, T]`` (each sample's own)."""
+        if len(batch) == 3:  # per-sample captions: equal texts are one caption
+            texts = list(batch[2])
+            distinct = list(dict.fromkeys(texts))
+            where = {t: i for i, t in enumerate(distinct)}
+            index = torch.tensor([where[t] for t in texts], dtype=torch.long)  # [B]
+            return distinct, index[:, None] == torch.arange(len(distinct))[None, :]
+        labels = batch[1]
+        present = torch.unique(labels)  # [T]: the batch's distinct class captions
+        texts = [self.source.captions[int(i)] for i in present]
+        return texts, labels[:, None] == present[None, :]
 
     def count(self, batch: Any) -> int:
         """The images of the batch (the contrastive loss averages over them)."""
         return len(batch[0])
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        samples, labels = batch
+        samples = batch[0]
         align = self.wants("embeddings")
         out = model(
             model.prepare(samples, self.modality), decode=self.wants("samples"), embed=align
         )
         extra: dict[str, Any] = {}
         if align:
-            present = torch.unique(labels)  # [T]: the batch's distinct captions
+            texts, positives = self.batch_texts(batch)  # [T], [B, T]
             extra = {
-                "text": model.embed_text([self.source.captions[int(i)] for i in present]),  # [T, D]
-                "positives": labels[:, None] == present[None, :],  # [B, T]
+                "text": model.embed_text(texts),  # [T, D]
+                "positives": positives.to(samples[0].device if samples else "cpu"),  # [B, T]
                 "logit_scale": model.semantic.logit_scale,
                 "logit_bias": model.semantic.logit_bias,
                 "images": samples,
