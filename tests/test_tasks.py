@@ -235,6 +235,8 @@ def test_the_papers_run_files_load_plan_and_follow_the_recipe():
     assert 256 <= batches["mesh"] <= 512
     _, mixture = build_run(load_run_file(paper["so-c-1gpu"]))
     assert [t.label for t in mixture.tasks] == ["image_512", "image_text"]
+    understanding = [t for s in full.plan() for t in s.tasks if t.name == "text_alignment"]
+    assert understanding and all(t.data.get("caption_key") == "txt" for t in understanding)
 
 
 def test_a_run_config_with_tasks_round_trips_through_its_dict():
