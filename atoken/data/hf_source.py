@@ -138,7 +138,7 @@ class HFDatasetSource(IndexedSource):
         if isinstance(value, (bytes, bytearray)):
             ext = "npy" if bytes(value[:6]) == b"\x93NUMPY" else "image"
             return decode_sample(
-                bytes(value), ext, resize=self.resize, where=where, frame_stride=self.frame_stride
+                bytes(value), ext, resize=self.resize, where=where, frame_stride=self.decode_stride
             )
         return torch.from_numpy(np.asarray(value).copy())  # an array column, as stored
 

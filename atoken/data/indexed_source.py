@@ -124,6 +124,19 @@ def decode_sample(
         ) from exc
 
 
+def _strides(value: Any) -> tuple[int, ...]:
+    """``frame_stride``: an int >= 1 or a non-empty list of them."""
+    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        strides = tuple(values)
+    except TypeError:
+        strides = ()
+    if not strides or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                              for v in strides):  # fmt: skip
+        raise ConfigError(f"frame_stride must be an int >= 1 or a list of them, got {value!r}")
+    return strides
+
+
 @attrs.define(kw_only=True, slots=False)
 class IndexedSource:
     """The shared parameters and the batch of an indexed source (see the module docstring).
@@ -132,7 +145,8 @@ class IndexedSource:
     (0: native scale, as the folder sources); ``shuffle``: a fresh permutation per epoch.
     Clips: ``frames`` (> 0) frames at a random start, drawn from the sample's generator like
     its crop (a clip with fewer frames is a bad sample); ``frame_stride``: every n-th frame is
-    decoded. ``frames = 0`` keeps whole clips.
+    decoded, or a list (``[1, 2, 3]``, the paper's strides): each training clip takes one of
+    them, drawn like its start. ``frames = 0`` keeps whole clips.
     """
 
     context: SourceContext = attrs.field(factory=SourceContext)
@@ -143,7 +157,7 @@ class IndexedSource:
     shuffle: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
     frames: int = attrs.field(default=0, validator=non_negative_int)
-    frame_stride: int = attrs.field(default=1, validator=positive_int)
+    frame_stride: tuple[int, ...] = attrs.field(default=(1,), converter=_strides)
 
     modality: str = attrs.field(init=False, default="image")
     names: tuple[str, ...] = attrs.field(init=False, default=())
@@ -152,6 +166,12 @@ class IndexedSource:
     train: list[int] = attrs.field(init=False, factory=list)
     order: EpochOrder = attrs.field(init=False, default=None)
     bad: int = attrs.field(init=False, default=0)  # bad samples seen by this process
+
+    @property
+    def decode_stride(self) -> int:
+        """The stride clips are decoded at: ``frame_stride`` when it is one, else every frame
+        (each clip then draws its stride)."""
+        return self.frame_stride[0] if len(self.frame_stride) == 1 else 1
 
     # ------------------------------------------------------------------ for subclasses
     def read(self, index: int) -> torch.Tensor:
@@ -208,12 +228,16 @@ class IndexedSource:
         if x.ndim != 4 or not self.frames:
             return x
         T = x.shape[1]
-        if self.frames > T:
+        step = 1  # one stride: already decoded at it
+        if len(self.frame_stride) > 1:  # decoded whole: draw the clip's stride
+            step = self.frame_stride[int(torch.randint(len(self.frame_stride), (), generator=g))]
+        span = (self.frames - 1) * step + 1  # frames the window covers
+        if span > T:
             raise BadSampleError(
-                f"{where}: a clip of {T} frames, fewer than frames = {self.frames}"
+                f"{where}: a clip of {T} frames, fewer than frames = {self.frames} at stride {step}"
             )
-        start = int(torch.randint(0, T - self.frames + 1, (), generator=g))
-        return x[:, start : start + self.frames]  # [3, frames, H, W]
+        start = int(torch.randint(0, T - span + 1, (), generator=g))
+        return x[:, start : start + span : step]  # [3, frames, H, W]
 
     def _crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         H, W = x.shape[-2:]

@@ -215,7 +215,7 @@ class WebDatasetSource(IndexedSource):
             )
         try:
             return decode_sample(
-                data, ext, resize=self.resize, where=where, frame_stride=self.frame_stride
+                data, ext, resize=self.resize, where=where, frame_stride=self.decode_stride
             )
         except BadSampleError as exc:
             raise BadSampleError(str(exc), shard=self.shards[shard], key=key) from exc

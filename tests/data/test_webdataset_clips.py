@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from atoken.cli import main
+from atoken.core.errors import ConfigError
 from atoken.data import SourceContext, build_source
 from atoken.modalities.video_io import write_video
 
@@ -92,3 +93,31 @@ data = {{ source = "webdataset", urls = "{urls}", keys = ["mp4"], modality = "vi
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2 and all("video_reconstruction/loss" in r for r in train)
     assert any("video_reconstruction/video_psnr" in r for r in records if r["kind"] == "eval")
+
+
+def test_a_list_of_frame_strides_gives_each_clip_one_of_them(tmp_path):
+    """``frame_stride = [1, 2]`` (the paper samples strides of 1-3): clips decode whole and
+    each training window takes every 1st or 2nd frame, drawn from its position."""
+    root = tmp_path / "flat"
+    root.mkdir()
+    levels = torch.linspace(0.1, 0.9, 12)  # frame t is flat at levels[t]
+    clip = levels[None, :, None, None].expand(3, 12, 16, 16).contiguous()
+    data = write_video(clip, root / "flat.mp4", fps=8).read_bytes()
+    with wds.ShardWriter(str(root / "f-%06d.tar"), maxcount=100, verbose=0) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"f{i}", "mp4": data})
+    table = {"source": "webdataset", "urls": str(root / "f-000000.tar"), "keys": ["mp4"],
+             "modality": "video", "frames": 4, "frame_stride": [1, 2], "batch_size": 5,
+             "crop_min": 8, "crop_max": 8}  # fmt: skip
+    source = build_source(table, SourceContext(), where="test")
+    steps = set()
+    for step in range(4):
+        for x in source.batch(step):
+            means = x.mean(dim=(0, 2, 3))  # [4] one level per frame
+            gap = float((means[1:] - means[:-1]).mean()) / float(levels[1] - levels[0])
+            steps.add(round(gap))
+            assert torch.allclose(means[1:] - means[:-1], means[1] - means[0], atol=0.02)
+    assert steps == {1, 2}
+    for bad in ([], [0], "2"):
+        with pytest.raises(ConfigError, match="frame_stride"):
+            build_source({**table, "frame_stride": bad}, SourceContext(), where="test")
