@@ -212,7 +212,7 @@ def train(
         text = Path(run_file).read_text(encoding="utf-8")
         trainer, metrics = run_training(
             cfg,
-            resume=resume or fallback,
+            resume=resume,
             overwrite=overwrite,
             force=force,
             run_file_text=text,

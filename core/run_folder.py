@@ -21,16 +21,20 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from atoken.core.checkpoint import list_checkpoints, remove_checkpoint
+from atoken.core.distributed import Dist, on_main
 from atoken.core.errors import RunFolderError, StoreLockedError
 from atoken.core.store_lock import StoreLock
 
 __all__ = [
     "RunFolderLock",
     "append_record",
+    "hold",
     "prepare_run_folder",
     "read_run_files",
     "truncate_log",
@@ -79,16 +83,26 @@ class RunFolderLock:
         if self._depth == 0:
             self._lock.release()
 
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._depth > 0
-
     def __enter__(self) -> RunFolderLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextmanager
+def hold(lock: RunFolderLock, d: Dist) -> Iterator[None]:
+    """``lock`` held by rank 0 for the ``with`` block (a refusal is raised on every rank)."""
+
+    def take() -> None:
+        lock.acquire()
+
+    on_main(take, d, "locking the run folder")
+    try:
+        yield
+    finally:
+        if d.main:
+            lock.release()
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

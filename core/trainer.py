@@ -23,8 +23,8 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from atoken.core.run_changes import RESUMABLE_KEYS
 from atoken.core.run_folder import (
     RunFolderLock,
     append_record,
+    hold,
     prepare_run_folder,
     truncate_log,
     write_run_files,
@@ -127,6 +128,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.folder_lock = RunFolderLock(self.out_dir)  # taken by rank 0 (hold_folder)
+        self.batches: Prefetcher | None = None  # the stage's (_start_stage)
         self.plan = cfg.plan()
         if len(self.plan) > 1 and enter_stage is None:
             raise ConfigError(
@@ -164,7 +166,7 @@ class Trainer:
     def _start_stage(self, task: TrainTask) -> None:
         self.task = task
         self.optim_cfg = self.cfg.stage_optim(self.stage)
-        if getattr(self, "batches", None) is not None:
+        if self.batches is not None:
             self.batches.close()
         self.batches = Prefetcher(  # [train] data_workers compute the coming batches
             task,
@@ -274,24 +276,14 @@ class Trainer:
             )
         return loaded
 
-    @contextmanager
-    def hold_folder(self) -> Iterator[None]:
-        """Hold the run folder's one-writer lock (:class:`RunFolderLock`, taken by rank 0)
-        for the ``with`` block; nests, so :meth:`fit` inside it keeps holding it.
+    def hold_folder(self) -> AbstractContextManager[None]:
+        """Hold the run folder's one-writer lock for a ``with`` block (rank 0 takes it,
+        :func:`atoken.core.run_folder.hold`); nests, so :meth:`fit` inside keeps holding it.
 
         Raises:
             RunFolderError: another process trains into the folder (on every rank).
         """
-
-        def take() -> None:
-            self.folder_lock.acquire()
-
-        on_main(take, self.dist, "locking the run folder")
-        try:
-            yield
-        finally:
-            if self.dist.main:
-                self.folder_lock.release()
+        return hold(self.folder_lock, self.dist)
 
     def prepare_folder(self, *, overwrite: bool = False) -> None:
         """Make ``out_dir`` ready for a fresh run: a folder holding a run is a
@@ -422,34 +414,32 @@ class Trainer:
 
         ``resume`` continues from the newest checkpoint (``force``: even one written with
         another configuration; ``resume_from``: from the checkpoint it names; ``fallback``:
-        from the newest intact one when the newest is damaged); otherwise the folder must not
-        hold a run unless ``overwrite`` (:meth:`prepare_folder`). The run folder's lock is
-        held throughout (:meth:`hold_folder`); partial files of a killed save are removed
-        first.
+        from the newest intact one when the newest is damaged; either implies ``resume``);
+        otherwise the folder must not hold a run unless ``overwrite``
+        (:meth:`prepare_folder`). The run folder's lock is held throughout
+        (:meth:`hold_folder`); partial files of a killed save are removed first.
         """
+        resume = resume or resume_from is not None or fallback
         with self.hold_folder():
-            return self._fit(
-                resume or resume_from is not None, overwrite, force, resume_from, fallback
-            )
+            refused = None
+            if self.dist.main:
+                remove_partial(self.ckpt_dir)
+                try:
+                    if not resume:
+                        self.prepare_folder(overwrite=overwrite)
+                except RunFolderError as exc:
+                    refused = str(exc)
+            refused = share_object(refused, self.dist, "preparing the run folder")
+            if refused:
+                raise RunFolderError(refused)
+            if resume:
+                self.resume(force=force, checkpoint=resume_from, fallback=fallback)
+            if self.dist.main:
+                write_run_files(self.out_dir, self.cfg.to_dict(), self.run_file_text)
+            return self._train()
 
-    def _fit(
-        self, resume: bool, overwrite: bool, force: bool, resume_from: str | None, fallback: bool
-    ) -> dict[str, float]:
-        refused = None
-        if self.dist.main:
-            remove_partial(self.ckpt_dir)
-            try:
-                if not resume:
-                    self.prepare_folder(overwrite=overwrite)
-            except RunFolderError as exc:
-                refused = str(exc)
-        refused = share_object(refused, self.dist, "preparing the run folder")
-        if refused:
-            raise RunFolderError(refused)
-        if resume:
-            self.resume(force=force, checkpoint=resume_from, fallback=fallback)
-        if self.dist.main:
-            write_run_files(self.out_dir, self.cfg.to_dict(), self.run_file_text)
+    def _train(self) -> dict[str, float]:
+        """The loop to the end, then the final evaluation and checkpoint."""
         self.hooks.atoken_train_start(trainer=self)
         start = time.monotonic()
         self._show_stage()
