@@ -3,6 +3,7 @@ data workers, are those it computes itself (the losses of data_workers = 2 and 0
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import pytest
 
 pytest.importorskip("webdataset")
 
+from atoken.core.errors import RunFolderError
+from atoken.core.run_folder import RunFolderLock
 from tests.data.test_webdataset import write_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +81,24 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it, found through /proc (children first)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = [], [pid]
+    while frontier:
+        tree += frontier
+        frontier = [c for c, parent in parents.items() if parent in frontier]
+    for p in reversed(tree):
+        with contextlib.suppress(ProcessLookupError):  # gone already
+            os.kill(p, signal.SIGKILL)
+
+
 def test_a_two_process_run_killed_resumes_on_two_and_on_one_at_the_next_sample(tmp_path):
     """SIGKILL to the whole group mid-epoch. On 2 processes again the run ends with the
     losses of one that never stopped; on 1 process it goes on at the sample the 2-process
@@ -97,8 +118,15 @@ def test_a_two_process_run_killed_resumes_on_two_and_on_one_at_the_next_sample(t
         assert cut.poll() is None, cut.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint of step 4"
         time.sleep(0.05)
-    os.killpg(cut.pid, signal.SIGKILL)
+    _kill_tree(cut.pid)  # torchrun starts its workers in sessions of their own
     cut.wait(timeout=60)
+    while True:  # rank 0 holds the run folder's lock until it is gone: then nothing writes
+        try:
+            RunFolderLock(tmp_path / "cut").acquire().release()
+            break
+        except RunFolderError:
+            assert time.monotonic() < deadline, "the killed run's rank 0 lives on"
+            time.sleep(0.05)
     saved = max(int(p.name[5:13]) for p in ckpts.glob("step_*.pt"))
     assert saved < 12  # killed mid-run
     shutil.copytree(tmp_path / "cut", tmp_path / "one")
