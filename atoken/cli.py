@@ -1,4 +1,8 @@
-"""The ``atoken`` command line (click). ``atoken --help`` lists the commands."""
+"""The ``atoken`` command line (click). ``atoken --help`` lists the commands.
+
+Plugins add commands through the ``register_commands`` hook when it is built (``main`` is a
+:class:`atoken.plugins.commands.PluginCommandGroup`): ``atoken data import meshes`` is one.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from atoken.cli_data import data
 from atoken.cli_encode import encode
 from atoken.cli_report import report
 from atoken.core.errors import AtokenError
+from atoken.plugins.commands import PluginCommandGroup
 from atoken.plugins.manager import diagnose_plugins, get_registry
 
 __all__ = ["main", "plugins_report"]
@@ -28,9 +33,14 @@ def plugins_report() -> dict:
 
     A plugin that failed to load is listed too, after the others, with ``error`` set to
     ``{"type", "message", "stage"}`` (``None`` for plugins that loaded); none of its components
-    are listed. Nothing raises for a broken plugin: check ``error`` (``atoken plugins`` exits 1).
+    are listed. So is a plugin whose ``register_commands`` failed the last time the command
+    line was built (stage ``commands``; its components load, so they are listed). Nothing
+    raises for a broken plugin: check ``error`` (``atoken plugins`` exits 1).
     """
     diagnosis = diagnose_plugins()
+    loaded = {p.name for p in diagnosis.plugins}
+    commands = [f for f in main.plugin_failures if f.name in loaded]
+    failed = {f.name for f in commands}
     plugins = [
         {
             "name": p.name,
@@ -40,6 +50,7 @@ def plugins_report() -> dict:
             "error": None,
         }
         for p in diagnosis.plugins
+        if p.name not in failed
     ]
     plugins += [
         {
@@ -49,7 +60,7 @@ def plugins_report() -> dict:
             "hooks": list(f.hooks),
             "error": {"type": type(f.error).__name__, "message": str(f.error), "stage": f.stage},
         }
-        for f in diagnosis.failures
+        for f in (*diagnosis.failures, *commands)
     ]
     return {
         "atoken_version": atoken.__version__,
@@ -61,7 +72,7 @@ def plugins_report() -> dict:
     }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PluginCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(atoken.__version__, prog_name="atoken")
 def main() -> None:
     """atoken: a unified, plugin-based vision tokenizer."""

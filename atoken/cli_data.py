@@ -1,8 +1,9 @@
-"""``atoken data import images|videos|meshes`` and ``data verify`` (click); ``import images
+"""``atoken data import images|videos`` and ``data verify`` (click); ``import images
 --format wds`` writes WebDataset shards instead of a store.
 
-Registered onto :func:`atoken.cli.main`. Heavy imports (zarr, torch models) stay inside the
-commands so ``atoken --help`` stays fast.
+Registered onto :func:`atoken.cli.main`. Plugin families add their own importers under
+``data import`` through the ``register_commands`` hook. Heavy imports (zarr, torch models)
+stay inside the commands so ``atoken --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -256,67 +257,6 @@ def import_videos_command(
     except AtokenError as exc:
         raise _fail(exc) from exc
     _echo_import(report, "videos", dst)
-
-
-@import_.command(name="meshes")
-@click.argument("paths", nargs=-1, required=True)
-@click.option("--views", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--eval-views", default=4, show_default=True, type=click.IntRange(0))
-@click.option("--render-size", default=256, show_default=True, type=click.IntRange(16))
-@click.option("--resolution", default=64, show_default=True, type=click.IntRange(1, 256))
-@click.option("--patch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--renderer", default="auto", show_default=True, type=click.Choice(["auto", "embree", "torch"])
-)
-@click.option(
-    "--pybullet",
-    "pybullet_set",
-    default=None,
-    type=click.Choice(["train", "heldout", "all"]),
-    help="Add pybullet_data's textured meshes (the train or held-out object set).",
-)
-@click.option("--skip-bad", is_flag=True, help="Report unusable meshes instead of failing.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_WAIT
-def import_meshes_command(
-    paths: tuple[str, ...],
-    views: int,
-    eval_views: int,
-    render_size: int,
-    resolution: int,
-    patch_size: int,
-    renderer: str,
-    pybullet_set: str | None,
-    skip_bad: bool,
-    no_progress: bool,
-    wait: float,
-) -> None:
-    """Render, voxelise and store meshes from SRC... (OBJ, PLY, GLB/glTF... files, folders,
-    globs) in the mesh store DST (resumable; see docs/3d.md)."""
-    from atoken.data.meshes import MeshSettings, import_meshes
-    from atoken.modalities.mesh.pybullet_sets import pybullet_paths
-
-    *srcs, dst = paths
-    try:
-        if pybullet_set:
-            srcs = [*srcs, *pybullet_paths(pybullet_set)]
-        if not srcs:
-            raise click.UsageError("give at least one SRC (or --pybullet) and the DST store")
-        settings = MeshSettings(
-            views=views,
-            eval_views=eval_views,
-            render_size=render_size,
-            resolution=resolution,
-            patch_size=patch_size,
-            renderer=renderer,
-        )
-        report = import_meshes(
-            srcs, dst, settings=settings, progress=not no_progress, lock_timeout=wait,
-            skip_bad=skip_bad,
-        )  # fmt: skip
-    except AtokenError as exc:
-        raise _fail(exc) from exc
-    _echo_import(report, "meshes", dst)
 
 
 @data.command()

@@ -5,6 +5,7 @@ Registration hooks are called once each time the registries are built (on the fi
 receives a ``register(name, factory)`` callback; a plugin calls it once per component it adds.
 ``factory(**params)`` must build the component, so a class works as a factory. Every hook is
 called with keyword arguments only and none is ``firstresult``: all plugins contribute.
+``register_commands(cli)`` receives the ``atoken`` click group instead (as llm's hook does).
 
 Every hook here is documented with its signature in ``docs/plugin_hooks.md`` and has a test.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import click
 import pluggy
 
 __all__ = ["PROJECT_NAME", "Register", "hookimpl", "hookspec"]
@@ -139,6 +141,21 @@ def register_renderers(register: Register) -> None:
     views gives ``rgb [V, 3, H, W]`` and ``alpha [V, H, W]``, differentiable with respect to
     the Gaussians, following the image formation of :mod:`atoken.modalities.mesh.splat`.
     Called when the registries are built. Since 0.3.
+    """
+
+
+# ---------------------------------------------------------------------------- command line
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``atoken`` command line; ``cli`` is its top-level click group.
+
+    A new command: ``@cli.command()`` or ``cli.add_command(group)`` (``atoken hello``). A
+    subcommand of an existing group: add it to that group, reached through ``cli.commands``
+    (``cli.commands["data"].commands["import"].add_command(points)`` gives ``atoken data
+    import points``). Called once each time the command line is built, before it parses its
+    arguments, one plugin at a time in loading order. A plugin whose hook raises, or that adds
+    a name a command already has (names are never replaced), is warned about by name and
+    none of its commands are added; the other commands work. Since 0.4.
     """
 
 

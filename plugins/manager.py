@@ -45,6 +45,8 @@ __all__ = [
     "get_plugin_manager",
     "get_registry",
     "list_plugins",
+    "loaded_plugin_manager",
+    "plugin_distribution",
     "refresh",
 ]
 
@@ -75,6 +77,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.losses.distill",
     "atoken.data.builtin_sources",
     "atoken.data.meshes",
+    "atoken.data.mesh_cli",
     "atoken.tasks.base",
     "atoken.tasks.image",
     "atoken.tasks.video",
@@ -90,9 +93,10 @@ _registry: Registries | None = None
 _distinfo: dict[str, tuple[str, str]] = {}
 
 #: Where loading a plugin failed: importing it (or loading its entry point), pluggy validating
-#: its hooks (an unknown hook name, a bad signature), or running its ``register_<kind>s`` hooks
-#: (the hook raised, or registered a name another plugin already holds).
-LoadStage = Literal["import", "validate", "register"]
+#: its hooks (an unknown hook name, a bad signature), running its ``register_<kind>s`` hooks
+#: (the hook raised, or registered a name another plugin already holds), or running its
+#: ``register_commands`` hook (:mod:`atoken.plugins.commands`; its components still load).
+LoadStage = Literal["import", "validate", "register", "commands"]
 
 
 @attrs.frozen
@@ -156,6 +160,12 @@ def _version(dist: str) -> str:
 
 def _dist_of(name: str) -> str:
     return _distinfo.get(name, ("unknown",))[0]
+
+
+def plugin_distribution(name: str) -> tuple[str, str]:
+    """The distribution and version the loaded plugin ``name`` comes from (``("unknown",
+    "unknown")`` for a plugin registered in-process)."""
+    return _distinfo.get(name, ("unknown", "unknown"))
 
 
 def _load_error(name: str, dist: str, cause: BaseException) -> PluginLoadError:
@@ -383,14 +393,15 @@ def list_plugins() -> list[PluginInfo]:
     return _plugin_infos(get_plugin_manager(), frozenset())
 
 
-def diagnose_plugins(load_entrypoints: bool = True) -> PluginDiagnosis:
-    """Load every plugin that can be loaded and report the others instead of raising.
+def loaded_plugin_manager(
+    load_entrypoints: bool = True,
+) -> tuple[pluggy.PluginManager, list[PluginFailure]]:
+    """A manager of every plugin that loads, and the plugins that failed to import or validate.
 
-    Uses the process-wide manager when it builds (so plugins added with
-    :func:`atoken.testing.registered_plugin` count), else a separate one that leaves out each
-    plugin that fails to import or to validate. Registration hooks then run on every remaining
-    plugin; one that raises, or registers a name an earlier plugin holds, is a failure too and
-    none of its components are kept. The cached registries are not changed.
+    The process-wide manager when it builds, else a separate one without the plugins that
+    fail. The failures also name plugins registered in-process since the build that implement
+    an unknown hook (they stay registered: skip them). Never raises for a broken plugin, so
+    :func:`diagnose_plugins` and the command line (:mod:`atoken.plugins.commands`) use it.
     """
     failures: list[PluginFailure] = []
     with _lock:
@@ -401,6 +412,20 @@ def diagnose_plugins(load_entrypoints: bool = True) -> PluginDiagnosis:
         for name, exc in _unknown_hooks(pm).items():  # registered after the manager was built
             hooks = _hook_names(pm, pm.get_plugin(name))
             _fail(failures, name, _dist_of(name), "validate", exc, hooks)
+    return pm, failures
+
+
+def diagnose_plugins(load_entrypoints: bool = True) -> PluginDiagnosis:
+    """Load every plugin that can be loaded and report the others instead of raising.
+
+    Uses the process-wide manager when it builds (so plugins added with
+    :func:`atoken.testing.registered_plugin` count), else a separate one that leaves out each
+    plugin that fails to import or to validate. Registration hooks then run on every remaining
+    plugin; one that raises, or registers a name an earlier plugin holds, is a failure too and
+    none of its components are kept. The cached registries are not changed.
+    """
+    with _lock:
+        pm, failures = loaded_plugin_manager(load_entrypoints)
         while True:  # each pass leaves out one more failing plugin, so this ends
             skip = frozenset(f.name for f in failures)
             try:

@@ -1,0 +1,94 @@
+"""``atoken data import meshes``: the mesh family's command, added through ``register_commands``.
+
+A plugin like any other (in ``DEFAULT_PLUGINS``): its hook adds :func:`import_meshes_command`
+under the core ``atoken data import`` group, the way a third-party family adds its own
+importer. It lives in the data layer, beside :mod:`atoken.data.meshes` which it drives (the
+modality in :mod:`atoken.modalities.mesh` may import only the core). Heavy imports stay inside
+the command so ``atoken --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from atoken.core.errors import AtokenError
+from atoken.plugins.hookspecs import hookimpl
+
+__all__ = ["import_meshes_command", "register_commands"]
+
+
+@click.command(name="meshes")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--views", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--eval-views", default=4, show_default=True, type=click.IntRange(0))
+@click.option("--render-size", default=256, show_default=True, type=click.IntRange(16))
+@click.option("--resolution", default=64, show_default=True, type=click.IntRange(1, 256))
+@click.option("--patch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--renderer", default="auto", show_default=True, type=click.Choice(["auto", "embree", "torch"])
+)
+@click.option(
+    "--pybullet",
+    "pybullet_set",
+    default=None,
+    type=click.Choice(["train", "heldout", "all"]),
+    help="Add pybullet_data's textured meshes (the train or held-out object set).",
+)
+@click.option("--skip-bad", is_flag=True, help="Report unusable meshes instead of failing.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--wait",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for another writer of the store to finish.",
+)
+def import_meshes_command(
+    paths: tuple[str, ...],
+    views: int,
+    eval_views: int,
+    render_size: int,
+    resolution: int,
+    patch_size: int,
+    renderer: str,
+    pybullet_set: str | None,
+    skip_bad: bool,
+    no_progress: bool,
+    wait: float,
+) -> None:
+    """Render, voxelise and store meshes from SRC... (OBJ, PLY, GLB/glTF... files, folders,
+    globs) in the mesh store DST (resumable; see docs/3d.md)."""
+    from atoken.data.meshes import MeshSettings, import_meshes
+    from atoken.modalities.mesh.pybullet_sets import pybullet_paths
+
+    *srcs, dst = paths
+    try:
+        if pybullet_set:
+            srcs = [*srcs, *pybullet_paths(pybullet_set)]
+        if not srcs:
+            raise click.UsageError("give at least one SRC (or --pybullet) and the DST store")
+        settings = MeshSettings(
+            views=views,
+            eval_views=eval_views,
+            render_size=render_size,
+            resolution=resolution,
+            patch_size=patch_size,
+            renderer=renderer,
+        )
+        report = import_meshes(
+            srcs, dst, settings=settings, progress=not no_progress, lock_timeout=wait,
+            skip_bad=skip_bad,
+        )  # fmt: skip
+    except AtokenError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    click.echo(
+        f"imported {report.added} meshes into {dst} ({report.already_stored} already stored); "
+        f"the store holds {report.committed} samples"
+    )
+    for name, reason in report.bad:
+        click.echo(f"skipped {name}: {reason}")
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.commands["data"].commands["import"].add_command(import_meshes_command)
