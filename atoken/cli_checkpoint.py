@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from atoken.cli_common import _fail
+from atoken.cli_common import fail
 from atoken.core.errors import AtokenError
 
 __all__ = ["checkpoint"]
@@ -45,5 +45,5 @@ def upgrade(folder: str, trust: bool) -> None:
     try:
         path = upgrade_index(Path(folder))
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     click.echo(f"rewrote {path} as JSON; the checkpoint now loads with atoken train --resume")

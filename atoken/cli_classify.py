@@ -33,27 +33,27 @@ def classify(
     checkpoint: str, labels: str, template: str, sigmoid: bool, images: tuple[str, ...]
 ) -> None:
     """Print each image's probability for every label (zero-shot, no training)."""
-    from atoken.cli_common import _fail, _load_tokenizer, _table
+    from atoken.cli_common import fail, load_tokenizer, table
     from atoken.modalities.image import to_image_tensor
     from atoken.zeroshot import classify as classify_images
     from atoken.zeroshot import parse_labels
 
     try:
         names = parse_labels(labels)
-        model = _load_tokenizer(checkpoint)
+        model = load_tokenizer(checkpoint)
         tensors = [to_image_tensor(p) for p in images]
         if sigmoid:
             probs = _sigmoid_scores(model, tensors, names, template)  # [B, K]
         else:
             probs = classify_images(model, tensors, names, template=template)  # [B, K]
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     fmt = "{:.4g}" if sigmoid else "{:.4f}"  # SigLIP scores are often far below 1e-4
     rows = []
     for path, row in zip(images, probs.tolist(), strict=True):
         best = names[max(range(len(names)), key=row.__getitem__)]
         rows.append((Path(path).name, *(fmt.format(p) for p in row), best))
-    _table(("image", *names, "best"), rows)
+    table(("image", *names, "best"), rows)
 
 
 def _sigmoid_scores(model: Any, images: list[Any], names: list[str], template: str) -> Any:

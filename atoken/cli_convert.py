@@ -21,7 +21,7 @@ import warnings
 
 import click
 
-from atoken.cli_common import _fail
+from atoken.cli_common import fail
 from atoken.core.errors import AtokenError, NonFiniteWeightsWarning
 
 __all__ = ["convert"]
@@ -125,7 +125,7 @@ def official(
                 **_text_options(text_tower, text_tokenizer, text_model),
             )
         except AtokenError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
         finally:  # shown on stderr, also when the conversion then fails
             for warning in caught:
                 click.echo(f"Warning ({warning.category.__name__}): {warning.message}", err=True)
@@ -154,7 +154,7 @@ def _gaussian_decoder(
             checkpoint, out_dir, config_path, licence_file=licence_file, overwrite=overwrite
         )
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     click.echo(
         f"converted the Gaussian decoder {checkpoint} into {folder} (load it with "
         f"atoken.official.load_gaussian_decoder; licence notice: {folder / NOTICE_NAME})"

@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from atoken.cli_data import _STORAGE, _WAIT, _fail, _options
+from atoken.cli_common import (
+    fail,
+    load_tokenizer,
+    parse_storage_options,
+    storage_option,
+    wait_option,
+)
 from atoken.core.errors import AtokenError
 
 __all__ = ["encode", "encode_to_store"]
@@ -144,10 +150,10 @@ def encode_to_store(
 @click.argument("out")
 @click.option("--dtype", type=click.Choice(["float16", "float32", "bfloat16"]), default="float16")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@_STORAGE
+@storage_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_WAIT
+@wait_option
 @click.option(
     "--modality",
     default=None,
@@ -174,11 +180,9 @@ def encode(
 ) -> None:
     """Encode DATA (a media store URL of any modality, a mesh store, an image folder or
     'photos') into the latent store OUT: SparseLatents, and for FSQ tokenizers their ids."""
-    from atoken.cli_common import _load_tokenizer
-
-    options = _options(storage_options)
+    options = parse_storage_options(storage_options)
     try:
-        model = _load_tokenizer(checkpoint)
+        model = load_tokenizer(checkpoint)
         samples, names, kind = _data_source(data_arg, options, modality)
         count = encode_to_store(
             model,
@@ -196,7 +200,7 @@ def encode(
             ids=want_ids,
         )
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     extra = ""
     if want_ids:
         sizes = model.bottleneck.codebook_sizes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from atoken.cli_common import _table
+from atoken.cli_common import table
 from atoken.plan import RunPlan, plan_run
 
 __all__ = ["echo_plan", "print_plan"]
@@ -57,7 +57,7 @@ def echo_plan(plan: RunPlan, source: str = "the run") -> None:
         f"activation checkpointing {checkpointing}; nothing trained, allocated or read"
     )
     click.echo("\nstages (per optimizer step, all ranks)")
-    _table(
+    table(
         ("stage", "steps", "trainable", "frozen", "samples/step", "tokens/step", "FLOP/step"),
         [
             (
@@ -73,7 +73,7 @@ def echo_plan(plan: RunPlan, source: str = "the run") -> None:
         ],
     )
     click.echo("\ntasks (per rank and micro-batch)")
-    _table(
+    table(
         ("stage", "task", "samples", "tokens/sample", "max", "micro/step", "runs", "FLOP"),
         [
             (
@@ -97,7 +97,7 @@ def echo_plan(plan: RunPlan, source: str = "the run") -> None:
         for label, key in _MEMORY_ROWS
     ]
     rows.append(("total", *(_gb(m.total) for s in plan.stages for m in (s.ddp, s.fsdp))))
-    _table(header, rows)
+    table(header, rows)
     if plan.notes:
         click.echo("\nnotes")
         for note in plan.notes:

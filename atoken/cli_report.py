@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from atoken.cli_common import _fail
+from atoken.cli_common import fail
 from atoken.core.errors import AtokenError
 
 __all__ = ["report"]
@@ -39,5 +39,5 @@ def report(
     try:
         path = write_report(run_dir, out, compare=(*compare, *more), pictures=pictures)
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     click.echo(f"report: {path}")

@@ -209,7 +209,7 @@ def main() -> None:
     start = time.monotonic()  # the same KL stage again (same seed), then allocated levels
     alloc, _ = run_training(fsq_from_kl_config(args, allocate=True))
     record("fsq alloc", alloc.eval_model, alloc.step, (time.monotonic() - start) / 60, FSQ_BITS)
-    levels = alloc.eval_model.bottleneck._levels  # [G, d]
+    levels = alloc.eval_model.bottleneck.level_table  # [G, d]
 
     runs = {"fsq scratch": {**SCRATCH, "bottleneck": "fsq", "bottleneck_params": FSQ}}
     if not args.skip_ablations:

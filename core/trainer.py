@@ -128,7 +128,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.folder_lock = RunFolderLock(self.out_dir)  # taken by rank 0 (hold_folder)
-        self.batches: Prefetcher | None = None  # the stage's (_start_stage)
+        self.batches: Prefetcher | None = None  # the stage's (start_stage)
         self.plan = cfg.plan()
         if len(self.plan) > 1 and enter_stage is None:
             raise ConfigError(
@@ -146,7 +146,7 @@ class Trainer:
             every=cfg.train.log_every,
             world=self.dist.world,
         )
-        self._start_stage(task)
+        self.start_stage(task)
         self.step = 0
         self.nonfinite = 0
         self.losses: list[float] = []  # the total loss of every completed step, in order
@@ -163,7 +163,9 @@ class Trainer:
         """Whether the model is sharded over the ranks (FSDP2)."""
         return self.dist.active and self.cfg.distributed.strategy == "fsdp"
 
-    def _start_stage(self, task: TrainTask) -> None:
+    def start_stage(self, task: TrainTask) -> None:
+        """Train ``task`` (the stage ``stage_index``'s): its optimizer settings, prefetcher,
+        wrapped model, EMA and optimizer, replacing the last stage's."""
         self.task = task
         self.optim_cfg = self.cfg.stage_optim(self.stage)
         if self.batches is not None:
@@ -211,7 +213,7 @@ class Trainer:
         model = self.plain_model(ema=True)
         torch.manual_seed(_step_seed(self.cfg.run.seed, self.starts[index], -1 - index))
         self.stage_index = index
-        self._start_stage(self.enter_stage(index, model))
+        self.start_stage(self.enter_stage(index, model))
         self._show_stage()
 
     def _finish_stage(self) -> dict[str, float]:
@@ -300,7 +302,8 @@ class Trainer:
         if self.dist.main:
             append_record(self.metrics_path, record)
 
-    def _truncate_log(self, step: int) -> None:
+    def rewind_log(self, step: int) -> None:
+        """Drop the metrics log's records of steps >= ``step`` (a resumed run redoes them)."""
         if self.dist.main:
             truncate_log(self.metrics_path, step)
 

@@ -86,7 +86,7 @@ def load_trainer_state(trainer: Any, state: dict[str, Any]) -> None:
         )
     while trainer.stage_index < saved:
         trainer.stage_index += 1
-        trainer._start_stage(trainer.enter_stage(trainer.stage_index, trainer.plain_model()))
+        trainer.start_stage(trainer.enter_stage(trainer.stage_index, trainer.plain_model()))
     try:
         if "sharded" in state:
             load_sharded(trainer, state["sharded"])
@@ -200,7 +200,7 @@ def resume_trainer(
     else:
         found = list_checkpoints(trainer.ckpt_dir)
         if not found:
-            trainer._truncate_log(0)
+            trainer.rewind_log(0)
             return False
         path, state = _newest_intact(found, fallback)
     changed = config_changes(state.get("config", "{}"), trainer.cfg)
@@ -212,5 +212,5 @@ def resume_trainer(
             "the changes"
         )
     trainer.load_state_dict(state)
-    trainer._truncate_log(trainer.step)
+    trainer.rewind_log(trainer.step)
     return True

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
-from atoken.losses._images import ImageBatch, check_size, image_pairs, resized_batch
+from atoken.losses.image_batch import ImageBatch, check_size, image_pairs, resized_batch
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["CLIPLoss", "open_clip_parameters", "registry_normalisation"]

@@ -33,8 +33,8 @@ from atoken.core.errors import (
     ModalityInputError,
     WeightsNotFoundError,
 )
-from atoken.losses._images import image_pairs, resized_batch
 from atoken.losses.clip import CLIPLoss
+from atoken.losses.image_batch import image_pairs, resized_batch
 from atoken.losses.siglip import check_embeddings
 from atoken.plugins.hookspecs import hookimpl
 

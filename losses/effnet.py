@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
-from atoken.losses._weights import explicit_file, load_tensors
+from atoken.losses.weight_files import explicit_file, load_tensors
 
 __all__ = ["EfficientNetLite0", "effnet_weights_path"]
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError
-from atoken.losses._images import ImageBatch, check_size, image_pairs, resized_batch
-from atoken.losses._weights import TORCHVISION_WEIGHTS, load_state_dict, locate_weights
+from atoken.losses.image_batch import ImageBatch, check_size, image_pairs, resized_batch
+from atoken.losses.weight_files import TORCHVISION_WEIGHTS, load_state_dict, locate_weights
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["LPIPSLoss", "build_lpips"]

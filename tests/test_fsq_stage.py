@@ -135,7 +135,7 @@ def test_allocated_to_fsq_spends_the_bits_as_transform_coding(photos, kl_tokeniz
         allocated = to_fsq(copy.deepcopy(kl), groups=8, bits=32, calibration=[(train, "image")])
         p_uni = _psnr(uniform.eval().reconstruct(heldout), heldout)
         p_all = _psnr(allocated.eval().reconstruct(heldout), heldout)
-    levels = allocated.bottleneck._levels  # [8 groups, 2 channels]
+    levels = allocated.bottleneck.level_table  # [8 groups, 2 channels]
     assert float(levels.double().log2().sum()) == 32  # exactly the uniform FSQ's bits
     assert int(levels.max()) > 4 and int(levels.min()) < 4  # uneven, unlike [4, 4] x 8
     optimal = TransformCoder.fit(pca, train, bits_per_token=32, allocation="optimal")

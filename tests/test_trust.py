@@ -34,7 +34,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path, capsys):
 
 
 def test_loss_and_metric_weights_load_tensors_only(tmp_path, capsys):
-    from atoken.losses._weights import load_state_dict
+    from atoken.losses.weight_files import load_state_dict
 
     with pytest.raises(CheckpointError, match=r"weights_only=True.*UnpicklingError"):
         load_state_dict(_pickled(tmp_path / "weights.pth"))

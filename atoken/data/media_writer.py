@@ -33,9 +33,9 @@ from atoken.data.store import (
     SCHEMA_VERSION,
     SCHEMA_VERSIONS,
     MediaStore,
-    _sample_dtype,
-    _stored_dtype,
     checksum,
+    sample_dtype,
+    stored_dtype,
 )
 
 __all__ = ["MediaWriter", "StoreLayout"]
@@ -108,7 +108,7 @@ class MediaWriter:
         sources: Sequence[str | os.PathLike] = (),
         lock_timeout: float = 0.0,
     ) -> None:
-        self.dtype: np.dtype = _sample_dtype(dtype)  # before anything is created
+        self.dtype: np.dtype = sample_dtype(dtype)  # before anything is created
         self.url = store_label(url)
         self.layout = layout or StoreLayout()
         self.flush_samples = max(1, int(flush_samples))
@@ -153,7 +153,7 @@ class MediaWriter:
                 f"cannot append {modality} samples {list(axes)}",
                 store=self.url,
             )
-        stored = _stored_dtype(info, store=self.url)
+        stored = stored_dtype(info, store=self.url)
         if stored != self.dtype:
             raise StoreError(
                 f"holds {stored.name} samples, cannot append {self.dtype.name} samples "

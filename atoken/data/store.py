@@ -55,6 +55,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
     "MediaStore",
+    "sample_dtype",
+    "stored_dtype",
 ]
 
 SCHEMA = "atoken.media"
@@ -68,7 +70,7 @@ def checksum(flat: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(flat).data) & 0xFFFFFFFF
 
 
-def _sample_dtype(dtype: Any) -> np.dtype:
+def sample_dtype(dtype: Any) -> np.dtype:
     """The native numpy dtype for a ``dtype`` argument, one of :data:`DTYPES`.
 
     Raises:
@@ -83,7 +85,7 @@ def _sample_dtype(dtype: Any) -> np.dtype:
     return np.dtype(name)
 
 
-def _stored_dtype(info: Mapping[str, Any], *, store: str) -> np.dtype:
+def stored_dtype(info: Mapping[str, Any], *, store: str) -> np.dtype:
     """The sample dtype a store's attributes record (uint8 when they record none).
 
     Raises:
@@ -122,7 +124,7 @@ class MediaStore:
         self.group = _group if _group is not None else open_group(url, storage_options, mode="r")
         info = check_schema(self.group, SCHEMA, SCHEMA_VERSIONS, store=self.url)
         self.info = info
-        self.dtype: np.dtype = _stored_dtype(info, store=self.url)
+        self.dtype: np.dtype = stored_dtype(info, store=self.url)
         self._le = self.dtype.newbyteorder("<")  # the stored byte order
         self.modality: str = info.get("modality", "image")
         self.sample_axes: tuple[str, ...] = tuple(info.get("sample_axes", ("H", "W", "C")))

@@ -88,6 +88,11 @@ class FSQBottleneck(nn.Module):
         self.register_buffer("_levels", table.to(device), persistent=False)
         self.register_buffer("_basis", basis.to(device), persistent=False)
 
+    @property
+    def level_table(self) -> torch.Tensor:
+        """The levels of every channel of every group, int32 ``[G, d]`` (1: a dropped channel)."""
+        return self._levels
+
     def _bound(self, z: torch.Tensor) -> torch.Tensor:
         """``z [N, G, d]`` -> values in ``(-L/2, L/2)`` per channel (0 where ``L = 1``)."""
         levels = self._levels.clamp_min(2)  # a dropped channel (L = 1) is zeroed below

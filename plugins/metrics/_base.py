@@ -10,7 +10,7 @@ import abc
 import torch
 
 from atoken.core.errors import ConfigError
-from atoken.losses._images import ImageBatch, image_pairs
+from atoken.losses.image_batch import ImageBatch, image_pairs
 
 __all__ = ["ImageMetric", "PerImageMetric"]
 

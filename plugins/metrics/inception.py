@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atoken.core.errors import ConfigError
-from atoken.losses._weights import load_state_dict, locate_weights
+from atoken.losses.weight_files import load_state_dict, locate_weights
 
 __all__ = ["FID_WEIGHTS_FILE", "FID_WEIGHTS_URL", "FIDInceptionV3"]
 

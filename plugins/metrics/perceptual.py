@@ -26,7 +26,7 @@ from torch import nn
 
 from atoken.core.errors import ConfigError
 from atoken.core.frechet import METHODS, FeatureStatistics, frechet_distance
-from atoken.losses._images import ImageBatch, check_size, image_list, resized_batch
+from atoken.losses.image_batch import ImageBatch, check_size, image_list, resized_batch
 from atoken.losses.lpips import LPIPSLoss
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.metrics._base import ImageMetric, PerImageMetric

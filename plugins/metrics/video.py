@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
 from atoken.core.frechet import FeatureStatistics, frechet_distance
-from atoken.losses._images import pair_up
+from atoken.losses.image_batch import pair_up
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.metrics._base import ImageMetric
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
-from atoken.losses._weights import explicit_file
 from atoken.losses.clip import open_clip_parameters
+from atoken.losses.weight_files import explicit_file
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.text_encoders._base import TextEncoder
 

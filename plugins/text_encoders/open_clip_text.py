@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
-from atoken.losses._weights import explicit_file
+from atoken.losses.weight_files import explicit_file
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.text_encoders._base import TextEncoder
 

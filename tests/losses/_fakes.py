@@ -24,7 +24,7 @@ def fake_torchvision_weights(directory: Path, arch: str, seed: int = 0) -> Path:
     """
     import torchvision
 
-    from atoken.losses._weights import TORCHVISION_WEIGHTS
+    from atoken.losses.weight_files import TORCHVISION_WEIGHTS
 
     with torch.device("meta"):
         layout = getattr(torchvision.models, arch)(weights=None).state_dict()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import atoken
 from atoken.core.errors import ConfigError, ModalityInputError
-from atoken.losses._images import check_size, image_pairs, resized_batch
+from atoken.losses.image_batch import check_size, image_pairs, resized_batch
 
 
 def _l1():

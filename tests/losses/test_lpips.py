@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 import atoken
 from atoken.core.errors import ConfigError, WeightsNotFoundError
-from atoken.losses._weights import TORCHVISION_WEIGHTS, hub_checkpoint_dir
 from atoken.losses.lpips import LPIPSLoss
+from atoken.losses.weight_files import TORCHVISION_WEIGHTS, hub_checkpoint_dir
 from tests.losses._fakes import fake_torchvision_weights
 
 SIZE = 64

@@ -5,6 +5,9 @@ the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file name>`` (``$TORCH_H
 by default ``~/.cache/torch/hub``), where torchvision and pytorch-fid keep their downloads.
 When the file is in neither place, :func:`locate_weights` raises ``WeightsNotFoundError``
 naming the file, the places searched and how to provide it.
+
+Public: the losses, the metrics and the text encoders find their weights through it, and so
+may a plugin's.
 """
 
 from __future__ import annotations

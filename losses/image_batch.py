@@ -4,6 +4,8 @@ Shapes: B images; a batch is ``[B, 3, H, W]`` or a list of ``[3, H_i, W_i]`` ten
 nominally in [0, 1] (values are not clamped: a decoder's raw output may overshoot slightly).
 Perceptual terms see every image resized to ``S x S`` (224 by default, bilinear with
 antialiasing) and batched to ``[B, 3, S, S]``; pixel terms use the native resolution.
+
+Public: the built-in losses and metrics take their images through it, and so may a plugin's.
 """
 
 from __future__ import annotations
