@@ -26,7 +26,7 @@ from atoken.core.patch_embed import PatchEmbed4D
 from atoken.core.rope import Rope4D
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.manager import get_plugin_manager, get_registry, list_plugins
-from atoken.tokenizer import Tokenizer
+from atoken.tokenizer import Tokenizer, create_tokenizer
 
 try:
     __version__ = version("atoken")
@@ -50,6 +50,7 @@ __all__ = [
     "UnknownComponentError",
     "WeightsNotFoundError",
     "__version__",
+    "create_tokenizer",
     "gather_from_grid",
     "get_plugin_manager",
     "get_registry",

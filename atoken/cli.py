@@ -16,7 +16,7 @@ import click
 import atoken
 from atoken.cli_checkpoint import checkpoint
 from atoken.cli_classify import classify
-from atoken.cli_common import _fail, _load_tokenizer, _table
+from atoken.cli_common import fail, load_tokenizer, table
 from atoken.cli_convert import convert
 from atoken.cli_data import data
 from atoken.cli_encode import encode
@@ -100,14 +100,14 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
             (p["name"], p["distribution"], p["version"], "ok" if p["error"] is None else "FAILED")
             for p in report["plugins"]
         ]
-        _table(("plugin", "distribution", "version", "status"), rows)
+        table(("plugin", "distribution", "version", "status"), rows)
         click.echo("\nComponents")
         rows = [
             (kind, c["name"], c["plugin"])
             for kind, comps in report["components"].items()
             for c in comps
         ]
-        _table(("kind", "name", "plugin"), rows)
+        table(("kind", "name", "plugin"), rows)
         if broken:
             click.echo("\nFailed plugins")
             for p in broken:
@@ -204,7 +204,7 @@ def train(
         try:
             return print_plan(run_file, nproc=nproc, device=device)
         except AtokenError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         ctx = click.get_current_context()
         raise SystemExit(launch(ctx.params, nproc=nproc, max_restarts=max_restarts))
@@ -233,10 +233,10 @@ def train(
     except TrainingStopped as exc:  # SIGTERM: saved and logged; 143 as a killed process
         raise SystemExit(exc.code) from exc
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if trainer.dist.main:  # under torchrun, rank 0 reports
         click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")
-        _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
+        table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
 
 
 @main.command()
@@ -273,10 +273,10 @@ def reconstruct(
     from atoken.viz_video import reconstruct_video_file
 
     try:
-        model = _load_tokenizer(checkpoint)
+        model = load_tokenizer(checkpoint)
         items = [read_input(p, modality, model) for p in inputs]
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -288,10 +288,10 @@ def reconstruct(
                 continue
             recon = model.reconstruct([sample], kind)[0]
         except AtokenError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
         saved = save_reconstruction(path, kind, sample, recon, out, model)
         rows.append((Path(path).stem, kind, *saved))
-    _table(("input", "modality", "size", "error"), rows)
+    table(("input", "modality", "size", "error"), rows)
     click.echo(f"wrote {len(rows)} reconstructions to {out}")
 
 
@@ -349,7 +349,7 @@ def eval_command(
     from atoken.tasks.alignment import evaluate_semantic, heldout_digits
 
     try:
-        model = _load_tokenizer(checkpoint)
+        model = load_tokenizer(checkpoint)
         captioned = (
             heldout_digits(
                 digit_classes,
@@ -377,8 +377,8 @@ def eval_command(
         if semantic and captioned is not None:
             values.update(evaluate_semantic(model, captioned, semantic))
     except AtokenError as exc:
-        raise _fail(exc) from exc
-    _table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
+        raise fail(exc) from exc
+    table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
 
 
 main.add_command(data)

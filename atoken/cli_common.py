@@ -83,7 +83,3 @@ wait_option = click.option(
     type=click.FloatRange(0),
     help="Seconds to wait for another writer of the store to finish.",
 )
-
-# TEMPORARY (issue #30, PENDING_30 in tests/test_layering.py): atoken/cli.py, being rewritten
-# under #30, still imports the old private names; they go once it imports the public ones.
-_fail, _load_tokenizer, _table = fail, load_tokenizer, table

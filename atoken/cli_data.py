@@ -8,46 +8,14 @@ stay inside the commands so ``atoken --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
+from atoken.cli_common import fail, parse_storage_options, storage_option, wait_option
 from atoken.core.errors import AtokenError
 
 __all__ = ["data"]
-
-
-def _fail(exc: AtokenError) -> click.ClickException:
-    return click.ClickException(f"{type(exc).__name__}: {exc}")
-
-
-def _options(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--storage-options") from exc
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
-    return value
-
-
-_STORAGE = click.option(
-    "--storage-options",
-    default=None,
-    help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'.',
-)
-
-
-_WAIT = click.option(
-    "--wait",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds to wait for another writer of the store to finish.",
-)
 
 
 @click.group()
@@ -62,7 +30,7 @@ def import_() -> None:
 
 @import_.command(name="images")
 @click.argument("paths", nargs=-1, required=True)
-@_STORAGE
+@storage_option
 @click.option(
     "--src-storage-options",
     default=None,
@@ -108,7 +76,7 @@ def import_() -> None:
     help="--format wds: MiB per shard at most.",
 )
 @click.option("--prefix", default="shard", show_default=True, help="--format wds: shard names.")
-@_WAIT
+@wait_option
 def import_images_command(
     paths: tuple[str, ...],
     storage_options: str | None,
@@ -142,9 +110,9 @@ def import_images_command(
     if fmt == "wds":
         _import_shards(srcs, dst, shard_samples, shard_size, prefix, skip_bad, not no_progress)
         return
-    dst_options = _options(storage_options)
+    dst_options = parse_storage_options(storage_options)
     if src_storage_options is not None:
-        src_options = _options(src_storage_options)
+        src_options = parse_storage_options(src_storage_options)
     else:
         same = {fsspec.utils.get_protocol(s) for s in srcs} == {fsspec.utils.get_protocol(dst)}
         src_options = dst_options if same else {}
@@ -167,7 +135,7 @@ def import_images_command(
             lock_timeout=wait,
         )
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _echo_import(report, "images", dst)
 
 
@@ -193,7 +161,7 @@ def _import_shards(
             progress=progress,
         )
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     click.echo(f"wrote {report.samples} images into {len(report.shards)} shards in {dst}")
     for name, reason in report.skipped:
         click.echo(f"skipped {name}: {reason}")
@@ -212,7 +180,7 @@ def _echo_import(report: Any, kind: str, dst: str) -> None:
 
 @import_.command(name="videos")
 @click.argument("paths", nargs=-1, required=True)
-@_STORAGE
+@storage_option
 @click.option("--frame-stride", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--max-frames", default=None, type=click.IntRange(1), help="Frames kept per video.")
 @click.option("--max-side", default=None, type=click.IntRange(2), help="Downscale longer sides.")
@@ -220,7 +188,7 @@ def _echo_import(report: Any, kind: str, dst: str) -> None:
 @click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_WAIT
+@wait_option
 def import_videos_command(
     paths: tuple[str, ...],
     storage_options: str | None,
@@ -245,7 +213,7 @@ def import_videos_command(
         report = import_videos(
             srcs,
             dst,
-            storage_options=_options(storage_options),
+            storage_options=parse_storage_options(storage_options),
             frame_stride=frame_stride,
             max_frames=max_frames,
             max_side=max_side,
@@ -255,13 +223,13 @@ def import_videos_command(
             lock_timeout=wait,
         )
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _echo_import(report, "videos", dst)
 
 
 @data.command()
 @click.argument("url")
-@_STORAGE
+@storage_option
 @click.option("--skip-bad", is_flag=True, help="Check every sample and list the bad ones.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def verify(url: str, storage_options: str | None, skip_bad: bool, no_progress: bool) -> None:
@@ -273,10 +241,10 @@ def verify(url: str, storage_options: str | None, skip_bad: bool, no_progress: b
 
     try:
         report = verify_store(
-            url, _options(storage_options), skip_bad=skip_bad, progress=not no_progress
+            url, parse_storage_options(storage_options), skip_bad=skip_bad, progress=not no_progress
         )
     except AtokenError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     for index, name, message in report.bad:
         click.echo(f"skipped sample {index} ({name}): {message}")
     good = report.samples - len(report.bad)

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "heldout": list(names),
         "steps": trainer.step,
         "train_minutes": round(train_minutes, 2),
-        "latent_dim": cfg.model.latent_dim,
+        "latent_dim": model.config.latent_dim,
         "pca_init": mixture.pca is not None,
         "preset": cfg.model.preset,
     }
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'tokenizer':<26}{'PSNR dB':>10}{'SSIM':>8}{'FD effnet':>12}{'FD mean':>10}{'FD cov':>10}"
     )
-    print(_row(f"atoken {cfg.model.preset} (KL {cfg.model.latent_dim})", ours))
+    print(_row(f"atoken {cfg.model.preset} (KL {model.config.latent_dim})", ours))
     print(_row(f"PCA, {pca.latent_dim} components/patch", base))
     verdict = "beats" if ours["psnr"] > base["psnr"] else "does NOT beat"
     print(f"\natoken {verdict} the best linear tokenizer by {ours['psnr'] - base['psnr']:+.2f} dB")

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from atoken.baselines import PCATokenizer
-from atoken.components import default_modality
 from atoken.core.errors import ConfigError
+from atoken.factory import default_modality
 
 __all__ = ["PCA_CROP_BATCHES", "PCA_MAPS", "fit_pca", "init_from_pca", "zero_residual_branches"]
 

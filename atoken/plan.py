@@ -165,25 +165,12 @@ class _Stand(nn.Module):
 def _tokenizer(cfg: RunConfig) -> tuple[nn.Module, int]:
     """The run's first tokenizer on the meta device and its frozen text tower's parameters."""
     from atoken.core.semantic import SemanticProjection
-    from atoken.pretrained import load_config
     from atoken.tokenizer import Tokenizer
-    from atoken.train import build_tokenizer
+    from atoken.train import model_config
 
-    m = cfg.model
-    if m.init_from:  # its config.json only: no weight is read
-        config = load_config(m.init_from)
-        if m.modality_params:
-            names = tuple(dict.fromkeys([*config.modalities, *m.modality_params]))
-            params = {**config.modality_params, **dict(m.modality_params)}
-            config = config.with_overrides(modalities=names, modality_params=params)
-        text, text_params = config.text_encoder or "", dict(config.text_encoder_params)
-        tokenizer = Tokenizer(config.with_overrides(text_encoder=None, text_encoder_params={}))
-    else:
-        overrides = dict(m.overrides)
-        text = overrides.pop("text_encoder", None) or m.text_encoder
-        text_params = dict(overrides.pop("text_encoder_params", None) or m.text_encoder_params)
-        plain = attrs.evolve(m, text_encoder="", text_encoder_params={}, overrides=overrides)
-        tokenizer = build_tokenizer(attrs.evolve(cfg, model=plain))
+    config = model_config(cfg)  # a checkpoint's config.json only: no weight is read
+    text, text_params = config.text_encoder or "", dict(config.text_encoder_params)
+    tokenizer = Tokenizer(config.with_overrides(text_encoder=None, text_encoder_params={}))
     frozen = 0
     if text:
         if not tokenizer.config.encoder.map_head:

@@ -1,11 +1,13 @@
 """Saving and loading tokenizers: ``config.json`` + ``model.safetensors`` (never unpickled).
 
-``config.json`` records the modalities the tokenizer was built for (``modalities``), so their
-own projections and heads are rebuilt before the weights load. A saved modality whose plugin
-is not installed is dropped with a warning, with its own weights (the rest loads strictly); a
-modality added by an override (``from_pretrained(folder, modalities=[..., "depth"])``) starts
-with fresh parameters of its own; a file written before ``modalities`` was recorded holds the
-modalities that need no parameters of their own.
+``config.json`` records the modalities the tokenizer was built for (``modalities``) and the
+plugin that provides each (``modality_plugins``), so exactly those are rebuilt, with their own
+projections and heads, before the weights load strictly. A saved modality whose plugin is not
+installed is a :class:`CheckpointError` naming the plugin (load with ``modalities=[...]``
+without it to leave it and its own weights out); a modality added by an override
+(``from_pretrained(folder, modalities=[..., "depth"])``) starts with fresh parameters of its
+own; a file written before ``modalities`` was recorded holds the built-in modalities that need
+no parameters of their own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,16 @@ def save_pretrained(model: Any, folder: str | os.PathLike) -> Path:
     """Write ``model.config`` and its weights; returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict()}
+    from atoken.plugins.manager import get_registry
+
+    registry = get_registry().modalities
+    plugins = {m: registry.plugin_of(m) for m in model.config.modalities or () if m in registry}
+    doc = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "modality_plugins": plugins,
+    }
     tmp = folder / f".{CONFIG_NAME}.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     save_model(model, str(folder / WEIGHTS_NAME))
@@ -143,13 +153,22 @@ def _read_config(
             f"version {doc.get('version')!r}"
         )
     try:
-        config = TokenizerConfig.from_dict(doc["config"]).with_overrides(**overrides)
+        config = TokenizerConfig.from_dict(doc["config"])
+        if config.modalities is None:  # written before modalities were recorded
+            from atoken.factory import parameter_free_modalities
+
+            config = attrs.evolve(config, modalities=parameter_free_modalities(config))
+        saved = config.modalities
+        wanted = overrides.get("modalities")
+        if wanted is not None:  # leave saved modalities out before their tables are checked
+            config = _only(config, tuple(wanted))
+        config = config.with_overrides(**overrides)
     except (ConfigError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{config_path}: invalid config: {exc}") from exc
-    saved = doc["config"].get("modalities")
-    config, dropped = _installed_modalities(config, config_path)
+    _check_installed(config, doc.get("modality_plugins") or {}, config_path)
+    dropped = [m for m in saved if m not in config.modalities]
     # Modalities added by an override (not in the file) keep their fresh parameters.
-    added = [m for m in config.modalities or () if saved is not None and m not in saved]
+    added = [m for m in config.modalities if m not in saved]
     return config, dropped, added
 
 
@@ -232,31 +251,33 @@ def _check_shapes(
 _OWN_PARAMETERS = ("projections.inputs", "heads")
 
 
-def _installed_modalities(
-    config: TokenizerConfig, source: Path
-) -> tuple[TokenizerConfig, list[str]]:
-    """The config restricted to installed modalities, and the saved ones that are not."""
+def _only(config: TokenizerConfig, kept: tuple[str, ...]) -> TokenizerConfig:
+    """``config`` whose per-modality tables keep only the modalities in ``kept``."""
+    return attrs.evolve(
+        config,
+        **{
+            table: {k: v for k, v in getattr(config, table).items() if k in kept}
+            for table in ("modality_params", "heads", "head_params")
+        },
+    )
+
+
+def _check_installed(config: TokenizerConfig, plugins: Mapping[str, Any], source: Path) -> None:
+    """Every modality ``config`` names is registered here.
+
+    Raises:
+        CheckpointError: naming each missing modality, the plugin the file says provided it,
+            and the two ways on (install the plugin, or leave the modality out).
+    """
     from atoken.plugins.manager import get_registry
 
-    if config.modalities is None:  # written before modalities were recorded
-        from atoken.components import parameter_free_modalities
-
-        return attrs.evolve(config, modalities=parameter_free_modalities(config)), []
     registry = get_registry().modalities
-    dropped = [m for m in config.modalities if m not in registry]
-    if dropped:
-        warnings.warn(
-            f"{source}: modalities {dropped} are not installed (no plugin registers them): "
-            "loading without them and their own weights",
-            stacklevel=3,
+    missing = [m for m in config.modalities or () if m not in registry]
+    if missing:
+        named = ", ".join(f"{m!r} (plugin {plugins.get(m, 'unknown')!r})" for m in missing)
+        kept = [m for m in config.modalities or () if m not in missing]
+        raise CheckpointError(
+            f"{source}: the tokenizer was saved with modalities {named} that no installed "
+            f"plugin registers: install the plugin, or load with modalities={kept} to leave "
+            "them and their own weights out"
         )
-        kept = tuple(m for m in config.modalities if m in registry)
-        config = attrs.evolve(
-            config,
-            modalities=kept,
-            **{
-                table: {k: v for k, v in getattr(config, table).items() if k in kept}
-                for table in ("modality_params", "heads", "head_params")
-            },
-        )
-    return config, dropped

@@ -1,6 +1,7 @@
 """Training from a run file: the tokenizer, the ``[[tasks]]`` and the engine, composed.
 
-    tokenizer = build_tokenizer(cfg)                 [model]: a preset or init_from, + overrides
+    tokenizer = build_tokenizer(cfg)                 [model]: a preset or init_from, its keys
+                                                     verbatim, the tasks' modalities
     for each stage of cfg.plan() (one when the file has no [[stages]]), when it starts:
         tasks = [build_task(spec) ...]               the stage's tasks, from the task registry
         transform(tokenizer, StageContext(...))      its transforms, in place (atoken.transforms)
@@ -14,14 +15,18 @@ task trains through this path with no entry point of its own.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from atoken.core.config import TokenizerConfig, load_preset
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import RunConfig
 from atoken.core.trainer import Trainer
 from atoken.data.sources import current_context
 from atoken.pca_init import PCA_CROP_BATCHES, fit_pca
 from atoken.plugins.manager import get_plugin_manager, get_registry
+from atoken.pretrained import load_config
 from atoken.tasks import TaskContext, TaskMixture, build_task, evaluate_samples, tiles
 from atoken.tokenizer import Tokenizer
 from atoken.transforms import StageContext, StageTransform
@@ -34,37 +39,70 @@ __all__ = [
     "build_transforms",
     "evaluate_samples",
     "fit_pca",
+    "model_config",
+    "model_overrides",
     "run_training",
+    "task_modalities",
     "tiles",
 ]
 
 
-def build_tokenizer(cfg: RunConfig) -> Tokenizer:
-    """The tokenizer a run file's ``[model]`` section describes."""
+def task_modalities(cfg: RunConfig) -> tuple[str, ...]:
+    """The modalities the run's tasks train, in order, as far as the run file tells without
+    building anything: a task's ``modality``, else its task's ``default_modality``, else its
+    data table's ``modality``, else its data source's class ``modality``."""
+    registry = get_registry()
+    names: list[str] = []
+    for stage in cfg.plan():
+        for spec in stage.tasks:
+            name = spec.modality
+            if not name and spec.name in registry.tasks:
+                name = getattr(registry.tasks.get(spec.name), "default_modality", "")
+            if not name:
+                name = spec.data.get("modality", "")
+                source = spec.data.get("source")
+                if not name and isinstance(source, str) and source in registry.data_sources:
+                    name = getattr(registry.data_sources.get(source), "modality", "")
+            if isinstance(name, str) and name:
+                names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
+def model_overrides(cfg: RunConfig) -> dict[str, Any]:
+    """The tokenizer config keys a run sets over its start (``[model]``'s preset or
+    ``init_from``): the section's keys verbatim, and ``modalities``: the start's (or the
+    section's) plus those ``modality_params`` names and those the ``[[tasks]]`` train
+    (:func:`task_modalities`). A checkpoint's ``modality_params`` are kept under the
+    section's."""
     m = cfg.model
+    overrides = m.tokenizer_overrides()
+    start = load_config(m.init_from) if m.init_from else load_preset(m.preset)
+    if m.init_from and "modality_params" in overrides:  # over the checkpoint's, not instead
+        overrides["modality_params"] = {**start.modality_params, **overrides["modality_params"]}
+    base = overrides.get("modalities", start.modalities or ())
+    named = overrides.get("modality_params", {})  # a modality given parameters is built
+    overrides["modalities"] = tuple(dict.fromkeys([*base, *named, *task_modalities(cfg)]))
+    return overrides
+
+
+def model_config(cfg: RunConfig) -> TokenizerConfig:
+    """The :class:`TokenizerConfig` of the run's first tokenizer (nothing built or read but
+    a checkpoint's ``config.json``)."""
+    m = cfg.model
+    start = load_config(m.init_from) if m.init_from else load_preset(m.preset)
+    return start.with_overrides(**model_overrides(cfg))
+
+
+def build_tokenizer(cfg: RunConfig) -> Tokenizer:
+    """The tokenizer a run file's ``[model]`` section describes, in training mode: the preset
+    (or ``init_from``'s weights) with :func:`model_overrides` over it."""
+    m = cfg.model
+    overrides = model_overrides(cfg)
     if m.init_from:
-        tokenizer = Tokenizer.from_pretrained(m.init_from)
-        if not m.modality_params:
-            return tokenizer
-        # [model] modality_params apply to the checkpoint too; a modality they name that the
-        # checkpoint lacks is added with fresh parameters of its own.
-        names = tuple(dict.fromkeys([*tokenizer.config.modalities, *m.modality_params]))
-        params = {**tokenizer.config.modality_params, **dict(m.modality_params)}
-        return Tokenizer.from_pretrained(m.init_from, modalities=names, modality_params=params)
-    overrides = {
-        "latent_dim": m.latent_dim,
-        "bottleneck": m.bottleneck,
-        "head": m.head,
-        "bottleneck_params": dict(m.bottleneck_params),
-        "modality_params": dict(m.modality_params),
-        **dict(m.overrides),
-    }
-    if m.attention:
-        overrides["attention"] = m.attention
-    if m.text_encoder:
-        overrides["text_encoder"] = m.text_encoder
-        overrides["text_encoder_params"] = dict(m.text_encoder_params)
-    return Tokenizer.from_preset(m.preset, **overrides)
+        tokenizer = Tokenizer.from_pretrained(m.init_from, **overrides)
+    else:
+        tokenizer = Tokenizer.from_preset(m.preset, **overrides)
+    return tokenizer.train()
 
 
 def build_transforms(cfg: RunConfig) -> list[list[StageTransform]]:
@@ -129,8 +167,11 @@ def build_stage(
     return mixture
 
 
-def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
-    """The tokenizer and the task mixture of the run's first stage (nothing trained yet).
+def build_run(
+    cfg: RunConfig, transforms: list[list[StageTransform]] | None = None
+) -> tuple[Tokenizer, TaskMixture]:
+    """The tokenizer and the task mixture of the run's first stage (nothing trained yet);
+    ``transforms``: every stage's, from :func:`build_transforms` (built here when None).
 
     With ``[model] pca_init = true`` (or a first stage's ``pca_init`` transform) the tokenizer
     starts as the PCA tokenizer of the first task's training crops
@@ -139,7 +180,8 @@ def build_run(cfg: RunConfig) -> tuple[Tokenizer, TaskMixture]:
     torch.manual_seed(cfg.run.seed)
     if cfg.model.pca_init and cfg.model.expand_latent:
         raise ConfigError("[model] pca_init and expand_latent exclude each other: pick one start")
-    transforms = build_transforms(cfg)
+    if transforms is None:
+        transforms = build_transforms(cfg)
     tokenizer = build_tokenizer(cfg)
     prefixes = ("encoder.",) if cfg.model.init_from else ()
     mixture = build_stage(tokenizer, cfg, 0, transforms=transforms[0], pretrained_prefixes=prefixes)
@@ -169,8 +211,8 @@ def run_training(
     checkpoint to resume from (``step_N``); ``fallback`` resumes from the newest intact one
     when the newest is damaged. The run folder's lock is held from the first look at the
     folder to the saved tokenizer: a second training into it is a ``RunFolderError``."""
-    _, mixture = build_run(cfg)
-    transforms = build_transforms(cfg)
+    transforms = build_transforms(cfg)  # once: every stage's, checked before anything trains
+    _, mixture = build_run(cfg, transforms)
     last = [mixture]
 
     def enter_stage(index: int, model: Tokenizer) -> TaskMixture:

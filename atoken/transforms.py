@@ -28,9 +28,9 @@ import attrs
 import torch
 from torch import nn
 
-from atoken.components import build_bottleneck
 from atoken.core.errors import ConfigError
 from atoken.core.runconfig import StageSpec
+from atoken.factory import build_bottleneck
 from atoken.fsq_calibration import allocate_bits, calibrate, group_levels
 from atoken.pca_init import PCA_MAPS, fit_pca, init_from_pca
 from atoken.plugins.hookspecs import hookimpl

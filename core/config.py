@@ -63,6 +63,7 @@ __all__ = [
     "EncoderConfig",
     "TokenizerConfig",
     "load_preset",
+    "override_keys",
     "preset_names",
 ]
 
@@ -210,10 +211,11 @@ class TokenizerConfig:
             projected to (``minilm``, ``open_clip``); None: no text alignment.
         text_encoder_params: its parameters (e.g. ``{"pretrained": "/path/model.safetensors"}``;
             ``{"trainable": true}`` trains the tower, which is otherwise frozen and not saved).
-        modalities: the registered modalities the tokenizer is built for: their own
-            projections and heads exist from construction (before any optimizer or
-            distributed wrap). None: every registered modality; the built tokenizer records
-            the resolved list (``config.json`` keeps it).
+        modalities: the modalities the tokenizer is built for, exactly (whatever plugins are
+            installed): their own projections and heads exist from construction (before any
+            optimizer or distributed wrap). Each preset names its own; None: the modalities
+            atoken ships (:func:`atoken.factory.builtin_modalities`); the built tokenizer
+            records the resolved list (``config.json`` keeps it).
         modality_params: per modality, the parameters its factory gets on top of the encoder
             arguments (:data:`atoken.core.modality.ENCODER_ARGUMENTS`), e.g.
             ``{"depth": {"max_tokens": 4096}}``.
@@ -345,7 +347,8 @@ class TokenizerConfig:
 
         A key that names a field of :class:`TokenizerConfig` sets it; a field of
         :class:`EncoderConfig` or :class:`BackboneConfig` sets it on the encoder (so ``rope=False``
-        turns RoPE off in the encoder); ``decoder_<field>`` sets a decoder backbone field.
+        turns RoPE off in the encoder); ``decoder_<field>`` sets a decoder backbone field
+        (:func:`override_keys` lists them all).
 
         Raises:
             ConfigError: for an unknown key (with close matches) or an invalid value.
@@ -367,10 +370,7 @@ class TokenizerConfig:
             elif key.startswith("decoder_") and key[len("decoder_") :] in bb_fields:
                 dec_bb[key[len("decoder_") :]] = value
             else:
-                known = sorted(
-                    top_fields | enc_fields | bb_fields | {f"decoder_{f}" for f in bb_fields}
-                )
-                raise ConfigError(_unknown_message(key, "overrides", known))
+                raise ConfigError(_unknown_message(key, "overrides", sorted(override_keys())))
         if dec_bb and self.decoder is None:
             raise ConfigError(f"cannot override {sorted(dec_bb)}: this config has no decoder")
         encoder = self.encoder
@@ -416,6 +416,16 @@ def _evolve(inst: Any, **changes: Any) -> Any:
         return attrs.evolve(inst, **changes)
     except TypeError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def override_keys() -> frozenset[str]:
+    """Every flat key :meth:`TokenizerConfig.with_overrides` takes (a run file's ``[model]``
+    keys besides its own): the config's fields, the encoder's and its backbone's, and
+    ``decoder_<backbone field>``."""
+    bb = {f.name for f in attrs.fields(BackboneConfig)}
+    top = {f.name for f in attrs.fields(TokenizerConfig)} - {"encoder", "decoder"}
+    enc = {f.name for f in attrs.fields(EncoderConfig)} - {"backbone"}
+    return frozenset(top | enc | bb | {f"decoder_{f}" for f in bb})
 
 
 def preset_names() -> list[str]:

@@ -9,6 +9,9 @@ can be filtered or turned into errors one by one.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 __all__ = [
     "AtokenError",
     "BadSampleError",
@@ -31,6 +34,7 @@ __all__ = [
     "StoreSchemaError",
     "TooManyTokensError",
     "UnknownComponentError",
+    "UnknownModalityError",
     "WeightsNotFoundError",
 ]
 
@@ -174,6 +178,25 @@ class UnknownComponentError(ComponentError, LookupError):
         self.close_matches = close
 
     def __str__(self) -> str:  # LookupError would otherwise quote the message like a KeyError
+        return str(self.args[0])
+
+
+class UnknownModalityError(ConfigError, LookupError):
+    """A call names a modality the tokenizer was not built for (a model holds exactly the
+    modalities it was built with, whatever plugins are installed); the message lists them and
+    how to add one."""
+
+    def __init__(self, name: str, built: Sequence[str]) -> None:
+        close = difflib.get_close_matches(str(name), list(built), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(
+            f"this tokenizer has no modality {name!r}: it was built for {list(built)}.{hint} "
+            f"Build it with modalities=[..., {name!r}] (a run file: [model] modalities), with "
+            "the plugin that registers it installed"
+        )
+        self.name, self.built = name, tuple(built)
+
+    def __str__(self) -> str:
         return str(self.args[0])
 
 

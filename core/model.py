@@ -16,29 +16,48 @@ Shapes:
                                       modality's denormalize and unpatchify
     embedding = pool(features)        MAP head (+ W_s into the text space)  [B, D]
 
-:class:`ATokenModel` holds the components and knows no registry: ``atoken.Tokenizer``
-builds them from the registries and the config, implements :meth:`ATokenModel.modality`, and
-adds the raw-sample API (encode, decode, tiling of long samples, persistence).
+:class:`ATokenModel` is built from its parts and knows no registry: the composition root
+(:func:`atoken.create_tokenizer`) turns the config's names into the parts, modalities
+included, so :meth:`ATokenModel.modality` is a lookup in the model. The raw-sample API
+(``encode``, ``decode``, ``embed``) uses the pieces the training step uses (``prepare``,
+``encode_tokens``, ``samples_from_tokens``); long samples go tile by tile
+(:mod:`atoken.core.tiles`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from atoken.core.batch import PackedBatch, PackedGroup
+from atoken.core import tiles
+from atoken.core.attention import AttentionFn, default_attention_backend
+from atoken.core.batch import PackedBatch
 from atoken.core.components import BottleneckOutput
 from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
-from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.errors import (
+    ConfigError,
+    LatentValidationError,
+    ModalityInputError,
+    UnknownModalityError,
+)
+from atoken.core.head_output import head_samples
+from atoken.core.kv_cache import KVCache, decode_with_cache
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
 from atoken.core.projection import ModalityProjections
+from atoken.core.sample_inputs import (
+    ModalityArg,
+    pack_latent,
+    pack_samples,
+    packed_values,
+    sample_list,
+    sample_names,
+)
 from atoken.core.semantic import SemanticProjection
 
 __all__ = ["ATokenModel", "ModelOutput"]
@@ -64,104 +83,131 @@ class ModelOutput:
 
 
 class ATokenModel(nn.Module):
-    """Encoder, per-modality projections, bottleneck, decoder, heads and semantic projection.
+    """Encoder, per-modality projections, bottleneck, decoder, heads and semantic projection,
+    and the modalities they were built for.
 
-    A subclass sets the modules (``encoder``, ``projections``, ``bottleneck``, ``decoder``,
-    ``head``, ``heads``, ``semantic``) and ``config``, and implements :meth:`modality`.
+    Args:
+        config: the :class:`~atoken.core.config.TokenizerConfig` the parts were built from.
+        encoder, projections: the encoder and the own input projections of modalities whose
+            ``value_dim`` differs from the encoder's patch dimension.
+        modalities: name -> built modality, exactly the ones this model encodes and decodes.
+        default_modality: the modality of raw samples when a call names none.
+        bottleneck, decoder, head: the latent map, the decoder and the shared head (all None
+            for an encoder-only model).
+        heads: the own heads of modalities that do not decode through the shared head.
+        semantic: W_s into a text space (None without a text encoder).
+        attention: a backend name -> its attention function (None: the blocks' own).
     """
 
-    config: Any
-    encoder: Encoder
-    projections: ModalityProjections
-    bottleneck: nn.Module | None
-    decoder: Decoder | None
-    head: nn.Module | None
-    heads: nn.ModuleDict
-    semantic: SemanticProjection | None
+    def __init__(
+        self,
+        config: Any,
+        *,
+        encoder: Encoder,
+        projections: ModalityProjections,
+        modalities: Mapping[str, Modality],
+        default_modality: str,
+        bottleneck: nn.Module | None = None,
+        decoder: Decoder | None = None,
+        head: nn.Module | None = None,
+        heads: Mapping[str, nn.Module] | None = None,
+        semantic: SemanticProjection | None = None,
+        attention: Callable[[str], AttentionFn] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.projections = projections
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.head = head
+        self.heads = nn.ModuleDict(dict(heads or {}))
+        self.semantic = semantic
+        self._modalities = dict(modalities)
+        self._default_modality = default_modality
+        self._attention_fn = attention
+        self._attention: tuple[str, str] | None = None  # (device, backend name) in use
 
+    # ------------------------------------------------------------------------ parts
     def modality(self, name: str) -> Modality:
-        """The built modality ``name`` (the subclass resolves names)."""
-        raise NotImplementedError
-
-    def default_modality(self) -> str:
-        """The modality of raw samples when a call names none (the subclass decides)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------------ inputs
-    def _names(self, samples: Any, modality: str | Sequence[str] | None, count: int) -> list[str]:
-        if modality is None:
-            modality = self.default_modality()
-        if isinstance(modality, str):
-            return [modality] * count
-        if not isinstance(modality, Sequence) or not all(isinstance(m, str) for m in modality):
-            raise ModalityInputError(
-                f"modality must be a name or one name per sample, got {modality!r}"
-            )
-        names = list(modality)
-        if len(names) != count:
-            raise ModalityInputError(f"{len(names)} modality names for {count} samples")
-        return names
-
-    def _as_list(self, samples: Any, modality: str | Sequence[str] | None) -> list[Any]:
-        """Raw samples as a list: a tensor with one more dimension than the modality's samples
-        is a batch."""
-        if isinstance(samples, torch.Tensor):
-            names = set(self._names(samples, modality, samples.shape[0] if samples.ndim else 1))
-            if len(names) != 1:
-                raise ModalityInputError("a tensor batch holds samples of one modality")
-            mod = self.modality(names.pop())
-            nd = mod.sample_ndim
-            if samples.ndim != nd + 1:
-                shapes = {2: "[B, H, W]", 3: "[B, C, H, W]", 4: "[B, C, T, H, W]"}
-                batch = shapes.get(nd) if mod.layout == "thw" else None
-                batch = batch or f"{nd + 1}-D [B, ...]"
-                one = " (one sample x: pass [x])" if samples.ndim == nd else ""
-                raise ModalityInputError(
-                    f"a {mod.name} tensor batch must be {batch}, got "
-                    f"{tuple(samples.shape)}; pass a list for single samples{one}"
-                )
-            return list(samples.unbind(0))
-        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
-            raise ModalityInputError(
-                f"samples must be a list (or a batch tensor), got {type(samples).__name__}"
-            )
-        return list(samples)
-
-    def _prepare(self, samples: Any, modality: str | Sequence[str] | None) -> PackedBatch:
-        """Patchify and normalise ``samples`` into per-modality groups on the model's device.
-        A :class:`SparseLatent` of raw values keeps its own modality names.
+        """The built modality ``name``.
 
         Raises:
-            ModalityInputError: ``modality`` names other modalities than the latent's.
+            ModalityInputError: ``name`` is not a non-empty str.
+            UnknownModalityError: the model was not built for ``name`` (the message names
+                its modalities and how to add one).
         """
-        device = self._device()
+        if not isinstance(name, str) or not name:
+            raise ModalityInputError(f"modality must be a registered name, got {name!r}")
+        if name not in self._modalities:
+            raise UnknownModalityError(name, tuple(self._modalities))
+        return self._modalities[name]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The names of the modalities this model was built for, in build order."""
+        return tuple(self._modalities)
+
+    def default_modality(self) -> str:
+        """The modality of raw samples when a call names none."""
+        return self._default_modality
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's weights."""
+        return self.encoder.patch_embed.proj.weight.device
+
+    def require_decoder(self) -> tuple[nn.Module, Decoder, nn.Module]:
+        """``(bottleneck, decoder, shared head)``. Raises ConfigError: an encoder-only model."""
+        if self.bottleneck is None or self.decoder is None or self.head is None:
+            raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
+        return self.bottleneck, self.decoder, self.head
+
+    def head_for(self, name: str) -> nn.Module:
+        """The head that decodes modality ``name`` (its own, or the shared ``head``)."""
+        _, _, shared = self.require_decoder()
+        self.modality(name)
+        return self.heads[name] if name in self.heads else shared  # noqa: SIM401 (ModuleDict)
+
+    # ------------------------------------------------------------------------ attention
+    @property
+    def attention_backend(self) -> str:
+        """The name of the backend for the model's current device."""
+        return self.config.attention or default_attention_backend(self.device)
+
+    def set_attention_backend(self, name: str | None) -> None:
+        """Use the backend ``name`` (None: pick by device) from the next call.
+
+        Raises:
+            UnknownComponentError: for a name no plugin registered.
+        """
+        if name is not None and self._attention_fn is not None:
+            self._attention_fn(name)  # fail now, with close matches
+        self.config = self.config.with_overrides(attention=name)
+        self._attention = None
+
+    def use_attention(self) -> None:
+        """Give the blocks the attention function of :attr:`attention_backend` (once per
+        device and backend; every entry point calls it)."""
+        key = (str(self.device), self.attention_backend)
+        if self._attention_fn is None or self._attention == key:
+            return
+        fn = self._attention_fn(key[1])
+        self.encoder.set_attention_fn(fn)
+        if self.decoder is not None:
+            self.decoder.set_attention_fn(fn)
+        self._attention = key
+
+    # ------------------------------------------------------------------------ inputs
+    def prepare(self, samples: Any, modality: ModalityArg = None) -> PackedBatch:
+        """Raw samples (or a :class:`SparseLatent` of raw values) -> the packed, normalised
+        batch that ``model(batch)`` takes: one group per modality, on the model's device."""
+        default = self._default_modality
         if isinstance(samples, SparseLatent):
-            latent = samples.to(device)
-            if modality is not None:
-                given = self._names(latent, modality, latent.batch_size)
-                if tuple(given) != latent.modality:
-                    raise ModalityInputError(
-                        f"modality={modality!r} but the latent's samples are {latent.modality}"
-                    )
-            groups = []
-            for name in dict.fromkeys(latent.modality):
-                idx = [b for b, m in enumerate(latent.modality) if m == name]
-                part = latent.select(idx) if len(idx) != latent.batch_size else latent
-                mod = self.modality(name)
-                mod.check_values(part.feats)
-                groups.append(
-                    PackedGroup(name, tuple(idx), part.replace(feats=mod.normalize(part.feats)))
-                )
-            return PackedBatch.from_groups(groups)
-        samples = self._as_list(samples, modality)
-        names = self._names(samples, modality, len(samples))
-        groups = []
-        for name in dict.fromkeys(names):
-            idx = tuple(b for b, m in enumerate(names) if m == name)
-            mod = self.modality(name)
-            raw = mod.pack([samples[b] for b in idx]).to(device)
-            groups.append(PackedGroup(name, idx, raw.replace(feats=mod.normalize(raw.feats))))
-        return PackedBatch.from_groups(groups)
+            return pack_latent(samples, modality, default, self.modality, self.device)
+        samples = sample_list(samples, modality, default, self.modality)
+        names = sample_names(modality, len(samples), default)
+        return pack_samples(samples, names, self.modality, self.device)
 
     def pack(self, samples: Any, modality: str | None = None) -> SparseLatent:
         """Patchify, pack and normalise samples of one value size: feats are the normalised
@@ -172,87 +218,57 @@ class ATokenModel(nn.Module):
             ConfigError: the samples' modalities have different value sizes (encode them
                 instead: a mixed batch has no single value tensor).
         """
-        batch = self._prepare(samples, modality)
-        if not batch.groups:
-            return SparseLatent(
-                torch.zeros(0, self.config.encoder.patch_dim, device=self._device()),
-                torch.zeros(0, 4, dtype=torch.int32, device=self._device()),
-                torch.zeros(0, dtype=torch.int64),
-            )
-        dims = {g.values.channels for g in batch.groups}
-        if len(dims) > 1:
-            raise ConfigError(f"pack: the samples' value sizes differ ({sorted(dims)})")
-        return SparseLatent(
-            batch.gather([g.values.feats for g in batch.groups]),
-            batch.coords.to(self._device()),
-            batch.seqlens,
-            modality=batch.modality,
-            meta=batch.meta,
-            validate=False,
+        return packed_values(
+            self.prepare(samples, modality), self.config.encoder.patch_dim, self.device
         )
 
-    def prepare(self, samples: Any, modality: str | Sequence[str] | None = None) -> PackedBatch:
-        """Raw samples (or a :class:`SparseLatent` of raw values) -> the packed, normalised
-        batch that ``model(batch)`` takes: one group per modality, on the model's device."""
-        return self._prepare(samples, modality)
-
+    # ------------------------------------------------------------------------ training step
     def forward(
         self,
-        batch: PackedBatch,
+        batch: PackedBatch | Any,
+        modality: ModalityArg = None,
         *,
         sample: bool | None = None,
         decode: bool = True,
         embed: bool = False,
-    ) -> ModelOutput:
+    ) -> ModelOutput | torch.Tensor:
         """One pass over a packed batch: encode -> bottleneck -> decode -> heads (-> pool).
 
         Args:
-            batch: normalised values grouped by modality (``Tokenizer.prepare``).
+            batch: normalised values grouped by modality (:meth:`prepare`); raw samples
+                instead give :meth:`embed` (``modality`` names theirs).
             sample: a continuous latent is a sample in training mode and the mean otherwise;
                 True/False forces either (ignored by a discrete bottleneck).
             decode: run the decoder and the heads (``samples``).
             embed: pool the encoder's tokens into the semantic embedding (``embedding``).
 
         Long samples are not tiled here: this is the training step on whole samples (tiling
-        is the raw-sample API's, ``Tokenizer.encode``/``decode``).
+        is :meth:`encode`'s and :meth:`decode`'s).
         """
-        bottleneck, decoder, _ = self._require_decoder()
+        if not isinstance(batch, PackedBatch):
+            return self.embed(batch, modality)
+        self.use_attention()
+        _, decoder, _ = self.require_decoder()
         features = SparseLatent(
-            self._encode_batch(batch),  # [N, C]
-            batch.coords.to(self._device()),
+            self.encode_tokens(batch),  # [N, C]
+            batch.coords.to(self.device),
             batch.seqlens,
             modality=batch.modality,
             meta=batch.meta,
             validate=False,
         )
-        discrete = getattr(bottleneck, "is_discrete", False)
-        kwargs = {} if sample is None or discrete else {"sample": sample}
-        out = bottleneck(features.feats, **kwargs)  # latent [N, L]
-        latent = features.replace(feats=out.latent)
+        out = self.apply_bottleneck(features, sample)
+        latent = features.replace(feats=out.latent)  # [N, L]
         samples = None
         if decode:
             tokens = decoder(latent.feats, latent.coords, latent.seqlens)  # [N, C']
-            samples = self._to_samples(tokens, latent)
+            samples = self.samples_from_tokens(tokens, latent)
         embedding = self.embed_features(features) if embed else None  # [B, D]
         return ModelOutput(
             features=features, latent=latent, bottleneck=out, samples=samples, embedding=embedding
         )
 
-    def _device(self) -> torch.device:
-        return self.encoder.patch_embed.proj.weight.device
-
-    def _require_decoder(self) -> tuple[nn.Module, Decoder, nn.Module]:
-        if self.bottleneck is None or self.decoder is None or self.head is None:
-            raise ConfigError("this tokenizer has no decoder (config.decoder is None)")
-        return self.bottleneck, self.decoder, self.head
-
-    def head_for(self, name: str) -> nn.Module:
-        """The head that decodes modality ``name`` (its own, or the shared ``head``)."""
-        _, _, shared = self._require_decoder()
-        self.modality(name)
-        return self.heads[name] if name in self.heads else shared  # noqa: SIM401 (ModuleDict)
-
-    def _embed_values(self, name: str, values: torch.Tensor) -> torch.Tensor:
+    def embed_values(self, name: str, values: torch.Tensor) -> torch.Tensor:
         """Normalised values ``[n, d]`` of modality ``name`` -> tokens ``[n, C]``."""
         if self.projections.has(name):
             return self.projections.embed(
@@ -261,60 +277,174 @@ class ATokenModel(nn.Module):
         # the patch embedding computes in its weights' dtype (a model cast to bf16 whole)
         return self.encoder.patch_embed(values.to(self.encoder.patch_embed.proj.weight.dtype))
 
-    def _encode_batch(self, batch: PackedBatch) -> torch.Tensor:
+    def encode_tokens(self, batch: PackedBatch) -> torch.Tensor:
         """One encoder pass over a whole packed batch: tokens ``[N, C]`` in batch order."""
-        x = batch.gather([self._embed_values(g.name, g.values.feats) for g in batch.groups])
+        x = batch.gather([self.embed_values(g.name, g.values.feats) for g in batch.groups])
         pos = [self.modality(name).uses_pos_table for name in batch.modality]
         return self.encoder.forward_tokens(
             x, batch.coords.to(x.device), batch.seqlens, pos_samples=pos
         )  # [N, C]
 
+    def apply_bottleneck(
+        self, features: SparseLatent, sample: bool | None = None
+    ) -> BottleneckOutput:
+        """The bottleneck over the encoder's tokens ``[N, C]`` -> latent ``[N, L]``; ``sample``
+        forces a continuous latent's sampling on or off (a discrete one ignores it)."""
+        bottleneck, _, _ = self.require_decoder()
+        as_is = sample is None or getattr(bottleneck, "is_discrete", False)
+        return bottleneck(features.feats, **({} if as_is else {"sample": sample}))
+
     def embed_features(self, features: SparseLatent) -> torch.Tensor:
-        """:meth:`embed` from the encoder's final tokens (one encoder pass for both paths)."""
+        """The semantic embedding ``[B, D]`` from the encoder's final tokens."""
         if self.semantic is None:
             return self.encoder.pool(features.feats, features.seqlens)
         pooled = self.encoder.head(features.feats, features.seqlens, normalize=False)  # [B, C]
         return self.semantic(pooled)  # [B, D]
 
-    def _to_samples(self, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
-        """Decoder tokens ``[N, C]`` -> samples, each modality through its own head."""
+    def samples_from_tokens(self, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
+        """Decoder tokens ``[N, C']`` -> samples, each modality through its own head."""
         names = latent.modality
         if len(set(names)) == 1:
-            return self._head_samples(names[0], tokens, latent)
+            return head_samples(self.modality(names[0]), self.head_for(names[0]), tokens, latent)
         out: list[Any] = [None] * latent.batch_size
         chunks = torch.split(tokens, latent.seqlens.tolist())
         for name in dict.fromkeys(names):
             idx = [b for b, m in enumerate(names) if m == name]
-            sub = latent.select(idx)
-            part = torch.cat([chunks[b] for b in idx])  # [n_g, C]
-            for b, sample in zip(idx, self._head_samples(name, part, sub), strict=True):
+            part = torch.cat([chunks[b] for b in idx])  # [n_g, C']
+            decoded = head_samples(
+                self.modality(name), self.head_for(name), part, latent.select(idx)
+            )
+            for b, sample in zip(idx, decoded, strict=True):
                 out[b] = sample
         return out
 
-    def _head_samples(self, name: str, tokens: torch.Tensor, latent: SparseLatent) -> list[Any]:
-        """The tokens of samples of one modality through its head, then back to samples."""
-        mod = self.modality(name)
-        head = self.head_for(name)
-        if hasattr(head, "to_samples"):
-            return list(head.to_samples(head(tokens, latent), latent, mod))
-        if getattr(head, "partial_values", False) and mod.content_dim < mod.value_dim:
-            # Predict the content values only (images: slot 0 of 4): exact, and a quarter of
-            # the head's work and memory.
-            values = head(tokens, latent, num_values=mod.content_dim)  # [N, content_dim]
-        else:
-            values = head(tokens, latent)  # [N, d]
-        N = tokens.shape[0]
-        if not isinstance(values, torch.Tensor) or values.shape not in (
-            (N, mod.content_dim),
-            (N, mod.value_dim),
-        ):
-            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
-            raise ConfigError(
-                f"head {type(head).__name__} gave {got} for {N} tokens of modality {name!r}: "
-                f"a head without to_samples must give [N, {mod.value_dim}] values (or "
-                f"[N, {mod.content_dim}] content values)"
+    # ------------------------------------------------------------------------ raw samples
+    def encode_features(
+        self, samples: Any, modality: ModalityArg = None, *, tile_steps: int | None = None
+    ) -> SparseLatent:
+        """The encoder's final tokens (before any bottleneck): feats ``[N, C]``. A sample
+        longer than a tile is encoded tile by tile (``tile_steps`` overrides
+        ``config.tile_steps`` for this call; its meta records the tile length)."""
+        self.use_attention()
+        return tiles.encode_samples(self, samples, modality, tile_steps)
+
+    def embed(self, samples: Any, modality: ModalityArg = None) -> torch.Tensor:
+        """The L2-normalised semantic embedding per sample: the MAP head's ``[B, C]``, or, with a
+        text encoder, that pooled embedding projected by W_s into the text space, ``[B, D]``.
+        A clip longer than a tile is pooled over all its tiles' tokens."""
+        return self.embed_features(self.encode_features(samples, modality))
+
+    def encode_with_ids(
+        self, samples: Any, modality: ModalityArg = None
+    ) -> tuple[SparseLatent, torch.Tensor | None]:
+        """One encoder pass giving both the latent (as :meth:`encode`) and, for a discrete
+        bottleneck, its ids ``[N, G]`` (as ``tokenize``); ids are None otherwise."""
+        latent, out = self.encode_latent(samples, modality)
+        return latent, out.ids
+
+    def encode_latent(
+        self,
+        samples: Any,
+        modality: ModalityArg = None,
+        *,
+        sample: bool | None = None,
+        tile_steps: int | None = None,
+    ) -> tuple[SparseLatent, BottleneckOutput]:
+        """The latent (as :meth:`encode`) and the bottleneck's whole output (its ``terms``
+        for the losses, ``ids`` of a discrete bottleneck)."""
+        features = self.encode_features(samples, modality, tile_steps=tile_steps)
+        out = self.apply_bottleneck(features, sample)
+        return features.replace(feats=out.latent), out
+
+    def encode(
+        self,
+        samples: Any,
+        modality: ModalityArg = None,
+        *,
+        sample: bool | None = None,
+        tile_steps: int | None = None,
+    ) -> SparseLatent:
+        """Samples -> the sparse latent: feats ``[N, latent_dim]`` with coords and metadata.
+
+        Args:
+            samples: a list of raw samples (or a batch tensor, or a :class:`SparseLatent` of
+                raw values).
+            modality: the modality of every sample, or one name per sample (a mixed batch);
+                None: the default modality.
+            sample: a continuous (``kl``) latent is the posterior mean in eval mode and a
+                sample in training mode; True/False forces either. A discrete one holds codes.
+            tile_steps: latent time steps per tile for this call (default
+                ``config.tile_steps``, 0: none): a sample whose coordinates span more is
+                encoded in tiles, each alone with its time re-based to 0.
+        """
+        return self.encode_latent(samples, modality, sample=sample, tile_steps=tile_steps)[0]
+
+    def kv_cache(self, steps: int | None = None) -> KVCache:
+        """A fresh KV cache of ``steps`` (default: the config's) for :meth:`decode_tile`."""
+        return KVCache(self.config.kv_cache_steps if steps is None else steps)
+
+    def decode(self, latent: SparseLatent, *, kv_cache_steps: int | None = None) -> list[Any]:
+        """The latent back to samples, each by its modality's head (images ``[3, H, W]`` in
+        [0, 1], unclamped; clips ``[3, T, H, W]``; a plugin's own form).
+
+        A sample longer than its tile (``meta["tile_steps"]``, else ``config.tile_steps``) is
+        decoded tile by tile with a KV cache of ``kv_cache_steps`` steps (default
+        ``config.kv_cache_steps``; in training mode tiles are independent, as in the official
+        training, so every tile gets its own gradients). A sample encoded piece by piece is
+        joined piece by piece, so memory is bounded by a tile plus the output.
+
+        Raises:
+            ConfigError: no decoder, or a latent of the wrong width.
+            LatentValidationError: ``latent`` is not a :class:`SparseLatent`.
+        """
+        _, decoder, _ = self.require_decoder()
+        if not isinstance(latent, SparseLatent):
+            raise LatentValidationError(
+                "feats", f"decode takes a SparseLatent, got {type(latent).__name__}"
             )
-        values = mod.denormalize(values.float())  # [N, k]
-        if values.shape[1] < mod.value_dim:
-            values = F.pad(values, (0, mod.value_dim - values.shape[1]))  # [N, d], zero padding
-        return mod.unpack(latent.replace(feats=values))
+        self.use_attention()
+        weight = next(decoder.parameters())  # a stored float16/bfloat16 latent decodes as is
+        latent = latent.to(weight.device, dtype=weight.dtype)
+        if latent.batch_size == 0:
+            return []
+        steps = self.config.kv_cache_steps if kv_cache_steps is None else kv_cache_steps
+        if self.training:
+            steps = 0  # independent tiles: the cache's detached keys would cut gradients
+        return tiles.decode_samples(self, latent, steps)
+
+    def decode_tile(
+        self, latent: SparseLatent, cache: KVCache | None = None, *, steps: int | None = None
+    ) -> list[Any]:
+        """Decode one temporal tile: ``latent`` holds one sample whose time is re-based to the
+        tile (t from 0). With ``cache`` the tile also attends to the cached steps of the
+        previous tiles and the cache is updated (streaming, :mod:`atoken.tiling`). ``steps``:
+        the tile's length in latent steps (default: ``meta["tile_steps"]``, else
+        ``config.tile_steps``); pass the true length of a short last tile.
+
+        Raises:
+            ConfigError: no decoder.
+            LatentValidationError: not a one-sample :class:`SparseLatent`.
+        """
+        _, decoder, _ = self.require_decoder()
+        if not isinstance(latent, SparseLatent) or latent.batch_size != 1:
+            got = latent.batch_size if isinstance(latent, SparseLatent) else type(latent).__name__
+            raise LatentValidationError("seqlens", f"decode_tile takes one sample, got {got}")
+        if steps is None:
+            steps = tiles.tile_steps(self, latent.meta[0])
+        self.use_attention()
+        latent = latent.to(self.device)
+        tokens = decode_with_cache(decoder, latent.feats, latent.coords, cache, steps=steps)
+        return self.samples_from_tokens(tokens, latent)
+
+    def autoencode(
+        self, samples: Any, modality: ModalityArg = None
+    ) -> tuple[list[Any], SparseLatent, BottleneckOutput]:
+        """Encode and decode with gradients: ``(reconstructions, latent, bottleneck output)``;
+        in training mode a continuous latent is sampled."""
+        latent, out = self.encode_latent(samples, modality)
+        return self.decode(latent), latent, out
+
+    @torch.no_grad()
+    def reconstruct(self, samples: Any, modality: ModalityArg = None) -> list[Any]:
+        """``decode(encode(samples))`` without gradients (tiled for long clips)."""
+        return self.decode(self.encode(samples, modality))

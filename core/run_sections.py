@@ -10,6 +10,7 @@ TOML file into them and adds the section to the message.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from atoken.core.config import override_keys
 from atoken.core.errors import ConfigError
 from atoken.core.validators import check_path_name, path_name
 
@@ -96,33 +98,82 @@ class RunSection:
         return Path(self.out_dir or f"runs/{self.name}")
 
 
+#: ``[model]`` keys that describe the run's start, not the tokenizer (every other key is a
+#: :class:`~atoken.core.config.TokenizerConfig` key).
+MODEL_RUN_KEYS = ("preset", "init_from", "pca_init", "expand_latent", "overrides")
+
+
 @attrs.frozen(kw_only=True)
 class ModelConfig:
-    """``[model]``: a preset plus overrides, and component names."""
+    """``[model]``: where the tokenizer starts, and tokenizer config keys passed verbatim.
+
+    ``preset`` (or ``init_from``, a folder ``save_pretrained`` wrote) is the start; every
+    other key is a flat :class:`~atoken.core.config.TokenizerConfig` key
+    (:meth:`~atoken.core.config.TokenizerConfig.with_overrides`) set over it as written:
+    ``latent_dim = 48``, ``bottleneck = "fsq"``, ``modalities = ["image", "pointcloud"]``,
+    ``modality_params = { depth = { depth_mean = 2.5 } }``, ``decoder_depth = 2``. A key left
+    out keeps the preset's value (``preset = "atoken-so"`` trains its 48 channels). TOML has
+    no null: ``text_encoder = ""`` or ``attention = ""`` means none. The older
+    ``overrides = { ... }`` table holds the same keys. In the parsed config all of them are in
+    ``overrides`` (:meth:`tokenizer_overrides`).
+    """
 
     preset: str = "tiny"
-    bottleneck: str = "kl"
-    latent_dim: int = attrs.field(default=32, validator=_positive)
-    head: str = "pixels"
-    attention: str = ""  # empty: the default backend for the device
-    overrides: Mapping[str, Any] = attrs.field(factory=dict)
-    bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     init_from: str = ""  # a checkpoint folder (save_pretrained) to start from
-    text_encoder: str = ""  # a registered text encoder to align to (empty: none)
-    text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)  # trainable = true: train it
-    # per modality, the parameters of its factory (TokenizerConfig.modality_params), e.g.
-    # modality_params = { depth = { depth_mean = 2.5 } }
-    modality_params: Mapping[str, Any] = attrs.field(factory=dict)
     # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
     # final_norm = false, decoder_final_norm = false, decoder_bias = true
     pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     # widen the kl latent to this many channels before training (stage 2: 32 -> 48; the
     # decoder's output is unchanged at the start, atoken.transforms.expand_latent); 0: keep
     expand_latent: int = attrs.field(default=0, validator=_non_negative)
+    overrides: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.pca_init and self.init_from:
             raise ConfigError("[model] pca_init and init_from exclude each other: pick one start")
+        if not isinstance(self.overrides, Mapping):
+            raise ConfigError(f"overrides must be a table, got {self.overrides!r}")
+        known = override_keys()
+        for key in self.overrides:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known | set(MODEL_RUN_KEYS)), 3)
+                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ConfigError(
+                    f"unknown key {key!r}: not a tokenizer config key nor one of "
+                    f"{list(MODEL_RUN_KEYS)}.{hint}"
+                )
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> ModelConfig:
+        """A ``[model]`` table: its run keys, and every other key into ``overrides``.
+
+        Raises:
+            ConfigError: a key given both at the top and in ``overrides``, or unknown.
+        """
+        own = {k: v for k, v in table.items() if k in MODEL_RUN_KEYS and k != "overrides"}
+        inner = table.get("overrides", {})
+        if not isinstance(inner, Mapping):
+            raise ConfigError(f"overrides must be a table, got {inner!r}")
+        top = {k: v for k, v in table.items() if k not in MODEL_RUN_KEYS}
+        twice = sorted(set(top) & set(inner))
+        if twice:
+            raise ConfigError(f"{twice} given both as keys and in overrides: keep one")
+        return cls(**own, overrides={**inner, **top})
+
+    def tokenizer_overrides(self) -> dict[str, Any]:
+        """The tokenizer config keys, ready for ``with_overrides`` ("" as none for the keys
+        whose "none" is null)."""
+        return {
+            k: (None if v == "" and k in _NULLABLE else v) for k, v in self.overrides.items()
+        }
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The tokenizer config key ``key`` as the run file sets it, else ``default``."""
+        return self.overrides.get(key, default)
+
+
+#: Tokenizer config keys whose "none" is null, which TOML cannot write: "" stands for it.
+_NULLABLE = frozenset({"attention", "text_encoder", "default_modality", "tile_steps"})
 
 
 @attrs.frozen(kw_only=True)

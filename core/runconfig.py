@@ -159,7 +159,13 @@ def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
                     else repr(value)
                 )
                 raise ConfigError(f"section [{key}] must be a table, got {got}: write [{key}]")
-            value = structure(_SECTIONS[sub], value, key)
+            if _SECTIONS[sub] is ModelConfig:
+                try:
+                    value = ModelConfig.from_table(value)
+                except ConfigError as exc:
+                    raise ConfigError(f"[{key}] {exc}") from None
+            else:
+                value = structure(_SECTIONS[sub], value, key)
         kwargs[key] = value
     if cls is RunConfig:
         kwargs["tasks"] = _structure_tasks(kwargs.get("tasks", []), "tasks")

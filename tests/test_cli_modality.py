@@ -18,7 +18,9 @@ def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tok") / "tok"
     params = {"depth": {"depth_mean": 3.0, "depth_std": 2.0}}
-    tok = atoken.Tokenizer.from_preset("tiny", depth=1, decoder_depth=1, modality_params=params)
+    tok = atoken.Tokenizer.from_preset(
+        "tiny", depth=1, decoder_depth=1, modalities=["image", "depth"], modality_params=params
+    )
     tok.save_pretrained(folder)
     return str(folder)
 
@@ -44,6 +46,11 @@ def test_reconstruct_a_depth_array_and_refuse_what_does_not_fit(tmp_path, checkp
     assert wrong.exit_code == 1 and "DataModalityError" in wrong.output
     unknown = CliRunner().invoke(main, [*args, "--modality", "sonar", str(tmp_path / "room.npy")])
     assert unknown.exit_code == 1 and "no 'sonar' modality" in unknown.output
+    # The saved tokenizer loads with its own list: a registered modality it was not built for
+    # is named with how to add it (installing a plugin never changes a saved model).
+    other = CliRunner().invoke(main, [*args, "--modality", "video", str(tmp_path / "room.npy")])
+    assert other.exit_code == 1
+    assert "no 'video' modality (it has ['image', 'depth'])" in other.output
 
 
 def test_encode_a_float_store_as_its_modality(tmp_path, checkpoint):

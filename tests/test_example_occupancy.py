@@ -46,7 +46,7 @@ def tok() -> atoken.Tokenizer:
     """The tiny tokenizer in eval mode with random (not zero) head weights, so decoded
     outputs differ from voxel to voxel."""
     torch.manual_seed(0)
-    tok = atoken.Tokenizer.from_preset("tiny").eval()
+    tok = atoken.Tokenizer.from_preset("tiny", modalities=["image", "occupancy"])
     with torch.no_grad():
         for head in (tok.head, tok.heads["occupancy"]):
             head.proj.weight.normal_(std=0.05)
@@ -284,7 +284,7 @@ def one_thread():
 
 def test_own_head_and_loss_learn_two_grids(one_thread):
     torch.manual_seed(0)
-    tok = atoken.Tokenizer.from_preset("tiny").train()
+    tok = atoken.Tokenizer.from_preset("tiny", modalities=["image", "occupancy"]).train()
     grids = [_grid((8, 8, 8), 0.3, 0), _grid((6, 7, 5), 0.3, 1)]
     loss_fn = atoken.get_registry().losses.create("occupancy_bce")
     opt = torch.optim.Adam(tok.parameters(), lr=1e-3)

@@ -54,7 +54,8 @@ def test_one_channel_modality_gets_its_own_projection():
 def test_the_readme_session_runs_through_the_tokenizer():
     """The acceptance command: a [H, W] depth map at native value size, own projection/head."""
     code = (
-        "import atoken, torch; t = atoken.Tokenizer.from_preset('tiny'); "
+        "import atoken, torch; "
+        "t = atoken.Tokenizer.from_preset('tiny', modalities=['image', 'depth']); "
         "l = t.encode([torch.rand(40, 56)], modality='depth'); print(t.decode(l)[0].shape)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -63,7 +64,9 @@ def test_the_readme_session_runs_through_the_tokenizer():
 
 def test_depth_trains_through_its_own_projection_and_head():
     torch.manual_seed(0)
-    tok = atoken.Tokenizer.from_preset("tiny", modality_params={"depth": {"depth_std": 5.0}})
+    params = {"depth": {"depth_std": 5.0}}
+    tok = atoken.Tokenizer.from_preset("tiny", modalities=["depth"], modality_params=params)
+    tok.train()
     g = torch.Generator().manual_seed(0)
     maps = [torch.rand(32, 48, generator=g) * 10, torch.rand(20, 20, generator=g) * 10]
     opt = torch.optim.Adam(tok.parameters(), lr=1e-3)

@@ -200,20 +200,6 @@ PRIVATE_ALLOWED = {
 #: TEMPORARY, issue #30 empties it: reaches in files being rewritten under #30 (the tokenizer
 #: and its tiles, the CLI), keyed (module, name) with names as in PRIVATE_ALLOWED. Whoever
 #: removes a reach removes its entry here (no test forces it while the rewrite is under way).
-PENDING_30 = {
-    # atoken/_tiles.py drives the Tokenizer's private steps (tok._prepare(...), ...)
-    ("atoken._tiles", "_as_list"),
-    ("atoken._tiles", "_device"),
-    ("atoken._tiles", "_embed_values"),
-    ("atoken._tiles", "_encode_batch"),
-    ("atoken._tiles", "_names"),
-    ("atoken._tiles", "_prepare"),
-    ("atoken._tiles", "_require_decoder"),
-    # atoken/cli.py imports the old names (atoken.cli_common keeps them as aliases till then)
-    ("atoken.cli", "atoken.cli_common._fail"),
-    ("atoken.cli", "atoken.cli_common._load_tokenizer"),
-    ("atoken.cli", "atoken.cli_common._table"),
-}
 _REFLECTION = {"getattr", "hasattr", "setattr", "delattr"}
 
 
@@ -335,7 +321,7 @@ def test_no_private_reach_across_modules():
     bad = [
         f"{path.relative_to(ROOT)}:{line}: {module} reaches {name}"
         for module, path, line, name in REACHES
-        if name not in PRIVATE_ALLOWED and (module, name) not in PENDING_30
+        if name not in PRIVATE_ALLOWED
     ]
     assert not bad, "\n".join(bad)
 

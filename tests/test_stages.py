@@ -155,12 +155,18 @@ def test_transforms_are_checked_before_anything_trains(tmp_path):
         build_transforms(load_run_file(_write(tmp_path, bad_value)))
 
 
-def test_a_transform_that_does_not_fit_the_model_fails_at_its_stage(tmp_path):
+def test_a_transform_that_does_not_fit_the_model_fails_at_its_stage(tmp_path, monkeypatch):
+    import atoken.train
+
+    built = []
+    real = atoken.train.build_transforms
+    monkeypatch.setattr(atoken.train, "build_transforms", lambda cfg: built.append(1) or real(cfg))
     body = STAGES.replace("groups = 4", "groups = 3")  # 3 x 3 != 12 channels
     with pytest.raises(ConfigError, match="expand_latent first"):
         run_training(load_run_file(_write(tmp_path, body)))
     records = _records(tmp_path / "run")
     assert {r["stage"] for r in records} == {"image", "wide"}  # stages 1-2 trained
+    assert len(built) == 1  # every stage's transforms built once, before anything trained
 
 
 # ------------------------------------------------------------------------------ training

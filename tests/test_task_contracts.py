@@ -26,8 +26,9 @@ SMALL = {"batch_size": 1}  # every source takes it; the rest stays at its defaul
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
+    every = REGISTRY.modalities.names()  # each task's modality, as a run file's tasks add it
     return atoken.Tokenizer.from_preset(
-        "tiny", depth=1, decoder_depth=1, text_encoder="minilm"
+        "tiny", depth=1, decoder_depth=1, text_encoder="minilm", modalities=every
     ).train()
 
 

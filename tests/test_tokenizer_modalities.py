@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import atoken
-from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.checkpoint import CheckpointError
+from atoken.core.errors import ConfigError, ModalityInputError, UnknownModalityError
 from atoken.testing import registered_plugin
 from atoken.tiling import reconstruct_tiled
 from atoken.tokenizer import Tokenizer
@@ -24,10 +25,14 @@ def _randomize(tok: Tokenizer) -> Tokenizer:
     return tok.eval()
 
 
+#: The tiny preset's modalities and the example plugin's depth (added by name).
+DEPTH = ("image", "mesh", "video", "depth")
+
+
 @pytest.fixture(scope="module")
 def tok():
     torch.manual_seed(0)
-    return _randomize(Tokenizer.from_preset("tiny"))
+    return _randomize(Tokenizer.from_preset("tiny", modalities=DEPTH))
 
 
 def _samples():
@@ -80,8 +85,9 @@ def test_modality_names_must_match_the_samples(tok):
 
 
 def test_modality_params_reach_the_modality_and_the_config():
-    base = Tokenizer.from_preset("tiny")
-    tok = Tokenizer.from_preset("tiny", modality_params={"depth": {"depth_mean": 2.5}})
+    base = Tokenizer.from_preset("tiny", modalities=DEPTH)
+    params = {"depth": {"depth_mean": 2.5}}
+    tok = Tokenizer.from_preset("tiny", modalities=DEPTH, modality_params=params)
     assert tok.modality("depth").value_mean == (2.5,)
     assert tok.config.to_dict()["modality_params"] == {"depth": {"depth_mean": 2.5}}
     depth = torch.full((16, 16), 2.5)
@@ -91,7 +97,7 @@ def test_modality_params_reach_the_modality_and_the_config():
 
 def test_a_parameter_the_modality_does_not_take_is_named():
     with pytest.raises(ConfigError, match=r"'depth' \(plugin 'depth'\).*'bogus'"):
-        Tokenizer.from_preset("tiny", modality_params={"depth": {"bogus": 1}})
+        Tokenizer.from_preset("tiny", modalities=DEPTH, modality_params={"depth": {"bogus": 1}})
 
 
 class _NeedsArgument(atoken.Modality):
@@ -117,18 +123,18 @@ def test_a_factory_that_fails_is_a_config_error_naming_the_plugin():
         with pytest.raises(ConfigError, match="'needy' \\(plugin 'needy-plugin'\\)") as err:
             Tokenizer.from_preset("tiny", modalities=["image", "needy"])
         assert isinstance(err.value.__cause__, TypeError)
-        # Implicitly (every registered modality), a broken plugin is left out, not fatal.
-        with pytest.warns(UserWarning, match="'needy' left out"):
-            tok = Tokenizer.from_preset("tiny")
-    assert "needy" not in tok.config.modalities and "image" in tok.config.modalities
+        # A model not built for it never builds it: an installed broken plugin is harmless.
+        tok = Tokenizer.from_preset("tiny")
+    assert tok.config.modalities == ("image", "mesh", "video")
 
 
 def test_a_modality_outside_the_config_needs_declaring():
     tok = Tokenizer.from_preset("tiny", modalities=["image"])
-    assert tok.config.modalities == ("image",)
-    assert tok.modality("video").name == "video"  # shared path: no parameters needed
-    with pytest.raises(ConfigError, match=r"modalities=\[\.\.\., 'depth'\]"):
-        tok.encode([torch.rand(16, 16)], modality="depth")
+    assert tok.config.modalities == tok.modalities == ("image",)
+    # The model holds exactly its modalities, even those that would need no parameters.
+    for name in ("video", "depth"):
+        with pytest.raises(UnknownModalityError, match=rf"modalities=\[\.\.\., '{name}'\]"):
+            tok.encode([torch.rand(16, 16)], modality=name)
 
 
 def test_other_modalities_do_not_change_image_results():
@@ -206,16 +212,19 @@ def test_a_file_without_recorded_modalities_loads(tok, tmp_path):
         assert torch.equal(loaded.reconstruct([image])[0], old.reconstruct([image])[0])
 
 
-def test_a_saved_modality_whose_plugin_is_gone_is_dropped_with_a_warning(tok, tmp_path):
+def test_a_saved_modality_whose_plugin_is_gone_is_named_and_can_be_left_out(tok, tmp_path):
     tok.save_pretrained(tmp_path)
     doc = json.loads((tmp_path / "config.json").read_text())
+    assert doc["modality_plugins"]["depth"] == "depth"  # the file names each one's plugin
     doc["config"]["modalities"].append("ghost")
+    doc["modality_plugins"]["ghost"] = "atoken-ghost"
     (tmp_path / "config.json").write_text(json.dumps(doc))
     weights = load_file(str(tmp_path / "model.safetensors"))
     weights["projections.inputs.ghost.weight"] = torch.zeros(192, 7)
     save_file(weights, str(tmp_path / "model.safetensors"))
-    with pytest.warns(UserWarning, match="ghost"):
-        loaded = Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"'ghost' \(plugin 'atoken-ghost'\).*install"):
+        Tokenizer.from_pretrained(tmp_path)
+    loaded = Tokenizer.from_pretrained(tmp_path, modalities=DEPTH)  # ghost and its weights out
     assert "ghost" not in loaded.config.modalities
     assert torch.equal(loaded.heads["depth"].proj.weight, tok.heads["depth"].proj.weight)
 
@@ -292,7 +301,7 @@ class _ShortHeadPlugin:
 
 def test_a_head_giving_the_wrong_width_is_named():
     with registered_plugin(_ShortHeadPlugin(), name="short-head"):
-        tok = Tokenizer.from_preset("tiny", heads={"depth": "short"})
+        tok = Tokenizer.from_preset("tiny", modalities=DEPTH, heads={"depth": "short"})
         with torch.no_grad(), pytest.raises(ConfigError, match="head _ShortHead gave"):
             tok.reconstruct([torch.rand(16, 16)], "depth")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 
+from atoken.cli_common import fail, wait_option
 from atoken.core.errors import AtokenError
 from atoken.plugins.hookspecs import hookimpl
 
@@ -36,13 +37,7 @@ __all__ = ["import_meshes_command", "register_commands"]
 )
 @click.option("--skip-bad", is_flag=True, help="Report unusable meshes instead of failing.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option(
-    "--wait",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds to wait for another writer of the store to finish.",
-)
+@wait_option
 def import_meshes_command(
     paths: tuple[str, ...],
     views: int,
@@ -80,7 +75,7 @@ def import_meshes_command(
             skip_bad=skip_bad,
         )  # fmt: skip
     except AtokenError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise fail(exc) from exc
     click.echo(
         f"imported {report.added} meshes into {dst} ({report.already_stored} already stored); "
         f"the store holds {report.committed} samples"

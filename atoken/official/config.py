@@ -231,7 +231,7 @@ def infer_config(
         modalities=modalities,
     )
     if modalities is None:
-        from atoken.components import parameter_free_modalities
+        from atoken.factory import parameter_free_modalities
 
         config = config.with_overrides(modalities=tuple(parameter_free_modalities(config)))
     return config

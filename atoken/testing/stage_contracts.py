@@ -69,8 +69,8 @@ class StageTransformContract:
         return get_registry().stage_transforms.get(transform_name)
 
     def _apply(self, factory: Any) -> Any:
-        from atoken.components import default_modality
         from atoken.core.runconfig import StageSpec
+        from atoken.factory import default_modality
         from atoken.transforms import StageContext
 
         tokenizer = _fresh(dict(getattr(factory, "example_tokenizer", {})))

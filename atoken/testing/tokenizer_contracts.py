@@ -46,9 +46,12 @@ def _canonical(modality: Modality, sample: Any) -> torch.Tensor:
 
 
 def _tokenizer(preset: str, modality: str, params: Mapping[str, Any], **overrides: Any) -> Any:
+    from atoken.core.config import load_preset
     from atoken.tokenizer import Tokenizer
 
     merged = dict(overrides)
+    built = merged.get("modalities") or load_preset(preset).modalities or ()
+    merged["modalities"] = tuple(dict.fromkeys([*built, modality]))  # the modality under test
     if params:
         merged["modality_params"] = {modality: dict(params)}
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from atoken.core.batch import PackedBatch
+from atoken.core.errors import UnknownModalityError
 from atoken.core.model import ATokenModel, ModelOutput
 from atoken.tokenizer import Tokenizer
 
@@ -13,7 +14,7 @@ from atoken.tokenizer import Tokenizer
 @pytest.fixture(scope="module")
 def tok():
     torch.manual_seed(0)
-    model = Tokenizer.from_preset("tiny")
+    model = Tokenizer.from_preset("tiny", modalities=["image", "video", "depth"])
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim > 1:
@@ -81,6 +82,15 @@ def test_the_image_task_trains_through_forward(tmp_path, monkeypatch):
     assert model.head.proj.weight.grad is not None
 
 
-def test_the_base_model_resolves_no_names():
-    with pytest.raises(NotImplementedError):
-        ATokenModel().modality("image")
+def test_the_base_model_is_built_from_its_parts_and_resolves_no_names(tok):
+    from atoken.factory import build_parts
+
+    parts = build_parts(tok.config.with_overrides(modalities=["image"]))
+    model = ATokenModel(**parts.model_kwargs()).eval()
+    assert model.modalities == ("image",) and model.default_modality() == "image"
+    with pytest.raises(UnknownModalityError, match="'video'"):
+        model.modality("video")  # a lookup in the model: no registry is asked
+    images = _images()
+    with torch.no_grad():
+        recon = model.decode(model.encode(images))
+    assert [tuple(r.shape) for r in recon] == [tuple(i.shape) for i in images]
