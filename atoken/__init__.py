@@ -7,6 +7,7 @@ heads, losses, attention backends, metrics) come from plugins; :func:`get_regist
 
 from importlib.metadata import PackageNotFoundError, version
 
+from atoken import moved  # noqa: F401 (first: old import paths of moved modules resolve)
 from atoken.core.coords import gather_from_grid, raster_coords, scatter_to_grid
 from atoken.core.errors import (
     AtokenError,

@@ -194,8 +194,8 @@ def train(
     ``torchrun --nproc-per-node N -m atoken.cli train RUN.toml`` (docs/distributed.md).
     """
     from atoken.cli_distributed import launch, restarted
-    from atoken.core.distributed import TrainingStopped
-    from atoken.core.runconfig import load_run_file
+    from atoken.engine.distributed import TrainingStopped
+    from atoken.engine.runconfig import load_run_file
     from atoken.train import run_training
 
     if plan:  # before any launch: with --plan, --nproc N plans for N ranks

@@ -4,7 +4,7 @@
 
 ``upgrade`` rewrites the pickled index (``.metadata``) of a sharded checkpoint written by
 stock ``torch.distributed.checkpoint`` or atoken < 0.5 as the JSON index atoken reads
-(:mod:`atoken.core.dcp_format`). Reading the old index unpickles it, which can run code: the
+(:mod:`atoken.engine.dcp_format`). Reading the old index unpickles it, which can run code: the
 command refuses to run without ``--trust``, the user's word that the folder's origin is known.
 """
 
@@ -35,7 +35,7 @@ def checkpoint() -> None:
 )
 def upgrade(folder: str, trust: bool) -> None:
     """Rewrite a trusted sharded checkpoint's pickled index as JSON (FOLDER: step_N/)."""
-    from atoken.core.dcp_format import upgrade as upgrade_index
+    from atoken.engine.dcp_format import upgrade as upgrade_index
 
     if not trust:
         raise click.UsageError(

@@ -4,7 +4,7 @@
     = python -m torch.distributed.run --standalone --nproc-per-node 2 --max-restarts 0 \\
           -m atoken.cli train RUN.toml
 
-Each worker sees ``WORLD_SIZE`` and trains its share (:mod:`atoken.core.distributed`). After a
+Each worker sees ``WORLD_SIZE`` and trains its share (:mod:`atoken.engine.distributed`). After a
 failure torchrun restarts the whole group (``--max-restarts K``); a restarted worker
 (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes from the run's last complete checkpoint instead
 of starting over.

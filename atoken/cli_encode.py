@@ -2,7 +2,7 @@
 
 Registered onto :func:`atoken.cli.main`; ``--ids`` insists on a discrete tokenizer and
 records the codebook size of each id group in the samples' meta (what
-:meth:`atoken.core.latent_store.LatentStore.tokens` reports back). Heavy imports stay inside.
+:meth:`atoken.data.latent_store.LatentStore.tokens` reports back). Heavy imports stay inside.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def encode_to_store(
     from tqdm.auto import tqdm
 
     from atoken.core.errors import ConfigError, StoreError
-    from atoken.core.latent_writer import LatentWriter
+    from atoken.data.latent_writer import LatentWriter
 
     discrete = hasattr(model.bottleneck, "ids_to_codes")
     if ids and not discrete:

@@ -1,6 +1,6 @@
 """``atoken train RUN.toml --plan [--nproc N]``: the plan of a run as tables, nothing trained.
 
-Three tables, stage by stage (:func:`atoken.plan.plan_run` computes them): the stages
+Three tables, stage by stage (:func:`atoken.engine.plan.plan_run` computes them): the stages
 (parameters, samples, tokens and model FLOPs per optimizer step on all N ranks), their tasks
 (per rank and micro-batch) and the memory per rank under DDP and FSDP2 in GB (10^9 bytes);
 then what could not be counted. With ``--plan``, ``--nproc N`` plans for N ranks and launches
@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from atoken.cli_common import table
-from atoken.plan import RunPlan, plan_run
+from atoken.engine.plan import RunPlan, plan_run
 
 __all__ = ["echo_plan", "print_plan"]
 
@@ -107,7 +107,7 @@ def echo_plan(plan: RunPlan, source: str = "the run") -> None:
 def print_plan(run_file: str, *, nproc: int, device: str | None = None) -> None:
     """Load ``run_file`` (``device``: the ``train`` command's ``--device``), plan it for
     ``nproc`` ranks and print it; errors are :class:`~atoken.core.errors.AtokenError`."""
-    from atoken.core.runconfig import load_run_file
+    from atoken.engine.runconfig import load_run_file
 
     overrides = {"train": {"device": device}} if device else {}
     cfg = load_run_file(run_file, **overrides)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from atoken.core.runconfig import load_run_file
+from atoken.engine.runconfig import load_run_file
 from atoken.plugins.manager import get_registry
 from atoken.report import write_report
 from atoken.tasks import evaluate_samples

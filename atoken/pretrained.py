@@ -22,9 +22,9 @@ from typing import Any
 import attrs
 from safetensors.torch import load_file, load_model, save_model
 
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.config import TokenizerConfig
 from atoken.core.errors import ConfigError, OutputFolderError
+from atoken.engine.checkpoint import CheckpointError
 
 __all__ = [
     "CONFIG_NAME",

@@ -33,9 +33,9 @@ from typing import Any
 
 import attrs
 
-from atoken.core.checkpoint import list_checkpoints
 from atoken.core.errors import RunFolderError
-from atoken.core.run_folder import read_run_files
+from atoken.engine.checkpoint import list_checkpoints
+from atoken.engine.run_folder import read_run_files
 from atoken.report_plots import curves_svg
 
 __all__ = ["MARKER", "RunLog", "write_report"]

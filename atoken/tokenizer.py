@@ -223,5 +223,3 @@ def create_tokenizer(
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         return Tokenizer.from_pretrained(source, **overrides)
     return Tokenizer(resolve_config(source, **overrides)).eval()
-
-

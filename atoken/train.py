@@ -4,12 +4,13 @@
                                                      verbatim, the tasks' modalities
     for each stage of cfg.plan() (one when the file has no [[stages]]), when it starts:
         tasks = [build_task(spec) ...]               the stage's tasks, from the task registry
-        transform(tokenizer, StageContext(...))      its transforms, in place (atoken.transforms)
+        transform(tokenizer, StageContext(...))      its transforms, in place
+                                                     (atoken.engine.transforms)
         mixture = TaskMixture(tasks)                 what the trainer trains in the stage
     trainer = Trainer(cfg, mixture, enter_stage=...) the one generic loop
     trainer.fit(); tokenizer.save_pretrained(out/tokenizer)
 
-The engine (:class:`atoken.core.trainer.Trainer`) knows no modality, task or loss; a plugin's
+The engine (:class:`atoken.engine.trainer.Trainer`) knows no modality, task or loss; a plugin's
 task trains through this path with no entry point of its own.
 """
 
@@ -21,15 +22,15 @@ import torch
 
 from atoken.core.config import TokenizerConfig, load_preset
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import RunConfig
-from atoken.core.trainer import Trainer
 from atoken.data.sources import current_context
-from atoken.pca_init import PCA_CROP_BATCHES, fit_pca
+from atoken.engine.pca_init import PCA_CROP_BATCHES, fit_pca
+from atoken.engine.runconfig import RunConfig
+from atoken.engine.trainer import Trainer
+from atoken.engine.transforms import StageContext, StageTransform
 from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.pretrained import load_config
 from atoken.tasks import TaskContext, TaskMixture, build_task, evaluate_samples, tiles
 from atoken.tokenizer import Tokenizer
-from atoken.transforms import StageContext, StageTransform
 
 __all__ = [
     "PCA_CROP_BATCHES",
@@ -175,7 +176,7 @@ def build_run(
 
     With ``[model] pca_init = true`` (or a first stage's ``pca_init`` transform) the tokenizer
     starts as the PCA tokenizer of the first task's training crops
-    (:func:`atoken.pca_init.init_from_pca`); that PCA is kept as ``mixture.pca``.
+    (:func:`atoken.engine.pca_init.init_from_pca`); that PCA is kept as ``mixture.pca``.
     """
     torch.manual_seed(cfg.run.seed)
     if cfg.model.pca_init and cfg.model.expand_latent:
@@ -205,7 +206,7 @@ def run_training(
 
     A fresh run into a folder that holds a run is a ``RunFolderError`` unless ``overwrite``;
     ``resume`` refuses a checkpoint of another configuration unless ``force``
-    (:meth:`atoken.core.trainer.Trainer.fit`) and lands in the checkpoint's stage. The run
+    (:meth:`atoken.engine.trainer.Trainer.fit`) and lands in the checkpoint's stage. The run
     folder keeps the resolved configuration (``run.json``) and ``run_file_text``, the run
     file's text, as ``run.toml`` (``atoken report`` shows them). ``resume_from`` names the
     checkpoint to resume from (``step_N``); ``fallback`` resumes from the newest intact one

@@ -90,8 +90,8 @@ def reader_rate(url: str, *, samples: int, workers: int, batch_size: int) -> dic
 
 def trainer_rate(url: str, *, steps: int, warmup: int, out_dir: Path) -> dict[str, Any]:
     """Steps/s of the tiny preset's train_step reading crops from the store."""
-    from atoken.core.runconfig import load_run_file
-    from atoken.core.trainer import Trainer
+    from atoken.engine.runconfig import load_run_file
+    from atoken.engine.trainer import Trainer
     from atoken.plugins.manager import get_plugin_manager
     from atoken.train import build_run
 

@@ -5,7 +5,7 @@
 Both are measured in this one run, one after the other:
 
 (delivery) samples/s the ``webdataset`` source delivers through the trainer's prefetcher
-           (:class:`atoken.core.prefetch.Prefetcher`) with 0, 1 and 2 data workers: JPEG
+           (:class:`atoken.engine.prefetch.Prefetcher`) with 0, 1 and 2 data workers: JPEG
            shards of 640 x 480 photos (crops of the bundled photos, quality 90), each decoded
            with the shorter side resized to 256 px (``resize = 256``, JPEG draft mode) and a
            256 px crop taken, as a 256-pixel training run reads them. Printed with worker
@@ -74,7 +74,7 @@ def _source(urls: str, batch_size: int) -> Any:
 
 def delivery(urls: str, *, workers: int, batches: int, batch_size: int) -> dict[str, Any]:
     """Samples/s of the source through the prefetcher with ``workers`` processes."""
-    from atoken.core.prefetch import Prefetcher
+    from atoken.engine.prefetch import Prefetcher
 
     source = _source(urls, batch_size)
     prefetch = Prefetcher(
@@ -97,8 +97,8 @@ def delivery(urls: str, *, workers: int, batches: int, batch_size: int) -> dict[
 
 def waiting(urls: str, *, workers: int, steps: int, out: Path) -> dict[str, Any]:
     """The share of ``train_step`` time spent in the prefetcher's ``get`` on ``small``."""
-    from atoken.core.runconfig import RunConfig, structure
-    from atoken.core.trainer import Trainer
+    from atoken.engine.runconfig import RunConfig, structure
+    from atoken.engine.trainer import Trainer
     from atoken.train import build_run
 
     data = {"source": "webdataset", "urls": urls, "batch_size": 4, "resize": SIDE}

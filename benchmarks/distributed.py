@@ -90,8 +90,8 @@ def state_bytes(trainer) -> int:
 
 def worker(path: str, report: str, warmup: int) -> None:
     """Train the run file; each rank writes its timings and peak memory to ``report.RANK``."""
-    from atoken.core.runconfig import load_run_file
-    from atoken.core.trainer import Trainer
+    from atoken.engine.runconfig import load_run_file
+    from atoken.engine.trainer import Trainer
     from atoken.train import build_run
 
     cfg = load_run_file(path)

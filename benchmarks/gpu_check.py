@@ -14,9 +14,9 @@ code on the CPU at toy sizes instead: a test of the script, not a measurement).
              tokens, and the speed of a forward + backward on 27k tokens in 93 samples.
              Without xformers (its wheel is too large to carry) SDPA alone, and it says so.
 2 training   bf16 autocast training steps (AdamW, L1 on 256 px images) of the small and base
-             presets: steps/s, tokens/s, model FLOPs (atoken.plan_formulas) and their share of
-             the GPU's dense bf16 peak (MFU); one so400m-size step (8 images of 512 px); each
-             step's peak CUDA memory beside what ``atoken train --plan`` predicts for it.
+             presets: steps/s, tokens/s, model FLOPs (atoken.engine.plan_formulas) and their
+             share of the GPU's dense bf16 peak (MFU); one so400m-size step (8 images of 512
+             px); each step's peak CUDA memory beside what ``atoken train --plan`` predicts.
 3 fsdp2      FSDP2 on one GPU: a process group of one rank (nccl), ``fully_shard`` per
              transformer block then the root (atoken's recipe: bf16 compute, fp32 gradient
              reduction), AdamW steps against the same model unsharded under bf16 autocast.
@@ -189,7 +189,7 @@ def check_attention(env: Env, args: argparse.Namespace) -> None:
 
 
 def _train_steps(env: Env, preset: str, images: int, side: int, steps: int, peak) -> None:
-    from atoken.plan_formulas import activation_bytes, training_flops
+    from atoken.engine.plan_formulas import activation_bytes, training_flops
     from atoken.tokenizer import Tokenizer
 
     torch.manual_seed(0)

@@ -40,8 +40,8 @@ import attrs
 import torch
 
 from atoken.baselines import TransformCoder
-from atoken.core.runconfig import RunConfig, load_run_file, structure
-from atoken.core.trainer import Trainer
+from atoken.engine.runconfig import RunConfig, load_run_file, structure
+from atoken.engine.trainer import Trainer
 from atoken.plugins.bottlenecks.fsq import codebook_usage_per_group
 from atoken.plugins.manager import get_registry
 from atoken.tasks import evaluate_samples

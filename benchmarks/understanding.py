@@ -37,7 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from atoken.core.runconfig import load_run_file
+from atoken.engine.runconfig import load_run_file
 from atoken.plugins.manager import get_registry
 from atoken.tasks.alignment import embed_in_chunks
 from atoken.train import run_training

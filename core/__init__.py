@@ -1,4 +1,4 @@
-"""The engine of atoken: the latent contract, coordinates, registries and model code.
+"""The model kernel of atoken: the latent contract, coordinates, registries and model code.
 
 The core imports no plugin module and never imports pluggy: components reach it through the
 registries that :mod:`atoken.plugins` fills.

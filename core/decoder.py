@@ -32,7 +32,7 @@ class Decoder(nn.Module):
         attention_fn: the packed attention backend.
         final_norm: normalise the tokens after the last block (the official decoder does;
             without it the decoder can start as an exact linear map, see
-            :func:`atoken.pca_init.init_from_pca`).
+            :func:`atoken.engine.pca_init.init_from_pca`).
         pos_grid: the native ``(rows, cols)`` of a learned 2D position table added to the
             input (None: no table, positions come from RoPE only).
     """

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 __all__ = [
     "AtokenError",
     "BadSampleError",
+    "CheckpointError",
     "ComponentError",
     "ConfigError",
     "CoordinateError",
@@ -179,6 +180,10 @@ class UnknownComponentError(ComponentError, LookupError):
 
     def __str__(self) -> str:  # LookupError would otherwise quote the message like a KeyError
         return str(self.args[0])
+
+
+class CheckpointError(AtokenError, ValueError):
+    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 
 class UnknownModalityError(ConfigError, LookupError):

@@ -89,7 +89,7 @@ def locate_weights(
 
 def load_tensors(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with a typed error naming the file."""
-    from atoken.core.checkpoint import CheckpointError
+    from atoken.core.errors import CheckpointError
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

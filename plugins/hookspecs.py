@@ -124,7 +124,7 @@ def register_stage_transforms(register: Register) -> None:
     keyword parameters and returns a callable ``transform(tokenizer, context)`` that changes
     the tokenizer in place, module by module, keeping ``tokenizer.config`` true to its modules
     (so ``save_pretrained`` / ``from_pretrained`` rebuild it); ``context`` is an
-    :class:`atoken.transforms.StageContext` (the stage, its built tasks and mixture). The
+    :class:`atoken.engine.transforms.StageContext` (the stage, its built tasks and mixture). The
     transform also runs when a checkpoint of a later stage is resumed, to give the model the
     checkpoint's shape (the checkpoint's weights then replace the ones it set). Called when
     the registries are built. Since 0.3.
@@ -164,7 +164,7 @@ def register_commands(cli: click.Group) -> None:
 def atoken_train_start(trainer: Any) -> None:
     """Called once when ``Trainer.fit`` starts (after a resume has loaded its checkpoint).
 
-    ``trainer`` is the :class:`atoken.core.trainer.Trainer` (its ``cfg``, ``step``, ``model``,
+    ``trainer`` is the :class:`atoken.engine.trainer.Trainer` (its ``cfg``, ``step``, ``model``,
     ``out_dir``). Return value ignored. Since 0.1.
     """
 

@@ -36,6 +36,7 @@ from atoken.plugins import hookspecs
 
 __all__ = [
     "DEFAULT_PLUGINS",
+    "PLUGIN_MODULES",
     "LoadStage",
     "PluginDiagnosis",
     "PluginFailure",
@@ -85,6 +86,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.tasks.alignment",
     "atoken.transforms",
 )
+
+#: Built-in plugins whose module moved (#31): the plugin keeps its name (what
+#: ``ATOKEN_DISABLE_PLUGINS`` and ``atoken plugins`` show), the module is loaded from here.
+PLUGIN_MODULES: dict[str, str] = {
+    "atoken.transforms": "atoken.engine.transforms",
+}
 
 _BUILTIN_DIST = "atoken"
 _lock = threading.RLock()
@@ -277,7 +284,7 @@ def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy
             pm.set_blocked(modname)
             continue
         try:
-            module = importlib.import_module(modname)
+            module = importlib.import_module(PLUGIN_MODULES.get(modname, modname))
         except (Exception, SystemExit) as exc:  # a plugin's sys.exit is named too
             _fail(failures, modname, _BUILTIN_DIST, "import", exc)
             continue

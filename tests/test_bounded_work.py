@@ -18,8 +18,8 @@ import atoken.modalities.image as image_mod
 import atoken.modalities.video as video_mod
 from atoken import Tokenizer, TooManyTokensError
 from atoken.cli import main
-from atoken.core.checkpoint import CheckpointError
 from atoken.data import MediaStore
+from atoken.engine.checkpoint import CheckpointError
 from atoken.modalities.video_io import write_video
 
 

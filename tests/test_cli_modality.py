@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 import atoken
 from atoken.cli import main
-from atoken.core.latent_store import LatentStore
 from atoken.data import MediaWriter
+from atoken.data.latent_store import LatentStore
 
 
 @pytest.fixture(scope="module")

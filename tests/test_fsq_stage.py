@@ -11,9 +11,9 @@ import torch
 from atoken.baselines import PCATokenizer, TransformCoder
 from atoken.core.errors import ConfigError
 from atoken.data.images import TRAIN_PHOTOS, load_photo
-from atoken.pca_init import init_from_pca
+from atoken.engine.pca_init import init_from_pca
+from atoken.engine.transforms import to_fsq
 from atoken.tokenizer import Tokenizer
-from atoken.transforms import to_fsq
 
 LINEAR_ENDS = {"final_norm": False, "decoder_final_norm": False, "decoder_bias": True}
 
@@ -96,9 +96,9 @@ def test_transform_coding_refuses_what_it_cannot_do(photos, kl_tokenizer):
 
 
 def test_the_to_fsq_transform_lets_its_new_layers_learn_at_the_full_lr(photos, kl_tokenizer):
-    from atoken.core.runconfig import StageSpec
-    from atoken.pca_init import PCA_MAPS
-    from atoken.transforms import StageContext, ToFSQ
+    from atoken.engine.pca_init import PCA_MAPS
+    from atoken.engine.runconfig import StageSpec
+    from atoken.engine.transforms import StageContext, ToFSQ
 
     train, _ = photos
     kl, _ = kl_tokenizer

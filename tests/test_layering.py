@@ -41,14 +41,9 @@ FOLDERS = {
     "atoken": "atoken",
 }
 HOOK_MARKERS = "atoken.plugins.hookspecs"
-#: Module cycles that are known and why (each one a pair of modules).
-ALLOWED_CYCLES = {
-    # SparseLatent.to_zarr/from_zarr delegate to the store, which builds SparseLatents; the
-    # storage methods leave core/ with the data layer (docs: DESIGN target layout).
-    # The same delegation for writing (to_zarr -> latent_writer, which reads latent_store's
-    # layout constants and resumes through its reader).
-    frozenset({"atoken.core.latent", "atoken.core.latent_store", "atoken.core.latent_writer"}),
-}
+#: Libraries the model kernel never imports: storage (zarr, fsspec), numerics of the data
+#: and metrics layers (scipy), and the engine's distributed checkpoints.
+CORE_FORBIDDEN = ("zarr", "fsspec", "scipy", "numcodecs", "torch.distributed.checkpoint")
 
 
 def _modules() -> dict[str, Path]:
@@ -176,8 +171,33 @@ def test_no_cycle_between_folders():
 
 
 def test_no_cycle_between_modules():
-    found = [c for c in _cycles(GRAPH) if frozenset(c) not in ALLOWED_CYCLES]
-    assert not found, found
+    assert not _cycles(GRAPH), _cycles(GRAPH)
+
+
+def _libraries(path: Path) -> set[str]:
+    """Every module name ``path`` imports (absolute imports, anywhere in the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_core_is_the_model_kernel_without_storage_or_the_engine():
+    """#31: the engine (atoken.engine) and zarr storage (atoken.data) left core; core imports
+    neither them (test_core_imports_nothing_above_it) nor their libraries."""
+    bad = sorted(
+        f"{m} -> {name}"
+        for m, path in MODULES.items()
+        if folder_of(m) == "atoken.core"
+        for name in _libraries(path)
+        if any(name == lib or name.startswith(lib + ".") for lib in CORE_FORBIDDEN)
+    )
+    assert not bad, bad
+    engine = [m for m in MODULES if m.startswith("atoken.engine.")]
+    assert "atoken.engine.trainer" in engine and "atoken.data.latent_store" in MODULES
 
 
 def test_the_cycle_check_finds_a_cycle():

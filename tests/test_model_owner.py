@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import atoken
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.errors import ConfigError, UnknownModalityError
-from atoken.core.runconfig import load_run_file
+from atoken.engine.checkpoint import CheckpointError
+from atoken.engine.runconfig import load_run_file
 from atoken.testing.plugins import registered_plugin
 from atoken.tokenizer import Tokenizer
 from atoken.train import build_tokenizer, task_modalities
@@ -130,7 +130,7 @@ def test_constructors_return_eval_mode_and_encode_is_repeatable(make, tmp_path):
     assert not torch.equal(tok.encode([image]).feats, tok.encode([image]).feats)
 
 
-def _run_file(tmp_path, model: str, tasks: str = "") -> atoken.core.runconfig.RunConfig:
+def _run_file(tmp_path, model: str, tasks: str = "") -> atoken.engine.runconfig.RunConfig:
     tasks = tasks or '[[tasks]]\nname = "image_reconstruction"\ndata = { source = "photos" }\n'
     path = tmp_path / "run.toml"
     path.write_text(f"[run]\nname = 'owner'\n\n[model]\n{model}\n\n{tasks}")

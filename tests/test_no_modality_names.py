@@ -15,7 +15,7 @@ GUARDED = [
 #: Literals that equal a modality name but mean something else: (file, value, why).
 NOT_MODALITIES = {
     ("core/siglip.py", "depth"),  # the backbone's depth, a config key
-    ("core/runconfig_legacy.py", "video"),  # the pre-0.2 run-file section [video]
+    ("atoken/engine/runconfig_legacy.py", "video"),  # the pre-0.2 run-file section [video]
 }
 
 

@@ -7,8 +7,8 @@ import torch
 
 from atoken import ConfigError, Tokenizer
 from atoken.baselines import PCATokenizer
-from atoken.core.runconfig import load_run_file
-from atoken.pca_init import init_from_pca, zero_residual_branches
+from atoken.engine.pca_init import init_from_pca, zero_residual_branches
+from atoken.engine.runconfig import load_run_file
 from atoken.train import run_training
 
 LINEAR = {"final_norm": False, "decoder_final_norm": False, "decoder_bias": True}

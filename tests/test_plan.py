@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from atoken.cli import main
 from atoken.core.config import load_preset, preset_names
 from atoken.core.errors import ConfigError, UnknownComponentError
-from atoken.core.runconfig import load_run_file
-from atoken.plan import plan_run
-from atoken.plan_formulas import training_flops
+from atoken.engine.plan import plan_run
+from atoken.engine.plan_formulas import training_flops
+from atoken.engine.runconfig import load_run_file
 from atoken.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_planned_parameters_are_the_built_models(tmp_path, preset):
 def test_stage_transforms_change_the_plan_as_they_change_the_model(tmp_path):
     """expand_latent and to_fsq (uniform levels, and bits allocated on calibration samples)
     planned on the meta device give the parameters the real transforms leave."""
-    from atoken.transforms import expand_latent, to_fsq
+    from atoken.engine.transforms import expand_latent, to_fsq
 
     stages = """
 [[stages]]
@@ -168,8 +168,8 @@ _MEASURE = textwrap.dedent(
     import torch
     sys.path.insert(0, {bench!r})
     from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from atoken.core.runconfig import load_run_file
-    from atoken.core.trainer import Trainer
+    from atoken.engine.runconfig import load_run_file
+    from atoken.engine.trainer import Trainer
     from atoken.plugins.manager import get_plugin_manager
     from atoken.train import build_run
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from atoken.cli import main
-from atoken.core.progress import Progress, format_duration, progress_mode
+from atoken.engine.progress import Progress, format_duration, progress_mode
 from atoken.report import MARKER, RunLog, write_report
 
 RUN = """

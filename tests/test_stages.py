@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 import atoken
 from atoken.cli import main
-from atoken.core.checkpoint import latest_checkpoint, load_checkpoint
 from atoken.core.errors import ConfigError, UnknownComponentError
-from atoken.core.runconfig import load_run_file
+from atoken.engine.checkpoint import latest_checkpoint, load_checkpoint
+from atoken.engine.runconfig import load_run_file
 from atoken.train import build_transforms, run_training
 
 HEAD = """
@@ -242,7 +242,7 @@ def test_a_resumed_run_lands_in_its_stage_and_matches_one_that_never_stopped(cur
 
 
 def test_a_checkpoint_of_a_stage_the_run_file_lacks_is_refused(curriculum, tmp_path):
-    from atoken.core.checkpoint import CheckpointError
+    from atoken.engine.checkpoint import CheckpointError
 
     short = STAGES.split('[[stages]]\nname = "fsq"')[0]
     cfg = load_run_file(_write(tmp_path, short, name="short"))
@@ -298,7 +298,7 @@ def test_a_plugins_stage_transform_and_stage_end_hook_run_through_atoken_train(t
 def test_a_checkpoint_from_before_stages_existed_resumes_without_force(tmp_path):
     """Keys added to the run-file schema since a checkpoint was written count as unchanged
     when the run file leaves them at their default."""
-    from atoken.core.run_changes import config_changes
+    from atoken.engine.run_changes import config_changes
 
     cfg = load_run_file(_write(tmp_path, ""))
     old = cfg.to_dict()

@@ -14,8 +14,8 @@ import torch
 
 import atoken
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import TaskSpec
 from atoken.data import DataSource, SourceContext, build_source
+from atoken.engine.runconfig import TaskSpec
 from atoken.tasks import Task, TaskContext, build_task
 from atoken.testing._samples import as_tensor
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 import atoken
 from atoken.cli import main
 from atoken.core.errors import ConfigError, DataModalityError
-from atoken.core.runconfig import load_run_file
 from atoken.data import MediaWriter
+from atoken.engine.runconfig import load_run_file
 from atoken.train import build_run, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,8 +204,8 @@ def test_the_papers_run_files_load_plan_and_follow_the_recipe():
     """configs/paper/: the So/C curriculum for 256 ranks and its one-GPU reduction load,
     round-trip and plan stage by stage (#29 item 2); the one-GPU file builds its first stage
     from the data atoken ships; the full one has the paper's numbers."""
-    from atoken.core.runconfig import RunConfig, structure
-    from atoken.plan import plan_run
+    from atoken.engine.plan import plan_run
+    from atoken.engine.runconfig import RunConfig, structure
 
     paper = {p.stem: p for p in sorted((ROOT / "configs" / "paper").glob("*.toml"))}
     assert set(paper) == {"so-c", "so-c-1gpu"}
@@ -240,7 +240,7 @@ def test_the_papers_run_files_load_plan_and_follow_the_recipe():
 
 
 def test_a_run_config_with_tasks_round_trips_through_its_dict():
-    from atoken.core.runconfig import RunConfig, structure
+    from atoken.engine.runconfig import RunConfig, structure
 
     for path in sorted((ROOT / "configs").glob("*.toml")):
         cfg = load_run_file(path)

@@ -14,7 +14,7 @@ from atoken import (
     TooManyTokensError,
     UnknownComponentError,
 )
-from atoken.core.checkpoint import CheckpointError
+from atoken.engine.checkpoint import CheckpointError
 from atoken.tokenizer import Tokenizer
 
 IMAGES = [

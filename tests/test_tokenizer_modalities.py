@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import atoken
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.errors import ConfigError, ModalityInputError, UnknownModalityError
+from atoken.engine.checkpoint import CheckpointError
 from atoken.testing import registered_plugin
 from atoken.tiling import reconstruct_tiled
 from atoken.tokenizer import Tokenizer
@@ -230,7 +230,7 @@ def test_a_saved_modality_whose_plugin_is_gone_is_named_and_can_be_left_out(tok,
 
 
 def test_a_run_file_passes_modality_params_to_the_tokenizer(tmp_path):
-    from atoken.core.runconfig import load_run_file
+    from atoken.engine.runconfig import load_run_file
     from atoken.train import build_tokenizer
 
     run = tmp_path / "run.toml"

@@ -12,7 +12,7 @@ from PIL import Image
 
 from atoken import ConfigError, UnknownComponentError
 from atoken.cli import main
-from atoken.core.runconfig import load_run_file
+from atoken.engine.runconfig import load_run_file
 from atoken.train import run_training
 
 RUN = """
@@ -132,7 +132,7 @@ def test_unknown_component_in_run_file(tmp_path, folder):
 
 
 def test_fsq_run_reports_codebook_usage(tmp_path, folder):
-    from atoken.core.runconfig import RunConfig, structure
+    from atoken.engine.runconfig import RunConfig, structure
 
     data = {
         "run": {"out_dir": str(tmp_path / "fsq")},
@@ -171,7 +171,7 @@ def test_folder_heldout_names_must_exist(tmp_path, folder):
 def test_cli_train_runs_on_the_device_it_is_told(tmp_path, folder, monkeypatch):
     import torch
 
-    from atoken.core import trainer as trainer_module
+    from atoken.engine import trainer as trainer_module
 
     seen = []
     original = trainer_module.Trainer.__init__
@@ -196,7 +196,7 @@ def test_cli_train_runs_on_the_device_it_is_told(tmp_path, folder, monkeypatch):
 def test_auto_device_is_cuda_when_present(monkeypatch):
     import torch
 
-    from atoken.core.trainer import resolve_device
+    from atoken.engine.trainer import resolve_device
 
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -9,7 +9,7 @@ import pytest
 import tomllib
 
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import RunConfig, load_run_file, structure
+from atoken.engine.runconfig import RunConfig, load_run_file, structure
 from atoken.tokenizer import Tokenizer
 from atoken.train import build_run, run_training
 

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from atoken.cli import main
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import load_run_file
+from atoken.engine.runconfig import load_run_file
+from atoken.engine.transforms import expand_latent
 from atoken.tokenizer import Tokenizer
 from atoken.train import build_run
-from atoken.transforms import expand_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import atoken
 from atoken.cli import main
-from atoken.core.checkpoint import CheckpointError, load_checkpoint
+from atoken.engine.checkpoint import CheckpointError, load_checkpoint
 
 
 class Payload:

@@ -77,7 +77,7 @@ def test_a_plugin_hook_calling_sys_exit_is_named():
 
 @pytest.mark.parametrize("drop", ["losses", "optimizer"])
 def test_a_checkpoint_missing_a_part_is_refused_naming_it(tmp_path, drop):
-    from atoken.core.checkpoint import CheckpointError, load_checkpoint
+    from atoken.engine.checkpoint import CheckpointError, load_checkpoint
 
     state = {"step": 3, "model": {}, "optimizer": {}, "losses": torch.zeros(3), "nonfinite": 0}
     del state[drop]
@@ -93,7 +93,7 @@ def _disk_full(*args, **kwargs):
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    import atoken.core.checkpoint as ckpt
+    import atoken.engine.checkpoint as ckpt
 
     state = {"step": 1, "model": {}, "optimizer": {}, "losses": torch.zeros(1), "nonfinite": 0}
     first = ckpt.save_checkpoint(state, tmp_path, 1, keep=2)

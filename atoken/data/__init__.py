@@ -1,7 +1,8 @@
 """Datasets: the embedded real photos, image folders, the deterministic crop and clip sampler
 (:class:`WindowSampler`), media stores in zarr over fsspec (import, verify,
 :class:`ZarrDataset`, :class:`ZarrSamples`), and the data-source protocol of training
-(:class:`DataSource`, :class:`SourceContext`, :func:`build_source`)."""
+(:class:`DataSource`, :class:`SourceContext`, :func:`build_source`), and latent stores
+(:func:`write_latents`, :func:`read_latents`, :class:`LatentStore`)."""
 
 from atoken.core.errors import (
     StoreError,
@@ -18,6 +19,8 @@ from atoken.data.images import (
     load_photo,
 )
 from atoken.data.importer import ImportReport, import_images
+from atoken.data.latent_store import LatentStore, read_latents
+from atoken.data.latent_writer import write_latents
 from atoken.data.media_writer import MediaWriter, StoreLayout
 from atoken.data.sampling import WindowSampler
 from atoken.data.sources import (
@@ -39,6 +42,7 @@ __all__ = [
     "DataSource",
     "ImageFolder",
     "ImportReport",
+    "LatentStore",
     "MediaStore",
     "MediaWriter",
     "PhotoSet",
@@ -58,5 +62,7 @@ __all__ = [
     "current_context",
     "import_images",
     "load_photo",
+    "read_latents",
     "verify_store",
+    "write_latents",
 ]

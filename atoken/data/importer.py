@@ -30,8 +30,8 @@ import fsspec
 import numpy as np
 
 from atoken.core.errors import ConfigError, ModalityInputError
-from atoken.core.storage import StoreLike
 from atoken.data.media_writer import MediaWriter, StoreLayout
+from atoken.data.storage import StoreLike
 
 __all__ = [
     "ImageSource",

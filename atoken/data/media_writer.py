@@ -19,8 +19,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from atoken.core.errors import ConfigError, StoreError
-from atoken.core.ownership import writing
-from atoken.core.storage import (
+from atoken.data.ownership import writing
+from atoken.data.storage import (
     ATTRS_KEY,
     StoreLike,
     check_schema,
@@ -77,7 +77,7 @@ class MediaWriter:
 
     The writer holds the store's lock from construction to close, so a second writer fails
     (or waits ``lock_timeout`` seconds). It writes only where
-    :mod:`atoken.core.ownership` allows: a missing path, an empty folder or a media store.
+    :mod:`atoken.data.ownership` allows: a missing path, an empty folder or a media store.
     ``overwrite`` writes a new store aside and swaps it in at a clean close, so a failed or
     killed import leaves the previous store as it was; it never replaces a path that is or
     contains one of ``sources``.

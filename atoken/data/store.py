@@ -40,7 +40,7 @@ import zarr
 from zarr.core.sync import sync
 
 from atoken.core.errors import ConfigError, StoreIntegrityError, StoreSchemaError
-from atoken.core.storage import (
+from atoken.data.storage import (
     StoreLike,
     check_schema,
     open_group,

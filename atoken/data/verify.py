@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from atoken.core.errors import StoreIntegrityError
-from atoken.core.storage import StoreLike
+from atoken.data.storage import StoreLike
 from atoken.data.store import MediaStore
 
 __all__ = ["VerifyReport", "verify_store"]

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from atoken.core.errors import ConfigError, ModalityInputError
-from atoken.core.storage import StoreLike
 from atoken.data.importer import ImportReport, list_image_sources
 from atoken.data.media_writer import MediaWriter, StoreLayout
 from atoken.data.sampling import WindowSampler
+from atoken.data.storage import StoreLike
 from atoken.modalities.video_io import VIDEO_EXTENSIONS, read_video
 
 __all__ = [

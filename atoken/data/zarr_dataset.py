@@ -37,8 +37,8 @@ import torch
 from torch.utils.data import Dataset
 
 from atoken.core.errors import ConfigError, StoreError
-from atoken.core.storage import StoreLike, store_label
 from atoken.data.sampling import crop_box
+from atoken.data.storage import StoreLike, store_label
 from atoken.data.store import MediaStore
 
 __all__ = ["ZarrDataset", "ZarrImages", "ZarrSamples", "collate_list", "is_store_url"]

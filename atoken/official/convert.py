@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.config import TokenizerConfig
 from atoken.core.errors import ConfigError, NonFiniteWeightsWarning, StateDictMismatchError
+from atoken.engine.checkpoint import CheckpointError
 from atoken.official.config import infer_config, read_official_yaml
 from atoken.official.keys import to_atoken
 from atoken.official.zeroshot import official_semantic_state, official_text_encoder

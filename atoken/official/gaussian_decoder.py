@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.errors import ConfigError, StateDictMismatchError
+from atoken.engine.checkpoint import CheckpointError
 from atoken.modalities.mesh.swin_decoder import SwinGaussianDecoder
 from atoken.official.convert import convert_state_dict, load_official_state_dict
 from atoken.official.keys import BLOCK_RULES

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import LossTerm
 from atoken.data.sources import CaptionedSource
+from atoken.engine.runconfig import LossTerm
 from atoken.plugins.hookspecs import hookimpl
 from atoken.tasks.base import (
     ReconstructionParams,

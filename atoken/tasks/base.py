@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError, DataModalityError
-from atoken.core.runconfig import LossTerm, TaskSpec, structure
 from atoken.data.sources import SourceContext, build_source
+from atoken.engine.runconfig import LossTerm, TaskSpec, structure
 from atoken.plugins.hookspecs import hookimpl
 from atoken.tasks.planning import BatchShape, grid_batch
 
@@ -62,7 +62,7 @@ class TaskContext:
 
 @runtime_checkable
 class Task(Protocol):
-    """One task of a run (the trainer's :class:`~atoken.core.trainer.TrainTask`, per task)."""
+    """One task of a run (the trainer's :class:`~atoken.engine.trainer.TrainTask`, per task)."""
 
     label: str
     weight: float

@@ -25,8 +25,8 @@ import attrs
 import torch
 from torch import nn
 
-from atoken.core.runconfig import LossTerm
 from atoken.data.meshes import MeshSource
+from atoken.engine.runconfig import LossTerm
 from atoken.modalities.mesh.cameras import orbit_cameras
 from atoken.modalities.mesh.gaussians import baseline_gaussians
 from atoken.plugins.hookspecs import hookimpl

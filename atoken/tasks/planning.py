@@ -1,6 +1,6 @@
 """A task's micro-batch as its run-file table asks for it, before any data is read.
 
-``atoken train --plan`` (:mod:`atoken.plan`) counts tokens, FLOPs and activation memory from
+``atoken train --plan`` (:mod:`atoken.engine.plan`) counts tokens, FLOPs and activation memory from
 the tables alone: building a task would open its data source (shards on a bucket, a mesh
 store) on the planning machine. Each task class answers ``plan_batch(spec, config) ->``
 :class:`BatchShape`; :func:`grid_batch` is the answer for crops and clips of a pixel grid
@@ -27,7 +27,7 @@ __all__ = ["BatchShape", "grid_batch", "source_defaults"]
 @attrs.frozen(kw_only=True)
 class BatchShape:
     """One micro-batch of a task as its table asks for it, before any data is read (what
-    ``atoken train --plan`` counts, :mod:`atoken.plan`): ``samples`` per rank, and the tokens
+    ``atoken train --plan`` counts, :mod:`atoken.engine.plan`): ``samples`` per rank, and the tokens
     of one sample: ``tokens_mean`` on average over the random sizes, ``tokens_max`` at the
     largest size, ``tokens_sq_mean`` the mean of its square (attention FLOPs)."""
 

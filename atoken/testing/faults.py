@@ -169,7 +169,7 @@ def _run_file(folder: Path, steps: int) -> Path:
 
 
 def _final_state(folder: Path) -> tuple[int, dict]:
-    from atoken.core.checkpoint import latest_checkpoint, load_checkpoint
+    from atoken.engine.checkpoint import latest_checkpoint, load_checkpoint
 
     path = latest_checkpoint(folder / "out" / "checkpoints")
     if path is None:

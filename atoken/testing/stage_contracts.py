@@ -1,7 +1,7 @@
 """The contract of a stage transform, exercised the way a curriculum run uses it.
 
 A run applies a stage's transforms to the tokenizer when the stage starts (with the stage's
-built tasks in the :class:`~atoken.transforms.StageContext`), trains it, saves it with
+built tasks in the :class:`~atoken.engine.transforms.StageContext`), trains it, saves it with
 ``save_pretrained``, and on ``--resume`` applies them again to a fresh tokenizer before
 loading the checkpoint's weights into it. So a transform must leave a tokenizer that
 
@@ -69,9 +69,9 @@ class StageTransformContract:
         return get_registry().stage_transforms.get(transform_name)
 
     def _apply(self, factory: Any) -> Any:
-        from atoken.core.runconfig import StageSpec
+        from atoken.engine.runconfig import StageSpec
+        from atoken.engine.transforms import StageContext
         from atoken.factory import default_modality
-        from atoken.transforms import StageContext
 
         tokenizer = _fresh(dict(getattr(factory, "example_tokenizer", {})))
         modality = tokenizer.modality(default_modality(tokenizer.config))

@@ -11,9 +11,10 @@ Shapes: prediction and target ``[B, 3, H, W]`` or lists of ``[3, H_i, W_i]`` in 
 
 Both Fréchet metrics report the total and its two terms, as in the paper's rFID analysis:
 ``{name: total, name_mean: ||mu1 - mu2||², name_cov: Tr(S1 + S2 - 2 (S1 S2)^½)}``. Features
-are accumulated as running float64 statistics (:class:`atoken.core.frechet.FeatureStatistics`);
-at least two images are needed, and with fewer images than feature dimensions the covariances
-are singular and the distance is biased upwards (use thousands of images for reportable FID).
+are accumulated as running float64 statistics
+(:class:`atoken.plugins.metrics.frechet.FeatureStatistics`); at least two images are needed,
+and with fewer images than feature dimensions the covariances are singular and the distance
+is biased upwards (use thousands of images for reportable FID).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError
-from atoken.core.frechet import METHODS, FeatureStatistics, frechet_distance
 from atoken.losses.image_batch import ImageBatch, check_size, image_list, resized_batch
 from atoken.losses.lpips import LPIPSLoss
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.metrics._base import ImageMetric, PerImageMetric
+from atoken.plugins.metrics.frechet import METHODS, FeatureStatistics, frechet_distance
 
 __all__ = ["RFID", "FDEffNet", "FrechetFeatureMetric", "LPIPSMetric"]
 
@@ -90,7 +91,7 @@ class FrechetFeatureMetric(ImageMetric):
         batch_size: images per forward pass of the extractor.
         eps: the diagonal offset of the square-root fallback.
         method: ``"sqrtm"`` (default, the FID reference computation) or ``"eigh"`` (the same
-            value, several times faster for D >= 1000); see :mod:`atoken.core.frechet`.
+            value, several times faster for D >= 1000); see :mod:`atoken.plugins.metrics.frechet`.
     """
 
     distributional = True

@@ -10,9 +10,10 @@ Each (prediction, target) pair must have one shape.
   ``mean |(y[t+1] - y[t]) - (x[t+1] - x[t])|``: 0 when the reconstruction changes over time
   exactly as the original, large when it flickers (tile seams show up here). One-frame clips
   contribute nothing.
-* ``fvd``: the Fréchet distance (:func:`atoken.core.frechet.frechet_from_features`, shared with
-  FID and FD-EffNet) between clip features of the reconstructions and of the originals. The
-  feature network is pluggable: ``features="i3d"`` loads the standard FVD I3D network (the
+* ``fvd``: the Fréchet distance
+  (:func:`atoken.plugins.metrics.frechet.frechet_from_features`, shared with FID and
+  FD-EffNet) between clip features of the reconstructions and of the originals. The feature
+  network is pluggable: ``features="i3d"`` loads the standard FVD I3D network (the
   TorchScript ``i3d_torchscript.pt`` of StyleGAN-V / the FVD reference) from ``weights_path``,
   ``$ATOKEN_I3D_WEIGHTS`` or ``~/.cache/atoken/i3d_torchscript.pt``; nothing is downloaded, a
   missing file raises ``WeightsNotFoundError`` saying how to provide it. Any callable mapping
@@ -30,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
-from atoken.core.frechet import FeatureStatistics, frechet_distance
 from atoken.losses.image_batch import pair_up
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.metrics._base import ImageMetric
+from atoken.plugins.metrics.frechet import FeatureStatistics, frechet_distance
 
 __all__ = [
     "FVD",
@@ -206,7 +207,7 @@ class FVD(ImageMetric):
         features: ``"i3d"`` (the standard network, from local weights) or a callable
             ``[B, 3, T, H, W] -> [B, D]``.
         weights_path: the I3D TorchScript file (for ``features="i3d"``).
-        method: ``"sqrtm"`` or ``"eigh"`` (see :mod:`atoken.core.frechet`).
+        method: ``"sqrtm"`` or ``"eigh"`` (see :mod:`atoken.plugins.metrics.frechet`).
         frames: clips are cut into non-overlapping windows of this many frames (16, the FVD
             convention); shorter clips are used whole.
 

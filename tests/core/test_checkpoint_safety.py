@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 import atoken.cli
 from atoken.core.errors import RunFolderError
-from atoken.core.run_folder import RunFolderLock, prepare_run_folder
+from atoken.engine.run_folder import RunFolderLock, prepare_run_folder
 
 RUN = (
     '[run]\nout_dir = "out"\n'
@@ -195,7 +195,7 @@ def test_a_pickled_index_loads_after_atoken_checkpoint_upgrade_trust(runs, tmp_p
     assert done.exit_code == 0, done.output
     assert json.loads((step / ".metadata").read_text())["format"] == "atoken-dcp"
     loaded = {"x": torch.zeros(2)}
-    from atoken.core.dcp_format import SafeLoadPlanner, SafeReader
+    from atoken.engine.dcp_format import SafeLoadPlanner, SafeReader
 
     dcp.load(loaded, storage_reader=SafeReader(str(step)), planner=SafeLoadPlanner())
     assert torch.equal(loaded["x"], torch.ones(2))

@@ -57,7 +57,7 @@ def test_forward_of_a_mixed_batch_decodes_each_modality(tok):
 
 
 def test_the_image_task_trains_through_forward(tmp_path, monkeypatch):
-    from atoken.core.runconfig import load_run_file
+    from atoken.engine.runconfig import load_run_file
     from atoken.train import build_run
 
     run = tmp_path / "run.toml"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atoken.core.errors import BadSampleError
-from atoken.core.prefetch import Prefetcher
+from atoken.engine.prefetch import Prefetcher
 
 
 class NoisyTask:
@@ -69,7 +69,7 @@ def test_past_the_end_still_answers():
 @pytest.mark.parametrize("value", [-1, 1.5, True])
 def test_train_keys_are_validated(key, value):
     from atoken.core.errors import ConfigError
-    from atoken.core.runconfig import RunConfig, structure
+    from atoken.engine.runconfig import RunConfig, structure
 
     with pytest.raises(ConfigError, match=key):
         structure(RunConfig, {"train": {key: value}}, "top level")

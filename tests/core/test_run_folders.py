@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import atoken
 import atoken.cli
-from atoken.core.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from atoken.core.errors import RunFolderError
-from atoken.core.trainer import Trainer
+from atoken.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from atoken.engine.trainer import Trainer
 from atoken.testing import registered_plugin
 from tests.core.test_trainer import ToyTask, _cfg
 

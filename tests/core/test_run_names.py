@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 import atoken.cli
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import load_run_file
 from atoken.core.validators import PATH_NAME_RULE, check_path_name
+from atoken.engine.runconfig import load_run_file
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import load_run_file
+from atoken.engine.runconfig import load_run_file
 
 TASK = '[[tasks]]\nname = "image_reconstruction"\n'
 

@@ -12,10 +12,10 @@ from torch import nn
 
 import atoken
 from atoken import ConfigError
-from atoken.core.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
-from atoken.core.optim import lr_at
-from atoken.core.runconfig import OptimConfig, RunConfig, load_run_file, structure
-from atoken.core.trainer import NonFiniteLossError, Trainer
+from atoken.engine.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
+from atoken.engine.optim import lr_at
+from atoken.engine.runconfig import OptimConfig, RunConfig, load_run_file, structure
+from atoken.engine.trainer import NonFiniteLossError, Trainer
 from atoken.testing import registered_plugin
 
 
@@ -227,7 +227,7 @@ def test_run_file_errors_name_key_and_section(tmp_path):
 
 
 def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
-    from atoken.core import trainer as trainer_module
+    from atoken.engine import trainer as trainer_module
 
     auto = Trainer(_cfg(tmp_path, precision="auto"), ToyTask())
     monkeypatch.setattr(trainer_module, "fast_bf16", lambda device: True)
@@ -244,8 +244,8 @@ def test_run_config_round_trips_through_its_dict(tmp_path):
 
 
 def test_position_tables_and_probes_are_not_decayed_whatever_their_names():
-    from atoken.core.optim import param_groups
-    from atoken.core.runconfig import OptimConfig
+    from atoken.engine.optim import param_groups
+    from atoken.engine.runconfig import OptimConfig
     from atoken.tokenizer import Tokenizer
 
     tok = Tokenizer.from_preset("tiny")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from atoken import ConfigError
-from atoken.core.runconfig import RunConfig, structure
-from atoken.core.trainer import Trainer
+from atoken.engine.runconfig import RunConfig, structure
+from atoken.engine.trainer import Trainer
 from tests.core.test_trainer import ToyTask
 
 

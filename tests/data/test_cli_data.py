@@ -13,8 +13,8 @@ from PIL import Image
 
 from atoken import SparseLatent
 from atoken.cli import main
-from atoken.core.latent_store import LatentStore
-from atoken.data import MediaStore
+from atoken.data import MediaStore, read_latents
+from atoken.data.latent_store import LatentStore
 from atoken.tokenizer import Tokenizer
 
 SIZES = [(40, 56), (33, 20), (16, 16)]
@@ -93,7 +93,7 @@ def test_encode_kl_matches_tokenizer_encode(images_dir, store, tokenizers, tmp_p
         "--batch-size", "2", "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0 and "encoded 3 samples" in result.output, result.output
-    got = SparseLatent.from_zarr(out)
+    got = read_latents(out)
     images = _pixels(store)
     with torch.no_grad():
         want = SparseLatent.pack([model.encode(images[:2]), model.encode(images[2:])])
@@ -105,7 +105,7 @@ def test_encode_kl_matches_tokenizer_encode(images_dir, store, tokenizers, tmp_p
     # float16 by default; a rerun resumes (nothing to do); other data needs --overwrite
     half = str(tmp_path / "half.zarr")
     _invoke("encode", "--checkpoint", str(folder), store, half, "--no-progress")
-    assert SparseLatent.from_zarr(half).dtype == torch.float16
+    assert read_latents(half).dtype == torch.float16
     again = _invoke("encode", "--checkpoint", str(folder), store, half, "--no-progress")
     assert "encoded 3 samples" in again.output and len(LatentStore(half)) == 3
     other = CliRunner().invoke(
@@ -129,6 +129,6 @@ def test_encode_fsq_writes_ids(store, tokenizers, tmp_path):
     tokens = LatentStore(out).tokens()
     assert torch.equal(tokens.ids, torch.cat([p.ids for p in parts]).to(tokens.ids.dtype))
     assert torch.equal(tokens.coords, codes.coords)
-    assert torch.equal(SparseLatent.from_zarr(out).feats, codes.feats)
+    assert torch.equal(read_latents(out).feats, codes.feats)
     one = LatentStore(out).tokens([1])
     assert torch.equal(one.ids, parts[0].per_sample()[1].to(one.ids.dtype))

@@ -14,8 +14,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from atoken.core.store_lock import StoreLock
 from atoken.data import MediaStore, MediaWriter, StoreLockedError, verify_store
+from atoken.data.store_lock import StoreLock
 from atoken.testing.faults import concurrent_imports, killed_import
 
 
@@ -101,7 +101,7 @@ def test_training_killed_twice_and_resumed_ends_bit_identical(tmp_path):
 
 _FORKING_HOLDER = """
 import os, sys, time
-from atoken.core.store_lock import StoreLock
+from atoken.data.store_lock import StoreLock
 
 lock = StoreLock(sys.argv[1]).acquire()
 child = os.fork()

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atoken import ConfigError
-from atoken.core.storage import ATTRS_KEY, check_schema, open_group
 from atoken.data import (
     MediaStore,
     MediaWriter,
@@ -32,6 +31,7 @@ from atoken.data import (
     ZarrSamples,
     verify_store,
 )
+from atoken.data.storage import ATTRS_KEY, check_schema, open_group
 from atoken.data.store import SCHEMA
 
 # 1 KiB shards of four 256 B chunks: a float32 16 x 16 depth map fills one shard

@@ -11,7 +11,6 @@ import zarr
 from click.testing import CliRunner
 
 from atoken.cli import main
-from atoken.core.storage import ATTRS_KEY
 from atoken.data import (
     MediaStore,
     MediaWriter,
@@ -22,6 +21,7 @@ from atoken.data import (
     ZarrDataset,
     verify_store,
 )
+from atoken.data.storage import ATTRS_KEY
 
 # 1 KiB shards of four 256 B chunks; each 768 B sample spans its own chunks
 LAYOUT = StoreLayout(chunk_bytes=256, shard_chunks=4)

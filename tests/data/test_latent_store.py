@@ -17,9 +17,15 @@ from zarr.storage import LocalStore, WrapperStore
 
 from atoken import LatentValidationError, SparseLatent
 from atoken.core.coords import raster_coords
-from atoken.core.latent_store import LatentStore, read_box
-from atoken.core.storage import ATTRS_KEY
-from atoken.data import StoreError, StoreIntegrityError, StoreSchemaError
+from atoken.data import (
+    StoreError,
+    StoreIntegrityError,
+    StoreSchemaError,
+    read_latents,
+    write_latents,
+)
+from atoken.data.latent_store import LatentStore, read_box
+from atoken.data.storage import ATTRS_KEY
 from atoken.testing.strategies import sparse_latents
 
 
@@ -50,8 +56,8 @@ def _memory_url() -> str:
 @given(sparse_latents(max_samples=5), st.sampled_from(["float32", "float16", "bfloat16"]))
 def test_round_trip_memory(latent, dtype):
     url = _memory_url()
-    latent.to_zarr(url, dtype=dtype, chunk_tokens=4, shard_chunks=2)
-    back = SparseLatent.from_zarr(url)
+    write_latents(latent, url, dtype=dtype, chunk_tokens=4, shard_chunks=2)
+    back = read_latents(url)
     want = _raster_sorted(latent).to(dtype=getattr(torch, dtype))
     assert back.equal(want)
 
@@ -63,7 +69,7 @@ def test_round_trip_local_with_ids_and_selection(latent, data):
     ids = torch.randint(0, 4096, (latent.num_tokens, G), dtype=torch.int32)
     with tempfile.TemporaryDirectory() as tmp:
         url = str(Path(tmp) / "l.zarr")
-        latent.to_zarr(url, ids=ids, chunk_tokens=3)
+        write_latents(latent, url, ids=ids, chunk_tokens=3)
         tagged = latent.replace(feats=torch.cat([latent.feats, ids.float()], dim=1))
         want = _raster_sorted(tagged)  # ids ride along as extra channels in the oracle
         store = LatentStore(url)
@@ -73,7 +79,7 @@ def test_round_trip_local_with_ids_and_selection(latent, data):
         assert tokens.meta == want.meta and torch.equal(tokens.coords, want.coords)
         B = latent.batch_size
         picks = data.draw(st.lists(st.integers(0, B - 1), max_size=4)) if B else []
-        got = SparseLatent.from_zarr(f"file://{url}", indices=picks)
+        got = read_latents(f"file://{url}", indices=picks)
         sel = want.select(picks)
         assert got.equal(sel.replace(feats=sel.feats[:, : latent.channels]))
 
@@ -81,14 +87,14 @@ def test_round_trip_local_with_ids_and_selection(latent, data):
 @given(sparse_latents(min_samples=1, max_samples=3, max_coord=5), st.data())
 def test_box_query_equals_filtering(latent, data):
     url = _memory_url()
-    latent.to_zarr(url, chunk_tokens=2, shard_chunks=None)
+    write_latents(latent, url, chunk_tokens=2, shard_chunks=None)
     i = data.draw(st.integers(0, latent.batch_size - 1))
     bound = st.one_of(st.none(), st.integers(-1, 6))
     box = {
         axis: (data.draw(bound), data.draw(bound))
         for axis in data.draw(st.lists(st.sampled_from("txyz"), unique=True, max_size=4))
     }
-    got = SparseLatent.from_zarr(url, indices=[i], box=box)
+    got = read_latents(url, indices=[i], box=box)
     part = _raster_sorted(latent).select([i])
     keep = torch.ones(part.num_tokens, dtype=torch.bool)
     for axis, (a, b) in box.items():
@@ -102,19 +108,19 @@ def test_append_equals_pack(tmp_path):
     url = tmp_path / "a.zarr"
     a = SparseLatent(torch.randn(5, 3), raster_coords((1, 1, 5)), [2, 3], modality="image")
     b = SparseLatent(torch.randn(4, 3), raster_coords((1, 2, 2)), [0, 4], modality="video")
-    a.to_zarr(url, mode="a")  # creates
-    assert b.to_zarr(url, mode="a") == 4
-    assert SparseLatent.from_zarr(url).equal(SparseLatent.pack([a, b]))
+    write_latents(a, url, mode="a")  # creates
+    assert write_latents(b, url, mode="a") == 4
+    assert read_latents(url).equal(SparseLatent.pack([a, b]))
     with pytest.raises(StoreError, match="cannot append"):
-        SparseLatent(torch.randn(1, 2), raster_coords((1, 1, 1)), [1]).to_zarr(url, mode="a")
-    a.to_zarr(url)  # mode "w" replaces
-    assert SparseLatent.from_zarr(url).equal(a)
+        write_latents(SparseLatent(torch.randn(1, 2), raster_coords((1, 1, 1)), [1]), url, mode="a")
+    write_latents(a, url)  # mode "w" replaces
+    assert read_latents(url).equal(a)
 
 
 def test_empty_latent(tmp_path):
     empty = SparseLatent(torch.zeros(0, 6), torch.zeros(0, 4, dtype=torch.int32), [])
-    empty.to_zarr(tmp_path / "e.zarr", dtype="float16")
-    back = SparseLatent.from_zarr(tmp_path / "e.zarr")
+    write_latents(empty, tmp_path / "e.zarr", dtype="float16")
+    back = read_latents(tmp_path / "e.zarr")
     assert back.batch_size == 0 and back.feats.shape == (0, 6) and back.dtype == torch.float16
 
 
@@ -143,7 +149,9 @@ def _video(T: int = 16) -> SparseLatent:
 
 def test_frame_query_reads_only_its_chunks(tmp_path):
     video = _video()
-    video.to_zarr(tmp_path / "v.zarr", chunk_tokens=64, shard_chunks=None)  # a chunk per frame
+    write_latents(
+        video, tmp_path / "v.zarr", chunk_tokens=64, shard_chunks=None
+    )  # a chunk per frame
     rec = _Recording(LocalStore(tmp_path / "v.zarr", read_only=True))
     got = read_box(rec, 0, t=(5, 7))
     assert got.coords[:, 0].unique().tolist() == [5, 6] and got.num_tokens == 128
@@ -154,7 +162,7 @@ def test_frame_query_reads_only_its_chunks(tmp_path):
 
 def test_frame_query_reads_a_fraction_of_a_shard(tmp_path):
     video = _video(T=32)
-    video.to_zarr(tmp_path / "v.zarr", chunk_tokens=64, shard_chunks=32)  # one shard
+    write_latents(video, tmp_path / "v.zarr", chunk_tokens=64, shard_chunks=32)  # one shard
     rec = _Recording(LocalStore(tmp_path / "v.zarr", read_only=True))
     read_box(rec, 0, t=(3, 4))
     feats_reads = [r for k, r in rec.reads if k == "feats/c/0/0"]
@@ -164,10 +172,12 @@ def test_frame_query_reads_a_fraction_of_a_shard(tmp_path):
 
 def test_latent_store_errors(tmp_path):
     url = tmp_path / "l.zarr"
-    _video(T=2).to_zarr(url)
+    write_latents(_video(T=2), url)
     with pytest.raises(LatentValidationError, match="overflow"):
-        SparseLatent(torch.full((1, 1), 1e6), raster_coords((1, 1, 1)), [1]).to_zarr(
-            tmp_path / "o.zarr", dtype="float16"
+        write_latents(
+            SparseLatent(torch.full((1, 1), 1e6), raster_coords((1, 1, 1)), [1]),
+            tmp_path / "o.zarr",
+            dtype="float16",
         )
     with pytest.raises(StoreError, match="holds no ids"):
         LatentStore(url).tokens()
@@ -175,13 +185,13 @@ def test_latent_store_errors(tmp_path):
     shutil.copytree(url, bad)
     zarr.open_array(bad / "offsets", mode="r+")[1] = 7
     with pytest.raises(StoreIntegrityError, match="disagrees") as info:
-        SparseLatent.from_zarr(bad)
+        read_latents(bad)
     assert str(bad) in str(info.value) and "array 'offsets'" in str(info.value)
     assert "sample 0" in str(info.value)
     shutil.rmtree(bad / "offsets")
     with pytest.raises(StoreIntegrityError, match="missing"):
-        SparseLatent.from_zarr(bad)
+        read_latents(bad)
     group = zarr.open_group(url, mode="r+")
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "version": 7}
     with pytest.raises(StoreSchemaError, match="version 7"):
-        SparseLatent.from_zarr(url)
+        read_latents(url)

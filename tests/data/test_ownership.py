@@ -18,9 +18,9 @@ from atoken import LatentValidationError, SparseLatent, Tokenizer
 from atoken.cli import main
 from atoken.core.coords import raster_coords
 from atoken.core.errors import StoreError, StoreSchemaError
-from atoken.core.latent_store import LatentStore
-from atoken.core.ownership import check_target, recover, writing
-from atoken.data import MediaStore, MediaWriter
+from atoken.data import MediaStore, MediaWriter, read_latents, write_latents
+from atoken.data.latent_store import LatentStore
+from atoken.data.ownership import check_target, recover, writing
 from atoken.data.store import SCHEMA as MEDIA
 
 
@@ -58,39 +58,39 @@ def _media(url, n: int = 2) -> None:
             w.add(f"m{i}", np.full((2, 3, 3), i, np.uint8))
 
 
-def test_to_zarr_refuses_user_folders_and_other_stores_and_leaves_them_intact(tmp_path):
+def test_write_latents_refuses_user_folders_and_other_stores_and_leaves_them_intact(tmp_path):
     proj = _project(tmp_path / "proj")
     before = _tree(proj)
     with pytest.raises(StoreError, match=r"holds files atoken did not write \(README.md, src\)"):
-        _latent().to_zarr(proj)  # the default mode "w"
+        write_latents(_latent(), proj)  # the default mode "w"
     with pytest.raises(StoreError, match="holds files"):
-        _latent().to_zarr(proj, mode="a")
+        write_latents(_latent(), proj, mode="a")
     assert _tree(proj) == before
     media = tmp_path / "media.zarr"
     _media(media)
     with pytest.raises(StoreSchemaError, match=r"'atoken\.media' store, not an 'atoken\.latents'"):
-        _latent().to_zarr(media)
+        write_latents(_latent(), media)
     assert MediaStore(media).names == ("m0", "m1")
     file = tmp_path / "notes.txt"
     file.write_text("x")
     with pytest.raises(StoreError, match="is a file"):
-        _latent().to_zarr(file)
+        write_latents(_latent(), file)
     assert file.read_text() == "x"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _latent(3).to_zarr(empty) == 3  # an empty folder is a fine place for a new store
+    assert write_latents(_latent(3), empty) == 3  # an empty folder is a fine place for a new store
 
 
-def test_to_zarr_replaces_its_own_store_and_a_failed_write_keeps_the_old(tmp_path):
+def test_write_latents_replaces_its_own_store_and_a_failed_write_keeps_the_old(tmp_path):
     url = tmp_path / "lat.zarr"
     first = _latent(2)
-    first.to_zarr(url)
+    write_latents(first, url)
     with pytest.raises(LatentValidationError, match="meta: sample 0 cannot be stored as JSON"):
-        _latent(3, meta=[{"x": object()}] * 3).to_zarr(url)
-    assert SparseLatent.from_zarr(url).equal(first)  # untouched, not emptied
+        write_latents(_latent(3, meta=[{"x": object()}] * 3), url)
+    assert read_latents(url).equal(first)  # untouched, not emptied
     second = _latent(3)
-    assert second.to_zarr(url) == 3  # "w" replaces a latent store
-    assert SparseLatent.from_zarr(url).equal(second)
+    assert write_latents(second, url) == 3  # "w" replaces a latent store
+    assert read_latents(url).equal(second)
     assert [p.name for p in tmp_path.iterdir() if "atoken-new" in p.name or "old" in p.name] == []
 
 
@@ -151,25 +151,25 @@ def test_a_replacement_killed_during_the_swap_is_mended_by_the_next_writer(tmp_p
 
 def test_memory_urls_follow_the_same_rule(tmp_path):
     url = f"memory://own-{uuid.uuid4().hex}/lat.zarr"
-    _latent(2).to_zarr(url)
+    write_latents(_latent(2), url)
     with pytest.raises(StoreSchemaError):
         _media(url)
     replacement = _latent(4)
-    replacement.to_zarr(url)
-    assert SparseLatent.from_zarr(url).equal(replacement)
+    write_latents(replacement, url)
+    assert read_latents(url).equal(replacement)
     assert check_target(url, schema="atoken.latents") == "append"
     with pytest.raises(RuntimeError), writing(url, schema="atoken.latents", overwrite=True) as t:
         assert t.state == "replace" and "atoken-new" in str(t.url)
-        _latent(1).to_zarr(t.url)
+        write_latents(_latent(1), t.url)
         raise RuntimeError
-    assert SparseLatent.from_zarr(url).equal(replacement)
+    assert read_latents(url).equal(replacement)
 
 
 def test_a_zarr_group_of_someone_else_is_never_written(tmp_path):
     theirs = zarr.open_group(tmp_path / "g.zarr", mode="w")
     theirs.create_array("data", shape=(3,), dtype="uint8", fill_value=9)
     for attempt in (
-        lambda: _latent().to_zarr(tmp_path / "g.zarr"),
+        lambda: write_latents(_latent(), tmp_path / "g.zarr"),
         lambda: _media(tmp_path / "g.zarr"),
     ):
         with pytest.raises(StoreSchemaError, match="zarr group atoken did not write"):

@@ -26,7 +26,14 @@ pytest.importorskip("flask")  # moto's server mode
 from atoken import SparseLatent
 from atoken.cli import main
 from atoken.core.coords import raster_coords
-from atoken.data import MediaStore, ZarrDataset, collate_list, verify_store
+from atoken.data import (
+    MediaStore,
+    ZarrDataset,
+    collate_list,
+    read_latents,
+    verify_store,
+    write_latents,
+)
 
 
 def _free_port() -> int:
@@ -123,7 +130,7 @@ def test_latents_over_s3(s3):
     coords = raster_coords((3, 2, 2))
     latent = SparseLatent(torch.randn(12, 5), coords, [12], modality="video")
     url = f"s3://{bucket}/latents.zarr"
-    latent.to_zarr(url, storage_options=options, chunk_tokens=4)
-    assert SparseLatent.from_zarr(url, storage_options=options).equal(latent)
-    frames = SparseLatent.from_zarr(url, [0], box={"t": (1, 2)}, storage_options=options)
+    write_latents(latent, url, storage_options=options, chunk_tokens=4)
+    assert read_latents(url, storage_options=options).equal(latent)
+    frames = read_latents(url, [0], box={"t": (1, 2)}, storage_options=options)
     assert torch.equal(frames.feats, latent.feats[4:8])

@@ -12,10 +12,18 @@ import pytest
 import torch
 import zarr
 
-from atoken import ModalityInputError, SparseLatent, Tokenizer
+from atoken import ModalityInputError, Tokenizer
 from atoken.core.errors import StoreIntegrityError
-from atoken.core.latent_store import LatentStore
-from atoken.data import MediaStore, MediaWriter, StoreLayout, ZarrDataset, verify_store
+from atoken.data import (
+    MediaStore,
+    MediaWriter,
+    StoreLayout,
+    ZarrDataset,
+    read_latents,
+    verify_store,
+    write_latents,
+)
+from atoken.data.latent_store import LatentStore
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +41,13 @@ def _attrs(store: Path, **changes) -> None:
 def _encoded(tiny, tmp_path) -> Path:
     with torch.no_grad():
         latent = tiny.encode([torch.rand(3, 32, 48)])
-    latent.to_zarr(tmp_path / "lat.zarr", dtype="float16")
+    write_latents(latent, tmp_path / "lat.zarr", dtype="float16")
     return tmp_path / "lat.zarr"
 
 
 def test_a_float16_latent_store_decodes(tiny, tmp_path):
     url = _encoded(tiny, tmp_path)
-    back = SparseLatent.from_zarr(url)
+    back = read_latents(url)
     assert back.dtype == torch.float16
     with torch.no_grad():
         image = tiny.decode(back)[0]
@@ -60,7 +68,7 @@ def test_tampered_latent_meta_is_refused_at_decode(tiny, tmp_path, key, value, m
     doc = json.loads(str(meta[0]))
     doc[key] = value
     meta[0] = json.dumps(doc)
-    latent = SparseLatent.from_zarr(url)
+    latent = read_latents(url)
     with pytest.raises(ModalityInputError, match=match), torch.no_grad():
         tiny.decode(latent)
 

@@ -39,7 +39,7 @@ def alone6(tmp_path_factory):
 
 def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint(alone6, tmp_path):
     # one restart allowed: the restarted round meets under a store prefix of its own
-    # (atoken.core.distributed.round_store), so it never reads the killed round's addresses
+    # (atoken.engine.distributed.round_store), so it never reads the killed round's addresses
     done = _launch(tmp_path / "k", 6, "kill:1:3", "--nproc-per-node=2", "--max-restarts=1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Connection refused" not in done.stderr

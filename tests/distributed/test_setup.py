@@ -9,7 +9,9 @@ import signal
 import pytest
 import torch
 
-from atoken.core.distributed import (
+from atoken.core.errors import ConfigError
+from atoken.core.transformer import Transformer
+from atoken.engine.distributed import (
     Dist,
     StopSignal,
     all_reduce_sum,
@@ -18,11 +20,9 @@ from atoken.core.distributed import (
     setup,
     wrap,
 )
-from atoken.core.errors import ConfigError
-from atoken.core.run_changes import RESUMABLE_KEYS
-from atoken.core.run_sections import DistributedConfig
-from atoken.core.runconfig import RunConfig, structure
-from atoken.core.transformer import Transformer
+from atoken.engine.run_changes import RESUMABLE_KEYS
+from atoken.engine.run_sections import DistributedConfig
+from atoken.engine.runconfig import RunConfig, structure
 from atoken.tokenizer import Tokenizer
 
 

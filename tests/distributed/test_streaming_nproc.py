@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("webdataset")
 
 from atoken.core.errors import RunFolderError
-from atoken.core.run_folder import RunFolderLock
+from atoken.engine.run_folder import RunFolderLock
 from tests.data.test_webdataset import write_shards
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from atoken.cli_distributed import restarted
-from atoken.core.runconfig import RunConfig, structure
-from atoken.core.trainer import Trainer
+from atoken.engine.runconfig import RunConfig, structure
+from atoken.engine.trainer import Trainer
 
 GLOBAL_BATCH = 8
 

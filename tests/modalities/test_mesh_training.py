@@ -19,8 +19,8 @@ from click.testing import CliRunner
 import atoken
 from atoken.cli import main
 from atoken.core.errors import StoreError, StoreIntegrityError
-from atoken.core.latent_store import LatentStore
 from atoken.data import SourceContext, build_source
+from atoken.data.latent_store import LatentStore
 from atoken.data.meshes import MeshSettings, MeshStore, import_meshes
 from atoken.modalities.mesh import GaussianSet
 
@@ -130,7 +130,7 @@ def test_atoken_train_images_and_meshes_then_decode_a_mesh_file(tmp_path):
 
 
 def test_fsq_tokens_of_meshes_train_and_report_codebook_use(tmp_path):
-    from atoken.core.runconfig import LossTerm, TaskSpec
+    from atoken.engine.runconfig import LossTerm, TaskSpec
     from atoken.tasks import TaskContext, build_task
     from atoken.tasks.mesh import MeshReconstructionTask
 

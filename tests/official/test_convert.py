@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 import atoken
 from atoken.cli import main
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.errors import ConfigError, StateDictMismatchError
+from atoken.engine.checkpoint import CheckpointError
 from atoken.official import ATTRIBUTION, atoken_key, official_key, to_official
 from atoken.testing.official import official_state_dict, official_yaml, write_official_checkpoint
 

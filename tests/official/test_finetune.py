@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import atoken
 from atoken.cli import main
-from atoken.core.runconfig import load_run_file
+from atoken.engine.runconfig import load_run_file
 from atoken.testing.official import official_state_dict, write_official_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from atoken.core.attention import attention_math, attention_sdpa
-from atoken.core.checkpoint import CheckpointError
 from atoken.core.errors import ConfigError, ModalityInputError, StateDictMismatchError
+from atoken.engine.checkpoint import CheckpointError
 from atoken.modalities.mesh.gaussians import hammersley
 from atoken.modalities.mesh.swin_decoder import (
     SwinGaussianDecoder,

@@ -12,8 +12,8 @@ from PIL import Image
 import atoken
 from atoken.cli import main
 from atoken.core.errors import LatentValidationError
-from atoken.core.latent_store import LatentStore
 from atoken.core.tokens import DiscreteTokens
+from atoken.data.latent_store import LatentStore
 from atoken.testing.official import official_state_dict, write_official_checkpoint
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import atoken
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
-from atoken.core.frechet import (
+from atoken.plugins.metrics.frechet import (
     FeatureStatistics,
     feature_statistics,
     frechet_distance,

@@ -20,8 +20,8 @@ import attrs
 import torch
 
 import atoken
-from atoken.core.runconfig import LossTerm
 from atoken.data import SourceContext
+from atoken.engine.runconfig import LossTerm
 from atoken.tasks import ReconstructionTask
 
 __all__ = ["DepthError", "DepthReconstructionTask", "SyntheticDepth", "make_depth_maps"]

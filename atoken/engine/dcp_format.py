@@ -12,9 +12,9 @@ Stock DCP writes the folder's index, ``.metadata``, with ``pickle.dump`` and rea
                      blob, read with ``torch.load(weights_only=True)``
 
 :class:`SafeWriter`, :class:`SafeReader` and :class:`SafeLoadPlanner` are what
-:mod:`atoken.core.sharded_checkpoint` hands ``dcp.save``/``dcp.load``. A ``.metadata`` in
+:mod:`atoken.engine.sharded_checkpoint` hands ``dcp.save``/``dcp.load``. A ``.metadata`` in
 another format (a pickle of atoken < 0.5 or of another program) is refused with a
-:class:`~atoken.core.checkpoint.CheckpointError`; ``atoken checkpoint upgrade --trust PATH``
+:class:`~atoken.engine.checkpoint.CheckpointError`; ``atoken checkpoint upgrade --trust PATH``
 rewrites a trusted one (:func:`upgrade`).
 """
 
@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import ReadItem
 
-from atoken.core.checkpoint import CheckpointError, fsync_dir
+from atoken.engine.checkpoint import CheckpointError, fsync_dir
 
 __all__ = [
     "FORMAT",

@@ -3,13 +3,13 @@
 The loop knows nothing of modalities or losses. A :class:`TrainTask` supplies the model, the
 batch of each step and the loss of a batch; the loop owns the optimizer, the schedule,
 gradient accumulation and clipping, bf16 autocast, EMA weights, the non-finite guard,
-atomic checkpoints, metrics JSONL, the progress (:mod:`atoken.core.progress`) and the
+atomic checkpoints, metrics JSONL, the progress (:mod:`atoken.engine.progress`) and the
 lifecycle hooks.
 
 Determinism: the batch of a step is a function of (seed, step, micro-step) and the global RNG
 is reseeded from the same triple before every micro-step, so a run interrupted and resumed
 from a checkpoint produces the same losses as one that never stopped. ``[train]
-data_workers`` compute the coming batches in worker processes (:mod:`atoken.core.prefetch`),
+data_workers`` compute the coming batches in worker processes (:mod:`atoken.engine.prefetch`),
 which changes none of them.
 
 Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken passes pluggy's
@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from atoken.core.checkpoint import remove_partial
-from atoken.core.device import fast_bf16, resolve_device, to_device
-from atoken.core.distributed import (
+from atoken.core.errors import ConfigError, RunFolderError
+from atoken.engine.checkpoint import remove_partial
+from atoken.engine.device import fast_bf16, resolve_device, to_device
+from atoken.engine.distributed import (
     StopSignal,
     TrainingStopped,
     all_reduce_sum,
@@ -45,12 +46,11 @@ from atoken.core.distributed import (
     sync_gradients,
     wrap,
 )
-from atoken.core.errors import ConfigError, RunFolderError
-from atoken.core.optim import build_optimizer, lr_at, set_lr
-from atoken.core.prefetch import Prefetcher
-from atoken.core.progress import Progress, progress_mode
-from atoken.core.run_changes import RESUMABLE_KEYS
-from atoken.core.run_folder import (
+from atoken.engine.optim import build_optimizer, lr_at, set_lr
+from atoken.engine.prefetch import Prefetcher
+from atoken.engine.progress import Progress, progress_mode
+from atoken.engine.run_changes import RESUMABLE_KEYS
+from atoken.engine.run_folder import (
     RunFolderLock,
     append_record,
     hold,
@@ -59,10 +59,10 @@ from atoken.core.run_folder import (
     write_run_files,
     write_stage,
 )
-from atoken.core.runconfig import RunConfig, StageSpec
-from atoken.core.sharded import ExportTemplate, build_ema, full_state, model_state
-from atoken.core.train_task import NonFiniteLossError, TrainTask, data_positions
-from atoken.core.trainer_state import (
+from atoken.engine.runconfig import RunConfig, StageSpec
+from atoken.engine.sharded import ExportTemplate, build_ema, full_state, model_state
+from atoken.engine.train_task import NonFiniteLossError, TrainTask, data_positions
+from atoken.engine.trainer_state import (
     load_trainer_state,
     resume_trainer,
     save_trainer,
@@ -105,7 +105,7 @@ class Trainer:
     ``save_pretrained``).
 
     Several processes (torchrun; ``[distributed]``): each trains on its rank's batches with
-    its own RNG stream, the model wrapped by :func:`atoken.core.distributed.wrap`; a task's
+    its own RNG stream, the model wrapped by :func:`atoken.engine.distributed.wrap`; a task's
     optional ``count(batch)`` (what its loss averages over, e.g. samples) normalises each
     micro-step by the global count, so the gradient is the one of the whole global batch.
     Only rank 0 writes logs, pictures, checkpoints and stage outputs and calls the hooks.
@@ -247,12 +247,12 @@ class Trainer:
         return self.template.fill(state) if self.dist.main else None
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint holds (:func:`atoken.core.trainer_state.trainer_state`)."""
+        """What a checkpoint holds (:func:`atoken.engine.trainer_state.trainer_state`)."""
         return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a checkpoint; one of a later stage first enters the stages up to it
-        (:func:`atoken.core.trainer_state.load_trainer_state`)."""
+        (:func:`atoken.engine.trainer_state.load_trainer_state`)."""
         load_trainer_state(self, state)
 
     def resume(
@@ -280,7 +280,7 @@ class Trainer:
 
     def hold_folder(self) -> AbstractContextManager[None]:
         """Hold the run folder's one-writer lock for a ``with`` block (rank 0 takes it,
-        :func:`atoken.core.run_folder.hold`); nests, so :meth:`fit` inside keeps holding it.
+        :func:`atoken.engine.run_folder.hold`); nests, so :meth:`fit` inside keeps holding it.
 
         Raises:
             RunFolderError: another process trains into the folder (on every rank).
@@ -289,7 +289,7 @@ class Trainer:
 
     def prepare_folder(self, *, overwrite: bool = False) -> None:
         """Make ``out_dir`` ready for a fresh run: a folder holding a run is a
-        ``RunFolderError`` unless ``overwrite`` (``atoken.core.run_folder``)."""
+        ``RunFolderError`` unless ``overwrite`` (``atoken.engine.run_folder``)."""
         prepare_run_folder(self.out_dir, overwrite=overwrite)
 
     def save(self) -> Path | None:

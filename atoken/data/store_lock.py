@@ -41,7 +41,7 @@ import fsspec
 from zarr.abc.store import Store
 
 from atoken.core.errors import StoreLockedError
-from atoken.core.storage import StoreLike, local_path, store_label
+from atoken.data.storage import StoreLike, local_path, store_label
 
 __all__ = ["StoreLock"]
 

@@ -17,7 +17,7 @@ one renamed into place, the old one removed. A failed write removes its aside co
 previous store is left as it was; a write killed mid-swap is mended by the next writer
 (:func:`recover`: the old store is restored if the new one never arrived).
 
-One writer at a time: :func:`writing` holds a :class:`~atoken.core.store_lock.StoreLock` on
+One writer at a time: :func:`writing` holds a :class:`~atoken.data.store_lock.StoreLock` on
 the path from the ownership check to the swap, so concurrent writers never interleave.
 
 Stores passed as zarr ``Store`` objects (not URLs) have no path: they are written in place,
@@ -38,8 +38,8 @@ import fsspec
 from zarr.abc.store import Store
 
 from atoken.core.errors import StoreError, StoreSchemaError
-from atoken.core.storage import ATTRS_KEY, StoreLike, open_group, store_label
-from atoken.core.store_lock import StoreLock
+from atoken.data.storage import ATTRS_KEY, StoreLike, open_group, store_label
+from atoken.data.store_lock import StoreLock
 
 __all__ = ["WriteTarget", "check_target", "recover", "writing"]
 

@@ -1,9 +1,9 @@
 """Writing latent stores: :class:`LatentWriter` appends SparseLatents (and FSQ ids).
 
-The layout and commit protocol are :mod:`atoken.core.latent_store`'s: rows first, then the
+The layout and commit protocol are :mod:`atoken.data.latent_store`'s: rows first, then the
 per-sample index, then ``committed`` in one atomic write. Where a writer may write, the lock
 it holds and how ``overwrite`` replaces a store (written aside, swapped in on success) are
-:mod:`atoken.core.ownership`'s.
+:mod:`atoken.data.ownership`'s.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from atoken.core.errors import LatentValidationError, StoreError
 from atoken.core.latent import SparseLatent
-from atoken.core.latent_store import DTYPES, SCHEMA, SCHEMA_VERSION, LatentStore
-from atoken.core.ownership import writing
-from atoken.core.storage import ATTRS_KEY, StoreLike, check_schema, open_group, store_label
+from atoken.data.latent_store import DTYPES, SCHEMA, SCHEMA_VERSION, LatentStore
+from atoken.data.ownership import writing
+from atoken.data.storage import ATTRS_KEY, StoreLike, check_schema, open_group, store_label
 
 __all__ = ["LatentWriter", "write_latents"]
 
@@ -112,7 +112,7 @@ class LatentWriter:
     """Append :class:`SparseLatent` batches (and their FSQ ids) to a latent store.
 
     The writer holds the store's lock from construction to :meth:`close` (use it as a context
-    manager). It writes only where :mod:`atoken.core.ownership` allows: a missing path, an
+    manager). It writes only where :mod:`atoken.data.ownership` allows: a missing path, an
     empty folder or a latent store (appended to). ``overwrite`` writes a new store aside and
     swaps it in at a clean close, so a failed or killed write leaves the previous store as it
     was; it never replaces a path that is or contains one of ``sources``. ``dtype`` defaults

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from atoken.core.runconfig import RunConfig
+from atoken.engine.runconfig import RunConfig
 
 __all__ = ["RESUMABLE_KEYS", "config_changes"]
 

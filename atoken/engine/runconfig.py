@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import attrs
 
 from atoken.core.errors import ConfigError
-from atoken.core.run_sections import (
+from atoken.engine.run_sections import (
     DistributedConfig,
     LogConfig,
     LossTerm,
@@ -45,7 +45,7 @@ from atoken.core.run_sections import (
     TransformSpec,
     distinct_labels,
 )
-from atoken.core.runconfig_legacy import LEGACY_SECTIONS, legacy_message
+from atoken.engine.runconfig_legacy import LEGACY_SECTIONS, legacy_message
 
 if sys.version_info >= (3, 11):
     import tomllib

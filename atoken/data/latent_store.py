@@ -17,7 +17,7 @@ Each sample's tokens are stored in raster order, t slowest: sorted by (t, z, y, 
 ``t in [a, b)`` of sample b are then one contiguous row range, found from two entries of its
 ``t_offsets``, so a box query reads only the chunks of those rows. The commit protocol is the
 media store's: rows first, then the per-sample index, then ``committed`` in one atomic write.
-Writing is :class:`atoken.core.latent_writer.LatentWriter`'s.
+Writing is :class:`atoken.data.latent_writer.LatentWriter`'s.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import torch
 
 from atoken.core.errors import LatentValidationError, StoreError, StoreIntegrityError
 from atoken.core.latent import SparseLatent
-from atoken.core.storage import (
+from atoken.core.tokens import DiscreteTokens
+from atoken.data.storage import (
     StoreLike,
     check_schema,
     open_group,
@@ -39,9 +40,8 @@ from atoken.core.storage import (
     require_array,
     store_label,
 )
-from atoken.core.tokens import DiscreteTokens
 
-__all__ = ["DTYPES", "SCHEMA", "SCHEMA_VERSION", "LatentStore", "read_box"]
+__all__ = ["DTYPES", "SCHEMA", "SCHEMA_VERSION", "LatentStore", "read_box", "read_latents"]
 
 SCHEMA = "atoken.latents"
 SCHEMA_VERSION = 1
@@ -270,6 +270,23 @@ def _box_mask(coords: np.ndarray, box: Box | None) -> np.ndarray | None:
         if b is not None:
             keep &= col < b
     return keep
+
+
+def read_latents(
+    url: StoreLike,
+    indices: Sequence[int] | None = None,
+    *,
+    box: Box | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> SparseLatent:
+    """The samples at ``indices`` (default all) of a zarr latent store (a path or fsspec URL),
+    reading only their chunks; ``box`` (e.g. ``{"t": (a, b)}``, half-open) keeps the tokens
+    inside it. The inverse of :func:`atoken.data.latent_writer.write_latents`.
+
+    Raises:
+        StoreError: not a latent store; StoreIntegrityError: a damaged index or chunk.
+    """
+    return LatentStore(url, storage_options).latents(indices, box=box)
 
 
 def read_box(

@@ -11,7 +11,7 @@ parameters and returns ``transform(tokenizer, context)``, which changes the toke
 module by module, and keeps ``tokenizer.config`` true to its modules (so ``save_pretrained``
 and ``from_pretrained`` rebuild it). The built-ins:
 
-    pca_init       start as the PCA tokenizer of the stage's first task (atoken.pca_init)
+    pca_init       start as the PCA tokenizer of the stage's first task (atoken.engine.pca_init)
     expand_latent  kl latent L -> L' channels; the decoder's output is unchanged at the switch
     to_fsq         kl -> fsq on the posterior mean (the official So/D: 8 groups x [4] * 6)
 
@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError
-from atoken.core.runconfig import StageSpec
+from atoken.engine.fsq_calibration import allocate_bits, calibrate, group_levels
+from atoken.engine.pca_init import PCA_MAPS, fit_pca, init_from_pca
+from atoken.engine.runconfig import StageSpec
 from atoken.factory import build_bottleneck
-from atoken.fsq_calibration import allocate_bits, calibrate, group_levels
-from atoken.pca_init import PCA_MAPS, fit_pca, init_from_pca
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = [
@@ -62,7 +62,7 @@ class StageTransform(Protocol):
 
     It may also have ``apply_shapes(tokenizer)``: the same change of modules and shapes on a
     tokenizer built on the meta device, without data (``atoken train --plan`` counts each
-    stage's parameters with it, :mod:`atoken.plan`). A transform without it is called as
+    stage's parameters with it, :mod:`atoken.engine.plan`). A transform without it is called as
     ``transform(tokenizer, StageContext(stage=...))`` with no tasks, and when that fails the
     plan names it and keeps the previous stage's shapes.
     """
@@ -159,7 +159,7 @@ def to_fsq(
 
     ``bits`` (with ``calibration``; ``levels`` is then unused): allocate ``bits`` bits per
     token over the channels instead of the same levels everywhere
-    (:func:`atoken.fsq_calibration.allocate_bits`, weighted by the decoder's input map), deal
+    (:func:`atoken.engine.fsq_calibration.allocate_bits`, weighted by the decoder's input map), deal
     the channels to ``groups`` codebooks (permuting them, exactly, in the projection and the
     decoder's input map) and give each channel ``2 ** its bits`` levels, some channels 1 (dropped).
 
@@ -231,7 +231,7 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 @attrs.frozen(kw_only=True)
 class PCAInit:
     """``pca_init``: fit the PCA on the first task's training crops (``batches`` batches)
-    and start as that PCA tokenizer (:func:`atoken.pca_init.init_from_pca`); the PCA maps
+    and start as that PCA tokenizer (:func:`atoken.engine.pca_init.init_from_pca`); the PCA maps
     then learn at ``encoder_lr_mult`` x lr. The PCA is kept as ``context.mixture.pca``."""
 
     batches: int = attrs.field(default=40, validator=_int_at_least(1))

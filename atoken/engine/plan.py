@@ -1,7 +1,7 @@
 """A run's plan before its launch: parameters, tokens, FLOPs and memory per rank, per stage.
 
-    from atoken.core.runconfig import load_run_file
-    from atoken.plan import plan_run
+    from atoken.engine.runconfig import load_run_file
+    from atoken.engine.plan import plan_run
 
     plan = plan_run(load_run_file("configs/paper/so-c.toml"), nproc=256)
     for stage in plan.stages:
@@ -11,7 +11,7 @@
 trained, allocated or downloaded, and no data is read:
 
 * each stage's tokenizer is built on the meta device as the run builds it (``[model]``, then
-  the stage's transforms through their ``apply_shapes``, :mod:`atoken.transforms`), so the
+  the stage's transforms through their ``apply_shapes``, :mod:`atoken.engine.transforms`), so the
   parameter counts are exact and a so400m plan costs no memory;
 * a task's micro-batch comes from its table (the task class's ``plan_batch``,
   :mod:`atoken.tasks.planning`): ``samples`` per rank and the tokens of a sample;
@@ -25,7 +25,7 @@ Per optimizer step, over all N ranks: with ``grad_accum`` A and n tasks a task t
     samples/step = N sum_i m_i B_i        tokens/step = N sum_i m_i B_i t_i
 
 (B_i samples per rank and micro-batch, t_i their mean tokens). FLOPs and activations:
-:mod:`atoken.plan_formulas`. Memory per rank, in bytes (weights, gradients, AdamW's two
+:mod:`atoken.engine.plan_formulas`. Memory per rank, in bytes (weights, gradients, AdamW's two
 moments and the EMA are fp32; b = 2 in bf16, 4 in fp32):
 
     item            DDP                     FSDP2 (fully_shard per block, then the root)
@@ -56,11 +56,11 @@ import attrs
 import torch
 from torch import nn
 
-from atoken.core.device import fast_bf16
 from atoken.core.errors import AtokenError, ConfigError
-from atoken.core.runconfig import RunConfig, StageSpec, TaskSpec
 from atoken.core.transformer import Block
-from atoken.plan_formulas import activation_bytes, numel, training_flops
+from atoken.engine.device import fast_bf16
+from atoken.engine.plan_formulas import activation_bytes, numel, training_flops
+from atoken.engine.runconfig import RunConfig, StageSpec, TaskSpec
 from atoken.plugins.manager import get_registry
 
 __all__ = ["MemoryPlan", "RunPlan", "StagePlan", "TaskPlan", "plan_run"]
@@ -325,7 +325,7 @@ def _memory(
 
 
 def _apply(transform: Any, tokenizer: nn.Module, stage: StageSpec, index: int) -> None:
-    from atoken.transforms import StageContext
+    from atoken.engine.transforms import StageContext
 
     shapes = getattr(transform, "apply_shapes", None)
     if shapes is not None:

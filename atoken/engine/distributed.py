@@ -43,8 +43,8 @@ import torch.distributed as dist
 from torch import nn
 
 from atoken.core.errors import AtokenError, ConfigError
-from atoken.core.run_sections import DistributedConfig
 from atoken.core.transformer import Block, Transformer
+from atoken.engine.run_sections import DistributedConfig
 
 __all__ = [
     "FSDP_METHODS",

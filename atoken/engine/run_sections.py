@@ -4,7 +4,7 @@
 :class:`OptimConfig`, ``[train]`` :class:`TrainConfig`, ``[log]`` :class:`LogConfig`, one
 ``[[tasks]]`` table :class:`TaskSpec` (its ``losses`` entries :class:`LossTerm`), one
 ``[[stages]]`` table :class:`StageSpec` (its ``transforms`` entries :class:`TransformSpec`).
-A bad value is a ``ConfigError`` naming the field; :mod:`atoken.core.runconfig` structures a
+A bad value is a ``ConfigError`` naming the field; :mod:`atoken.engine.runconfig` structures a
 TOML file into them and adds the section to the message.
 """
 
@@ -120,11 +120,11 @@ class ModelConfig:
 
     preset: str = "tiny"
     init_from: str = ""  # a checkpoint folder (save_pretrained) to start from
-    # start as the PCA tokenizer of the training crops (atoken.pca_init); needs the overrides
+    # start as the PCA tokenizer of the training crops (atoken.engine.pca_init); needs the overrides
     # final_norm = false, decoder_final_norm = false, decoder_bias = true
     pca_init: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     # widen the kl latent to this many channels before training (stage 2: 32 -> 48; the
-    # decoder's output is unchanged at the start, atoken.transforms.expand_latent); 0: keep
+    # decoder's output is unchanged at the start, atoken.engine.transforms.expand_latent); 0: keep
     expand_latent: int = attrs.field(default=0, validator=_non_negative)
     overrides: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -163,9 +163,7 @@ class ModelConfig:
     def tokenizer_overrides(self) -> dict[str, Any]:
         """The tokenizer config keys, ready for ``with_overrides`` ("" as none for the keys
         whose "none" is null)."""
-        return {
-            k: (None if v == "" and k in _NULLABLE else v) for k, v in self.overrides.items()
-        }
+        return {k: (None if v == "" and k in _NULLABLE else v) for k, v in self.overrides.items()}
 
     def get(self, key: str, default: Any = None) -> Any:
         """The tokenizer config key ``key`` as the run file sets it, else ``default``."""
@@ -219,7 +217,7 @@ class TrainConfig:
     # micro-batch of every task per optimizer step
     mixture: str = attrs.field(default="round_robin", validator=_one_of("round_robin", "weighted"))
     # worker processes that compute the coming batches ahead of the loop (0: in the training
-    # process); the batches are the same for any number (atoken.core.prefetch)
+    # process); the batches are the same for any number (atoken.engine.prefetch)
     data_workers: int = attrs.field(default=2, validator=_non_negative)
     # unreadable samples (truncated, undecodable, missing their key) a streaming source skips
     # with a warning before the run fails naming the shard and the key (0: fail on the first)

@@ -15,7 +15,7 @@ from torch import nn
 
 from atoken.core.patch_embed import PositionTable2D
 from atoken.core.pooling import MAPHead
-from atoken.core.runconfig import OptimConfig
+from atoken.engine.runconfig import OptimConfig
 
 __all__ = ["build_optimizer", "grad_norm", "lr_at", "param_groups", "set_lr"]
 

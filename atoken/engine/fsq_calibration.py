@@ -1,6 +1,7 @@
 """Fitting FSQ to a trained continuous latent: per-channel scalar quantizers and bit allocation.
 
-``to_fsq`` (``atoken.transforms``) switches a ``kl`` tokenizer to ``fsq`` on its posterior mean.
+``to_fsq`` (``atoken.engine.transforms``) switches a ``kl`` tokenizer to ``fsq`` on its
+posterior mean.
 This module holds the closed-form part of that switch, measured on calibration latents:
 
     calibrate(fsq, m)                  -> mu, sigma, f, g, err   (each [L])

@@ -3,8 +3,9 @@
 A checkpoint is ``<dir>/step_<NNNNNNNN>.pt`` holding plain tensors and containers only, and
 is loaded with ``torch.load(weights_only=True)`` (no arbitrary unpickling). A crash while
 writing leaves at most a ``.tmp`` file behind, never a truncated checkpoint under a real name.
-A sharded checkpoint is a folder ``<dir>/step_<NNNNNNNN>/`` (:mod:`atoken.core.sharded_checkpoint`),
-complete once it holds ``meta.json``; both kinds are listed, ordered and pruned together.
+A sharded checkpoint is a folder ``<dir>/step_<NNNNNNNN>/``
+(:mod:`atoken.engine.sharded_checkpoint`), complete once it holds ``meta.json``; both kinds
+are listed, ordered and pruned together.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from atoken.core.errors import AtokenError
+from atoken.core.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -31,10 +32,6 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
-
-
-class CheckpointError(AtokenError, ValueError):
-    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 
 def _complete(path: Path, *, sharded: bool) -> bool:

@@ -3,7 +3,7 @@
     out_dir/metrics.jsonl               one JSON record per line (train, eval, stopped)
     out_dir/run.json                    the run's configuration, resolved (RunConfig.to_dict)
     out_dir/run.toml                    the run file it was started from (``atoken train``)
-    out_dir/checkpoints/step_N.pt       atomic checkpoints (atoken.core.checkpoint)
+    out_dir/checkpoints/step_N.pt       atomic checkpoints (atoken.engine.checkpoint)
     out_dir/stages/<stage>/metrics.json a finished stage's held-out metrics
     out_dir/stages/<stage>/tokenizer/   its exported tokenizer
     out_dir/tokenizer/                  the run's exported tokenizer
@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from atoken.core.checkpoint import list_checkpoints, remove_checkpoint
-from atoken.core.distributed import Dist, on_main
 from atoken.core.errors import RunFolderError, StoreLockedError
-from atoken.core.store_lock import StoreLock
+from atoken.data.store_lock import StoreLock
+from atoken.engine.checkpoint import list_checkpoints, remove_checkpoint
+from atoken.engine.distributed import Dist, on_main
 
 __all__ = [
     "RunFolderLock",
@@ -48,7 +48,7 @@ RUN_JSON, RUN_TOML = "run.json", "run.toml"
 class RunFolderLock:
     """The one-writer lock of the run folder ``out_dir`` (a context manager; re-entrant).
 
-    It is the stores' lock (:class:`atoken.core.store_lock.StoreLock`): an ``flock`` on the
+    It is the stores' lock (:class:`atoken.data.store_lock.StoreLock`): an ``flock`` on the
     hidden sibling ``.<name>.atoken-lock`` that records the holder's pid, host and start time.
     The kernel releases it when the holder exits, however it dies, so a lock is never stale;
     taking it is one atomic call, so of two processes started at the same instant one wins.

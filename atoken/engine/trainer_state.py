@@ -12,9 +12,9 @@
     verify_checkpoint(path)             -> its counters, after checking it is intact
 
 ``checkpoint_format = "full"``: weights and optimizer state go through
-:mod:`atoken.core.sharded`, gathered to full tensors that rank 0 writes as one file, under DDP
+:mod:`atoken.engine.sharded`, gathered to full tensors that rank 0 writes as one file, under DDP
 and FSDP2 alike. ``"sharded"``: every rank writes its shards
-(:mod:`atoken.core.sharded_checkpoint`). Either kind resumes on any number of processes.
+(:mod:`atoken.engine.sharded_checkpoint`). Either kind resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ from typing import Any
 
 import torch
 
-from atoken.core.checkpoint import (
+from atoken.core.errors import RunFolderError
+from atoken.engine.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from atoken.core.distributed import on_main
-from atoken.core.errors import RunFolderError
-from atoken.core.run_changes import config_changes
-from atoken.core.sharded import (
+from atoken.engine.distributed import on_main
+from atoken.engine.run_changes import config_changes
+from atoken.engine.sharded import (
     load_model_state,
     load_optimizer_state,
     model_state,
     optimizer_state,
 )
-from atoken.core.sharded_checkpoint import load_sharded, save_sharded, verify_sharded
-from atoken.core.train_task import data_positions
+from atoken.engine.sharded_checkpoint import load_sharded, save_sharded, verify_sharded
+from atoken.engine.train_task import data_positions
 
 __all__ = [
     "find_checkpoint",
@@ -187,7 +187,7 @@ def _newest_intact(found: list[Path], fallback: bool) -> tuple[Path, dict[str, A
 def resume_trainer(
     trainer: Any, *, force: bool = False, checkpoint: str | None = None, fallback: bool = False
 ) -> bool:
-    """:meth:`atoken.core.trainer.Trainer.resume`: load the newest checkpoint (or the one
+    """:meth:`atoken.engine.trainer.Trainer.resume`: load the newest checkpoint (or the one
     ``checkpoint`` names, :func:`find_checkpoint`), file or sharded folder, into ``trainer``.
 
     Raises:

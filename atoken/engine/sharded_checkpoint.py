@@ -2,7 +2,7 @@
 
     checkpoints/step_NNNNNNNN/        a DCP folder ([train] checkpoint_format = "sharded")
         .metadata                     every tensor's global shape and where its pieces are,
-                                      as JSON (:mod:`atoken.core.dcp_format`: nothing in the
+                                      as JSON (:mod:`atoken.engine.dcp_format`: nothing in the
                                       folder is unpickled on resume)
         __<rank>_0.distcp             the pieces of the model, optimizer and EMA rank <rank> holds
         meta.json                     step, stage, counters, losses, config, data position;
@@ -36,16 +36,16 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from atoken.core.checkpoint import CheckpointError, fsync_dir, list_checkpoints, remove_checkpoint
-from atoken.core.dcp_format import (
+from atoken.engine.checkpoint import CheckpointError, fsync_dir, list_checkpoints, remove_checkpoint
+from atoken.engine.dcp_format import (
     SafeLoadPlanner,
     SafeReader,
     SafeWriter,
     check_files,
     read_metadata,
 )
-from atoken.core.distributed import barrier, on_main, share_object
-from atoken.core.train_task import data_positions
+from atoken.engine.distributed import barrier, on_main, share_object
+from atoken.engine.train_task import data_positions
 
 __all__ = ["META", "load_sharded", "read_meta", "save_sharded", "verify_sharded"]
 
