@@ -56,6 +56,17 @@ MOVED: dict[str, str] = {
     "atoken.core.ownership": "atoken.data.ownership",
     "atoken.core.latent_store": "atoken.data.latent_store",
     "atoken.core.latent_writer": "atoken.data.latent_writer",
+    # the command line is one package, one module per command group
+    "atoken.cli_checkpoint": "atoken.cli.checkpoint",
+    "atoken.cli_classify": "atoken.cli.classify",
+    "atoken.cli_common": "atoken.cli.common",
+    "atoken.cli_convert": "atoken.cli.convert",
+    "atoken.cli_data": "atoken.cli.data",
+    "atoken.cli_distributed": "atoken.cli.distributed",
+    "atoken.cli_encode": "atoken.cli.encode",
+    "atoken.cli_files": "atoken.cli.files",
+    "atoken.cli_plan": "atoken.cli.plan",
+    "atoken.cli_report": "atoken.cli.report",
 }
 
 

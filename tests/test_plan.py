@@ -205,12 +205,12 @@ def test_planned_memory_is_within_30_percent_of_a_measured_cpu_run(tmp_path, pre
 
 
 def test_plan_cli_prints_the_tables_and_launches_nothing(tmp_path, monkeypatch):
-    import atoken.cli_distributed
+    import atoken.cli.distributed
 
     def no_launch(*args, **kwargs):
         raise AssertionError("--plan launched torchrun")
 
-    monkeypatch.setattr(atoken.cli_distributed, "launch", no_launch)
+    monkeypatch.setattr(atoken.cli.distributed, "launch", no_launch)
     path = _run_file(tmp_path)
     result = CliRunner().invoke(main, ["train", str(path), "--plan", "--nproc", "64"])
     assert result.exit_code == 0, result.output

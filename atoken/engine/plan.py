@@ -7,7 +7,7 @@
     for stage in plan.stages:
         stage.trainable, stage.tokens_per_step, stage.flops_per_step, stage.fsdp.total
 
-``atoken train RUN.toml --plan [--nproc N]`` prints it (:mod:`atoken.cli_plan`). Nothing is
+``atoken train RUN.toml --plan [--nproc N]`` prints it (:mod:`atoken.cli.plan`). Nothing is
 trained, allocated or downloaded, and no data is read:
 
 * each stage's tokenizer is built on the meta device as the run builds it (``[model]``, then

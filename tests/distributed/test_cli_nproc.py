@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import atoken
-from atoken.cli_distributed import torchrun_command
+from atoken.cli.distributed import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = """

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from atoken.cli_distributed import restarted
+from atoken.cli.distributed import restarted
 from atoken.engine.runconfig import RunConfig, structure
 from atoken.engine.trainer import Trainer
 

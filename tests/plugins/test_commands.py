@@ -123,7 +123,7 @@ def test_the_mesh_importer_is_the_mesh_familys_command():
     main.build()
     imports = main.commands["data"].commands["import"]
     assert imports.commands["meshes"] is mesh_cli.import_meshes_command
-    assert "mesh" not in (ROOT / "atoken" / "cli_data.py").read_text().lower()
+    assert "mesh" not in (ROOT / "atoken" / "cli" / "data.py").read_text().lower()
 
 
 def test_without_the_mesh_plugin_the_other_commands_work(fresh_plugins):

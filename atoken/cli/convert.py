@@ -21,7 +21,7 @@ import warnings
 
 import click
 
-from atoken.cli_common import fail
+from atoken.cli.common import fail
 from atoken.core.errors import AtokenError, NonFiniteWeightsWarning
 
 __all__ = ["convert"]

@@ -33,7 +33,7 @@ def classify(
     checkpoint: str, labels: str, template: str, sigmoid: bool, images: tuple[str, ...]
 ) -> None:
     """Print each image's probability for every label (zero-shot, no training)."""
-    from atoken.cli_common import fail, load_tokenizer, table
+    from atoken.cli.common import fail, load_tokenizer, table
     from atoken.modalities.image import to_image_tensor
     from atoken.zeroshot import classify as classify_images
     from atoken.zeroshot import parse_labels

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from atoken.cli_common import table
+from atoken.cli.common import table
 from atoken.engine.plan import RunPlan, plan_run
 
 __all__ = ["echo_plan", "print_plan"]

@@ -1,9 +1,10 @@
-"""Helpers shared by the ``atoken`` commands (:mod:`atoken.cli` and the command modules it
-registers): typed errors as click errors, loading a tokenizer from a run or a folder, tables,
-and the options of commands that write a store (``--storage-options``, ``--wait``).
+"""Helpers shared by the ``atoken`` commands (the modules of :mod:`atoken.cli` and the
+families' commands): typed errors as click errors, loading a tokenizer from a run or a folder,
+tables, and the options of commands that write a store (``--storage-options``, ``--wait``).
 
-The command modules import these from here, never from :mod:`atoken.cli` or from one another,
-so the command line has no import cycle and no command module reaches into another.
+The command modules import these from here, never from :mod:`atoken.cli` (the package that adds
+them to the group) or from one another, so the command line has no import cycle and no command
+module reaches into another.
 """
 
 from __future__ import annotations

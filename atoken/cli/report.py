@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from atoken.cli_common import fail
+from atoken.cli.common import fail
 from atoken.core.errors import AtokenError
 
 __all__ = ["report"]

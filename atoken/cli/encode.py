@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from atoken.cli_common import (
+from atoken.cli.common import (
     fail,
     load_tokenizer,
     parse_storage_options,

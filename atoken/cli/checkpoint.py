@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from atoken.cli_common import fail
+from atoken.cli.common import fail
 from atoken.core.errors import AtokenError
 
 __all__ = ["checkpoint"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from atoken.cli_common import fail, parse_storage_options, storage_option, wait_option
+from atoken.cli.common import fail, parse_storage_options, storage_option, wait_option
 from atoken.core.errors import AtokenError
 
 __all__ = ["data"]

@@ -1,0 +1,98 @@
+"""``atoken eval``: reconstruct a held-out set and report metrics (and semantic ones for a
+tokenizer aligned to text, on captioned data)."""
+
+from __future__ import annotations
+
+import click
+
+from atoken.cli.common import fail, load_tokenizer, table
+from atoken.core.errors import AtokenError
+from atoken.plugins.manager import get_registry
+
+__all__ = ["eval_command"]
+
+
+@click.command(name="eval")
+@click.option("--checkpoint", required=True, help="A saved tokenizer or a run folder.")
+@click.option(
+    "--data",
+    default="photos",
+    show_default=True,
+    help="'photos' (the held-out bundled photos), 'digits' (held-out captioned digits) or a "
+    "folder of images.",
+)
+@click.option(
+    "--metrics",
+    default=None,
+    help="Image metrics [default: psnr,ssim,fd_effnet; psnr,ssim for digits]. With captioned "
+    "data and a text-aligned tokenizer, zeroshot and retrieval are added.",
+)
+@click.option("--digit-classes", default="", help="Digits to evaluate, e.g. '0,1,2' (default all).")
+@click.option(
+    "--digit-size",
+    type=click.IntRange(min=8),
+    default=64,
+    show_default=True,
+    help='Digits: the run\'s digits source size (data = { source = "digits", size = ... }).',
+)
+@click.option(
+    "--digit-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Digits: the run's [run] seed, which chose its held-out split (another seed would "
+    "evaluate on training images).",
+)
+@click.option(
+    "--heldout-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Digits: the run's digits source heldout_fraction.",
+)
+def eval_command(
+    checkpoint: str,
+    data: str,
+    metrics: str | None,
+    digit_classes: str,
+    digit_size: int,
+    digit_seed: int,
+    heldout_fraction: float,
+) -> None:
+    """Reconstruct a held-out set and report metrics (and semantic ones when the tokenizer is
+    aligned to text and the data has captions)."""
+    from atoken.data import HELDOUT_PHOTOS, ImageFolder, PhotoSet
+    from atoken.tasks import evaluate_samples
+    from atoken.tasks.alignment import evaluate_semantic, heldout_digits
+
+    try:
+        model = load_tokenizer(checkpoint)
+        captioned = (
+            heldout_digits(
+                digit_classes,
+                size=digit_size,
+                seed=digit_seed,
+                heldout_fraction=heldout_fraction,
+            )
+            if data == "digits"
+            else None
+        )
+        if captioned is not None:
+            images = list(captioned.images.unbind(0))
+        else:
+            source = PhotoSet(HELDOUT_PHOTOS) if data == "photos" else ImageFolder(data)
+            images = [source[i].float() / 255 for i in range(len(source))]
+        default = "psnr,ssim" if captioned is not None else "psnr,ssim,fd_effnet"
+        registry = get_registry()
+        chosen = {m: registry.metrics.create(m) for m in (metrics or default).split(",") if m}
+        semantic = {k: v for k, v in chosen.items() if getattr(v, "inputs", "") == "embeddings"}
+        chosen = {k: v for k, v in chosen.items() if k not in semantic}
+        if captioned is not None and model.semantic is not None and not semantic:
+            semantic = {m: registry.metrics.create(m) for m in ("zeroshot", "retrieval")}
+        recon = [y.clamp(0, 1) for y in model.reconstruct(images)] if chosen else []
+        values = evaluate_samples(chosen, recon, images) if chosen else {}
+        if semantic and captioned is not None:
+            values.update(evaluate_semantic(model, captioned, semantic))
+    except AtokenError as exc:
+        raise fail(exc) from exc
+    table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
