@@ -50,6 +50,20 @@ MOVED: dict[str, str] = {
     "atoken.plan_formulas": "atoken.engine.plan_formulas",
     # the Fréchet distance went to the metrics that use it
     "atoken.core.frechet": "atoken.plugins.metrics.frechet",
+    # the video family is one package (modalities/video/)
+    "atoken.modalities.video_io": "atoken.data.video_io",
+    "atoken.data.videos": "atoken.modalities.video.data",
+    "atoken.tasks.video": "atoken.modalities.video.task",
+    "atoken.tiling": "atoken.modalities.video.tiling",
+    "atoken.viz_video": "atoken.modalities.video.viz",
+    "atoken.plugins.metrics.video": "atoken.modalities.video.metrics",
+    # so are the image and mesh families
+    "atoken.tasks.image": "atoken.modalities.image.task",
+    "atoken.tasks.mesh": "atoken.modalities.mesh.task",
+    "atoken.data.meshes": "atoken.modalities.mesh.data",
+    "atoken.data.mesh_cli": "atoken.modalities.mesh.cli",
+    # the metric base is public (families build on it)
+    "atoken.plugins.metrics._base": "atoken.plugins.metrics.base",
     # zarr storage moved to the data layer
     "atoken.core.storage": "atoken.data.storage",
     "atoken.core.store_lock": "atoken.data.store_lock",

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import atoken
-from atoken.data.meshes import MeshStore
 from atoken.modalities.mesh import baseline_gaussians
 from atoken.modalities.mesh.cameras import orbit_cameras
+from atoken.modalities.mesh.data import MeshStore
 from atoken.modalities.mesh.pybullet_sets import HELDOUT
 
 
@@ -38,7 +38,7 @@ def score(metrics: dict, recons: list[torch.Tensor], views: list[torch.Tensor]) 
 
 
 def pictures(folder: Path, name: str, record, ours, base, renderer) -> None:
-    from atoken.modalities.video_io import write_gif
+    from atoken.data.video_io import write_gif
     from atoken.viz import save_side_by_side
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@
 
 (memory/time) For each length in 32, 64, 128, 256 frames at 128 x 128, a synthetic clip (a
 moving pattern) is written as an MP4 once; then, in a fresh child process per (length, mode):
-  tiled  ``atoken.tiling.iter_reconstruct`` streams the file tile by tile (16 frames, decoder
-         KV cache of 4 latent steps), scoring each tile and dropping it;
+  tiled  ``atoken.modalities.video.tiling.iter_reconstruct`` streams the file tile by tile (16
+         frames, decoder KV cache of 4 latent steps), scoring each tile and dropping it;
   whole  the public API: the file is decoded whole, then one ``Tokenizer.reconstruct`` call
          (which tiles a long clip itself: 4 latent steps a tile, the same KV cache). Its
          memory is reported beyond the clip buffers: the float input clip exists before the
@@ -83,8 +83,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _child(mode: str, path: str) -> None:
     """One reconstruction pass in this fresh process; prints peak memory growth and time."""
-    from atoken.modalities.video_io import read_video
-    from atoken.tiling import iter_reconstruct
+    from atoken.data.video_io import read_video
+    from atoken.modalities.video.tiling import iter_reconstruct
 
     torch.set_grad_enabled(False)
     tok = _model()
@@ -145,7 +145,7 @@ def _measure(mode: str, path: Path) -> dict[str, Any]:
 def bench_lengths(folder: Path) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    from atoken.modalities.video_io import write_video
+    from atoken.data.video_io import write_video
 
     rows = []
     for frames in tqdm(LENGTHS, desc="lengths", unit="clip"):
@@ -209,9 +209,9 @@ def report_lengths(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ seam report
 def seam_report(checkpoint: str, frames: int = 64) -> dict[str, Any]:
     """Boundary vs interior frame PSNR of a real clip, cache off vs on."""
-    from atoken.data.videos import sample_video_path
-    from atoken.modalities.video_io import read_video
-    from atoken.tiling import reconstruct_tiled
+    from atoken.data.video_io import read_video
+    from atoken.modalities.video.data import sample_video_path
+    from atoken.modalities.video.tiling import reconstruct_tiled
     from atoken.tokenizer import Tokenizer
 
     folder = Path(checkpoint)

@@ -373,3 +373,25 @@ class Modality(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, value_dim={self.value_dim})"
+
+
+def rgb_stats(
+    owner: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Check an RGB mean/std pair: three finite numbers each, std > 0.
+
+    Raises:
+        ModalityInputError: naming ``owner`` and the bad argument.
+    """
+    out = []
+    for label, value in (("input_mean", mean), ("input_std", std)):
+        try:
+            triple = tuple(float(v) for v in value)
+        except (TypeError, ValueError) as exc:
+            raise ModalityInputError(f"{owner}: {label} must be 3 numbers, got {value!r}") from exc
+        if len(triple) != 3 or not all(math.isfinite(v) for v in triple):
+            raise ModalityInputError(f"{owner}: {label} must be 3 finite numbers, got {value!r}")
+        out.append(triple)
+    if min(out[1]) <= 0:
+        raise ModalityInputError(f"{owner}: input_std must be positive, got {std!r}")
+    return out[0], out[1]

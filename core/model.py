@@ -417,9 +417,9 @@ class ATokenModel(nn.Module):
     ) -> list[Any]:
         """Decode one temporal tile: ``latent`` holds one sample whose time is re-based to the
         tile (t from 0). With ``cache`` the tile also attends to the cached steps of the
-        previous tiles and the cache is updated (streaming, :mod:`atoken.tiling`). ``steps``:
-        the tile's length in latent steps (default: ``meta["tile_steps"]``, else
-        ``config.tile_steps``); pass the true length of a short last tile.
+        previous tiles and the cache is updated (streaming). ``steps``: the tile's length in
+        latent steps (default: ``meta["tile_steps"]``, else ``config.tile_steps``); pass the
+        true length of a short last tile.
 
         Raises:
             ConfigError: no decoder.

@@ -5,7 +5,7 @@ a command line it builds itself: back to the commands written in code, then ever
 plugin's ``register_commands(cli=group)``, one plugin at a time in loading order (the
 built-ins of ``DEFAULT_PLUGINS``, then entry points). A plugin's hook receives the real group,
 so a subcommand of an existing group is added through ``cli.commands`` (``atoken data import
-meshes`` is the mesh family's, :mod:`atoken.data.mesh_cli`).
+meshes`` is the mesh family's, :mod:`atoken.modalities.mesh.cli`).
 
 A plugin whose hook raises, or adds a command name that a command already has (names are
 never replaced: a name in a script means one command), gets none of its commands in: what it

@@ -77,6 +77,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.losses.siglip",
     "atoken.losses.distill",
     "atoken.data.builtin_sources",
+    "atoken.modalities.video.data",
     "atoken.data.meshes",
     "atoken.data.mesh_cli",
     "atoken.tasks.base",
@@ -91,6 +92,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 #: ``ATOKEN_DISABLE_PLUGINS`` and ``atoken plugins`` show), the module is loaded from here.
 PLUGIN_MODULES: dict[str, str] = {
     "atoken.transforms": "atoken.engine.transforms",
+    "atoken.plugins.metrics.video": "atoken.modalities.video.metrics",
+    "atoken.tasks.video": "atoken.modalities.video.task",
+    "atoken.tasks.image": "atoken.modalities.image.task",
+    "atoken.tasks.mesh": "atoken.modalities.mesh.task",
+    "atoken.data.meshes": "atoken.modalities.mesh.data",
+    "atoken.data.mesh_cli": "atoken.modalities.mesh.cli",
 }
 
 _BUILTIN_DIST = "atoken"

@@ -19,8 +19,8 @@ import atoken.modalities.video as video_mod
 from atoken import Tokenizer, TooManyTokensError
 from atoken.cli import main
 from atoken.data import MediaStore
+from atoken.data.video_io import write_video
 from atoken.engine.checkpoint import CheckpointError
-from atoken.modalities.video_io import write_video
 
 
 @pytest.fixture(scope="module")

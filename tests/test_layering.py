@@ -1,16 +1,23 @@
 """The layering contract (our import-linter: import-linter cannot follow the package-dir map).
 
-* ``atoken.core`` imports nothing of atoken above it;
-* ``atoken.modalities`` and ``atoken.losses`` import ``atoken.core``, the hook markers
-  (``atoken.plugins.hookspecs``) and their own folder only;
-* no import cycle between folders, and none between modules (imports inside functions count:
-  they are dependencies too), except the documented exception below;
+* ``atoken.core`` imports nothing of atoken above it, nor zarr, fsspec or scipy (#31: the
+  engine is ``atoken.engine``, storage ``atoken.data``);
+* ``atoken.losses`` imports ``atoken.core``, the hook markers (``atoken.plugins.hookspecs``)
+  and its own folder only;
+* a modality family (``atoken.modalities.<family>``: the modality, its file IO, data sources,
+  task, metrics, tiling, pictures) imports ``atoken.core``, the hook markers, the contracts
+  in :data:`CONTRACTS` (data layer, task base, metric base, loss helpers) and itself; never
+  the facade, the CLI, the engine or another family; and no contract imports a family;
+* the kernel folders (core, losses, plugins) import no folder above them, and no module
+  imports itself back (no import cycle; imports inside functions count: they are
+  dependencies too);
 * no private reach across modules (#30): a private name (``_name``) is private to the module
   that defines it, a private module (``_base.py``) to the package it sits in. So a module may
   not import ``_name`` from another module (``from atoken.cli_common import _fail``), nor a
-  private module of another package (``atoken.plugins.metrics._base`` from ``atoken.losses``);
-  siblings in one package may import their private module (``plugins/metrics/*.py`` ->
-  ``plugins/metrics/_base.py``) but not the private names in it. Nor may it read
+  private module of another package (``atoken.plugins.text_encoders._base`` from
+  ``atoken.losses``); siblings in one package may import their private module
+  (``plugins/text_encoders/*.py`` -> ``plugins/text_encoders/_base.py``) but not the private
+  names in it. Nor may it read
   ``obj._name`` (or ``getattr(obj, "_name")``) unless ``obj`` is ``self``, ``cls`` or
   ``super()``, or ``_name`` is one this module defines (a function or class, an assignment,
   ``self._name = ...``): a helper beside its class in one module may touch the class's
@@ -41,6 +48,23 @@ FOLDERS = {
     "atoken": "atoken",
 }
 HOOK_MARKERS = "atoken.plugins.hookspecs"
+#: What a modality family builds on besides the core (module or package prefixes).
+CONTRACTS = (
+    HOOK_MARKERS,
+    "atoken.data",
+    "atoken.tasks.base",
+    "atoken.tasks.planning",
+    "atoken.plugins.manager",
+    "atoken.plugins.metrics.base",
+    "atoken.plugins.metrics.frechet",
+    "atoken.plugins.metrics.pixel",
+    "atoken.losses.image_batch",
+    "atoken.losses.weight_files",
+    "atoken.viz",
+)
+#: Families: packages (or, for now, modules) directly under ``modalities/``.
+FAMILY_ROOT = "atoken.modalities"
+
 #: Libraries the model kernel never imports: storage (zarr, fsspec), numerics of the data
 #: and metrics layers (scipy), and the engine's distributed checkpoints.
 CORE_FORBIDDEN = ("zarr", "fsspec", "scipy", "numcodecs", "torch.distributed.checkpoint")
@@ -148,26 +172,71 @@ def test_core_imports_nothing_above_it():
     assert not bad, bad
 
 
-def test_modalities_and_losses_import_core_and_the_hook_markers_only():
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def family_of(module: str) -> str | None:
+    """``atoken.modalities.video`` for any module of the video family, else None."""
+    if not module.startswith(FAMILY_ROOT + "."):
+        return None
+    return ".".join(module.split(".")[:3])
+
+
+def test_losses_import_core_and_the_hook_markers_only():
     bad = sorted(
         f"{m} -> {i}"
         for m, deps in GRAPH.items()
-        if folder_of(m) in ("atoken.modalities", "atoken.losses")
+        if folder_of(m) == "atoken.losses"
         for i in deps
-        if folder_of(i) not in ("atoken.core", folder_of(m)) and i != HOOK_MARKERS
+        if folder_of(i) not in ("atoken.core", "atoken.losses") and i != HOOK_MARKERS
     )
     assert not bad, bad
 
 
-def test_no_cycle_between_folders():
-    folders: dict[str, set[str]] = {}
-    for m, deps in GRAPH.items():
-        for i in deps:
-            if i == HOOK_MARKERS:
-                continue  # the markers are the one thing every layer may import
-            if folder_of(m) != folder_of(i):
-                folders.setdefault(folder_of(m), set()).add(folder_of(i))
-    assert not _cycles(folders), _cycles(folders)
+def test_a_family_imports_the_core_the_contracts_and_itself_only():
+    bad = sorted(
+        f"{m} -> {i}"
+        for m, deps in GRAPH.items()
+        if family_of(m) is not None
+        for i in deps
+        if not (
+            _within(i, "atoken.core")
+            or family_of(i) == family_of(m)
+            or i == FAMILY_ROOT
+            or any(_within(i, c) for c in CONTRACTS)
+        )
+    )
+    assert not bad, bad
+    families = {family_of(m) for m in GRAPH} - {None}
+    assert {"atoken.modalities.video", "atoken.modalities.mesh"} <= families
+
+
+def test_no_contract_imports_a_family():
+    bad = sorted(
+        f"{m} -> {i}"
+        for m, deps in GRAPH.items()
+        if any(_within(m, c) for c in CONTRACTS)
+        for i in deps
+        if family_of(i) is not None
+    )
+    assert not bad, bad
+
+
+def test_the_kernel_folders_import_no_folder_above_them():
+    """core <- losses <- plugins: the folders below the application and the families."""
+    below = {"atoken.core": set(), "atoken.losses": {"atoken.core"}}
+    below["atoken.plugins"] = {"atoken.core", "atoken.losses"}
+    bad = sorted(
+        f"{m} -> {i}"
+        for m, deps in GRAPH.items()
+        if folder_of(m) in below and not any(_within(m, c) for c in CONTRACTS)
+        for i in deps
+        if i != HOOK_MARKERS
+        and folder_of(i) != folder_of(m)
+        and folder_of(i) not in below[folder_of(m)]
+    )
+    assert not bad, bad
 
 
 def test_no_cycle_between_modules():
@@ -354,11 +423,11 @@ def test_the_allowed_library_privates_are_still_used():
 
 def test_the_private_reach_check_finds_reaches():
     source = """
-from atoken.plugins.text_encoders._base import TextEncoder  # another package's private module
+from atoken.modalities.mesh._cpu_kernels import bin_tiles  # another package's private module
 from atoken.cli_common import _fail              # another module's private name
-from atoken.plugins.metrics import _base         # a sibling private module: allowed
+from atoken.plugins.text_encoders import _base   # a sibling private module: allowed
 from . import _base as base                      # the same, relative: allowed
-from atoken.plugins.metrics._base import _x      # a sibling's private name
+from atoken.plugins.text_encoders._base import _x  # a sibling's private name
 import atoken._tiles                             # another package's private module
 from torch import _C                             # a library's private name
 tok._device()
@@ -370,14 +439,15 @@ class Lock:
 def release(lock):
     return lock._fd                              # this module's own private name: allowed
 """
-    found = private_reaches("atoken.plugins.metrics.pixel", source)
+    found = private_reaches("atoken.plugins.text_encoders.minilm", source)
     assert [name for _, name in found] == [
-        "atoken.plugins.text_encoders._base.TextEncoder",
+        "atoken.modalities.mesh._cpu_kernels.bin_tiles",
         "atoken.cli_common._fail",
-        "atoken.plugins.metrics._base._x",
+        "atoken.plugins.text_encoders._base._x",
         "atoken._tiles",
         "torch._C",
         "_device",
         "_names",
     ]
-    assert private_reaches("atoken.plugins.metrics", "from . import _base", is_package=True) == []
+    package = "atoken.plugins.text_encoders"
+    assert private_reaches(package, "from . import _base", is_package=True) == []

@@ -91,7 +91,10 @@ def test_wheel_maps_folders_into_atoken(tmp_path):
         "atoken/py.typed",
         "atoken/core/latent.py",
         "atoken/plugins/hookspecs.py",
-        "atoken/modalities/image.py",
+        "atoken/modalities/image/__init__.py",
+        "atoken/modalities/video/task.py",
+        "atoken/engine/trainer.py",
+        "atoken/cli/train.py",
         "atoken/losses/__init__.py",
         "atoken/testing/strategies.py",
     ]:

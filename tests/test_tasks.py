@@ -173,7 +173,7 @@ def test_old_style_run_file_says_how_to_write_it_now(tmp_path):
 def _with_small_mesh_store(path: Path, tmp_path: Path) -> Path:
     """configs/mesh.toml reads data/meshes, made by a command it names: here a small store of
     its held-out objects and one training object stands in (48 px, 4 views, 8^3 voxels)."""
-    from atoken.data.meshes import MeshSettings, import_meshes
+    from atoken.modalities.mesh.data import MeshSettings, import_meshes
     from atoken.modalities.mesh.pybullet_sets import pybullet_paths, pybullet_root
 
     store = tmp_path / "meshes"
@@ -263,7 +263,7 @@ def test_video_previews_of_clips_named_like_paths_stay_in_the_task_folder(tmp_pa
 
     import torch
 
-    from atoken.tasks.video import VideoReconstructionTask
+    from atoken.modalities.video.task import VideoReconstructionTask
 
     names = ("../../escaped", "sub/clip.mp4")
     task = SimpleNamespace(

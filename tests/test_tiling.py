@@ -7,8 +7,8 @@ import torch
 
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
-from atoken.modalities.video_io import write_video
-from atoken.tiling import (
+from atoken.data.video_io import write_video
+from atoken.modalities.video.tiling import (
     TilingConfig,
     decode_tiled,
     encode_tiled,

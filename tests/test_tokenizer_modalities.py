@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 import atoken
 from atoken.core.errors import ConfigError, ModalityInputError, UnknownModalityError
 from atoken.engine.checkpoint import CheckpointError
+from atoken.modalities.video.tiling import reconstruct_tiled
 from atoken.testing import registered_plugin
-from atoken.tiling import reconstruct_tiled
 from atoken.tokenizer import Tokenizer
 
 
@@ -356,7 +356,7 @@ def test_training_decodes_long_clips_in_independent_tiles(tok):
 
 
 def test_a_long_clip_file_and_a_mixed_batch_with_a_long_clip(tok, tmp_path):
-    from atoken.modalities.video_io import write_video
+    from atoken.data.video_io import write_video
 
     g = torch.Generator().manual_seed(8)
     clip = (torch.rand(3, 40, 32, 32, generator=g) * 255).to(torch.uint8)

@@ -157,7 +157,7 @@ def test_atoken_train_runs_stage_two_and_writes_video_reconstructions(run_file, 
     assert len(train) == 2 and all("video_reconstruction/l1" in r for r in train)
     assert all("image_reconstruction/l1" in r for r in train)
     # The stage-2 tokenizer reconstructs an mp4 through the CLI.
-    from atoken.modalities.video_io import write_video
+    from atoken.data.video_io import write_video
 
     clip = write_video(torch.rand(3, 10, 32, 32), tmp_path / "c.mp4")
     rec = CliRunner().invoke(

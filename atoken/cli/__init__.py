@@ -3,7 +3,7 @@ the commands.
 
 :data:`main` is the group (:mod:`atoken.cli.group`); the commands written here are added below.
 A family's commands arrive through the ``register_commands`` hook and live in the family's
-package (``atoken data import meshes``: :mod:`atoken.data.mesh_cli`).
+package (``atoken data import meshes``: :mod:`atoken.modalities.mesh.cli`).
 """
 
 from __future__ import annotations

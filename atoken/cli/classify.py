@@ -34,7 +34,7 @@ def classify(
 ) -> None:
     """Print each image's probability for every label (zero-shot, no training)."""
     from atoken.cli.common import fail, load_tokenizer, table
-    from atoken.modalities.image import to_image_tensor
+    from atoken.data.pixels import to_image_tensor
     from atoken.zeroshot import classify as classify_images
     from atoken.zeroshot import parse_labels
 

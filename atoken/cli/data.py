@@ -202,7 +202,7 @@ def import_videos_command(
     wait: float,
 ) -> None:
     """Decode videos from SRC... (local folders, globs or files) into the store DST (PyAV)."""
-    from atoken.data.videos import SAMPLE_VIDEOS, import_videos, sample_video_path
+    from atoken.modalities.video.data import SAMPLE_VIDEOS, import_videos, sample_video_path
 
     *srcs, dst = paths
     try:

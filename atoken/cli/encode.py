@@ -38,8 +38,8 @@ def _data_source(
     """
     from atoken.core.errors import DataModalityError
     from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
-    from atoken.data.meshes import MeshSamples, is_mesh_store
     from atoken.data.zarr_dataset import ZarrSamples, is_store_url
+    from atoken.modalities.mesh.data import MeshSamples, is_mesh_store
 
     store = MeshSamples(data_arg) if is_mesh_store(data_arg) else None
     if store is not None or is_store_url(data_arg):

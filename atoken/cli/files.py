@@ -35,8 +35,8 @@ def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.
         DataModalityError: ``modality`` contradicts the file (an image file as depth).
         ModalityInputError: a file that cannot be read.
     """
-    from atoken.modalities.image import image_size, to_image_tensor
-    from atoken.modalities.video_io import VIDEO_EXTENSIONS
+    from atoken.data.pixels import image_size, to_image_tensor
+    from atoken.data.video_io import VIDEO_EXTENSIONS
 
     suffix = Path(path).suffix.lower()
     kind = "video" if suffix in VIDEO_EXTENSIONS else "image"

@@ -21,7 +21,7 @@ __all__ = ["reconstruct"]
     type=click.IntRange(min=1),
     default=None,
     help="Videos: reconstruct only the first N frames (the written clips hold every frame in "
-    "memory; the tiled Python API, atoken.tiling.iter_reconstruct, streams).",
+    "memory; the tiled Python API, atoken.modalities.video.tiling.iter_reconstruct, streams).",
 )
 @click.option(
     "--modality",
@@ -42,7 +42,7 @@ def reconstruct(
     temporal tiles; .npy arrays are written back as .npy; meshes as 3DGS .ply Gaussians with
     a views | reconstruction PNG)."""
     from atoken.cli.files import read_input, save_reconstruction
-    from atoken.viz_video import reconstruct_video_file
+    from atoken.modalities.video.viz import reconstruct_video_file
 
     try:
         model = load_tokenizer(checkpoint)

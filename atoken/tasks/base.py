@@ -38,10 +38,12 @@ from atoken.plugins.hookspecs import hookimpl
 from atoken.tasks.planning import BatchShape, grid_batch
 
 __all__ = [
+    "LossTerm",
     "ReconstructionParams",
     "ReconstructionTask",
     "Task",
     "TaskContext",
+    "TaskSpec",
     "build_task",
     "clamp_range",
     "evaluate_samples",

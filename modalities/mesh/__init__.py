@@ -1,7 +1,7 @@
 """The built-in 3D modality family: meshes -> multi-view renders -> surface voxels -> tokens,
 decoded to 3D Gaussians. (Its training side, which needs the data and task layers, is
-:mod:`atoken.data.meshes`, the mesh store and the ``meshes`` source, and
-:mod:`atoken.tasks.mesh`, the ``mesh_reconstruction`` task.)
+:mod:`atoken.modalities.mesh.data`, the mesh store and the ``meshes`` source, and
+:mod:`atoken.modalities.mesh.task`, the ``mesh_reconstruction`` task.)
 
 A plugin like any other (registered through the same hooks as third-party ones):
 

@@ -13,7 +13,7 @@ A raw sample is one of (each turned into the next):
 2. :class:`~.views.Views` (RGB + depth + kornia cameras, rendered or the user's own);
 3. :class:`~.voxelize.Voxels` (active voxels and their patches), the canonical form:
    ``unpatchify`` returns it and ``unpatchify(*patchify(v))`` equals ``v`` exactly; a
-   :class:`atoken.data.meshes.MeshRecord` gives its voxels.
+   :class:`atoken.modalities.mesh.data.MeshRecord` gives its voxels.
 
 The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`); the
 ``pixels`` head decodes the patches back to :class:`Voxels`.
@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from atoken.core.errors import ModalityInputError, TooManyTokensError
-from atoken.core.modality import Modality, check_positive_ints
-from atoken.modalities.image import rgb_stats
+from atoken.core.modality import Modality, check_positive_ints, rgb_stats
 from atoken.modalities.mesh.cameras import sphere_cameras
 from atoken.modalities.mesh.meshes import NormalizedMesh, load_mesh
 from atoken.modalities.mesh.views import MESH_RENDERERS, Views, render_views

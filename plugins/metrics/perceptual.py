@@ -29,7 +29,7 @@ from atoken.core.errors import ConfigError
 from atoken.losses.image_batch import ImageBatch, check_size, image_list, resized_batch
 from atoken.losses.lpips import LPIPSLoss
 from atoken.plugins.hookspecs import hookimpl
-from atoken.plugins.metrics._base import ImageMetric, PerImageMetric
+from atoken.plugins.metrics.base import ImageMetric, PerImageMetric
 from atoken.plugins.metrics.frechet import METHODS, FeatureStatistics, frechet_distance
 
 __all__ = ["RFID", "FDEffNet", "FrechetFeatureMetric", "LPIPSMetric"]

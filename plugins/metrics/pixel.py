@@ -15,7 +15,7 @@ import torch
 
 from atoken.core.errors import ConfigError
 from atoken.plugins.hookspecs import hookimpl
-from atoken.plugins.metrics._base import PerImageMetric
+from atoken.plugins.metrics.base import PerImageMetric
 
 __all__ = ["PSNR", "SSIM"]
 

@@ -17,8 +17,8 @@ from PIL import Image
 from atoken import ConfigError, ModalityInputError
 from atoken.data import MediaStore, MediaWriter, StoreLayout, StoreSchemaError, import_images
 from atoken.data.importer import decode_image, list_image_sources
+from atoken.data.pixels import to_image_tensor
 from atoken.data.store import SCHEMA, SCHEMA_VERSION
-from atoken.modalities.image import to_image_tensor
 from atoken.testing.strategies import images
 
 TINY = StoreLayout(chunk_bytes=256, shard_chunks=4)  # many chunks and shards for small data

@@ -9,14 +9,14 @@ from click.testing import CliRunner
 from atoken.cli import main
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.data import MediaStore
-from atoken.data.videos import (
+from atoken.data.video_io import read_video, video_info, write_video
+from atoken.modalities.video.data import (
     ClipSampler,
     VideoSet,
     ZarrVideos,
     import_videos,
     sample_video_path,
 )
-from atoken.modalities.video_io import read_video, video_info, write_video
 
 
 def test_bundled_sample_videos_decode_with_pyav():

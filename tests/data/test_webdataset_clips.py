@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from atoken.cli import main
 from atoken.core.errors import ConfigError
 from atoken.data import SourceContext, build_source
-from atoken.modalities.video_io import write_video
+from atoken.data.video_io import write_video
 
 wds = pytest.importorskip("webdataset")
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 import atoken
 from atoken import ModalityInputError, TooManyTokensError
-from atoken.modalities.image import to_image_tensor
+from atoken.data.pixels import to_image_tensor
 from atoken.testing.strategies import images
 
 

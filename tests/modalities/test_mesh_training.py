@@ -21,8 +21,8 @@ from atoken.cli import main
 from atoken.core.errors import StoreError, StoreIntegrityError
 from atoken.data import SourceContext, build_source
 from atoken.data.latent_store import LatentStore
-from atoken.data.meshes import MeshSettings, MeshStore, import_meshes
 from atoken.modalities.mesh import GaussianSet
+from atoken.modalities.mesh.data import MeshSettings, MeshStore, import_meshes
 
 pybullet_data = pytest.importorskip("pybullet_data")
 DATA = Path(pybullet_data.getDataPath())
@@ -131,8 +131,8 @@ def test_atoken_train_images_and_meshes_then_decode_a_mesh_file(tmp_path):
 
 def test_fsq_tokens_of_meshes_train_and_report_codebook_use(tmp_path):
     from atoken.engine.runconfig import LossTerm, TaskSpec
+    from atoken.modalities.mesh.task import MeshReconstructionTask
     from atoken.tasks import TaskContext, build_task
-    from atoken.tasks.mesh import MeshReconstructionTask
 
     torch.manual_seed(0)
     tok = atoken.Tokenizer.from_preset(

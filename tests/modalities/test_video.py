@@ -9,8 +9,8 @@ from hypothesis import given, settings
 
 import atoken
 from atoken import ModalityInputError, TooManyTokensError
+from atoken.data.video_io import read_video, video_info, write_gif, write_video
 from atoken.modalities.video import to_video_tensor
-from atoken.modalities.video_io import read_video, video_info, write_gif, write_video
 from atoken.testing.strategies import videos
 
 

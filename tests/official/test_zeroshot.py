@@ -130,7 +130,7 @@ def test_convert_and_classify_through_the_command_line(tower, state, tmp_path):
     labels = ["cat", "dog", "bird"]
     tok = atoken.Tokenizer.from_pretrained(out)
     assert tok.config.text_encoder_params["pretrained"] == str(path.resolve())
-    from atoken.modalities.image import to_image_tensor
+    from atoken.data.pixels import to_image_tensor
 
     image = tok.embed([to_image_tensor(str(f)) for f in files])
     text = _reference_text(model, fast, [f"a photo of a {x}" for x in labels])

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import atoken
 from atoken.cli import main
-from atoken.data import mesh_cli
+from atoken.modalities.mesh import cli as mesh_cli
 from atoken.plugins.commands import PluginCommandWarning
 from atoken.testing import registered_plugin
 

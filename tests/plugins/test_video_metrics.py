@@ -10,8 +10,8 @@ import torch
 
 import atoken
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
+from atoken.modalities.video.metrics import FVD, i3d_weights_path
 from atoken.plugins.metrics.frechet import frechet_from_features
-from atoken.plugins.metrics.video import FVD, i3d_weights_path
 
 REGISTRY = atoken.get_registry()
 

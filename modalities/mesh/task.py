@@ -25,12 +25,12 @@ import attrs
 import torch
 from torch import nn
 
-from atoken.data.meshes import MeshSource
-from atoken.engine.runconfig import LossTerm
 from atoken.modalities.mesh.cameras import orbit_cameras
+from atoken.modalities.mesh.data import MeshSource
 from atoken.modalities.mesh.gaussians import baseline_gaussians
 from atoken.plugins.hookspecs import hookimpl
 from atoken.tasks.base import (
+    LossTerm,
     ReconstructionParams,
     ReconstructionTask,
     clamp_range,
@@ -148,7 +148,7 @@ class MeshReconstructionTask(ReconstructionTask):
         return metrics
 
     def _previews(self, records, decoded, originals, ours, base, out_dir: Path, step: int) -> None:
-        from atoken.modalities.video_io import write_gif
+        from atoken.data.video_io import write_gif
         from atoken.viz import save_side_by_side
 
         k = min(self.params.previews, len(originals))

@@ -16,7 +16,8 @@ Input conversion (the image modality's rules applied to every frame):
     both are cropped back on decode.
 
 A clip of more than ``max_tokens`` tokens is refused with ``TooManyTokensError``: encode long
-clips in temporal tiles (:mod:`atoken.tiling`), whose memory does not grow with the length.
+clips in temporal tiles (:mod:`atoken.modalities.video.tiling`), whose memory does not grow
+with the length.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import torch.nn.functional as F
 
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
-from atoken.core.modality import Modality, check_decode_grid, check_positive_ints
-from atoken.modalities.image import rgb_stats, to_image_tensor
-from atoken.modalities.video_io import read_video, stack_frames, video_info
+from atoken.core.modality import Modality, check_decode_grid, check_positive_ints, rgb_stats
+from atoken.data.pixels import to_image_tensor
+from atoken.data.video_io import read_video, stack_frames, video_info
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["VideoModality", "to_video_tensor"]
@@ -166,7 +167,7 @@ class VideoModality(Modality):
             raise TooManyTokensError(
                 f"video: {T}x{H}x{W} gives {n} tokens, above max_tokens={self.max_tokens}; "
                 'raise max_tokens (modality_params={"video": {"max_tokens": ...}}) or stream '
-                "it in tiles with atoken.tiling"
+                "it in tiles with atoken.modalities.video.tiling"
             )
         return gt, gh, gw
 
@@ -184,7 +185,7 @@ class VideoModality(Modality):
             raise TooManyTokensError(
                 f"video: {os.fspath(path)!r} has more than {most} frames (stride {s}) of "
                 f"{H}x{W}, above max_tokens={self.max_tokens}; raise max_tokens or stream it "
-                "in tiles with atoken.tiling"
+                "in tiles with atoken.modalities.video.tiling"
             )
         return clip
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from atoken.core.errors import ConfigError, ModalityInputError, WeightsNotFoundError
 from atoken.losses.image_batch import pair_up
 from atoken.plugins.hookspecs import hookimpl
-from atoken.plugins.metrics._base import ImageMetric
+from atoken.plugins.metrics.base import ImageMetric
 from atoken.plugins.metrics.frechet import FeatureStatistics, frechet_distance
 
 __all__ = [
