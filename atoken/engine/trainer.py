@@ -4,7 +4,9 @@ The loop knows nothing of modalities or losses. A :class:`TrainTask` supplies th
 batch of each step and the loss of a batch; the loop owns the optimizer, the schedule,
 gradient accumulation and clipping, bf16 autocast, EMA weights, the non-finite guard,
 atomic checkpoints, metrics JSONL, the progress (:mod:`atoken.engine.progress`) and the
-lifecycle hooks.
+lifecycle hooks, with its parts: the stages (:mod:`~atoken.engine.stages`), a stage's model on
+the ranks with its EMA (:mod:`~atoken.engine.stage_model`), checkpoints and resume
+(:mod:`~atoken.engine.trainer_state`), early stops (:mod:`~atoken.engine.stop_conditions`).
 
 Determinism: the batch of a step is a function of (seed, step, micro-step) and the global RNG
 is reseeded from the same triple before every micro-step, so a run interrupted and resumed
@@ -14,17 +16,14 @@ which changes none of them.
 
 Lifecycle hooks are called on ``hooks`` with keyword arguments only (atoken passes pluggy's
 ``pm.hook``): ``atoken_train_start(trainer)``, ``atoken_step_end(trainer, step, logs)``,
-``atoken_eval_end(trainer, step, metrics)``, ``atoken_checkpoint_saved(trainer, step, path)``.
+``atoken_eval_end(trainer, step, metrics)``, ``atoken_stage_end(trainer, stage, metrics)``,
+``atoken_checkpoint_saved(trainer, step, path)``.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import tempfile
-import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,20 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from atoken.core.errors import ConfigError, RunFolderError
+from atoken.core.errors import RunFolderError
 from atoken.engine.checkpoint import remove_partial
 from atoken.engine.device import fast_bf16, resolve_device, to_device
-from atoken.engine.distributed import (
-    StopSignal,
-    TrainingStopped,
-    all_reduce_sum,
-    global_share,
-    on_main,
-    setup,
-    share_object,
-    sync_gradients,
-    wrap,
-)
+from atoken.engine.distributed import all_reduce_sum, global_share, setup, share_object
 from atoken.engine.optim import build_optimizer, lr_at, set_lr
 from atoken.engine.prefetch import Prefetcher
 from atoken.engine.progress import Progress, progress_mode
@@ -57,11 +46,12 @@ from atoken.engine.run_folder import (
     prepare_run_folder,
     truncate_log,
     write_run_files,
-    write_stage,
 )
 from atoken.engine.runconfig import RunConfig, StageSpec
-from atoken.engine.sharded import ExportTemplate, build_ema, full_state, model_state
-from atoken.engine.train_task import NonFiniteLossError, TrainTask, data_positions
+from atoken.engine.stage_model import StageModel
+from atoken.engine.stages import Stages
+from atoken.engine.stop_conditions import StopConditions
+from atoken.engine.train_task import NonFiniteLossError, TrainTask
 from atoken.engine.trainer_state import (
     load_trainer_state,
     resume_trainer,
@@ -82,7 +72,7 @@ def _step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
 
 
 class Trainer:
-    """Run ``task`` as configured by ``cfg``, stage by stage (``cfg.plan()``).
+    """Run ``task`` as configured by ``cfg``, stage by stage (:mod:`atoken.engine.stages`).
 
     Args:
         cfg: the run configuration.
@@ -91,18 +81,9 @@ class Trainer:
         device: where to train (default CPU; see :func:`resolve_device`); batches are moved
             there.
         enter_stage: ``enter_stage(index, model) -> TrainTask`` starts stage ``index`` > 0 of
-            the plan: it transforms ``model`` (in place or anew) and returns the stage's task.
-            ``model`` is a plain module holding the weights the last stage exported (the EMA
-            when enabled): the live model, or under FSDP2 an unsharded copy with the gathered
-            weights on every rank. The trainer then wraps (shards) the task's model again and
-            rebuilds the optimizer and the EMA. Needed when the run file has more than one
-            stage.
-
-    Stages: global steps ``[start, start + steps)`` of each stage, in order; the learning rate
-    warms up and anneals within each stage with its ``[optim]`` overrides. A stage that ends
-    is evaluated, checkpointed (the checkpoint records the stage) and its metrics written to
-    ``out_dir/stages/<name>/metrics.json`` (with the tokenizer, when the model can
-    ``save_pretrained``).
+            the plan: it transforms ``model``, a plain module with the weights the last stage
+            exported, and returns the stage's task (:mod:`atoken.engine.stages`). Needed when
+            the run file has more than one stage.
 
     Several processes (torchrun; ``[distributed]``): each trains on its rank's batches with
     its own RNG stream, the model wrapped by :func:`atoken.engine.distributed.wrap`; a task's
@@ -129,17 +110,8 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.folder_lock = RunFolderLock(self.out_dir)  # taken by rank 0 (hold_folder)
         self.batches: Prefetcher | None = None  # the stage's (start_stage)
-        self.plan = cfg.plan()
-        if len(self.plan) > 1 and enter_stage is None:
-            raise ConfigError(
-                f"the run has {len(self.plan)} [[stages]]: the Trainer needs enter_stage= "
-                "to start each (atoken.train.run_training passes it)"
-            )
-        self.enter_stage = enter_stage
-        self.starts = [0]
-        for stage in self.plan:
-            self.starts.append(self.starts[-1] + stage.steps)
-        self.stage_index = 0
+        self.stages = Stages(cfg, self.dist, can_enter=enter_stage is not None)
+        self.plan, self.stage_index, self.enter_stage = self.stages.plan, 0, enter_stage
         self.progress = Progress(
             total=cfg.train.steps,
             mode=progress_mode(cfg.train.progress and self.dist.main),
@@ -158,14 +130,9 @@ class Trainer:
         """The stage being trained."""
         return self.plan[self.stage_index]
 
-    @property
-    def sharded(self) -> bool:
-        """Whether the model is sharded over the ranks (FSDP2)."""
-        return self.dist.active and self.cfg.distributed.strategy == "fsdp"
-
     def start_stage(self, task: TrainTask) -> None:
         """Train ``task`` (the stage ``stage_index``'s): its optimizer settings, prefetcher,
-        wrapped model, EMA and optimizer, replacing the last stage's."""
+        model on the ranks, EMA and optimizer, replacing the last stage's."""
         self.task = task
         self.optim_cfg = self.cfg.stage_optim(self.stage)
         if self.batches is not None:
@@ -174,78 +141,56 @@ class Trainer:
             task,
             workers=self.cfg.train.data_workers,
             grad_accum=self.optim_cfg.grad_accum,
-            end_step=min(self.starts[self.stage_index + 1], self.cfg.train.steps),
+            end_step=self.stages.end(self.stage_index),
             seed_of=partial(_step_seed, self.cfg.run.seed, rank=self.dist.rank),
         )
-        self.module = task.model.to(self.device)  # what is saved and evaluated
-        decay = self.cfg.train.ema_decay
-        self.template = None  # FSDP2: a plain copy the gathered weights are exported into
-        if self.sharded:
-            self.template = ExportTemplate(self.module)
-        self.model = wrap(
-            self.module, self.dist, self.cfg.distributed, self.device, fast_bf16(self.device)
+        ema_decay = self.cfg.train.ema_decay
+        self.weights = weights = StageModel(
+            task.model, self.dist, self.cfg.distributed, self.device, ema_decay=ema_decay
         )
-        self.ema = build_ema(self.module, decay, sharded=self.sharded)
+        # what is saved and evaluated; what the loss runs through (DDP, FSDP2); the EMA or None
+        self.module, self.model, self.ema = weights.module, weights.model, weights.ema
         self.optimizer = build_optimizer(self.module, self.optim_cfg, task.is_pretrained)
         self.progress.count(self.module)
-
-    def _show_stage(self) -> None:
-        """The progress of the stage the run is in (after a start, a switch or a resume)."""
-        i = self.stage_index
-        mix = "+".join(t.key for t in self.stage.tasks)
-        end = min(self.starts[i + 1], self.cfg.train.steps)
-        self.progress.stage(self.stage.name, mix, self.starts[i], end, self.step)
-
-    def plain_model(self, *, ema: bool = False) -> nn.Module:
-        """The model as a plain module a stage transform can change: the live one, or under
-        FSDP2 an unsharded copy filled with the gathered weights on every rank (a collective).
-        ``ema``: with the EMA weights (when enabled) in place of the live ones."""
-        if not self.sharded:
-            if ema and self.ema is not None:
-                self.module.load_state_dict(self.ema.module.state_dict())
-            return self.module
-        use_ema = ema and self.ema is not None
-        state = self.ema.module_state() if use_ema else full_state(self.module)
-        return self.template.fill(state)
 
     def _enter(self, index: int) -> None:
         """Start stage ``index`` (the next one) from the weights the last one exported."""
         model = self.plain_model(ema=True)
-        torch.manual_seed(_step_seed(self.cfg.run.seed, self.starts[index], -1 - index))
+        torch.manual_seed(_step_seed(self.cfg.run.seed, self.stages.starts[index], -1 - index))
         self.stage_index = index
         self.start_stage(self.enter_stage(index, model))
-        self._show_stage()
+        self.stages.show(self.stage_index, self.progress, self.step)
 
     def _finish_stage(self) -> dict[str, float]:
         """Evaluate the stage's weights and write its metrics (and tokenizer)."""
         metrics = self.evaluate()
-        exported = self.export_model()
-        complete = self.step == self.starts[self.stage_index + 1]
-        record = {"stage": self.stage.name, "index": self.stage_index, "step": self.step}
-        record = {**record, "complete": complete, "metrics": metrics}
-        on_main(lambda: write_stage(self.out_dir, record, exported), self.dist, "a stage's outputs")
-        if complete:  # not for a run stopped inside the stage (it ends after a resume)
+        record = self.stages.write(self.stage_index, self.step, metrics, self.export_model())
+        if record["complete"]:  # not for a run stopped inside the stage (it ends after a resume)
             self.hooks.atoken_stage_end(trainer=self, stage=self.stage.name, metrics=metrics)
         return metrics
 
-    # ----------------------------------------------------------------------------- state
+    # ----------------------------------------------------------------------------- weights
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the ranks (FSDP2)."""
+        return self.weights.sharded
+
     @property
     def eval_model(self) -> nn.Module:
         """The EMA weights when enabled, else the live model (FSDP2: :meth:`export_model`)."""
-        if self.sharded:
-            raise ConfigError("under FSDP2 the weights are sharded: call export_model()")
-        return self.ema.module if self.ema is not None else self.module
+        return self.weights.eval_model
 
     def export_model(self) -> nn.Module | None:
-        """A plain module with the weights a run exports (the EMA when enabled). Under FSDP2
-        they are gathered (a collective: every rank calls it) into an unsharded copy on rank
-        0; the other ranks get None."""
-        if not self.sharded:
-            return self.eval_model
-        # full tensors (model_state: on rank 0 only, {} elsewhere)
-        state = self.ema.module_state() if self.ema is not None else model_state(self.module)
-        return self.template.fill(state) if self.dist.main else None
+        """A plain module with the weights a run exports (:meth:`StageModel.export`: the EMA
+        when enabled; under FSDP2 a collective, and None on ranks other than 0)."""
+        return self.weights.export()
 
+    def plain_model(self, *, ema: bool = False) -> nn.Module:
+        """The model as a plain module a stage transform can change (:meth:`StageModel.plain`;
+        under FSDP2 a collective); ``ema``: with the EMA weights when enabled."""
+        return self.weights.plain(ema=ema)
+
+    # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds (:func:`atoken.engine.trainer_state.trainer_state`)."""
         return trainer_state(self)
@@ -270,13 +215,7 @@ class Trainer:
                 newest intact one, which ``fallback`` takes instead), or ``checkpoint``
                 names none of the run's.
         """
-        loaded = resume_trainer(self, force=force, checkpoint=checkpoint, fallback=fallback)
-        if loaded and self.dist.main:  # the log says where the run went on, and on how many
-            positions = data_positions(self.task, self.step)
-            self._log(
-                {"step": self.step, "kind": "resumed", "world": self.dist.world, "data": positions}
-            )
-        return loaded
+        return resume_trainer(self, force=force, checkpoint=checkpoint, fallback=fallback)
 
     def hold_folder(self) -> AbstractContextManager[None]:
         """Hold the run folder's one-writer lock for a ``with`` block (rank 0 takes it,
@@ -330,7 +269,7 @@ class Trainer:
         """One optimizer step (with accumulation); returns the step's log record."""
         cfg, optim = self.cfg, self.optim_cfg
         step = self.step
-        lr = lr_at(step - self.starts[self.stage_index], optim, self.stage.steps)
+        lr = lr_at(step - self.stages.starts[self.stage_index], optim, self.stage.steps)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
@@ -345,22 +284,9 @@ class Trainer:
         if self.dist.active:  # the global batch's loss: the mean of the ranks' shares
             total = all_reduce_sum(total, self.dist, f"the loss of step {step}")
             total = (total / self.dist.world).float()
-            if self.cfg.distributed.strategy == "ddp":
-                sync_gradients(self.module, self.dist)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
-        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor
-            gnorm = gnorm.full_tensor()
-        record = {
-            "step": step,
-            "kind": "train",
-            "stage": self.stage.name,
-            "lr": lr,
-            "loss": float(total),
-            "grad_norm": float(gnorm),
-            **terms,
-        }
+        gnorm = self.weights.clip_gradients(optim.grad_clip)  # averaged over the ranks
+        record = {"step": step, "kind": "train", "stage": self.stage.name, "lr": lr}
+        record |= {"loss": float(total), "grad_norm": float(gnorm), **terms}
         if not (torch.isfinite(total) and torch.isfinite(gnorm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
@@ -374,29 +300,14 @@ class Trainer:
         else:
             self.nonfinite = 0
             self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.module)
+            self.weights.update_ema()
         self.losses.append(float(total))
         self.step = step + 1
         return record
 
-    def _evaluate_here(self) -> dict[str, float]:
-        model = self.eval_model
-        model.eval()
-        with torch.no_grad():
-            return self.task.evaluate(model, self.step, self.out_dir)
-
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of :attr:`eval_model` (rank 0 evaluates; all ranks get them)."""
-        metrics: dict[str, float] = {}
-        if self.sharded:  # every rank runs the sharded model; rank 0 keeps the pictures
-            applied = self.ema.applied(self.module) if self.ema is not None else nullcontext()
-            with applied, tempfile.TemporaryDirectory() as scratch, torch.no_grad():
-                self.module.eval()
-                out_dir = self.out_dir if self.dist.main else Path(scratch)
-                metrics = self.task.evaluate(self.module, self.step, out_dir)
-        else:  # rank 0 evaluates; an error there stops every rank
-            metrics = on_main(self._evaluate_here, self.dist, "the evaluation")
+        metrics = self.weights.evaluate(self.task.evaluate, self.step, self.out_dir)
         if self.dist.main:
             self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
             self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
@@ -444,12 +355,11 @@ class Trainer:
     def _train(self) -> dict[str, float]:
         """The loop to the end, then the final evaluation and checkpoint."""
         self.hooks.atoken_train_start(trainer=self)
-        start = time.monotonic()
-        self._show_stage()
-        stop = StopSignal()
+        stop = StopConditions(self.cfg.train.max_minutes, self.dist)
+        self.stages.show(self.stage_index, self.progress, self.step)
         try:
             with stop:
-                self._loop(stop, start)
+                self._loop(stop)
         finally:
             self.batches.close()
             self.progress.close()
@@ -457,12 +367,12 @@ class Trainer:
         self.save()
         return metrics
 
-    def _loop(self, stop: StopSignal, start: float) -> None:
+    def _loop(self, stop: StopConditions) -> None:
         """Steps to ``[train] steps``: logs, stage ends, evaluations and checkpoints on the way;
         stops early at ``max_minutes`` or on SIGTERM (after a checkpoint)."""
         cfg = self.cfg.train
         while self.step < cfg.steps:
-            if self.step >= self.starts[self.stage_index + 1]:
+            if self.step >= self.stages.starts[self.stage_index + 1]:
                 self._enter(self.stage_index + 1)
             record = self.train_step()
             done = self.step
@@ -470,7 +380,7 @@ class Trainer:
                 self._log(record)
             self.hooks.atoken_step_end(trainer=self, step=done, logs=record)
             self.progress.update(done, record)
-            stage_done = done == self.starts[self.stage_index + 1] and done < cfg.steps
+            stage_done = done == self.stages.starts[self.stage_index + 1] and done < cfg.steps
             if stage_done:
                 self._finish_stage()
             elif cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
@@ -478,21 +388,13 @@ class Trainer:
             saved = stage_done or bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
             if saved:
                 self.save()
-            if stop.agreed(self.dist):
-                if not saved:
-                    self.save()
+            reason = stop.reason()  # SIGTERM on any rank, or [train] max_minutes passed
+            if reason:
+                if reason == "sigterm" and not saved:
+                    self.save()  # the run goes on from it with --resume
                 self._log(
-                    {"step": done, "kind": "stopped", "stage": self.stage.name, "reason": "sigterm"}
+                    {"step": done, "kind": "stopped", "stage": self.stage.name, "reason": reason}
                 )
-                message = (
-                    f"stopped by SIGTERM after step {done}; the checkpoint of step {done} is saved "
-                    "(--resume continues from it)"
-                )
-                if self.dist.main:
-                    logging.getLogger("atoken").warning(message)
-                raise TrainingStopped(message)
-            late = cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60
-            if cfg.max_minutes and share_object(bool(late), self.dist, "the time limit"):
-                record = {"step": done, "kind": "stopped", "stage": self.stage.name}
-                self._log({**record, "reason": "max_minutes"})
+                if reason == "sigterm":
+                    raise stop.stopped(done)
                 break

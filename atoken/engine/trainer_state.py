@@ -35,6 +35,7 @@ from atoken.engine.checkpoint import (
 )
 from atoken.engine.distributed import on_main
 from atoken.engine.run_changes import config_changes
+from atoken.engine.run_folder import append_record
 from atoken.engine.sharded import (
     load_model_state,
     load_optimizer_state,
@@ -188,7 +189,9 @@ def resume_trainer(
     trainer: Any, *, force: bool = False, checkpoint: str | None = None, fallback: bool = False
 ) -> bool:
     """:meth:`atoken.engine.trainer.Trainer.resume`: load the newest checkpoint (or the one
-    ``checkpoint`` names, :func:`find_checkpoint`), file or sharded folder, into ``trainer``.
+    ``checkpoint`` names, :func:`find_checkpoint`), file or sharded folder, into ``trainer``;
+    the metrics log drops the records of the steps to redo and says where the run went on
+    (a ``resumed`` record: the step, the world size and the data positions).
 
     Raises:
         CheckpointError: the checkpoint is damaged (and which older one is intact), or the
@@ -213,4 +216,8 @@ def resume_trainer(
         )
     trainer.load_state_dict(state)
     trainer.rewind_log(trainer.step)
+    if trainer.dist.main:  # the log says where the run went on, and on how many
+        positions = data_positions(trainer.task, trainer.step)
+        record = {"step": trainer.step, "kind": "resumed", "world": trainer.dist.world}
+        append_record(trainer.metrics_path, {**record, "data": positions})
     return True

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 import torch
 
 from atoken import ConfigError
+from atoken.engine.distributed import Dist
 from atoken.engine.runconfig import RunConfig, structure
+from atoken.engine.stages import Stages
 from atoken.engine.trainer import Trainer
 from tests.core.test_trainer import ToyTask
 
@@ -81,3 +84,20 @@ def test_a_stage_starts_from_the_exported_weights_with_a_new_optimizer(tmp_path,
     for name, step in [("a", 3), ("b", 5)]:
         saved = json.loads((tmp_path / "stages" / name / "metrics.json").read_text())
         assert saved["step"] == step and saved["complete"] and "err" in saved["metrics"]
+
+
+def test_stages_lie_end_to_end_and_the_run_may_end_inside_one(tmp_path):
+    cfg = attrs.evolve(_cfg(tmp_path), train=attrs.evolve(_cfg(tmp_path).train, steps=4))
+    stages = Stages(cfg, Dist(), can_enter=True)
+    assert [s.name for s in stages.plan] == ["a", "b"] and stages.starts == [0, 3, 5]
+    assert [stages.end(0), stages.end(1)] == [3, 4]  # [train] steps cuts stage "b"
+    record = stages.write(1, 4, {"err": 0.5}, None)
+    assert record == {
+        "stage": "b",
+        "index": 1,
+        "step": 4,
+        "complete": False,
+        "metrics": {"err": 0.5},
+    }
+    assert json.loads((tmp_path / "stages" / "b" / "metrics.json").read_text()) == record
+    assert stages.write(0, 3, {}, None)["complete"]
