@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.text_encoders.open_clip_text",
     "atoken.losses.siglip",
     "atoken.losses.distill",
+    "atoken.modalities.image.data",
     "atoken.data.builtin_sources",
     "atoken.modalities.video.data",
     "atoken.data.meshes",

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image, ImageFile
 
-import atoken.modalities.image as image_mod
+import atoken.data.pixels as image_mod
 import atoken.modalities.video as video_mod
 from atoken import Tokenizer, TooManyTokensError
 from atoken.cli import main

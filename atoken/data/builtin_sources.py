@@ -1,4 +1,6 @@
-"""The built-in data sources, registered through ``register_data_sources`` like a plugin's.
+"""The built-in data sources, registered through ``register_data_sources`` like a plugin's
+(``photos``/``image_folder`` by the image family, ``atoken.modalities.image.data``;
+``video_files`` by the video family, ``atoken.modalities.video.data``; the rest here).
 
 =============  ========  ==========================================================
 name           modality  samples
@@ -29,12 +31,12 @@ import torch
 from atoken.core.errors import ConfigError, DataModalityError
 from atoken.core.validators import non_negative_int, positive_int
 from atoken.data.hf_source import HFDatasetSource
-from atoken.data.sampling import WindowSampler, to_float
+from atoken.data.sampling import WindowSampler
 from atoken.data.sources import IndexView, SourceContext, split_heldout
 from atoken.data.webdataset_source import WebDatasetSource
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["CropSource", "Digits", "ImageFolderSource", "MediaStoreSource", "Photos", "as_names"]
+__all__ = ["CropSource", "Digits", "MediaStoreSource", "as_names"]
 
 
 def as_names(value: Any) -> tuple[str, ...]:
@@ -76,38 +78,6 @@ class CropSource:
 
     def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
         return self.sampler.batch(step, micro)
-
-
-@attrs.define(kw_only=True, slots=False)
-class Photos(CropSource):
-    """``photos``: the bundled real photos; ``heldout`` defaults to astronaut, coffee, flower."""
-
-    def __attrs_post_init__(self) -> None:
-        from atoken.data.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, PhotoSet
-
-        held = self.heldout_choice or HELDOUT_PHOTOS
-        self.sample_from(PhotoSet([n for n in TRAIN_PHOTOS if n not in held]))
-        photos = PhotoSet(held)
-        self.heldout_names = photos.names
-        self.heldout = [to_float(photos[i]) for i in range(len(photos))]
-
-
-@attrs.define(kw_only=True, slots=False)
-class ImageFolderSource(CropSource):
-    """``image_folder``: every image file under ``path`` (recursively, sorted)."""
-
-    path: str = attrs.field(default="")
-
-    def __attrs_post_init__(self) -> None:
-        from atoken.data.images import ImageFolder
-
-        if not self.path:
-            raise ConfigError("image_folder needs path = a folder of image files")
-        folder = ImageFolder(self.path)
-        train, held = split_heldout(folder.names, self.heldout_choice, self.path)
-        self.sample_from(IndexView(folder, train))
-        self.heldout_names = tuple(folder.names[i] for i in held)
-        self.heldout = [to_float(folder[i]) for i in held]
 
 
 @attrs.define(kw_only=True, slots=False)
@@ -195,8 +165,6 @@ class Digits:
 
 @hookimpl
 def register_data_sources(register) -> None:
-    register("photos", Photos)
-    register("image_folder", ImageFolderSource)
     register("digits", Digits)
     register("media_store", MediaStoreSource)
     register("webdataset", WebDatasetSource)

@@ -6,7 +6,10 @@ no modality, task or loss.
   (:mod:`~atoken.engine.runconfig_legacy`), what changed on resume
   (:mod:`~atoken.engine.run_changes`);
 * the loop: :mod:`~atoken.engine.trainer` (``Trainer``), its state and resume
-  (:mod:`~atoken.engine.trainer_state`), the task step (:mod:`~atoken.engine.train_task`),
+  (:mod:`~atoken.engine.trainer_state`), the stages on the step axis
+  (:mod:`~atoken.engine.stages`), a stage's model, EMA and gradients on the ranks
+  (:mod:`~atoken.engine.stage_model`), why a run stops early
+  (:mod:`~atoken.engine.stop_conditions`), the task step (:mod:`~atoken.engine.train_task`),
   optimizers (:mod:`~atoken.engine.optim`), devices and precision
   (:mod:`~atoken.engine.device`), progress (:mod:`~atoken.engine.progress`), batches computed
   ahead by worker processes (:mod:`~atoken.engine.prefetch`);
