@@ -83,7 +83,9 @@ def locate_weights(
     raise WeightsNotFoundError(
         f"{what} weights {filename!r} not found: looked in the torch hub cache {cached} "
         f"(torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it). Nothing is downloaded. "
-        f"Copy the file there (from {url}) or pass {param}='/path/to/{filename}'."
+        f"Copy the file there (from {url}) or give its path: in a run file "
+        f'params = {{ {param} = "/path/to/{filename}" }} on the loss or metric, in Python '
+        f"{param}='/path/to/{filename}'."
     )
 
 

@@ -44,6 +44,10 @@ def test_reconstruct_a_depth_array_and_refuse_what_does_not_fit(tmp_path, checkp
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
     wrong = CliRunner().invoke(main, [*args, "--modality", "depth", str(tmp_path / "x.png")])
     assert wrong.exit_code == 1 and "DataModalityError" in wrong.output
+    picture = CliRunner().invoke(main, [*args, str(tmp_path / "x.png")])
+    header = picture.output.splitlines()[0].split()
+    assert picture.exit_code == 0 and header[-1] == "quality", picture.output  # not "error"
+    assert "PSNR" in picture.output and "dB" in picture.output
     unknown = CliRunner().invoke(main, [*args, "--modality", "sonar", str(tmp_path / "room.npy")])
     assert unknown.exit_code == 1 and "no 'sonar' modality" in unknown.output
     # The saved tokenizer loads with its own list: a registered modality it was not built for

@@ -87,7 +87,7 @@ def save_reconstruction(
     path: str, kind: str, sample: Any, recon: Any, out: Path, model: Any = None
 ) -> tuple[str, str]:
     """Write the reconstruction (and a side-by-side picture when there is one); returns the
-    table's ``(size, error)``."""
+    table's ``(size, quality)``: PSNR for pictures, RMSE for value maps."""
     from atoken.viz import save_side_by_side, to_pil, to_visible
 
     own = getattr(model.modality(kind), "save_reconstruction", None) if model else None
@@ -101,7 +101,7 @@ def save_reconstruction(
         to_pil(recon).save(out / f"{stem}_recon.png")
         save_side_by_side([sample], [recon], out / f"{stem}_side_by_side.png", labels=[stem])
         mse = float(((recon - sample) ** 2).mean())
-        return size, f"{10 * math.log10(1 / max(mse, 1e-12)):.2f} dB"
+        return size, f"PSNR {10 * math.log10(1 / max(mse, 1e-12)):.2f} dB"
     recon = recon.detach().float().cpu().reshape(sample.shape)
     np.save(out / f"{stem}_recon.npy", recon.numpy())
     seen, shown = to_visible(sample), to_visible(recon, sample)

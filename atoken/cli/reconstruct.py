@@ -56,12 +56,13 @@ def reconstruct(
         try:
             if sample is None:  # a video file: tiled, streamed from the file
                 r = reconstruct_video_file(model, path, out, max_frames=max_frames)
-                rows.append((r["stem"], kind, "x".join(map(str, r["size"])), f"{r['psnr']:.2f} dB"))
+                size = "x".join(map(str, r["size"]))
+                rows.append((r["stem"], kind, size, f"PSNR {r['psnr']:.2f} dB"))
                 continue
             recon = model.reconstruct([sample], kind)[0]
         except AtokenError as exc:
             raise fail(exc) from exc
         saved = save_reconstruction(path, kind, sample, recon, out, model)
         rows.append((Path(path).stem, kind, *saved))
-    table(("input", "modality", "size", "error"), rows)
+    table(("input", "modality", "size", "quality"), rows)
     click.echo(f"wrote {len(rows)} reconstructions to {out}")

@@ -192,7 +192,7 @@ class MeshModality(Modality):
         """``atoken reconstruct`` on a mesh file: ``<stem>_gaussians.ply`` (3DGS PLY, in the
         mesh's own units) and ``<stem>_side_by_side.png`` (a row per view for the first four:
         the mesh's view | the Gaussians rendered by the ``cpu`` renderer); returns
-        ``("N voxels", "PSNR dB")`` over every view of :meth:`cameras`."""
+        ``("N voxels", "PSNR x dB")`` over every view of :meth:`cameras`."""
         from pathlib import Path
 
         from PIL import Image
@@ -214,4 +214,4 @@ class MeshModality(Modality):
         Image.fromarray(pixels).save(Path(out) / f"{stem}_side_by_side.png")
         mse = float(((rgb - views.rgb) ** 2).mean())
         voxels = len(self.voxels(views)[0])
-        return f"{voxels} voxels", f"{-10 * math.log10(max(mse, 1e-12)):.2f} dB"
+        return f"{voxels} voxels", f"PSNR {-10 * math.log10(max(mse, 1e-12)):.2f} dB"

@@ -168,3 +168,15 @@ def test_real_weights_when_present():  # pragma: no cover - machine dependent
     with torch.no_grad():
         expected = reference(_resize(p, 224), _resize(t, 224), normalize=True).mean()
         assert torch.allclose(ours(p, t, {}), expected, rtol=1e-5)
+
+
+def test_missing_weights_say_how_to_give_them_in_a_run_file_and_in_python(tmp_path, monkeypatch):
+    from atoken.core.errors import WeightsNotFoundError
+    from atoken.losses.weight_files import locate_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(WeightsNotFoundError) as err:
+        locate_weights("net.pth", path=None, what="a test network", url="https://example.org")
+    message = str(err.value)
+    assert 'params = { weights_path = "/path/to/net.pth" }' in message  # the run-file form
+    assert "weights_path='/path/to/net.pth'" in message  # and the Python one

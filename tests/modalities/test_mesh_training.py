@@ -122,7 +122,7 @@ def test_atoken_train_images_and_meshes_then_decode_a_mesh_file(tmp_path):
                str(MESHES[2])],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert re.search(r"mug\s+mesh\s+\d+ voxels\s+[\d.]+ dB", result.output), result.output
+    assert re.search(r"mug\s+mesh\s+\d+ voxels\s+PSNR [\d.]+ dB", result.output), result.output
     saved = GaussianSet.load_ply(out / "mug_gaussians.ply")  # in the mesh's own units
     assert len(saved) == len(gaussians) and (out / "mug_side_by_side.png").is_file()
     mug = trimesh.load(MESHES[2], force="mesh", process=False)
