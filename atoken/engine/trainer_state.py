@@ -209,9 +209,10 @@ def resume_trainer(
     changed = config_changes(state.get("config", "{}"), trainer.cfg)
     if changed and not force:
         raise RunFolderError(
-            f"{path} was written by another run configuration: "
-            + "; ".join(changed)
-            + ". Resume with the run file it was trained with, or pass --force to accept "
+            f"{path} was written by another run configuration; what differs "
+            "(checkpoint -> now):\n"
+            + "".join(f"  {line}\n" for line in changed)
+            + "Resume with the run file it was trained with, or pass --force to accept "
             "the changes"
         )
     trainer.load_state_dict(state)
