@@ -25,6 +25,7 @@ _FLAGS = (
     ("overwrite", "--overwrite"),
     ("force", "--force"),
     ("fallback", "--fallback"),
+    ("reschedule", "--reschedule"),
 )
 _VALUES = (
     ("resume_from", "--resume-from"),
@@ -41,6 +42,7 @@ def torchrun_command(params: dict[str, Any], *, nproc: int, max_restarts: int) -
     for name, flag in _VALUES:
         if params.get(name) is not None:
             args += [flag, str(params[name])]
+    args += list(params.get("overrides") or ())  # KEY=VALUE, after the options
     return [
         sys.executable,
         "-m",

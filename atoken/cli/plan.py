@@ -9,6 +9,7 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -104,11 +105,14 @@ def echo_plan(plan: RunPlan, source: str = "the run") -> None:
             click.echo(f"- {note}")
 
 
-def print_plan(run_file: str, *, nproc: int, device: str | None = None) -> None:
-    """Load ``run_file`` (``device``: the ``train`` command's ``--device``), plan it for
-    ``nproc`` ranks and print it; errors are :class:`~atoken.core.errors.AtokenError`."""
+def print_plan(
+    run_file: str, *, nproc: int, device: str | None = None, dotted: Sequence[str] = ()
+) -> None:
+    """Load ``run_file`` (``device``: the ``train`` command's ``--device``; ``dotted``: its
+    ``KEY=VALUE`` overrides), plan it for ``nproc`` ranks and print it; errors are
+    :class:`~atoken.core.errors.AtokenError`."""
     from atoken.engine.runconfig import load_run_file
 
     overrides = {"train": {"device": device}} if device else {}
-    cfg = load_run_file(run_file, **overrides)
+    cfg = load_run_file(run_file, dotted=dotted, **overrides)
     echo_plan(plan_run(cfg, nproc=nproc), source=str(Path(run_file)))

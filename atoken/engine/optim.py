@@ -2,7 +2,9 @@
 
 AdamW with decoupled weight decay on matrices only (biases, norms, position tables and
 learned probes are not decayed), a learning-rate multiplier for parameters that came from a
-pretrained encoder, and linear warmup followed by cosine decay to ``min_lr``.
+pretrained encoder, and linear warmup followed by cosine decay to ``min_lr`` over the
+stage's steps, or over ``[optim] schedule_steps`` when set (a resumed run keeps the length it
+started with: :func:`atoken.engine.run_changes.keep_schedule`).
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ def build_optimizer(
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Learning rate at ``step`` (0-based): linear warmup, then cosine to ``min_lr``."""
+    """Learning rate at ``step`` (0-based): linear warmup, then cosine to ``min_lr`` at
+    ``cfg.schedule_steps`` (0: at ``total_steps``, the stage's length), then ``min_lr``."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, total_steps - cfg.warmup_steps)
+    span = max(1, (cfg.schedule_steps or total_steps) - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 

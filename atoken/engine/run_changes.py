@@ -1,11 +1,17 @@
 """What a resumed run may change, and what it changed: the run-file key paths that differ.
 
     config_changes(saved, cfg)  -> ["stages[2].tasks[0].losses[0].weight: 1.0 -> 0.5", ...]
+    keep_schedule(saved, cfg)   -> cfg with the learning-rate schedule the checkpoint's run had
 
 A key path walks tables by key and arrays by index (``stages[2].tasks[0]``); two arrays of
 different lengths (a loss added) differ as a whole. Each value is shown at most
 :data:`VALUE_CHARS` characters long and at most :data:`MAX_LINES` paths are named, so the
 message of a changed curriculum stays a few lines, not the whole old and new ``stages``.
+
+``[train] steps`` may change on resume; the learning-rate schedule does not follow it unless
+asked (``atoken train --resume --steps N --reschedule``): a run without ``[[stages]]`` keeps
+the warmup and cosine over the steps it was started with, recorded as ``[optim]
+schedule_steps`` in the resumed run's configuration (``run.json`` and its checkpoints).
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
+
 from atoken.engine.runconfig import RunConfig
 
-__all__ = ["MAX_LINES", "RESUMABLE_KEYS", "VALUE_CHARS", "config_changes"]
+__all__ = ["MAX_LINES", "RESUMABLE_KEYS", "VALUE_CHARS", "config_changes", "keep_schedule"]
 
 
 #: Run-file keys a resumed run may change: they steer the run, not what it trains.
@@ -35,6 +43,8 @@ RESUMABLE_KEYS = frozenset(
         # how batches are computed and how many bad samples are tolerated, not which batches
         "train.data_workers",
         "train.max_bad_samples",
+        # the schedule's length: a resume keeps the checkpoint's unless --reschedule
+        "optim.schedule_steps",
         "log.tensorboard",
         # how the processes share the work, not what they train (any world size resumes)
         "distributed.strategy",
@@ -109,3 +119,25 @@ def config_changes(saved: str, cfg: RunConfig) -> list[str]:
     if len(lines) > MAX_LINES:
         lines = [*lines[:MAX_LINES], f"... and {len(lines) - MAX_LINES} more"]
     return lines
+
+
+def keep_schedule(saved: str, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the schedule length of the run that wrote the checkpoint (its
+    configuration ``saved``): when a run without ``[[stages]]`` resumes with other ``[train]
+    steps``, ``[optim] schedule_steps`` is set to the checkpoint's schedule length (its
+    ``schedule_steps``, else its ``[train] steps``). ``cfg`` itself when ``[optim]
+    schedule_steps`` is set (``--reschedule`` sets it to the new steps), when the length is
+    the same, or with ``[[stages]]`` (each stage's schedule is its steps, which ``--steps``
+    does not change)."""
+    if cfg.stages or cfg.optim.schedule_steps:
+        return cfg
+    try:
+        old = json.loads(saved)
+        if old.get("stages"):
+            return cfg
+        length = int(old["optim"].get("schedule_steps") or old["train"]["steps"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return cfg  # no readable configuration: config_changes names that
+    if length == cfg.train.steps:
+        return cfg
+    return attrs.evolve(cfg, optim=attrs.evolve(cfg.optim, schedule_steps=length))

@@ -183,6 +183,9 @@ class OptimConfig:
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), converter=_tuple)
     weight_decay: float = attrs.field(default=0.1, validator=_non_negative)
     warmup_steps: int = attrs.field(default=100, validator=_non_negative)
+    # the schedule's length, warmup included (0: the stage's steps); a resume whose [train]
+    # steps changed keeps the checkpoint's unless --reschedule (atoken.engine.run_changes)
+    schedule_steps: int = attrs.field(default=0, validator=_non_negative)
     encoder_lr_mult: float = attrs.field(default=0.1, validator=_positive)
     grad_clip: float = attrs.field(default=1.0, validator=_non_negative)  # 0: off
     grad_accum: int = attrs.field(default=1, validator=_positive)

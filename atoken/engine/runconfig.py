@@ -1,7 +1,9 @@
 """Run files: a TOML file structured into frozen attrs configs.
 
-Every section is an attrs class; a key that no field has is an error naming the key and the
-section, and values are validated at this boundary (``ConfigError`` names the offending key).
+Every section is an attrs class; a key that no field has is an error naming the key, the
+section and its close matches, and values are validated at this boundary (``ConfigError``
+names the offending key). ``KEY=VALUE`` overrides (``optim.lr=1e-4``) are set into the parsed
+file before it is structured (:mod:`atoken.engine.run_keys`).
 Components are named by registry name (``bottleneck = "kl"``, ``[[tasks]] name =
 "image_reconstruction"``, ``losses = [{ name = "l1" }]``); the names are resolved later, by
 whoever builds the run, so a typo surfaces as an ``UnknownComponentError`` listing close
@@ -25,13 +27,14 @@ A minimal run file::
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 
 from atoken.core.errors import ConfigError
+from atoken.engine.run_keys import apply_overrides, unknown_key
 from atoken.engine.run_sections import (
     DistributedConfig,
     LogConfig,
@@ -139,9 +142,7 @@ def structure(cls: type[T], data: Mapping[str, Any], section: str) -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(
-                f"unknown key {key!r} in section [{section}]; known keys: {', '.join(fields)}"
-            )
+            raise unknown_key(key, fields, f"section [{section}]")
         sub = fields[key].type
         if cls is RunConfig and key in ("tasks", "stages"):
             kwargs[key] = value  # structured below: stages refer to the tasks by label
@@ -272,14 +273,19 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def load_run_file(path: str | Path, **section_overrides: Mapping[str, Any]) -> RunConfig:
+def load_run_file(
+    path: str | Path, *, dotted: Sequence[str] = (), **section_overrides: Mapping[str, Any]
+) -> RunConfig:
     """Parse a TOML run file into a :class:`RunConfig`.
 
     ``section_overrides`` (e.g. ``train={"steps": 10}``) are merged over the file's sections;
-    ``tasks=[{"data": {"batch_size": 2}}]`` patches the first ``[[tasks]]`` table.
+    ``tasks=[{"data": {"batch_size": 2}}]`` patches the first ``[[tasks]]`` table. Then
+    ``dotted`` overrides, ``KEY=VALUE`` as on the command line (``"optim.lr=1e-4"``,
+    ``"tasks.0.data.batch_size=4"``: :mod:`atoken.engine.run_keys`), are set in order.
 
     Raises:
-        ConfigError: for unreadable TOML, an unknown section or key, or an invalid value.
+        ConfigError: for unreadable TOML, an unknown section or key (with close matches), an
+            invalid value, or an override that is not KEY=VALUE or names no key.
     """
     path = Path(path)
     if path.is_dir():
@@ -300,7 +306,7 @@ def load_run_file(path: str | Path, **section_overrides: Mapping[str, Any]) -> R
             data[section] = _patch_tasks(data.get(section, []), values, section)
         else:
             data[section] = {**data.get(section, {}), **values}
-    cfg = structure(RunConfig, data, "top level")
+    cfg = structure(RunConfig, apply_overrides(data, dotted), "top level")
     if not cfg.tasks and not cfg.stages:
         raise ConfigError(
             f"run file {str(path)!r} names no [[tasks]]: add at least one, e.g.\n"

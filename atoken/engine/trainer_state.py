@@ -34,7 +34,7 @@ from atoken.engine.checkpoint import (
     save_checkpoint,
 )
 from atoken.engine.distributed import on_main
-from atoken.engine.run_changes import config_changes
+from atoken.engine.run_changes import config_changes, keep_schedule
 from atoken.engine.run_folder import append_record
 from atoken.engine.sharded import (
     load_model_state,
@@ -191,7 +191,9 @@ def resume_trainer(
     """:meth:`atoken.engine.trainer.Trainer.resume`: load the newest checkpoint (or the one
     ``checkpoint`` names, :func:`find_checkpoint`), file or sharded folder, into ``trainer``;
     the metrics log drops the records of the steps to redo and says where the run went on
-    (a ``resumed`` record: the step, the world size and the data positions).
+    (a ``resumed`` record: the step, the world size and the data positions). Other ``[train]
+    steps`` keep the checkpoint's learning-rate schedule
+    (:func:`atoken.engine.run_changes.keep_schedule`).
 
     Raises:
         CheckpointError: the checkpoint is damaged (and which older one is intact), or the
@@ -206,7 +208,9 @@ def resume_trainer(
             trainer.rewind_log(0)
             return False
         path, state = _newest_intact(found, fallback)
-    changed = config_changes(state.get("config", "{}"), trainer.cfg)
+    saved = state.get("config", "{}")
+    cfg = keep_schedule(saved, trainer.cfg)  # --steps N: the schedule stays as it was
+    changed = config_changes(saved, cfg)
     if changed and not force:
         raise RunFolderError(
             f"{path} was written by another run configuration; what differs "
@@ -215,6 +219,9 @@ def resume_trainer(
             + "Resume with the run file it was trained with, or pass --force to accept "
             "the changes"
         )
+    if cfg is not trainer.cfg:  # recorded in run.json and the checkpoints from here on
+        trainer.cfg = cfg
+        trainer.optim_cfg = cfg.stage_optim(trainer.stage)
     trainer.load_state_dict(state)
     trainer.rewind_log(trainer.step)
     if trainer.dist.main:  # the log says where the run went on, and on how many
