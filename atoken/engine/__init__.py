@@ -1,8 +1,9 @@
 """The training engine: everything that turns a run file into a trained tokenizer, and knows
 no modality, task or loss.
 
-* the run file: :mod:`~atoken.engine.runconfig` (``load_run_file``, ``RunConfig``) and its
-  sections (:mod:`~atoken.engine.run_sections`), the pre-0.2 layout
+* the run file: :mod:`~atoken.engine.runconfig` (``load_run_file``, ``RunConfig``), its
+  sections (:mod:`~atoken.engine.run_sections`), dotted command-line overrides
+  (:mod:`~atoken.engine.run_keys`), the pre-0.2 layout
   (:mod:`~atoken.engine.runconfig_legacy`), what changed on resume
   (:mod:`~atoken.engine.run_changes`);
 * the loop: :mod:`~atoken.engine.trainer` (``Trainer``), its state and resume
