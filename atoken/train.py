@@ -8,7 +8,8 @@
                                                      (atoken.engine.transforms)
         mixture = TaskMixture(tasks)                 what the trainer trains in the stage
     trainer = Trainer(cfg, mixture, enter_stage=...) the one generic loop
-    trainer.fit(); tokenizer.save_pretrained(out/tokenizer)
+    trainer.fit()                                    trains; at the end the checkpoint and
+                                                     out/tokenizer, then the evaluation
 
 The engine (:class:`atoken.engine.trainer.Trainer`) knows no modality, task or loss; a plugin's
 task trains through this path with no entry point of its own.
@@ -200,8 +201,10 @@ def run_training(
     fallback: bool = False,
 ) -> tuple[Trainer, dict[str, float]]:
     """Build everything a run file names and train, stage by stage; returns the trainer and
-    final metrics (prefixed by task label, e.g. ``image_reconstruction/psnr``). The trained
-    tokenizer (EMA weights when enabled) is saved to ``<out_dir>/tokenizer``; each stage's
+    final metrics (prefixed by task label, e.g. ``image_reconstruction/psnr``; one that failed
+    is a :class:`~atoken.plugins.metrics.base.MetricFailure` with its reason). The trained
+    tokenizer (EMA weights when enabled) is saved to ``<out_dir>/tokenizer`` with the final
+    checkpoint, before the final evaluation (which then cannot lose them); each stage's
     metrics and tokenizer to ``<out_dir>/stages/<name>/``.
 
     A fresh run into a folder that holds a run is a ``RunFolderError`` unless ``overwrite``;
@@ -211,7 +214,7 @@ def run_training(
     file's text, as ``run.toml`` (``atoken report`` shows them). ``resume_from`` names the
     checkpoint to resume from (``step_N``); ``fallback`` resumes from the newest intact one
     when the newest is damaged. The run folder's lock is held from the first look at the
-    folder to the saved tokenizer: a second training into it is a ``RunFolderError``."""
+    folder to its last write: a second training into it is a ``RunFolderError``."""
     transforms = build_transforms(cfg)  # once: every stage's, checked before anything trains
     _, mixture = build_run(cfg, transforms)
     last = [mixture]
@@ -231,15 +234,11 @@ def run_training(
         enter_stage=enter_stage,
         run_file_text=run_file_text,
     )
-    with trainer.hold_folder():
-        metrics = trainer.fit(
-            resume=resume,
-            overwrite=overwrite,
-            force=force,
-            resume_from=resume_from,
-            fallback=fallback,
-        )
-        exported = trainer.export_model()  # the EMA weights, gathered under FSDP2
-        if trainer.dist.main:  # one process writes (torchrun: rank 0)
-            exported.save_pretrained(cfg.run.output / "tokenizer")
+    metrics = trainer.fit(  # it writes <out_dir>/tokenizer (rank 0) before the last evaluation
+        resume=resume,
+        overwrite=overwrite,
+        force=force,
+        resume_from=resume_from,
+        fallback=fallback,
+    )
     return trainer, metrics

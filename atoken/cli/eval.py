@@ -1,5 +1,7 @@
 """``atoken eval``: reconstruct a held-out set and report metrics (and semantic ones for a
-tokenizer aligned to text, on captioned data)."""
+tokenizer aligned to text, on captioned data). A metric that cannot run on the data (a
+distributional one on images under its 128 px tiles, or one that fails) is skipped with a line
+saying why."""
 
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def eval_command(
     heldout_fraction: float,
 ) -> None:
     """Reconstruct a held-out set and report metrics (and semantic ones when the tokenizer is
-    aligned to text and the data has captions)."""
+    aligned to text and the data has captions). A metric that cannot run on the data is
+    skipped with a line saying why."""
     from atoken.data import HELDOUT_PHOTOS, ImageFolder, PhotoSet
-    from atoken.tasks import evaluate_samples
+    from atoken.plugins.metrics.base import split_failures
+    from atoken.tasks import evaluate_samples, tile_problem
     from atoken.tasks.alignment import evaluate_semantic, heldout_digits
 
     try:
@@ -84,7 +88,14 @@ def eval_command(
             images = [source[i].float() / 255 for i in range(len(source))]
         default = "psnr,ssim" if captioned is not None else "psnr,ssim,fd_effnet"
         registry = get_registry()
-        chosen = {m: registry.metrics.create(m) for m in (metrics or default).split(",") if m}
+        names = []
+        for name in (m for m in (metrics or default).split(",") if m):
+            problem = tile_problem(name, registry.metrics.get(name), images, "images")
+            if problem:  # a distributional metric with no tile to score: known before building it
+                click.echo(f"skipped: {problem}")
+            else:
+                names.append(name)
+        chosen = {m: registry.metrics.create(m) for m in names}
         semantic = {k: v for k, v in chosen.items() if getattr(v, "inputs", "") == "embeddings"}
         chosen = {k: v for k, v in chosen.items() if k not in semantic}
         if captioned is not None and model.semantic is not None and not semantic:
@@ -95,4 +106,7 @@ def eval_command(
             values.update(evaluate_semantic(model, captioned, semantic))
     except AtokenError as exc:
         raise fail(exc) from exc
+    values, failed = split_failures(values)
+    for key, reason in failed.items():
+        click.echo(f"skipped: metric {key!r} cannot run on this data: {reason}")
     table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])

@@ -4,6 +4,8 @@
     .stage(name, tasks, start, end, step)  a stage begins (or a resumed run lands in it)
     .count(model)                          count the tokens of every training forward
     .update(step, record)                  after each optimizer step
+    .evaluated(record)                     after an evaluation: the metrics that failed
+    .note(line)                            a line among the others
     .close()
 
 Modes (:func:`progress_mode`): ``"bar"`` (a tqdm bar per stage: steps/s, tokens/s, loss, lr and
@@ -153,6 +155,21 @@ class Progress:
         if record.get("skipped"):
             line += "  [step skipped: non-finite]"
         print(line, file=self.stream or sys.stdout, flush=True)
+
+    def evaluated(self, record: dict[str, Any]) -> None:
+        """After an evaluation (``record``: its log record): a line per metric that failed,
+        with the reason (:func:`atoken.engine.run_folder.eval_record`'s ``failed``)."""
+        for key, reason in record.get("failed", {}).items():
+            self.note(f"evaluation at step {record['step']}: {key} failed: {reason}")
+
+    def note(self, line: str) -> None:
+        """Print ``line`` among the progress lines (above the bar); nothing when it is off."""
+        if self.mode == "off":
+            return
+        if self._bar is not None:
+            tqdm.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream or sys.stdout, flush=True)
 
     # ------------------------------------------------------------------ the end
     def _close_bar(self) -> None:

@@ -6,7 +6,8 @@
     out_dir/checkpoints/step_N.pt       atomic checkpoints (atoken.engine.checkpoint)
     out_dir/stages/<stage>/metrics.json a finished stage's held-out metrics
     out_dir/stages/<stage>/tokenizer/   its exported tokenizer
-    out_dir/tokenizer/                  the run's exported tokenizer
+    out_dir/tokenizer/                  the run's exported tokenizer, written with the final
+                                        checkpoint before the final evaluation
     out_dir/<task label>/               each task's pictures
     <parent>/.<out_dir name>.atoken-lock  who trains into out_dir now (:class:`RunFolderLock`)
 
@@ -30,16 +31,19 @@ from atoken.core.errors import RunFolderError, StoreLockedError
 from atoken.data.store_lock import StoreLock
 from atoken.engine.checkpoint import list_checkpoints, remove_checkpoint
 from atoken.engine.distributed import Dist, on_main
+from atoken.plugins.metrics.base import split_failures
 
 __all__ = [
     "RunFolderLock",
     "append_record",
+    "eval_record",
     "hold",
     "prepare_run_folder",
     "read_run_files",
     "truncate_log",
     "write_run_files",
     "write_stage",
+    "write_tokenizer",
 ]
 
 RUN_JSON, RUN_TOML = "run.json", "run.toml"
@@ -112,6 +116,15 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def eval_record(metrics: dict[str, float], step: int, stage: str) -> dict[str, Any]:
+    """The ``metrics.jsonl`` record of an evaluation: the metrics, and ``failed``: the reason
+    of each metric that failed (a :class:`~atoken.plugins.metrics.base.MetricFailure`), when
+    any did."""
+    values, failed = split_failures(metrics)
+    record = {"step": step, "kind": "eval", "stage": stage, **values}
+    return record | ({"failed": failed} if failed else {})
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Drop the log's records of steps >= ``step`` (a resumed run redoes them) and lines torn
     by a kill mid-write, so no step appears twice."""
@@ -182,7 +195,12 @@ def write_stage(out_dir: Path, record: dict[str, Any], model: Any) -> Path:
     folder = out_dir / "stages" / record["stage"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(record, indent=1))
+    write_tokenizer(folder, model)
+    return folder
+
+
+def write_tokenizer(folder: Path, model: Any) -> None:
+    """``folder/tokenizer``: ``model.save_pretrained``'s folder, when the model has one."""
     save = getattr(model, "save_pretrained", None)
     if callable(save):
         save(folder / "tokenizer")
-    return folder

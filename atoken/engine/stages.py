@@ -9,13 +9,15 @@ on every rank), which the stage's transforms change, in place or anew; the train
 (shards) the returned task's model again and rebuilds the optimizer and the EMA. A stage that
 ends is evaluated and checkpointed (the checkpoint records the stage), and its
 record written to ``out_dir/stages/<name>/metrics.json``, with the tokenizer when the model
-can ``save_pretrained`` (:meth:`Stages.write`).
+can ``save_pretrained`` (:meth:`Stages.write`). When the last one ends, the run's tokenizer
+(:meth:`Stages.export`) is written with the final checkpoint, before the final evaluation.
 
     stages = Stages(cfg, dist, can_enter=True)
     stages.plan[i], stages.starts[i]      stage i and its first step (starts[-1]: the plan's end)
     stages.end(i)                         the step after its last one in this run
     stages.show(i, progress, step)        the progress bar (or lines) of stage i, at ``step``
     stages.write(i, done, metrics, model) what it leaves after ``done`` steps (rank 0 writes)
+    stages.export(model)                  the run's tokenizer, ``out_dir/tokenizer``
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from torch import nn
 from atoken.core.errors import ConfigError
 from atoken.engine.distributed import Dist, on_main
 from atoken.engine.progress import Progress
-from atoken.engine.run_folder import write_stage
+from atoken.engine.run_folder import write_stage, write_tokenizer
 from atoken.engine.runconfig import RunConfig
+from atoken.plugins.metrics.base import split_failures
 
 __all__ = ["Stages"]
 
@@ -72,9 +75,18 @@ class Stages:
         """Write what stage ``index`` leaves after ``done`` steps (rank 0; an error there
         stops every rank): its record ``{stage, index, step, complete, metrics}`` and
         ``model``'s tokenizer (:func:`atoken.engine.run_folder.write_stage`). ``complete``
-        unless the run stopped inside the stage (it ends after a resume). Returns the record.
+        unless the run stopped inside the stage (it ends after a resume); ``failed``: the
+        reason of each metric that failed, when any did. Returns the record.
         """
+        values, failed = split_failures(metrics)
         record = {"stage": self.plan[index].name, "index": index, "step": done}
-        record = {**record, "complete": done == self.starts[index + 1], "metrics": metrics}
+        record = {**record, "complete": done == self.starts[index + 1], "metrics": values}
+        record |= {"failed": failed} if failed else {}
         on_main(lambda: write_stage(self.out_dir, record, model), self.dist, "a stage's outputs")
         return record
+
+    def export(self, model: nn.Module | None) -> None:
+        """Write the run's tokenizer, ``model``'s ``save_pretrained`` folder
+        ``out_dir/tokenizer`` (rank 0, which alone holds ``model`` under FSDP2; an error there
+        stops every rank)."""
+        on_main(lambda: write_tokenizer(self.out_dir, model), self.dist, "the run's tokenizer")

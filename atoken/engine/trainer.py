@@ -42,6 +42,7 @@ from atoken.engine.run_changes import RESUMABLE_KEYS
 from atoken.engine.run_folder import (
     RunFolderLock,
     append_record,
+    eval_record,
     hold,
     prepare_run_folder,
     truncate_log,
@@ -119,8 +120,7 @@ class Trainer:
             world=self.dist.world,
         )
         self.start_stage(task)
-        self.step = 0
-        self.nonfinite = 0
+        self.step, self.nonfinite = 0, 0
         self.losses: list[float] = []  # the total loss of every completed step, in order
         self.last_eval: dict[str, float] = {}
 
@@ -306,10 +306,13 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out metrics of :attr:`eval_model` (rank 0 evaluates; all ranks get them)."""
+        """Held-out metrics of :attr:`eval_model` (rank 0 evaluates; all ranks get them); one
+        that failed is a ``MetricFailure``, logged and shown with its reason (the run goes on)."""
         metrics = self.weights.evaluate(self.task.evaluate, self.step, self.out_dir)
         if self.dist.main:
-            self._log({"step": self.step, "kind": "eval", "stage": self.stage.name, **metrics})
+            record = eval_record(metrics, self.step, self.stage.name)
+            self._log(record)
+            self.progress.evaluated(record)
             self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
         metrics = share_object(metrics, self.dist, "the evaluation")
         self.last_eval = dict(metrics)
@@ -324,7 +327,7 @@ class Trainer:
         resume_from: str | None = None,
         fallback: bool = False,
     ) -> dict[str, float]:
-        """Train to ``cfg.train.steps`` (or the time limit); evaluate and checkpoint at the end.
+        """Train to ``cfg.train.steps`` (or the time limit); checkpoint, export, then evaluate.
 
         ``resume`` continues from the newest checkpoint (``force``: even one written with
         another configuration; ``resume_from``: from the checkpoint it names; ``fallback``:
@@ -353,7 +356,7 @@ class Trainer:
             return self._train()
 
     def _train(self) -> dict[str, float]:
-        """The loop to the end, then the final evaluation and checkpoint."""
+        """The loop to the end, then the final checkpoint, tokenizer and evaluation."""
         self.hooks.atoken_train_start(trainer=self)
         stop = StopConditions(self.cfg.train.max_minutes, self.dist)
         self.stages.show(self.stage_index, self.progress, self.step)
@@ -363,9 +366,9 @@ class Trainer:
         finally:
             self.batches.close()
             self.progress.close()
-        metrics = self._finish_stage()
-        self.save()
-        return metrics
+        self.save()  # the work first: a final evaluation that fails loses none of it
+        self.stages.export(self.export_model())  # out_dir/tokenizer (rank 0)
+        return self._finish_stage()
 
     def _loop(self, stop: StopConditions) -> None:
         """Steps to ``[train] steps``: logs, stage ends, evaluations and checkpoints on the way;

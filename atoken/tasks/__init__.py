@@ -15,6 +15,7 @@ from atoken.tasks.base import (
     build_task,
     evaluate_samples,
     loss_inputs,
+    tile_problem,
     tiles,
 )
 from atoken.tasks.mixture import TaskMixture
@@ -29,5 +30,6 @@ __all__ = [
     "build_task",
     "evaluate_samples",
     "loss_inputs",
+    "tile_problem",
     "tiles",
 ]

@@ -23,6 +23,7 @@ Evaluation reports the sample metrics on held-out reconstructions and the embedd
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +35,7 @@ from atoken.core.errors import ConfigError
 from atoken.data.sources import CaptionedSource
 from atoken.engine.runconfig import LossTerm
 from atoken.plugins.hookspecs import hookimpl
+from atoken.plugins.metrics.base import guarded
 from atoken.tasks.base import (
     ReconstructionParams,
     ReconstructionTask,
@@ -74,11 +76,17 @@ def evaluate_embeddings(
         return out
     embedding = embed_in_chunks(tokenizer, samples, modality)  # [B, D]
     text = tokenizer.embed_text(list(captions))  # [K, D]
-    for metric in metrics.values():
-        metric.reset()
-        metric.update(embedding, text, labels)
-        out.update(metric.compute())
+    for name, metric in metrics.items():  # one that raises is a MetricFailure (guarded)
+        out.update(guarded(name, partial(_score_embeddings, metric, embedding, text, labels)))
     return out
+
+
+def _score_embeddings(
+    metric: Any, embedding: torch.Tensor, text: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
+    metric.reset()
+    metric.update(embedding, text, labels)
+    return metric.compute()
 
 
 def evaluate_semantic(tokenizer: Any, data: Any, metrics: dict[str, Any]) -> dict[str, float]:

@@ -18,12 +18,16 @@ loss whose inputs the task does not provide is a ``ConfigError`` when the task i
 
 Evaluation reconstructs the source's held-out samples whole, runs the task's metrics
 (distributional ones on 128 px tiles of ``[C, H, W]`` samples so they see enough of them) and
-draws ``previews`` held-out samples beside their reconstructions.
+draws ``previews`` held-out samples beside their reconstructions. A metric that fails there is
+a :class:`~atoken.plugins.metrics.base.MetricFailure` in the metrics (the run logs it and goes
+on); a distributional metric with no held-out sample of 128 px on both sides (no tile to score)
+is a ``ConfigError`` when the task is built (:func:`tile_problem`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -35,6 +39,7 @@ from atoken.core.errors import ConfigError, DataModalityError
 from atoken.data.sources import SourceContext, build_source
 from atoken.engine.runconfig import LossTerm, TaskSpec, structure
 from atoken.plugins.hookspecs import hookimpl
+from atoken.plugins.metrics.base import guarded
 from atoken.tasks.planning import BatchShape, grid_batch
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "clamp_range",
     "evaluate_samples",
     "loss_inputs",
+    "tile_problem",
     "tiles",
 ]
 
@@ -120,20 +126,48 @@ def tiles(samples: Sequence[torch.Tensor], size: int = TILE) -> list[torch.Tenso
     return out
 
 
+def tile_problem(
+    name: str, metric: Any, samples: Sequence[Any], what: str = "samples", size: int = TILE
+) -> str:
+    """Why metric ``name`` (``metric``: it or its factory) cannot score ``samples`` (``what``
+    they are): a distributional metric scores ``size`` px tiles (:func:`tiles`), and none of
+    the samples (``[..., H, W]`` tensors) is ``size`` px on both sides. ``""`` when it can,
+    when it is not distributional, and for no samples or samples that are not pixel grids."""
+    if not getattr(metric, "distributional", False) or not samples:
+        return ""
+    if not all(isinstance(x, torch.Tensor) and x.dim() >= 2 for x in samples):
+        return ""
+    sides = [(int(x.shape[-2]), int(x.shape[-1])) for x in samples]
+    if any(min(hw) >= size for hw in sides):
+        return ""
+    H, W = max(sides, key=lambda hw: (min(hw), hw))
+    return (
+        f"metric {name!r} is distributional: it scores {size} x {size} px tiles cut from each "
+        f"sample, so it needs samples of at least {size} px on both sides, and none of the "
+        f"{len(sides)} {what} is (the largest: {H} x {W})"
+    )
+
+
+def _score(metric: Any, reconstructions: Sequence[Any], originals: Sequence[Any]) -> dict:
+    metric.reset()
+    if getattr(metric, "distributional", False):
+        metric.update(tiles(reconstructions), tiles(originals))
+    else:
+        metric.update(list(reconstructions), list(originals))
+    return metric.compute()
+
+
 def evaluate_samples(
     metrics: dict[str, Any],
     reconstructions: Sequence[torch.Tensor],
     originals: Sequence[torch.Tensor],
 ) -> dict[str, float]:
-    """Run each metric (reset, update, compute); distributional metrics get 128 px tiles."""
+    """Run each metric (reset, update, compute); distributional metrics get 128 px tiles. A
+    metric that raises gives ``{name: MetricFailure(reason)}`` (:func:`guarded`) and the
+    others still run."""
     out: dict[str, float] = {}
-    for metric in metrics.values():
-        metric.reset()
-        if getattr(metric, "distributional", False):
-            metric.update(tiles(reconstructions), tiles(originals))
-        else:
-            metric.update(list(reconstructions), list(originals))
-        out.update(metric.compute())
+    for name, metric in metrics.items():
+        out.update(guarded(name, partial(_score, metric, reconstructions, originals)))
     return out
 
 
@@ -204,6 +238,14 @@ class ReconstructionTask:
                 )
             self.losses.append((term, fn, inputs))
         names = self.default_metrics if spec.metrics is None else spec.metrics
+        for name in names:  # before building it: a metric's weights are not needed to know
+            factory = registry.metrics.get(name)
+            problem = tile_problem(name, factory, self.source.heldout, "held-out samples")
+            if problem:
+                raise ConfigError(
+                    f"{where}: {problem}; hold out larger samples (the data source's "
+                    f"heldout) or drop {name!r} from metrics"
+                )
         self.metrics = {name: registry.metrics.create(name) for name in names}
 
     @classmethod

@@ -9,12 +9,14 @@ so ``[optim] grad_accum = N`` with ``round_robin`` accumulates one micro-batch o
 into each optimizer step. The choice is a function of (seed, step, micro) only, so a resumed
 run trains the same tasks on the same batches. Log terms and evaluation metrics are prefixed
 by the task's label (``image_reconstruction/mse``, ``depth/psnr``); each task's pictures go to
-``out_dir / label``.
+``out_dir / label``. A metric, or a task's whole evaluation, that fails is a
+:class:`~atoken.plugins.metrics.base.MetricFailure` among the metrics, with its reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from atoken.core.errors import ConfigError
+from atoken.plugins.metrics.base import guarded
 
 __all__ = ["TaskMixture"]
 
@@ -105,9 +108,13 @@ class TaskMixture:
         return loss, logs
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Every task's held-out metrics, prefixed by its label. A task whose evaluation
+        raises gives ``label/evaluate``, a failure with its reason
+        (:class:`~atoken.plugins.metrics.base.MetricFailure`); the other tasks still evaluate."""
         metrics: dict[str, float] = {}
         for task in self.tasks:
-            values = task.evaluate(model, step, Path(out_dir) / task.label)
+            evaluate = partial(task.evaluate, model, step, Path(out_dir) / task.label)
+            values = guarded("evaluate", evaluate)
             metrics.update({f"{task.label}/{k}": v for k, v in values.items()})
         return metrics
 

@@ -1,18 +1,25 @@
-"""The shape every metric has, and a running mean of per-image values.
+"""The shape every metric has, a running mean of per-image values, and a metric that failed.
 
 Shapes: B images per update, as ``[B, 3, H, W]`` or a list of ``[3, H_i, W_i]`` in [0, 1].
+
+A metric that cannot run on the data of an evaluation does not stop it (nor the run):
+:func:`guarded` puts a :class:`MetricFailure` (NaN, with its reason) where its value would be,
+and :func:`split_failures` takes the failures out of a metrics dict for the log.
 """
 
 from __future__ import annotations
 
 import abc
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
 from atoken.core.errors import ConfigError
 from atoken.losses.image_batch import ImageBatch, image_pairs
 
-__all__ = ["ImageMetric", "PerImageMetric"]
+__all__ = ["ImageMetric", "MetricFailure", "PerImageMetric", "guarded", "split_failures"]
 
 
 class ImageMetric(abc.ABC):
@@ -71,3 +78,43 @@ class PerImageMetric(ImageMetric):
         if not self._count:
             raise ConfigError(f"{self.name}: no images yet; call update() before compute()")
         return {self.name: self._total / self._count}
+
+
+class MetricFailure(float):
+    """A metric that could not be computed, where its value would be in a metrics dict: NaN
+    as a number, with ``reason`` (``"ModalityInputError: fd_effnet: images is an empty
+    batch"``). It formats as ``failed: <reason>`` (a printed table says why) and pickles with
+    its reason (the ranks share an evaluation)."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> MetricFailure:
+        failure = super().__new__(cls, math.nan)
+        failure.reason = reason
+        return failure
+
+    def __format__(self, spec: str) -> str:
+        return f"failed: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"MetricFailure({self.reason!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MetricFailure, (self.reason,))
+
+
+def guarded(name: str, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``compute()``, or ``{name: MetricFailure(reason)}`` when it raises: one metric that
+    cannot run on an evaluation's data loses neither the other metrics nor the run."""
+    try:
+        return compute()
+    except Exception as exc:  # any error of the metric: logged with its reason
+        return {name: MetricFailure(f"{type(exc).__name__}: {exc}")}
+
+
+def split_failures(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """``(values, failures)`` of a metrics dict: the numbers, and the reason of each
+    :class:`MetricFailure` by key."""
+    values = {k: v for k, v in metrics.items() if not isinstance(v, MetricFailure)}
+    failed = {k: v.reason for k, v in metrics.items() if isinstance(v, MetricFailure)}
+    return values, failed
