@@ -137,6 +137,7 @@ def test_a_failing_metric_is_logged_with_its_reason_and_the_run_goes_on(failing_
     for record in evals:
         assert record["failed"] == {"img/boom": "RuntimeError: injected failure"}
         assert math.isfinite(record["img/psnr"]) and "img/boom" not in record
+        assert record["weights"] == "ema"
     # the progress says so when it happens, the summary table at the end
     assert "evaluation at step 1: img/boom failed: RuntimeError: injected failure" in result.output
     assert "failed: RuntimeError: injected failure" in result.output.split("trained 2 steps")[1]
@@ -146,6 +147,7 @@ def test_a_failing_metric_is_logged_with_its_reason_and_the_run_goes_on(failing_
     # and nothing is lost: the last checkpoint and the tokenizer are on disk
     assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["step"] == 2
     assert (out / "tokenizer" / "model.safetensors").exists()
+    assert json.loads((out / "run.json").read_text())["weights"] == "ema"
 
 
 def test_the_checkpoint_and_tokenizer_are_written_before_the_final_evaluation(

@@ -1,7 +1,9 @@
 """A run's folder: what atoken writes there, and how a fresh run or a resume treats it.
 
     out_dir/metrics.jsonl               one JSON record per line (train, eval, stopped)
-    out_dir/run.json                    the run's configuration, resolved (RunConfig.to_dict)
+    out_dir/run.json                    the run's configuration, resolved (RunConfig.to_dict),
+                                        and ``weights``: those evaluated and exported ("ema"
+                                        or "live")
     out_dir/run.toml                    the run file it was started from (``atoken train``)
     out_dir/checkpoints/step_N.pt       atomic checkpoints (atoken.engine.checkpoint)
     out_dir/stages/<stage>/metrics.json a finished stage's held-out metrics
@@ -116,12 +118,12 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def eval_record(metrics: dict[str, float], step: int, stage: str) -> dict[str, Any]:
-    """The ``metrics.jsonl`` record of an evaluation: the metrics, and ``failed``: the reason
-    of each metric that failed (a :class:`~atoken.plugins.metrics.base.MetricFailure`), when
-    any did."""
+def eval_record(metrics: dict[str, float], step: int, stage: str, weights: str) -> dict[str, Any]:
+    """The ``metrics.jsonl`` record of an evaluation: which ``weights`` were evaluated
+    (``"ema"`` or ``"live"``), the metrics, and ``failed``: the reason of each metric that
+    failed (a :class:`~atoken.plugins.metrics.base.MetricFailure`), when any did."""
     values, failed = split_failures(metrics)
-    record = {"step": step, "kind": "eval", "stage": stage, **values}
+    record = {"step": step, "kind": "eval", "stage": stage, "weights": weights, **values}
     return record | ({"failed": failed} if failed else {})
 
 

@@ -203,6 +203,9 @@ class TrainConfig:
     max_minutes: float = attrs.field(default=0.0, validator=_non_negative)  # 0: no limit
     precision: str = attrs.field(default="auto", validator=_one_of("auto", "bf16", "fp32"))
     ema_decay: float = attrs.field(default=0.999, validator=_decay)  # 0: off
+    # timm-style warmup: update n uses min(ema_decay, (1 + n) / (10 + n)), so a short run's
+    # EMA follows the live weights instead of staying near its start
+    ema_warmup: bool = attrs.field(default=True, validator=_bool)
     eval_every: int = attrs.field(default=0, validator=_non_negative)  # 0: only at the end
     checkpoint_every: int = attrs.field(default=0, validator=_non_negative)
     keep_checkpoints: int = attrs.field(default=2, validator=_positive)

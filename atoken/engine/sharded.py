@@ -8,7 +8,8 @@ parameter name (``torch.distributed.checkpoint.state_dict``), the same on every 
 
 :class:`ShardedEMA` is the EMA of an FSDP2 model: a shard of the average beside each shard of
 the parameters, updated like ``AveragedModel`` with ``get_ema_multi_avg_fn`` (the first update
-copies, then ``ema = decay * ema + (1 - decay) * p``); its state has ``AveragedModel``'s keys
+copies, then ``ema = d * ema + (1 - d) * p``, ``d`` the decay or its warmup
+:func:`ema_decay_at`); its state has ``AveragedModel``'s keys
 (``n_averaged``, ``module.<name>``), so either loads the other's.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ExportTemplate",
     "ShardedEMA",
     "build_ema",
+    "ema_decay_at",
     "full_state",
     "is_sharded",
     "load_model_state",
@@ -122,23 +124,43 @@ class ExportTemplate:
         return module
 
 
-def build_ema(module: nn.Module, decay: float, *, sharded: bool) -> Any:
+def ema_decay_at(decay: float, n: int, *, warmup: bool = True) -> float:
+    """The decay of the EMA update after ``n`` updates (the first copies): ``decay``, or with
+    ``warmup`` timm's (and TensorFlow's ``num_updates``) ``min(decay, (1 + n) / (10 + n))``,
+    so a short run's average follows the live weights instead of staying near its start."""
+    return min(decay, (1 + n) / (10 + n)) if warmup else decay
+
+
+def _ema_update(decay: float, warmup: bool) -> Any:
+    """``AveragedModel``'s ``multi_avg_fn``: ``get_ema_multi_avg_fn`` at :func:`ema_decay_at`
+    of the updates so far."""
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    def update(averages: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        d = ema_decay_at(decay, int(n), warmup=warmup)
+        get_ema_multi_avg_fn(d)(averages, current, n)
+
+    return update
+
+
+def build_ema(module: nn.Module, decay: float, *, sharded: bool, warmup: bool = False) -> Any:
     """The EMA of ``module`` (None when ``decay`` is 0): :class:`ShardedEMA` under FSDP2,
-    else ``AveragedModel`` with ``get_ema_multi_avg_fn`` over parameters and buffers."""
+    else ``AveragedModel`` over parameters and buffers; ``warmup``: the decay warms up
+    (:func:`ema_decay_at`)."""
     if decay <= 0:
         return None
     if sharded:
-        return ShardedEMA(module, decay)
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        return ShardedEMA(module, decay, warmup=warmup)
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(module, multi_avg_fn=_ema_update(decay, warmup), use_buffers=True)
 
 
 class ShardedEMA:
     """Exponential moving average of an FSDP2 model, shard by shard."""
 
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        self.decay = decay
+    def __init__(self, module: nn.Module, decay: float, *, warmup: bool = False) -> None:
+        self.decay, self.warmup = decay, warmup
         self.n_averaged = 0
         self.keys = set(module.state_dict())  # parameters and persistent buffers
         self.shadow = {n: t.detach().clone() for n, t in self._tensors(module)}
@@ -149,12 +171,13 @@ class ShardedEMA:
 
     @torch.no_grad()
     def update_parameters(self, module: nn.Module) -> None:
+        decay = ema_decay_at(self.decay, self.n_averaged, warmup=self.warmup)
         for name, t in self._tensors(module):
             ema = self.shadow[name]
             if self.n_averaged == 0 or not ema.is_floating_point():
                 ema.copy_(t.detach())
             else:
-                ema.lerp_(t.detach(), 1 - self.decay)
+                ema.lerp_(t.detach(), 1 - decay)
         self.n_averaged += 1
 
     @contextmanager

@@ -1,11 +1,13 @@
 """The model a stage trains, placed on the ranks, and the views of its weights a run reads.
 
-    weights = StageModel(task.model, dist, cfg.distributed, device, ema_decay=0.999)
+    weights = StageModel(task.model, dist, cfg.distributed, device, ema_decay=0.999,
+                         ema_warmup=True)
     weights.module              the plain module on ``device``: what is saved and evaluated
     weights.model               ``module`` wrapped for the ranks (DDP, FSDP2): what the loss
                                 runs through (:func:`atoken.engine.distributed.wrap`)
     weights.ema                 its EMA (:func:`atoken.engine.sharded.build_ema`), or None
     weights.eval_model          the EMA when enabled, else the live module
+    weights.which               which of the two it is: "ema" or "live"
     weights.export()            a plain module with the weights a run exports
     weights.plain(ema=True)     a plain module a stage transform can change
     weights.clip_gradients(max_norm)
@@ -45,7 +47,8 @@ Evaluate = Callable[[nn.Module, int, Path], dict[str, float]]
 
 class StageModel:
     """``module`` moved to ``device`` and wrapped for the ranks of ``dist`` as
-    ``distributed`` says, with an EMA of ``ema_decay`` (none at 0)."""
+    ``distributed`` says, with an EMA of ``ema_decay`` (none at 0), warmed up with
+    ``ema_warmup`` (:func:`atoken.engine.sharded.ema_decay_at`)."""
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class StageModel:
         device: torch.device,
         *,
         ema_decay: float,
+        ema_warmup: bool = True,
     ) -> None:
         self.dist, self.strategy = dist, distributed.strategy
         self.sharded = dist.active and distributed.strategy == "fsdp"
@@ -62,7 +66,7 @@ class StageModel:
         # FSDP2: a plain copy the gathered weights are exported into, taken before sharding
         self.template = ExportTemplate(self.module) if self.sharded else None
         self.model = wrap(self.module, dist, distributed, device, fast_bf16(device))
-        self.ema = build_ema(self.module, ema_decay, sharded=self.sharded)
+        self.ema = build_ema(self.module, ema_decay, sharded=self.sharded, warmup=ema_warmup)
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
         """Average the gradients over the ranks (DDP: here; FSDP2 did in backward) and clip
@@ -79,6 +83,11 @@ class StageModel:
         """Move the EMA (when enabled) towards the live weights, after an optimizer step."""
         if self.ema is not None:
             self.ema.update_parameters(self.module)
+
+    @property
+    def which(self) -> str:
+        """Which weights are evaluated and exported: ``"ema"`` or ``"live"`` (no EMA)."""
+        return "live" if self.ema is None else "ema"
 
     @property
     def eval_model(self) -> nn.Module:

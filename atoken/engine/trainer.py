@@ -144,9 +144,9 @@ class Trainer:
             end_step=self.stages.end(self.stage_index),
             seed_of=partial(_step_seed, self.cfg.run.seed, rank=self.dist.rank),
         )
-        ema_decay = self.cfg.train.ema_decay
+        d, w = self.cfg.train.ema_decay, self.cfg.train.ema_warmup  # the EMA and its warmup
         self.weights = weights = StageModel(
-            task.model, self.dist, self.cfg.distributed, self.device, ema_decay=ema_decay
+            task.model, self.dist, self.cfg.distributed, self.device, ema_decay=d, ema_warmup=w
         )
         # what is saved and evaluated; what the loss runs through (DDP, FSDP2); the EMA or None
         self.module, self.model, self.ema = weights.module, weights.model, weights.ema
@@ -310,7 +310,7 @@ class Trainer:
         that failed is a ``MetricFailure``, logged and shown with its reason (the run goes on)."""
         metrics = self.weights.evaluate(self.task.evaluate, self.step, self.out_dir)
         if self.dist.main:
-            record = eval_record(metrics, self.step, self.stage.name)
+            record = eval_record(metrics, self.step, self.stage.name, self.weights.which)
             self._log(record)
             self.progress.evaluated(record)
             self.hooks.atoken_eval_end(trainer=self, step=self.step, metrics=metrics)
@@ -351,8 +351,9 @@ class Trainer:
                 raise RunFolderError(refused)
             if resume:
                 self.resume(force=force, checkpoint=resume_from, fallback=fallback)
-            if self.dist.main:
-                write_run_files(self.out_dir, self.cfg.to_dict(), self.run_file_text)
+            if self.dist.main:  # run.json: the configuration and which weights it evaluates
+                config = {**self.cfg.to_dict(), "weights": self.weights.which}
+                write_run_files(self.out_dir, config, self.run_file_text)
             return self._train()
 
     def _train(self) -> dict[str, float]:

@@ -182,17 +182,20 @@ def test_schedule_and_encoder_lr_multiplier(tmp_path):
     assert (1.0, 0.0) in decays and (1.0, 0.1) in decays  # biases not decayed
 
 
-def test_ema_tracks_weights(tmp_path):
-    trainer = Trainer(_cfg(tmp_path, steps=1, ema_decay=0.5), ToyTask())
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_tracks_weights(tmp_path, warmup):
+    cfg = _cfg(tmp_path, steps=1, ema_decay=0.5, ema_warmup=warmup)
+    trainer = Trainer(cfg, ToyTask())
     start = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train_step()
     # the first update copies the weights; check the decay on a second one
     first = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train_step()
+    d = min(0.5, (1 + 1) / (10 + 1)) if warmup else 0.5  # update n = 1, warmed up or not
     for e, p, f in zip(
         trainer.ema.module.parameters(), trainer.model.parameters(), first, strict=True
     ):
-        assert torch.allclose(e, 0.5 * f + 0.5 * p)
+        assert torch.allclose(e, d * f + (1 - d) * p)
     assert any(not torch.equal(s, f) for s, f in zip(start, first, strict=True))
 
 
