@@ -65,6 +65,7 @@ class LiveWeights:
 
 
 def _train(tmp_path: Path, steps: int, train: str = "") -> tuple[LiveWeights, dict, Path]:
+    """Train through ``atoken train``; the printed summary says which weights it used."""
     out = tmp_path / "out"
     run_file = tmp_path / "run.toml"
     run_file.write_text(RUN.format(out=out, steps=steps, train=train))
@@ -73,6 +74,8 @@ def _train(tmp_path: Path, steps: int, train: str = "") -> tuple[LiveWeights, di
         result = CliRunner().invoke(main, ["train", str(run_file)])
     assert result.exit_code == 0, result.output
     assert len(live.steps) == steps
+    which = "the live" if "ema_decay = 0" in train else "the EMA"
+    assert f"evaluated and exported {which} weights" in result.output, result.output
     return live, load_checkpoint(latest_checkpoint(out / "checkpoints")), out
 
 

@@ -139,7 +139,9 @@ def train(
     except AtokenError as exc:
         raise fail(exc) from exc
     if trainer.dist.main:  # under torchrun, rank 0 reports
+        weights = "the EMA" if trainer.weights.which == "ema" else "the live"
         click.echo(f"trained {trainer.step} steps; outputs in {cfg.run.output}")
+        click.echo(f"evaluated and exported {weights} weights")
         table(("metric", "value"), [(k, f"{v:.4f}") for k, v in metrics.items()])
 
 
