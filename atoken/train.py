@@ -31,6 +31,7 @@ from atoken.engine.transforms import StageContext, StageTransform
 from atoken.plugins.manager import get_plugin_manager, get_registry
 from atoken.pretrained import load_config
 from atoken.tasks import TaskContext, TaskMixture, build_task, evaluate_samples, tiles
+from atoken.tasks.base import named_in
 from atoken.tokenizer import Tokenizer
 
 __all__ = [
@@ -120,7 +121,8 @@ def build_transforms(cfg: RunConfig) -> list[list[StageTransform]]:
     for stage in cfg.plan():
         transforms = []
         for spec in stage.transforms:
-            factory = registry.get(spec.name)
+            where = f"[[stages]] {stage.name}"
+            factory = named_in(where, "transform", registry, spec.name, build=False)
             try:
                 transforms.append(factory(**spec.params))
             except (TypeError, ConfigError) as exc:

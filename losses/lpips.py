@@ -99,6 +99,8 @@ class LPIPSLoss(nn.Module):
         self.net_name, self.version = net, version
         self.size = check_size(size, who="lpips")
         self.is_lpips = not random_backbone_for_tests
+        #: The key its value is logged under (metrics.jsonl, TensorBoard): a stand-in says so.
+        self.log_name = "lpips" if self.is_lpips else "lpips_random_trunk_NOT_LPIPS"
         if random_backbone_for_tests:
             self.weights_path = None
             self.label = f"random-trunk {net} LPIPS stand-in (wiring tests only; NOT LPIPS)"

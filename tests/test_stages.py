@@ -145,7 +145,7 @@ def test_stages_refuse_the_model_start_keys_and_too_many_steps(tmp_path):
 
 def test_transforms_are_checked_before_anything_trains(tmp_path):
     bad_name = STAGES.replace('"to_fsq"', '"to_fsk"')
-    with pytest.raises(UnknownComponentError, match="to_fsq"):
+    with pytest.raises(UnknownComponentError, match=r"transform in \[\[stages\]\] fsq.*to_fsq"):
         build_transforms(load_run_file(_write(tmp_path, bad_name)))
     bad_param = STAGES.replace("latent_dim = 12", "latent_dims = 12")
     with pytest.raises(ConfigError, match=r"'wide'.*expand_latent.*latent_dims"):

@@ -274,3 +274,21 @@ def test_video_previews_of_clips_named_like_paths_stay_in_the_task_folder(tmp_pa
     VideoReconstructionTask.save_previews(task, clips, clips, folder, 3)
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) == 4 and all(p.parent == folder for p in written), written
+
+
+def test_an_unknown_loss_or_metric_names_its_task(tmp_path):
+    bad_loss = IMAGE.replace("previews = 1", 'previews = 1\nlosses = [{ name = "l2" }]')
+    with pytest.raises(atoken.UnknownComponentError, match=r"loss in \[\[tasks\]\] image_rec"):
+        build_run(load_run_file(_write(tmp_path, "badloss", bad_loss)))
+    bad_metric = IMAGE.replace('metrics = ["psnr"]', 'metrics = ["psrn"]')
+    with pytest.raises(atoken.UnknownComponentError, match=r"metric in .*'psrn'.*'psnr'"):
+        build_run(load_run_file(_write(tmp_path, "badmetric", bad_metric)))
+
+
+def test_a_random_trunk_lpips_is_logged_as_not_lpips(tmp_path):
+    lpips = '{ name = "lpips", params = { random_backbone_for_tests = true } }'
+    tasks = IMAGE.replace('metrics = ["psnr"]', f'metrics = ["psnr"]\nlosses = [{lpips}]')
+    model, mixture = build_run(load_run_file(_write(tmp_path, "stand_in", tasks)))
+    (task,) = mixture.tasks
+    _, logs = task.loss(model, task.batch(0, 0))
+    assert "lpips_random_trunk_NOT_LPIPS" in logs and "lpips" not in logs

@@ -26,6 +26,7 @@ is a ``ConfigError`` when the task is built (:func:`tile_problem`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,7 @@ import attrs
 import torch
 from torch import nn
 
-from atoken.core.errors import ConfigError, DataModalityError
+from atoken.core.errors import ConfigError, DataModalityError, UnknownComponentError
 from atoken.data.sources import SourceContext, build_source
 from atoken.engine.runconfig import LossTerm, TaskSpec, structure
 from atoken.plugins.hookspecs import hookimpl
@@ -53,6 +54,7 @@ __all__ = [
     "clamp_range",
     "evaluate_samples",
     "loss_inputs",
+    "named_in",
     "tile_problem",
     "tiles",
 ]
@@ -107,6 +109,21 @@ def build_task(spec: TaskSpec, context: TaskContext) -> Task:
             f"{type(task).__name__}, which lacks label, weight, modality, batch, loss or evaluate"
         )
     return task
+
+
+def named_in(where: str, kind: str, registry: Any, name: str, build: bool = True, **params):
+    """The component ``name`` of ``registry`` (built with ``params``, or its factory with
+    ``build=False``).
+
+    Raises:
+        UnknownComponentError: an unknown name, the message naming ``where`` it was asked
+            for (``[[tasks]] <label>``) and close matches.
+    """
+    if name not in registry:
+        known = registry.names()
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        raise UnknownComponentError(f"{kind} in {where}:", name, known, close)
+    return registry.create(name, **params) if build else registry.get(name)
 
 
 def loss_inputs(loss: Any) -> str:
@@ -229,7 +246,7 @@ class ReconstructionTask:
         registry = get_registry()
         self.losses: list[tuple[LossTerm, Any, str]] = []
         for term in self.default_losses if spec.losses is None else spec.losses:
-            fn = registry.losses.create(term.name, **dict(term.params))
+            fn = named_in(where, "loss", registry.losses, term.name, **dict(term.params))
             inputs = loss_inputs(fn)
             if inputs not in self.provides:
                 raise ConfigError(
@@ -239,7 +256,7 @@ class ReconstructionTask:
             self.losses.append((term, fn, inputs))
         names = self.default_metrics if spec.metrics is None else spec.metrics
         for name in names:  # before building it: a metric's weights are not needed to know
-            factory = registry.metrics.get(name)
+            factory = named_in(where, "metric", registry.metrics, name, build=False)
             problem = tile_problem(name, factory, self.source.heldout, "held-out samples")
             if problem:
                 raise ConfigError(
@@ -308,7 +325,7 @@ class ReconstructionTask:
                 value = fn(None, None, context)
             else:
                 value = fn(out.embedding, context["text"], context)
-            logs[term.name] = float(value.detach())
+            logs[getattr(fn, "log_name", None) or term.name] = float(value.detach())
             total = total + term.weight * value.float()
         return total, logs
 
