@@ -128,7 +128,10 @@ def test_unknown_component_in_run_file(tmp_path, folder):
     result = CliRunner().invoke(
         main, ["train", str(_run_file(tmp_path, folder, "bad2", loss="l2"))]
     )
-    assert result.exit_code == 1 and "unknown loss 'l2'" in result.output
+    assert (
+        result.exit_code == 1
+        and "unknown loss in [[tasks]] image_reconstruction: 'l2'" in result.output
+    )
 
 
 def test_fsq_run_reports_codebook_usage(tmp_path, folder):

@@ -25,7 +25,8 @@ def _run(out: Path, steps: int, *args: str, nproc: int = 1, env: dict | None = N
     if nproc > 1:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += [str(SCRIPT), str(out), str(steps), *args]
-    environ = {**os.environ, **(env or {})}
+    # every run here is the whole 4-step run or a part of it: one learning-rate schedule
+    environ = {**os.environ, "TOY_SCHEDULE_STEPS": "4", **(env or {})}
     done = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "result.json").read_text())

@@ -89,7 +89,15 @@ def main() -> None:
         RunConfig,
         {
             "run": {"name": "toy", "out_dir": out, "seed": 0},
-            "optim": {"lr": 3e-2, "warmup_steps": 1, "grad_accum": 2, "grad_clip": 0.5},
+            "optim": {
+                "lr": 3e-2,
+                "warmup_steps": 1,
+                "grad_accum": 2,
+                "grad_clip": 0.5,
+                # TOY_SCHEDULE_STEPS: the schedule of the whole run when this one stops early
+                # (the first part of a run that is resumed later); 0: its own steps
+                "schedule_steps": int(os.environ.get("TOY_SCHEDULE_STEPS", 0)),
+            },
             "train": {
                 "steps": steps,
                 "precision": "fp32",
