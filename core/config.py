@@ -27,35 +27,19 @@ import attrs
 
 from atoken.core.errors import ConfigError
 from atoken.core.validators import (
-    as_json as _as_json,
-)
-from atoken.core.validators import (
-    as_tuple as _as_tuple,
-)
-from atoken.core.validators import (
-    float_triple as _float_triple,
-)
-from atoken.core.validators import (
-    int_tuple as _int_tuple,
-)
-from atoken.core.validators import (
-    is_bool as _is_bool,
-)
-from atoken.core.validators import (
+    as_json,
+    as_tuple,
+    float_triple,
+    int_tuple,
+    is_bool,
     name_map,
     non_negative_int,
+    one_of,
     optional_name,
     optional_names,
     optional_positive_int,
-)
-from atoken.core.validators import (
-    one_of as _one_of,
-)
-from atoken.core.validators import (
-    positive_float as _positive_float,
-)
-from atoken.core.validators import (
-    positive_int as _positive_int,
+    positive_float,
+    positive_int,
 )
 
 __all__ = [
@@ -93,24 +77,24 @@ class BackboneConfig:
         grad_checkpointing: recompute blocks in the backward pass.
     """
 
-    depth: int = attrs.field(validator=_positive_int)
-    width: int = attrs.field(validator=_positive_int)
-    heads: int = attrs.field(validator=_positive_int)
-    mlp_hidden: int = attrs.field(validator=_positive_int)
-    norm: str = attrs.field(default="layernorm", validator=_one_of("layernorm", "rmsnorm"))
-    norm_eps: float = attrs.field(default=1e-6, validator=_positive_float)
-    bias: bool = attrs.field(default=True, validator=_is_bool)
-    qk_norm: bool = attrs.field(default=False, validator=_is_bool)
-    qk_norm_per_head: bool = attrs.field(default=False, validator=_is_bool)
-    act: str = attrs.field(default="gelu_tanh", validator=_one_of("gelu_tanh", "gelu"))
-    rope: bool = attrs.field(default=True, validator=_is_bool)
-    rope_pairs: str = attrs.field(default="interleaved", validator=_one_of("interleaved", "half"))
-    rope_frequencies: str = attrs.field(default="atoken", validator=_one_of("atoken", "axial"))
-    rope_theta: float = attrs.field(default=10000.0, validator=_positive_float)
+    depth: int = attrs.field(validator=positive_int)
+    width: int = attrs.field(validator=positive_int)
+    heads: int = attrs.field(validator=positive_int)
+    mlp_hidden: int = attrs.field(validator=positive_int)
+    norm: str = attrs.field(default="layernorm", validator=one_of("layernorm", "rmsnorm"))
+    norm_eps: float = attrs.field(default=1e-6, validator=positive_float)
+    bias: bool = attrs.field(default=True, validator=is_bool)
+    qk_norm: bool = attrs.field(default=False, validator=is_bool)
+    qk_norm_per_head: bool = attrs.field(default=False, validator=is_bool)
+    act: str = attrs.field(default="gelu_tanh", validator=one_of("gelu_tanh", "gelu"))
+    rope: bool = attrs.field(default=True, validator=is_bool)
+    rope_pairs: str = attrs.field(default="interleaved", validator=one_of("interleaved", "half"))
+    rope_frequencies: str = attrs.field(default="atoken", validator=one_of("atoken", "axial"))
+    rope_theta: float = attrs.field(default=10000.0, validator=positive_float)
     rope_axis_order: tuple[int, ...] = attrs.field(
-        default=(0, 1, 2, 3), converter=_as_tuple, validator=_int_tuple(4)
+        default=(0, 1, 2, 3), converter=as_tuple, validator=int_tuple(4)
     )
-    grad_checkpointing: bool = attrs.field(default=False, validator=_is_bool)
+    grad_checkpointing: bool = attrs.field(default=False, validator=is_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.width % self.heads:
@@ -153,15 +137,15 @@ class EncoderConfig:
     """
 
     backbone: BackboneConfig = attrs.field()
-    patch_size: int = attrs.field(default=16, validator=_positive_int)
-    temporal_patch: int = attrs.field(default=4, validator=_positive_int)
-    in_channels: int = attrs.field(default=3, validator=_positive_int)
-    pos_table: bool = attrs.field(default=True, validator=_is_bool)
+    patch_size: int = attrs.field(default=16, validator=positive_int)
+    temporal_patch: int = attrs.field(default=4, validator=positive_int)
+    in_channels: int = attrs.field(default=3, validator=positive_int)
+    pos_table: bool = attrs.field(default=True, validator=is_bool)
     pos_grid: tuple[int, ...] = attrs.field(
-        default=(16, 16), converter=_as_tuple, validator=_int_tuple(2)
+        default=(16, 16), converter=as_tuple, validator=int_tuple(2)
     )
-    final_norm: bool = attrs.field(default=True, validator=_is_bool)
-    map_head: bool = attrs.field(default=True, validator=_is_bool)
+    final_norm: bool = attrs.field(default=True, validator=is_bool)
+    map_head: bool = attrs.field(default=True, validator=is_bool)
     map_mlp_hidden: int | None = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -234,31 +218,31 @@ class TokenizerConfig:
     name: str = attrs.field(default="custom")
     encoder: EncoderConfig = attrs.field()
     decoder: BackboneConfig | None = attrs.field(default=None)
-    latent_dim: int = attrs.field(default=48, validator=_positive_int)
+    latent_dim: int = attrs.field(default=48, validator=positive_int)
     input_mean: tuple[float, ...] = attrs.field(
-        default=(0.5, 0.5, 0.5), converter=_as_tuple, validator=_float_triple
+        default=(0.5, 0.5, 0.5), converter=as_tuple, validator=float_triple
     )
     input_std: tuple[float, ...] = attrs.field(
-        default=(0.5, 0.5, 0.5), converter=_as_tuple, validator=_float_triple
+        default=(0.5, 0.5, 0.5), converter=as_tuple, validator=float_triple
     )
     attention: str | None = attrs.field(default=None)
     bottleneck: str = attrs.field(default="kl")
     bottleneck_params: Mapping[str, Any] = attrs.field(factory=dict)
     head: str = attrs.field(default="pixels")
-    decoder_final_norm: bool = attrs.field(default=True, validator=_is_bool)
-    decoder_pos_table: bool = attrs.field(default=False, validator=_is_bool)
+    decoder_final_norm: bool = attrs.field(default=True, validator=is_bool)
+    decoder_pos_table: bool = attrs.field(default=False, validator=is_bool)
     text_encoder: str | None = attrs.field(default=None)
     text_encoder_params: Mapping[str, Any] = attrs.field(factory=dict)
     modalities: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_as_tuple, validator=optional_names
+        default=None, converter=as_tuple, validator=optional_names
     )
     modality_params: Mapping[str, Mapping[str, Any]] = attrs.field(
-        factory=dict, converter=_as_json, validator=name_map(Mapping)
+        factory=dict, converter=as_json, validator=name_map(Mapping)
     )
     default_modality: str | None = attrs.field(default=None, validator=optional_name)
     heads: Mapping[str, str] = attrs.field(factory=dict, validator=name_map(str))
     head_params: Mapping[str, Mapping[str, Any]] = attrs.field(
-        factory=dict, converter=_as_json, validator=name_map(Mapping)
+        factory=dict, converter=as_json, validator=name_map(Mapping)
     )
     tile_steps: int | None = attrs.field(default=4, validator=optional_positive_int)
     kv_cache_steps: int = attrs.field(default=4, validator=non_negative_int)
@@ -357,9 +341,7 @@ class TokenizerConfig:
         enc: dict[str, Any] = {}
         enc_bb: dict[str, Any] = {}
         dec_bb: dict[str, Any] = {}
-        top_fields = {f.name for f in attrs.fields(TokenizerConfig)} - {"encoder", "decoder"}
-        enc_fields = {f.name for f in attrs.fields(EncoderConfig)} - {"backbone"}
-        bb_fields = {f.name for f in attrs.fields(BackboneConfig)}
+        top_fields, enc_fields, bb_fields = _flat_fields()
         for key, value in overrides.items():
             if key in top_fields:
                 top[key] = value
@@ -422,10 +404,15 @@ def override_keys() -> frozenset[str]:
     """Every flat key :meth:`TokenizerConfig.with_overrides` takes (a run file's ``[model]``
     keys besides its own): the config's fields, the encoder's and its backbone's, and
     ``decoder_<backbone field>``."""
-    bb = {f.name for f in attrs.fields(BackboneConfig)}
+    top, enc, bb = _flat_fields()
+    return frozenset(top | enc | bb | {f"decoder_{f}" for f in bb})
+
+
+def _flat_fields() -> tuple[set[str], set[str], set[str]]:
+    """The field names a flat override may set: the config's, the encoder's, a backbone's."""
     top = {f.name for f in attrs.fields(TokenizerConfig)} - {"encoder", "decoder"}
     enc = {f.name for f in attrs.fields(EncoderConfig)} - {"backbone"}
-    return frozenset(top | enc | bb | {f"decoder_{f}" for f in bb})
+    return top, enc, {f.name for f in attrs.fields(BackboneConfig)}
 
 
 def preset_names() -> list[str]:
