@@ -86,7 +86,7 @@ class RunLog:
 
     @property
     def steps(self) -> int:
-        return max((r["step"] + (r.get("kind") == "train") for r in self.records), default=0)
+        return max((r["step"] for r in self.records), default=0)
 
     def stages(self) -> list[tuple[int, int, str]]:
         """``(first step, end step, name)`` of each stage: from the configuration when it
@@ -101,8 +101,8 @@ class RunLog:
         out = []
         for r in self.of_kind("train"):
             if not out or out[-1][2] != r.get("stage"):
-                out.append([r["step"], r["step"] + 1, str(r.get("stage", "train"))])
-            out[-1][1] = r["step"] + 1
+                out.append([r["step"] - 1, r["step"], str(r.get("stage", "train"))])
+            out[-1][1] = r["step"]
         return [tuple(s) for s in out] or [(0, self.steps, "train")]
 
     def stage_of(self, step: int) -> str:

@@ -38,7 +38,12 @@ class BottleneckOutput:
 
 @runtime_checkable
 class Bottleneck(Protocol):
-    """``forward(x [N, in_dim]) -> BottleneckOutput`` with ``latent [N, latent_dim]``."""
+    """``forward(x [N, in_dim]) -> BottleneckOutput`` with ``latent [N, latent_dim]``.
+
+    A bottleneck may declare ``exports``, the names of the terms its output carries
+    (``("kl",)``): a run checks before step 0 that what its ``"terms"`` losses read
+    (their ``reads``) is exported by the bottleneck each stage will have.
+    """
 
     in_dim: int
     latent_dim: int
@@ -57,7 +62,12 @@ class DiscreteBottleneck(Bottleneck, Protocol):
 
 @runtime_checkable
 class Loss(Protocol):
-    """``loss(prediction, target, context) -> scalar tensor``."""
+    """``loss(prediction, target, context) -> scalar tensor``.
+
+    Optional attributes: ``inputs`` (what it consumes, ``"samples"`` by default;
+    docs/losses.md#inputs) and, for a ``"terms"`` loss, ``reads``: the bottleneck terms it
+    reads from ``context`` (checked against the bottleneck's ``exports`` before step 0).
+    """
 
     def __call__(
         self, prediction: Any, target: Any, context: Mapping[str, Any]

@@ -43,6 +43,13 @@ __all__ = [
 class AtokenError(Exception):
     """Base class of every error raised on purpose by atoken."""
 
+    def within(self, where: str) -> AtokenError:
+        """This error, its message now starting with ``where`` (e.g. ``"[[stages]] fsq / "``,
+        what was being built when it was raised); returned for ``raise exc.within(...)``."""
+        if self.args and not str(self.args[0]).startswith(where):
+            self.args = (f"{where}{self.args[0]}", *self.args[1:])
+        return self
+
 
 class LatentValidationError(AtokenError, ValueError):
     """A :class:`~atoken.SparseLatent` was built from inconsistent parts.

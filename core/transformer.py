@@ -44,6 +44,7 @@ __all__ = [
     "Block",
     "HeadRMSNorm",
     "Mlp",
+    "RMSNorm",
     "Transformer",
     "make_norm",
 ]
@@ -63,8 +64,21 @@ def make_norm(
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim, eps=eps)
+        return RMSNorm(dim, eps=eps)
     raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (same parameters and state dict) whose gain takes the input's dtype:
+    under bf16 autocast a bf16 input meets the fp32 gain, which torch's fused kernel refuses
+    (it falls back to the composite one and warns once per process); cast, the fused kernel
+    runs. In fp32 nothing is cast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight is not None and weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)  # [D]
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
 class HeadRMSNorm(nn.Module):

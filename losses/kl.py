@@ -40,6 +40,11 @@ class KLLoss(nn.Module):
             raise ConfigError(f"kl: key must be a non-empty str, got {key!r}")
         self.key = key
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The bottleneck term it reads (checked against the bottleneck's ``exports``)."""
+        return (self.key,)
+
     def forward(self, prediction: Any, target: Any, context: Mapping[str, Any]) -> torch.Tensor:
         if self.key not in context:
             raise ConfigError(

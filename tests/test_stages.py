@@ -155,18 +155,61 @@ def test_transforms_are_checked_before_anything_trains(tmp_path):
         build_transforms(load_run_file(_write(tmp_path, bad_value)))
 
 
-def test_a_transform_that_does_not_fit_the_model_fails_at_its_stage(tmp_path, monkeypatch):
+def _dry_run_fails(tmp_path: Path, body: str) -> str:
+    """``atoken train`` on ``body``'s stages: the message it fails with before step 0."""
+    result = CliRunner().invoke(main, ["train", str(_write(tmp_path, body))])
+    assert result.exit_code != 0, result.output
+    out = tmp_path / "run"
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    return " ".join(result.output.split())
+
+
+def test_a_transform_that_does_not_fit_the_stage_model_fails_before_step_0(tmp_path, monkeypatch):
     import atoken.train
 
     built = []
     real = atoken.train.build_transforms
     monkeypatch.setattr(atoken.train, "build_transforms", lambda cfg: built.append(1) or real(cfg))
-    body = STAGES.replace("groups = 4", "groups = 3")  # 3 x 3 != 12 channels
-    with pytest.raises(ConfigError, match="expand_latent first"):
-        run_training(load_run_file(_write(tmp_path, body)))
-    records = _records(tmp_path / "run")
-    assert {r["stage"] for r in records} == {"image", "wide"}  # stages 1-2 trained
+    body = STAGES.replace("groups = 4", "groups = 3")  # 3 x 3 != the 12 channels of "wide"
+    message = _dry_run_fails(tmp_path, body)
+    assert "[[stages]] fsq / to_fsq: 3 groups x 3 levels = 9 channels, the latent has 12" in message
     assert len(built) == 1  # every stage's transforms built once, before anything trained
+
+
+def test_a_kl_loss_after_to_fsq_fails_before_step_0_naming_stage_and_task(tmp_path):
+    body = STAGES.replace(
+        'losses = [{ name = "mse", weight = 1.0 }]',
+        'losses = [{ name = "mse", weight = 1.0 }, { name = "kl", weight = 1e-8 }]',
+    )
+    message = _dry_run_fails(tmp_path, body)
+    assert (
+        "[[stages]] fsq / [[tasks]] img_fsq: loss 'kl' reads the bottleneck term 'kl', which "
+        "the model's FSQBottleneck does not export"
+    ) in message
+
+
+def test_a_misspelt_metric_of_the_last_stage_fails_before_step_0(tmp_path):
+    body = STAGES.replace('metrics = ["psnr"]', 'metrics = ["psrn"]')  # img_fsq's
+    message = _dry_run_fails(tmp_path, body)
+    assert "[[stages]] fsq / unknown metric in [[tasks]] img_fsq: 'psrn'" in message
+    assert "Did you mean 'psnr'" in message
+
+
+def test_the_stages_train_the_tasks_the_dry_run_built(tmp_path, monkeypatch):
+    """Each stage's tasks are built once, before step 0, against its shape-only model."""
+    import atoken.dry_run
+
+    built = []
+    real = atoken.dry_run.build_task
+
+    def counting(spec, context):
+        built.append((spec.key, str(next(context.model.parameters()).device)))
+        return real(spec, context)
+
+    monkeypatch.setattr(atoken.dry_run, "build_task", counting)
+    body = STAGES.replace("steps = 3", "steps = 1").replace("steps = 2", "steps = 1")
+    _train([str(_write(tmp_path, body))])
+    assert built == [("img", "meta"), ("img", "meta"), ("img_fsq", "meta")]
 
 
 # ------------------------------------------------------------------------------ training
@@ -204,9 +247,9 @@ def test_atoken_train_runs_every_stage_and_writes_its_metrics(curriculum):
 
 def test_each_stage_warms_up_with_its_own_optimizer(curriculum):
     lrs = {r["step"]: r["lr"] for r in _records(curriculum) if r["kind"] == "train"}
-    assert lrs[3] == pytest.approx(5e-4 / 2)  # first step of "wide": warmup 1/2 of its lr
-    assert lrs[4] == pytest.approx(5e-4)
-    assert lrs[6] == pytest.approx(2e-4)  # "fsq": warmup_steps = 1 from [optim]
+    assert lrs[4] == pytest.approx(5e-4 / 2)  # first step of "wide": warmup 1/2 of its lr
+    assert lrs[5] == pytest.approx(5e-4)
+    assert lrs[7] == pytest.approx(2e-4)  # "fsq": warmup_steps = 1 from [optim]
 
 
 def test_the_saved_tokenizers_are_each_stages_model(curriculum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,15 @@ def test_tile_problem_is_the_size_rule():
     assert tile_problem("fd", fd, [small, large]) == ""  # one tile is enough
     assert tile_problem("psnr", Boom, [small]) == ""  # not distributional
     assert tile_problem("fd", fd, []) == "" and tile_problem("fd", fd, [object()]) == ""
+
+
+def test_progress_lines_log_records_and_checkpoints_count_steps_alike(failing_run):
+    """#35 item 6: "step N" means N optimizer steps done in the progress lines, in every
+    ``metrics.jsonl`` record (training ones included) and in the checkpoints."""
+    out, result = failing_run
+    shown = [int(m) for m in re.findall(r"\(run (\d+)/2\)", result.output)]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [r["step"] for r in records if r["kind"] == "train"]
+    evaluated = [r["step"] for r in records if r["kind"] == "eval"]
+    assert shown == trained == evaluated == [1, 2], result.output
+    assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["step"] == 2

@@ -61,7 +61,8 @@ def _train(*args: str, ok: bool = True):
 
 def _lrs(out: Path) -> dict[int, float]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["lr"] for r in map(json.loads, lines) if r["kind"] == "train"}
+    # by step index (a training record's "step" counts the steps done with it)
+    return {r["step"] - 1: r["lr"] for r in map(json.loads, lines) if r["kind"] == "train"}
 
 
 def test_dotted_overrides_are_trained_and_recorded(tmp_path):

@@ -63,7 +63,15 @@ from atoken.engine.plan_formulas import activation_bytes, numel, training_flops
 from atoken.engine.runconfig import RunConfig, StageSpec, TaskSpec
 from atoken.plugins.manager import get_registry
 
-__all__ = ["MemoryPlan", "RunPlan", "StagePlan", "TaskPlan", "plan_run"]
+__all__ = [
+    "MemoryPlan",
+    "RunPlan",
+    "StagePlan",
+    "TaskPlan",
+    "apply_shapes",
+    "meta_tokenizer",
+    "plan_run",
+]
 
 #: Loss inputs that need no decoded samples (every other kind decodes).
 _NOT_DECODED = ("terms", "latent", "embeddings")
@@ -162,11 +170,12 @@ class _Stand(nn.Module):
         self.weight = nn.Parameter(torch.empty(n))
 
 
-def _tokenizer(cfg: RunConfig) -> tuple[nn.Module, int]:
-    """The run's first tokenizer on the meta device and its frozen text tower's parameters."""
+def meta_tokenizer(cfg: RunConfig) -> tuple[nn.Module, int]:
+    """The run's first tokenizer, shape-only (build it under ``torch.device("meta")``), and
+    its frozen text tower's parameters (counted, not built)."""
     from atoken.core.semantic import SemanticProjection
+    from atoken.run_model import model_config
     from atoken.tokenizer import Tokenizer
-    from atoken.train import model_config
 
     config = model_config(cfg)  # a checkpoint's config.json only: no weight is read
     text, text_params = config.text_encoder or "", dict(config.text_encoder_params)
@@ -324,14 +333,20 @@ def _memory(
     )
 
 
-def _apply(transform: Any, tokenizer: nn.Module, stage: StageSpec, index: int) -> None:
+def apply_shapes(
+    transform: Any, tokenizer: nn.Module, stage: StageSpec, index: int, *, call: bool = True
+) -> bool:
+    """Change a shape-only ``tokenizer`` as ``transform`` (of stage ``index``) will change the
+    real one: its ``apply_shapes``, else (``call``) the transform itself with no tasks.
+    Returns whether anything was applied."""
     from atoken.engine.transforms import StageContext
 
     shapes = getattr(transform, "apply_shapes", None)
     if shapes is not None:
         shapes(tokenizer)
-    else:
+    elif call:
         transform(tokenizer, StageContext(stage=stage, index=index))
+    return shapes is not None or call
 
 
 def plan_run(cfg: RunConfig, *, nproc: int = 1) -> RunPlan:
@@ -342,7 +357,7 @@ def plan_run(cfg: RunConfig, *, nproc: int = 1) -> RunPlan:
             size or a sample size its source does not default), a transform's bad parameter.
         UnknownComponentError: a task, loss, transform or text encoder no plugin registered.
     """
-    from atoken.train import build_transforms
+    from atoken.run_model import build_transforms
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(f"--plan: nproc must be an int >= 1, got {nproc!r}")
@@ -352,11 +367,11 @@ def plan_run(cfg: RunConfig, *, nproc: int = 1) -> RunPlan:
     stages = []
     transforms = build_transforms(cfg)  # unknown names and bad parameters fail here
     with torch.device("meta"):
-        tokenizer, text_frozen = _tokenizer(cfg)
+        tokenizer, text_frozen = meta_tokenizer(cfg)
         for index, stage in enumerate(cfg.plan()):
             for spec, transform in zip(stage.transforms, transforms[index], strict=True):
                 try:
-                    _apply(transform, tokenizer, stage, index)
+                    apply_shapes(transform, tokenizer, stage, index)
                 except AtokenError as exc:
                     notes.append(
                         f"[[stages]] {stage.name!r}: transform {spec.name!r} not applied to the "

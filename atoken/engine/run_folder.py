@@ -128,8 +128,10 @@ def eval_record(metrics: dict[str, float], step: int, stage: str, weights: str) 
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop the log's records of steps >= ``step`` (a resumed run redoes them) and lines torn
-    by a kill mid-write, so no step appears twice."""
+    """Drop the log's records after ``step`` (those of steps a run resumed from the checkpoint
+    of ``step`` redoes) and lines torn by a kill mid-write, so no step appears twice. A
+    record's ``step`` is the number of steps done when it was written (a training record's:
+    with its own step), so what happened at ``step`` itself is kept."""
     if not path.exists():
         return
     keep = []
@@ -138,7 +140,7 @@ def truncate_log(path: Path, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a kill mid-write
             continue
-        if isinstance(record, dict) and record.get("step", 0) < step:
+        if isinstance(record, dict) and record.get("step", 0) <= step:
             keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 

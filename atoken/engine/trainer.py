@@ -242,7 +242,7 @@ class Trainer:
             append_record(self.metrics_path, record)
 
     def rewind_log(self, step: int) -> None:
-        """Drop the metrics log's records of steps >= ``step`` (a resumed run redoes them)."""
+        """Drop the metrics log's records after ``step`` (a resumed run redoes them)."""
         if self.dist.main:
             truncate_log(self.metrics_path, step)
 
@@ -285,7 +285,8 @@ class Trainer:
             total = all_reduce_sum(total, self.dist, f"the loss of step {step}")
             total = (total / self.dist.world).float()
         gnorm = self.weights.clip_gradients(optim.grad_clip)  # averaged over the ranks
-        record = {"step": step, "kind": "train", "stage": self.stage.name, "lr": lr}
+        # "step": the steps done after this one, as in every record, checkpoint and progress line
+        record = {"step": step + 1, "kind": "train", "stage": self.stage.name, "lr": lr}
         record |= {"loss": float(total), "grad_norm": float(gnorm), **terms}
         if not (torch.isfinite(total) and torch.isfinite(gnorm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -293,7 +294,7 @@ class Trainer:
             record["skipped"] = True
             if self.nonfinite >= cfg.train.max_nonfinite:
                 raise NonFiniteLossError(
-                    f"{self.nonfinite} consecutive non-finite steps (last at step {step}: "
+                    f"{self.nonfinite} consecutive non-finite steps (last at step {step + 1}: "
                     f"loss={float(total)}, grad_norm={float(gnorm)}); lower the learning rate, "
                     "check the inputs for NaN, or train in fp32"
                 )

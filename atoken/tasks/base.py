@@ -131,6 +131,15 @@ def loss_inputs(loss: Any) -> str:
     return str(getattr(loss, "inputs", "samples"))
 
 
+def _unexported(loss: Any, inputs: str, bottleneck: Any) -> tuple[str, ...]:
+    """The bottleneck terms a ``"terms"`` loss reads (its ``reads``) that ``bottleneck`` does
+    not export (its ``exports``); nothing when either does not say."""
+    reads, exports = getattr(loss, "reads", None), getattr(bottleneck, "exports", None)
+    if inputs != "terms" or reads is None or exports is None:
+        return ()
+    return tuple(name for name in reads if name not in exports)
+
+
 def tiles(samples: Sequence[torch.Tensor], size: int = TILE) -> list[torch.Tensor]:
     """Non-overlapping ``size`` x ``size`` tiles of each ``[C, H, W]`` sample (edges that do
     not fit dropped)."""
@@ -254,6 +263,15 @@ class ReconstructionTask:
                     f"does not provide (it provides {', '.join(self.provides)})"
                 )
             self.losses.append((term, fn, inputs))
+            missing = _unexported(fn, inputs, getattr(context.model, "bottleneck", None))
+            if missing:
+                raise ConfigError(
+                    f"{where}: loss {term.name!r} reads the bottleneck term "
+                    f"{', '.join(map(repr, missing))}, which the model's "
+                    f"{type(context.model.bottleneck).__name__} does not export (it exports "
+                    f"{list(context.model.bottleneck.exports) or 'none'}): drop the loss here "
+                    "or keep a bottleneck that exports it"
+                )
         names = self.default_metrics if spec.metrics is None else spec.metrics
         for name in names:  # before building it: a metric's weights are not needed to know
             factory = named_in(where, "metric", registry.metrics, name, build=False)

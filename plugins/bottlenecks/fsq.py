@@ -53,6 +53,7 @@ class FSQBottleneck(nn.Module):
     """
 
     is_discrete = True
+    exports = ()  # no terms: a loss that reads "kl" has nothing to read
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ class KLBottleneck(nn.Module):
     """
 
     is_discrete = False
+    exports = ("kl",)  # the terms its output carries (atoken.core.components.Bottleneck)
 
     def __init__(
         self,

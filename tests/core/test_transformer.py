@@ -422,3 +422,40 @@ def test_per_head_qk_norm_has_a_gain_per_head_and_no_epsilon() -> None:
         y = attn.q_norm(x)
     want = x / x.pow(2).mean(-1, keepdim=True).sqrt() * attn.q_norm.weight
     torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+
+
+BF16_STEP = """
+import torch, atoken
+tok = atoken.Tokenizer.from_preset("tiny", modalities=["image"]).train()
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    out = tok(tok.prepare([torch.rand(3, 32, 32)], "image"), decode=True)
+out.samples[0].float().mean().backward()
+"""
+
+
+def test_a_bf16_step_does_not_warn_about_the_norms_dtype() -> None:
+    """An fp32 RMSNorm gain on a bf16 input made torch warn on every run (once per rank):
+    the gain now takes the input's dtype, so the fused kernel runs and nothing warns."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-W", "default", "-c", BF16_STEP], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Mismatch dtype" not in run.stderr and "UserWarning" not in run.stderr, run.stderr
+
+
+def test_the_rms_norm_gain_follows_the_input_dtype_and_its_gradient_reaches_fp32() -> None:
+    norm = make_norm("rmsnorm", 16)
+    assert isinstance(norm, torch.nn.RMSNorm)  # same class family, same state dict
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 16)
+    reference = F.rms_norm(x, (16,), norm.weight, norm.eps)
+    assert torch.equal(norm(x), reference)  # fp32: nothing cast
+    y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), reference, atol=3e-2, rtol=2e-2)
+    y.float().sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32

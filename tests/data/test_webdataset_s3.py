@@ -59,7 +59,7 @@ def test_atoken_train_reads_shards_on_s3_with_workers(s3_shards, tmp_path):
     result = CliRunner().invoke(main, ["train", str(_s3_run_file(s3_shards, tmp_path))])
     assert result.exit_code == 0, result.output
     records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").open()]
-    assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
 
 
 def test_atoken_train_nproc_2_reads_shards_on_s3_with_workers(s3_shards, tmp_path):
@@ -72,4 +72,4 @@ def test_atoken_train_nproc_2_reads_shards_on_s3_with_workers(s3_shards, tmp_pat
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").open()]
-    assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]

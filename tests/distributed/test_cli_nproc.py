@@ -91,7 +91,7 @@ def test_atoken_train_nproc_2_trains_once_and_writes_once(tmp_path):
     assert done.stdout.count("trained 4 steps") == 1  # rank 0 reports
     out = tmp_path / "out"
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1, 2, 3]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step_00000002.pt",

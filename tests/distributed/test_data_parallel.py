@@ -94,7 +94,7 @@ def test_a_sharded_checkpoint_is_written_by_every_rank_and_reshards(alone, tmp_p
 def test_only_rank_zero_writes_the_log(tmp_path):
     _run(tmp_path / "log", 4, nproc=2, schedule=WHOLE)
     records = [json.loads(x) for x in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "train"] == [0, 1, 2, 3]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
 def test_fsdp_computes_in_bf16_when_asked(alone, tmp_path):

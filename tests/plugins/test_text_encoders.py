@@ -187,3 +187,21 @@ def test_local_tokenizer_folder_keeps_the_models_tokenizer_options(tmp_path):
     assert siglip2(["Hello, World!"])[0, :2].tolist() == [2, 3]
     plain = _tokenizer(tmp_path, "ViT-B-32", model)  # no options: text kept as written
     assert plain(["Hello, World!"])[0, :2].tolist() == [0, 0]
+
+
+def test_minilm_draws_no_loading_bar_into_a_redirected_log():
+    """transformers draws a "Loading weights" bar; with stderr redirected (a log file) the
+    bar is off while minilm loads, and the process's setting is restored after."""
+    import subprocess
+    import sys
+
+    script = (
+        "from transformers.utils import logging\n"
+        "from atoken.text import build_text_encoder\n"
+        "build_text_encoder('minilm', {}).encode(['a photo of a cat'])\n"
+        "print(logging.is_progress_bar_enabled())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
+    assert run.stdout.strip() == "True"  # restored for the rest of the process
