@@ -223,6 +223,11 @@ class Modality(abc.ABC):
             (row y, column x) (True for image-like grids; set False for voxels and point sets).
         default_head: the registered head that decodes this modality when the tokenizer config
             names none for it (None: the config's ``head``, ``pixels`` by default).
+        shared_pixel_path: read through the encoder's shared RGB patch embedding and decoded
+            by the shared head (images and video: True). False (the default): the modality
+            gets its own input projection and head, whatever its ``value_dim``.
+        set_valued: a decoded sample may differ in size from the input (a set of points or
+            Gaussians): reconstruction compares it as a set, not element by element.
 
     Instance attributes:
         value_dim: the size d of one token's values.
@@ -237,6 +242,8 @@ class Modality(abc.ABC):
     sample_ndim: ClassVar[int] = 3
     uses_pos_table: ClassVar[bool] = True
     default_head: ClassVar[str | None] = None
+    shared_pixel_path: ClassVar[bool] = False
+    set_valued: ClassVar[bool] = False
     value_dim: int
     value_mean: tuple[float, ...] | None = None
     value_std: tuple[float, ...] | None = None
