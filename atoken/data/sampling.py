@@ -143,15 +143,24 @@ class WindowSampler:
         top, left, h, w = crop_box(H, W, self.crop_min, self.crop_max, self._randint(g))
         return i, start, stride, top, left, h, w
 
-    def _clip(self, g: torch.Generator) -> torch.Tensor:
+    def _clip(self, g: torch.Generator) -> tuple[torch.Tensor, int]:
         i, start, stride, top, left, h, w = self.draw(g)
         stop = start + (self.frames - 1) * stride + 1
         clip = window_of(self.items, i, start, stop, stride, self.time_dim)  # [C, t, H, W]
-        return to_float(clip[..., top : top + h, left : left + w])  # [C, t, h, w]
+        return to_float(clip[..., top : top + h, left : left + w]), i  # [C, t, h, w]
+
+    def _one(self, g: torch.Generator) -> tuple[torch.Tensor, int]:
+        if self.frames:
+            return self._clip(g)
+        i = self._pick(g)
+        return self._crop(self.items[i], g), i
+
+    def indexed_batch(self, step: int, micro: int = 0) -> tuple[list[torch.Tensor], list[int]]:
+        """:meth:`batch` and the index into ``items`` of each crop's sample."""
+        g = self.generator(step, micro)
+        pairs = [self._one(g) for _ in range(self.batch_size)]
+        return [x for x, _ in pairs], [i for _, i in pairs]
 
     def batch(self, step: int, micro: int = 0) -> list[torch.Tensor]:
         """``batch_size`` float32 crops (or clips) of this rank's samples."""
-        g = self.generator(step, micro)
-        if self.frames:
-            return [self._clip(g) for _ in range(self.batch_size)]
-        return [self._crop(self.items[self._pick(g)], g) for _ in range(self.batch_size)]
+        return self.indexed_batch(step, micro)[0]

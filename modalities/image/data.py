@@ -8,9 +8,11 @@ Shapes: a stored image uint8 ``[3, H, W]``; a training crop float32 ``[3, h, w]`
 from __future__ import annotations
 
 import attrs
+import torch
 
 from atoken.core.errors import ConfigError
 from atoken.data.builtin_sources import CropSource
+from atoken.data.captions import folder_captions
 from atoken.data.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
 from atoken.data.sampling import to_float
 from atoken.data.sources import IndexView, split_heldout
@@ -33,9 +35,18 @@ class Photos(CropSource):
 
 @attrs.define(kw_only=True, slots=False)
 class ImageFolderSource(CropSource):
-    """``image_folder``: every image file under ``path`` (recursively, sorted)."""
+    """``image_folder``: every image file under ``path`` (recursively, sorted).
+
+    Captioned (for ``text_alignment``) with ``caption_key = "txt"`` (a sidecar ``.txt`` beside
+    each image) or ``caption_file`` (a ``.csv`` with ``file`` and ``caption`` columns or a
+    ``.json`` object, relative to ``path``; :func:`atoken.data.captions.folder_captions`):
+    each crop is then aligned with its own image's caption, and the held-out images are scored
+    against the held-out captions (a :class:`~atoken.data.sources.CaptionedSource`).
+    """
 
     path: str = attrs.field(default="")
+    caption_key: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    caption_file: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
 
     def __attrs_post_init__(self) -> None:
         if not self.path:
@@ -45,6 +56,32 @@ class ImageFolderSource(CropSource):
         self.sample_from(IndexView(folder, train))
         self.heldout_names = tuple(folder.names[i] for i in held)
         self.heldout = [to_float(folder[i]) for i in held]
+        texts = folder_captions(
+            self.path, folder.names, caption_key=self.caption_key, caption_file=self.caption_file
+        )
+        if texts is not None:  # a CaptionedSource: its held-out captions, each image its own
+            self.texts, self.train_indices = texts, train
+            self.captions = tuple(texts[i] for i in held)  # [K]
+            self.heldout_labels = torch.arange(len(held))  # [K]
+
+    def labelled_batch(
+        self, step: int, micro: int = 0
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+        """``(crops, labels [B], texts [B])`` of ``(step, micro)``: the crops of
+        :meth:`batch`, the index of each one's image (into the folder's sorted files) and
+        that image's caption.
+
+        Raises:
+            ConfigError: the source has no captions (no ``caption_key`` or ``caption_file``).
+        """
+        if not hasattr(self, "texts"):
+            raise ConfigError(
+                "image_folder has no captions: set caption_key = 'txt' (sidecar .txt files) "
+                "or caption_file = 'captions.csv'"
+            )
+        crops, picked = self.sampler.indexed_batch(step, micro)
+        index = [self.train_indices[i] for i in picked]
+        return crops, torch.tensor(index, dtype=torch.long), [self.texts[i] for i in index]
 
 
 @hookimpl
