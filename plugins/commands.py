@@ -12,19 +12,36 @@ never replaced: a name in a script means one command), gets none of its commands
 added is taken out again, a :class:`PluginCommandWarning` names it (and, for a taken name, the
 plugin that holds it), and the other commands work. ``atoken plugins`` lists it as failed at
 stage ``commands``.
+
+Every command runs within :func:`~atoken.plugins.manager.skipping_broken_plugins`: a plugin
+that fails to load is left out with a warning and the command goes on; if the command then
+fails for want of a component, a modality or a checkpoint's plugin, its error names the
+plugins left out (their error and the fix).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import click
 import pluggy
 
-from atoken.core.errors import DuplicateComponentError
+from atoken.core.errors import (
+    CheckpointError,
+    ComponentError,
+    DuplicateComponentError,
+    UnknownModalityError,
+)
 from atoken.plugins.hookspecs import PROJECT_NAME
-from atoken.plugins.manager import PluginFailure, loaded_plugin_manager, plugin_distribution
+from atoken.plugins.manager import (
+    PluginFailure,
+    left_out_plugins,
+    loaded_plugin_manager,
+    plugin_distribution,
+    skipping_broken_plugins,
+)
 
 __all__ = ["CORE_COMMANDS", "PluginCommandGroup", "PluginCommandWarning", "add_plugin_commands"]
 
@@ -144,3 +161,47 @@ class PluginCommandGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         self.build()
         return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command line leaving broken plugins out (each named in a warning)."""
+        with skipping_broken_plugins():
+            return super().main(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Invoke the command; when it fails for want of a component or a checkpoint's plugin
+        while a plugin was left out, its error names that plugin, its error and the fix."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            note = _left_out_note(exc)
+            if note:
+                exc.message = f"{exc.message}\n{note}"
+            raise
+        except Exception as exc:  # a typed error no command turned into a click error
+            note = _left_out_note(exc)
+            if note:
+                exc.add_note(note)
+            raise
+
+
+def _missing_something(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an error it was raised from says a component, a modality or a
+    checkpoint's plugin is missing (what a plugin that failed to load might have provided)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ComponentError, UnknownModalityError, CheckpointError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _left_out_note(exc: BaseException) -> str:
+    """The plugins left out, for the error of a command that may have needed them."""
+    failures = left_out_plugins()
+    if not failures or not _missing_something(exc):
+        return ""
+    text = str(exc)
+    needed = [f for f in failures if repr(f.name) in text or repr(f.distribution) in text]
+    why = "this needs it" if needed else "it may provide what is missing"
+    return "\n".join(f"{f.describe()} and was left out; {why}: {f.fix}" for f in needed or failures)

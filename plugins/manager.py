@@ -6,7 +6,9 @@ error rather than silence. Nothing loads at import time: the manager and the reg
 built on first use and cached until :func:`refresh`.
 
 :func:`get_registry` raises on the first plugin that fails to load; :func:`diagnose_plugins`
-(behind ``atoken plugins``) loads what it can and returns every failure instead.
+(behind ``atoken plugins``) loads what it can and returns every failure instead. Within
+:func:`skipping_broken_plugins` (every ``atoken`` command runs in it) a plugin that fails is left
+out with a :class:`BrokenPluginWarning` naming it and the fix, and the rest loads.
 
 Environment:
     ATOKEN_DISABLE_PLUGINS  comma list of plugin or distribution names that are not loaded
@@ -24,20 +26,29 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
-import attrs
 import pluggy
 
 from atoken.core.errors import DuplicateComponentError, PluginLoadError
 from atoken.core.registry import KINDS, Registries
 from atoken.plugins import hookspecs
 from atoken.plugins.builtin import DEFAULT_PLUGINS, PLUGIN_MODULES
+from atoken.plugins.diagnosis import (
+    BUILTIN_DISTRIBUTION,
+    BrokenPluginWarning,
+    LoadStage,
+    PluginDiagnosis,
+    PluginFailure,
+    PluginInfo,
+)
 
 __all__ = [
     "DEFAULT_PLUGINS",
     "PLUGIN_MODULES",
+    "BrokenPluginWarning",
     "LoadStage",
     "PluginDiagnosis",
     "PluginFailure",
@@ -46,69 +57,24 @@ __all__ = [
     "disabled_plugins",
     "get_plugin_manager",
     "get_registry",
+    "left_out_plugins",
     "list_plugins",
     "loaded_plugin_manager",
     "plugin_distribution",
     "refresh",
+    "skipping_broken_plugins",
 ]
 
-_BUILTIN_DIST = "atoken"
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _registry: Registries | None = None
 _distinfo: dict[str, tuple[str, str]] = {}
-
-#: Where loading a plugin failed: importing it (or loading its entry point), pluggy validating
-#: its hooks (an unknown hook name, a bad signature), running its ``register_<kind>s`` hooks
-#: (the hook raised, or registered a name another plugin already holds), or running its
-#: ``register_commands`` hook (:mod:`atoken.plugins.commands`; its components still load).
-LoadStage = Literal["import", "validate", "register", "commands"]
-
-
-@attrs.frozen
-class PluginInfo:
-    """A loaded plugin: its name, distribution, version and the hooks it implements."""
-
-    name: str
-    distribution: str
-    version: str
-    hooks: tuple[str, ...]
-
-
-@attrs.frozen
-class PluginFailure:
-    """A plugin that failed to load: who it is, at which :data:`LoadStage`, and the error.
-
-    ``error`` is the original exception (what :class:`PluginLoadError` chains as its cause);
-    ``hooks`` are the hooks it implements, empty when it could not even be imported.
-    """
-
-    name: str
-    distribution: str
-    version: str
-    stage: LoadStage
-    error: BaseException = attrs.field(eq=False)
-    hooks: tuple[str, ...] = ()
-
-    @property
-    def message(self) -> str:
-        """``"<ErrorType>: <message>"``, as :class:`PluginLoadError` words it."""
-        return f"{type(self.error).__name__}: {self.error}"
-
-
-@attrs.frozen
-class PluginDiagnosis:
-    """What :func:`diagnose_plugins` found: the plugins that loaded, the registries they
-    filled, and every plugin that failed (none of its components are in ``registries``)."""
-
-    plugins: tuple[PluginInfo, ...]
-    failures: tuple[PluginFailure, ...]
-    registries: Registries
-
-    @property
-    def ok(self) -> bool:
-        """True when every plugin loaded."""
-        return not self.failures
+#: Inside :func:`skipping_broken_plugins`: leave a broken plugin out instead of raising.
+_skip_broken = False
+#: Plugins the cached manager was built without (only ever inside skipping_broken_plugins).
+_manager_failures: tuple[PluginFailure, ...] = ()
+#: Plugins left out (and warned about) since skipping_broken_plugins was entered.
+_left_out: tuple[PluginFailure, ...] = ()
 
 
 def disabled_plugins() -> frozenset[str]:
@@ -187,7 +153,7 @@ def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, pluggy.PluginValidatio
         for impl in caller.get_hookimpls():
             if not impl.optionalhook and impl.plugin_name not in found:
                 found[impl.plugin_name] = pluggy.PluginValidationError(
-                    impl.plugin, f"unknown hook {hook_name!r} in plugin {impl.plugin!r}{hint}"
+                    impl.plugin, f"unknown hook {hook_name!r} in plugin {impl.plugin_name!r}{hint}"
                 )
     return found
 
@@ -245,9 +211,9 @@ def _build_manager(load_entrypoints: bool, failures: _Failures = None) -> pluggy
         try:
             module = importlib.import_module(PLUGIN_MODULES.get(modname, modname))
         except (Exception, SystemExit) as exc:  # a plugin's sys.exit is named too
-            _fail(failures, modname, _BUILTIN_DIST, "import", exc)
+            _fail(failures, modname, BUILTIN_DISTRIBUTION, "import", exc)
             continue
-        _register(pm, module, modname, _BUILTIN_DIST, failures)
+        _register(pm, module, modname, BUILTIN_DISTRIBUTION, failures)
     known = set(DEFAULT_PLUGINS)
     if load_entrypoints:
         for ep in metadata.entry_points(group=hookspecs.PROJECT_NAME):
@@ -276,11 +242,17 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     """The process-wide plugin manager, built on first call.
 
     Raises:
-        PluginLoadError: a plugin failed to import or implements an unknown hook.
+        PluginLoadError: a plugin failed to import or implements an unknown hook (within
+            :func:`skipping_broken_plugins`: it is left out with a warning instead).
     """
-    global _manager
+    global _manager, _manager_failures
     with _lock:
-        if _manager is None:
+        if _manager is None and _skip_broken:
+            failures: list[PluginFailure] = []
+            _manager = _build_manager(load_entrypoints, failures)
+            _manager_failures = tuple(failures)
+            _leave_out(failures)
+        elif _manager is None:
             _manager = _build_manager(load_entrypoints)
         return _manager
 
@@ -327,21 +299,26 @@ def get_registry() -> Registries:
         DuplicateComponentError: two plugins registered one name (both are named).
         PluginLoadError: a plugin failed to load or its registration hook raised (the message
             names the plugin, its distribution and the ``ATOKEN_DISABLE_PLUGINS`` to skip it).
+            Within :func:`skipping_broken_plugins` neither: the plugin is left out, warned of.
     """
     global _registry
     with _lock:
-        if _registry is None:
+        if _registry is None and _skip_broken:
+            diagnosis = diagnose_plugins()
+            _leave_out(diagnosis.failures)
+            _registry = diagnosis.registries
+        elif _registry is None:
             _registry = _fill_registries(get_plugin_manager())
         return _registry
 
 
 def refresh(*, manager: bool = False) -> None:
     """Forget the cached registries (and, with ``manager=True``, the plugin manager too)."""
-    global _manager, _registry
+    global _manager, _manager_failures, _registry
     with _lock:
         _registry = None
         if manager:
-            _manager = None
+            _manager, _manager_failures = None, ()
 
 
 def _plugin_infos(pm: pluggy.PluginManager, skip: frozenset[str]) -> list[PluginInfo]:
@@ -373,6 +350,7 @@ def loaded_plugin_manager(
     with _lock:
         try:
             pm = get_plugin_manager(load_entrypoints)
+            failures.extend(_manager_failures)
         except PluginLoadError:
             pm = _build_manager(load_entrypoints, failures)
         for name, exc in _unknown_hooks(pm).items():  # registered after the manager was built
@@ -406,3 +384,49 @@ def diagnose_plugins(load_entrypoints: bool = True) -> PluginDiagnosis:
             _fail(failures, name, _dist_of(name), "register", cause, hooks)
         plugins = _plugin_infos(pm, skip)
     return PluginDiagnosis(tuple(plugins), tuple(failures), registries)
+
+
+def _leave_out(failures: Sequence[PluginFailure]) -> None:
+    """Warn once of each plugin in ``failures`` that is left out from now on."""
+    global _left_out
+    for failure in failures:
+        if failure.name not in {f.name for f in _left_out}:
+            _left_out = (*_left_out, failure)
+            warnings.warn(
+                f"{failure.describe()} and is left out: {failure.fix}",
+                BrokenPluginWarning,
+                stacklevel=3,
+            )
+
+
+def left_out_plugins() -> tuple[PluginFailure, ...]:
+    """The plugins left out since :func:`skipping_broken_plugins` was entered (warned of)."""
+    return _left_out
+
+
+@contextmanager
+def skipping_broken_plugins() -> Iterator[None]:
+    """Within this block a plugin that fails to load (import, validation or registration) is
+    left out with a :class:`BrokenPluginWarning` naming it, its error and the fix, and the
+    others load, instead of :func:`get_plugin_manager`/:func:`get_registry` raising
+    :class:`PluginLoadError`. Every ``atoken`` command runs in it: a command that does not need
+    the plugin goes on; one that does fails naming it (:func:`left_out_plugins`).
+
+    On leaving, what was built without a plugin is forgotten, so code outside sees a broken
+    plugin as an error again.
+    """
+    global _skip_broken, _manager, _manager_failures, _registry, _left_out
+    with _lock:
+        outer = _skip_broken
+        _skip_broken = True
+    try:
+        yield
+    finally:
+        with _lock:
+            _skip_broken = outer
+            if not outer:
+                if _left_out:
+                    _registry = None
+                if _manager_failures:
+                    _manager, _manager_failures = None, ()
+                _left_out = ()

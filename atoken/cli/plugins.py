@@ -1,13 +1,16 @@
-"""``atoken plugins``: the installed plugins, the components they register, and their errors."""
+"""``atoken plugins``: the installed plugins, the components they register, and their errors;
+``plugins new`` writes a plugin package to start from, ``plugins check`` runs the contracts of
+an installed plugin's components (:mod:`atoken.scaffold`)."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
 import atoken
-from atoken.cli.common import table
+from atoken.cli.common import fail, table
 from atoken.cli.group import main
 from atoken.core.errors import AtokenError
 from atoken.plugins.manager import diagnose_plugins
@@ -59,15 +62,17 @@ def plugins_report() -> dict:
     }
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
-    """List installed plugins and the components they register.
+    """List installed plugins and the components they register; ``new`` and ``check`` below.
 
     A plugin that fails to load is listed with its error, the others as usual, and the command
     exits with status 1.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         report = plugins_report()
     except AtokenError as exc:
@@ -102,6 +107,80 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         click.echo(
             f"Error: {len(broken)} plugin(s) failed to load: {names}. "
             f"Skip them with ATOKEN_DISABLE_PLUGINS={names}",
+            err=True,
+        )
+        ctx.exit(1)
+
+
+@plugins.command("new")
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice(["modality", "loss", "head", "source"]),
+    required=True,
+    help="What the plugin adds: a modality (with a data source), a loss, a head or a data source.",
+)
+@click.option(
+    "--out",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where to write the package folder atoken-NAME.",
+)
+def new(name: str, kind: str, out: str) -> None:
+    """Write a working plugin package atoken-NAME/ of one KIND to start from.
+
+    It holds the component and its hook, tests that run atoken's contracts on it and a
+    Hypothesis property (they pass as written: run pytest in the folder, nothing to install),
+    and for a modality or a source a run file, train.toml, that trains it. NAME is a
+    lower-case identifier; an existing folder is never overwritten.
+    """
+    from atoken.scaffold import new_plugin
+
+    try:
+        folder = new_plugin(name, kind, out)
+    except AtokenError as exc:
+        raise fail(exc) from exc
+    click.echo(f"wrote {folder}")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        click.echo(f"  {path.relative_to(folder)}")
+    click.echo(
+        f"next: cd {folder} && pytest; then pip install -e . and atoken plugins check {name}"
+    )
+
+
+@plugins.command("check")
+@click.argument("name")
+@click.option("--verbose", "-v", is_flag=True, help="Also print pytest's report.")
+@click.pass_context
+def check(ctx: click.Context, name: str, verbose: bool) -> None:
+    """Run atoken's contract tests on every component plugin NAME registered.
+
+    One line per component: passed, FAILED with the first failure's reason, or skipped (with
+    why). Exits with status 1 when a contract fails. Needs pytest.
+    """
+    from atoken.scaffold import check_plugin
+
+    try:
+        results = check_plugin(name, output=sys.stdout if verbose else None)
+    except AtokenError as exc:
+        raise fail(exc) from exc
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not results:
+        click.echo(f"plugin {name!r} registers no components: nothing to check")
+        return
+    for r in results:
+        status = "FAILED" if r.outcome == "failed" else r.outcome
+        ran = f"{', '.join(r.contracts) or 'no contract'}: {r.tests} test(s)"
+        click.echo(
+            f"{status:7}  {r.kind} {r.name!r} ({ran})" + (f": {r.reason}" if r.reason else "")
+        )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        click.echo(
+            f"Error: {len(failed)} of {len(results)} component(s) of plugin {name!r} "
+            "failed their contracts",
             err=True,
         )
         ctx.exit(1)
