@@ -14,6 +14,7 @@ from atoken.cli.common import fail, table
 from atoken.cli.group import main
 from atoken.core.errors import AtokenError
 from atoken.plugins.manager import diagnose_plugins
+from atoken.scaffold.writer import KINDS
 
 __all__ = ["plugins", "plugins_report"]
 
@@ -116,7 +117,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.option(
     "--kind",
-    type=click.Choice(["modality", "loss", "head", "source"]),
+    type=click.Choice(list(KINDS)),
     required=True,
     help="What the plugin adds: a modality (with a data source), a loss, a head or a data source.",
 )
