@@ -8,10 +8,12 @@
 
 Every registry lookup a model needs happens here (:func:`build_parts`): its modalities, by
 name, with their own input projections and heads; the bottleneck; the shared head; the text
-encoder; the attention backends. :class:`~atoken.core.model.ATokenModel` is built from these
-parts and knows no registry, so a model holds exactly the modalities its config names, whatever
-plugins happen to be installed: a config without a list gets the modalities atoken ships
-(:func:`builtin_modalities`), never a plugin's.
+encoder; the attention backends; and which plugin provides each modality and its head
+(:class:`~atoken.core.boundary.BoundaryChecks`, so the model's checks name them).
+:class:`~atoken.core.model.ATokenModel` is built from these parts and knows no registry, so a
+model holds exactly the modalities its config names, whatever plugins happen to be installed:
+a config without a list gets the modalities atoken ships (:func:`builtin_modalities`), never a
+plugin's.
 
 The parts are created in one fixed order (encoder, bottleneck, decoder, shared head, semantic
 projection and text tower, then each modality's projection and head in the config's order), so
@@ -27,6 +29,7 @@ from typing import Any
 import attrs
 from torch import nn
 
+from atoken.core.boundary import BoundaryChecks
 from atoken.core.config import TokenizerConfig, load_preset
 from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
@@ -235,6 +238,7 @@ class ModelParts:
     text: Any  # the TextEncoder, or None
     text_tower: nn.Module | None  # a trainable text encoder's module (trained and saved)
     attention: Any  # a backend name -> its attention function
+    boundary: BoundaryChecks  # who provides each modality and its head, for the checks
 
     def model_kwargs(self) -> dict[str, Any]:
         """Everything :class:`ATokenModel` takes (the text encoder is the tokenizer's)."""
@@ -283,14 +287,20 @@ def build_parts(config: TokenizerConfig) -> ModelParts:
     # Last, so the shared parameters initialise alike whatever modalities are named.
     modalities: dict[str, Modality] = {}
     heads: dict[str, nn.Module] = {}
+    registry = get_registry()
+    plugins, head_names = {}, {}
     for name in config.modalities:
         mod = modalities[name] = registered_modality(config, name)
+        plugins[name] = registry.modalities.plugin_of(name)
         if needs_parameters(config, name, mod):
             check_parameter_name(name)
         projections.add(name, mod.value_dim)
+        head_name = config.head
         if own_head(config, name, mod):
             head_name, params = head_choice(config, name, mod)
             heads[name] = create_head(config, head_name, mod.value_dim, mod, params)
+        if config.decoder is not None:
+            head_names[name] = (head_name, registry.heads.plugin_of(head_name))
     return ModelParts(
         config=config,
         encoder=encoder,
@@ -304,7 +314,8 @@ def build_parts(config: TokenizerConfig) -> ModelParts:
         semantic=semantic,
         text=text,
         text_tower=text_tower,
-        attention=get_registry().attention_backends.create,
+        attention=registry.attention_backends.create,
+        boundary=BoundaryChecks(plugins=plugins, heads=head_names),
     )
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atoken.core.errors import ConfigError
+from atoken.core.boundary import BoundaryChecks
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
 
@@ -27,14 +27,20 @@ __all__ = ["head_samples"]
 
 
 def head_samples(
-    mod: Modality, head: nn.Module, tokens: torch.Tensor, latent: SparseLatent
+    mod: Modality,
+    head: nn.Module,
+    tokens: torch.Tensor,
+    latent: SparseLatent,
+    checks: BoundaryChecks | None = None,
 ) -> list[Any]:
     """Decoder tokens ``[N, C']`` of samples of modality ``mod`` (``latent`` holds their
     coords and meta) through ``head``, back to samples.
 
     Raises:
-        ConfigError: a head without ``to_samples`` that gives neither ``[N, d]`` values nor
-            ``[N, content_dim]`` content values (the message names the head and modality).
+        HeadOutputError: a head without ``to_samples`` that gives neither ``[N, d]`` values
+            nor ``[N, content_dim]`` content values (a ``ModalityInputError`` and a
+            ``ConfigError`` naming the modality, its plugin, the head and its plugin, as
+            ``checks`` recorded them).
     """
     if hasattr(head, "to_samples"):
         return list(head.to_samples(head(tokens, latent), latent, mod))
@@ -44,17 +50,7 @@ def head_samples(
         values = head(tokens, latent, num_values=mod.content_dim)  # [N, content_dim]
     else:
         values = head(tokens, latent)  # [N, d]
-    N = tokens.shape[0]
-    if not isinstance(values, torch.Tensor) or values.shape not in (
-        (N, mod.content_dim),
-        (N, mod.value_dim),
-    ):
-        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
-        raise ConfigError(
-            f"head {type(head).__name__} gave {got} for {N} tokens of modality {mod.name!r}: "
-            f"a head without to_samples must give [N, {mod.value_dim}] values (or "
-            f"[N, {mod.content_dim}] content values)"
-        )
+    (BoundaryChecks() if checks is None else checks).head_values(mod, head, values, tokens.shape[0])
     values = mod.denormalize(values.float())  # [N, k]
     if values.shape[1] < mod.value_dim:
         values = F.pad(values, (0, mod.value_dim - values.shape[1]))  # [N, d], zero padding

@@ -36,6 +36,7 @@ from torch import nn
 from atoken.core import tiles
 from atoken.core.attention import AttentionFn, default_attention_backend
 from atoken.core.batch import PackedBatch
+from atoken.core.boundary import BoundaryChecks
 from atoken.core.components import BottleneckOutput
 from atoken.core.decoder import Decoder
 from atoken.core.encoder import Encoder
@@ -97,6 +98,8 @@ class ATokenModel(nn.Module):
         heads: the own heads of modalities that do not decode through the shared head.
         semantic: W_s into a text space (None without a text encoder).
         attention: a backend name -> its attention function (None: the blocks' own).
+        boundary: which plugin provides each modality and which head decodes it, for the
+            checks on what they return (:mod:`atoken.core.boundary`; None: names unknown).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class ATokenModel(nn.Module):
         heads: Mapping[str, nn.Module] | None = None,
         semantic: SemanticProjection | None = None,
         attention: Callable[[str], AttentionFn] | None = None,
+        boundary: BoundaryChecks | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -123,6 +127,7 @@ class ATokenModel(nn.Module):
         self.head = head
         self.heads = nn.ModuleDict(dict(heads or {}))
         self.semantic = semantic
+        self.boundary = BoundaryChecks() if boundary is None else boundary
         self._modalities = dict(modalities)
         self._default_modality = default_modality
         self._attention_fn = attention
@@ -207,7 +212,7 @@ class ATokenModel(nn.Module):
             return pack_latent(samples, modality, default, self.modality, self.device)
         samples = sample_list(samples, modality, default, self.modality)
         names = sample_names(modality, len(samples), default)
-        return pack_samples(samples, names, self.modality, self.device)
+        return pack_samples(samples, names, self.modality, self.device, self.boundary)
 
     def pack(self, samples: Any, modality: str | None = None) -> SparseLatent:
         """Patchify, pack and normalise samples of one value size: feats are the normalised
@@ -305,14 +310,17 @@ class ATokenModel(nn.Module):
         """Decoder tokens ``[N, C']`` -> samples, each modality through its own head."""
         names = latent.modality
         if len(set(names)) == 1:
-            return head_samples(self.modality(names[0]), self.head_for(names[0]), tokens, latent)
+            name = names[0]
+            return head_samples(
+                self.modality(name), self.head_for(name), tokens, latent, self.boundary
+            )
         out: list[Any] = [None] * latent.batch_size
         chunks = torch.split(tokens, latent.seqlens.tolist())
         for name in dict.fromkeys(names):
             idx = [b for b, m in enumerate(names) if m == name]
             part = torch.cat([chunks[b] for b in idx])  # [n_g, C']
             decoded = head_samples(
-                self.modality(name), self.head_for(name), part, latent.select(idx)
+                self.modality(name), self.head_for(name), part, latent.select(idx), self.boundary
             )
             for b, sample in zip(idx, decoded, strict=True):
                 out[b] = sample

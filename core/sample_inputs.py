@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from atoken.core.batch import PackedBatch, PackedGroup
+from atoken.core.boundary import BoundaryChecks
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
 from atoken.core.modality import Modality
@@ -90,14 +91,25 @@ def sample_list(samples: Any, modality: ModalityArg, default: str, lookup: Looku
 
 
 def pack_samples(
-    samples: Sequence[Any], names: Sequence[str], lookup: Lookup, device: torch.device
+    samples: Sequence[Any],
+    names: Sequence[str],
+    lookup: Lookup,
+    device: torch.device,
+    checks: BoundaryChecks | None = None,
 ) -> PackedBatch:
-    """Patchify and normalise each modality's samples into its group, on ``device``."""
+    """Patchify and normalise each modality's samples into its group, on ``device``; what the
+    modality returns is checked on the way in (``checks``, :mod:`atoken.core.boundary`).
+
+    Raises:
+        ModalityInputError: a modality's ``patchify`` or ``pack`` broke the contract (the
+            message names the modality, its plugin and the hook).
+    """
+    checks = BoundaryChecks() if checks is None else checks
     groups = []
     for name in dict.fromkeys(names):
         idx = tuple(b for b, m in enumerate(names) if m == name)
         mod = lookup(name)
-        raw = mod.pack([samples[b] for b in idx]).to(device)  # feats [n_g, d_g]
+        raw = checks.pack(mod, [samples[b] for b in idx]).to(device)  # feats [n_g, d_g]
         groups.append(PackedGroup(name, idx, raw.replace(feats=mod.normalize(raw.feats))))
     return PackedBatch.from_groups(groups)
 
