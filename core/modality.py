@@ -36,6 +36,7 @@ import torch
 
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
+from atoken.core.sample_files import SAMPLE_KINDS, SampleFiles
 
 if TYPE_CHECKING:
     from atoken.core.config import TokenizerConfig
@@ -149,7 +150,8 @@ def build_modality(
     Raises:
         ConfigError: a parameter the factory does not take, a factory that fails with a
             ``TypeError``, or a result that is not a :class:`Modality` with a positive
-            ``value_dim``; each names the modality and its plugin.
+            ``value_dim`` and a known ``sample_kind`` (``"set"`` exactly when
+            ``set_valued``); each names the modality and its plugin.
     """
     params = dict(params or {})
     names, var_kw = accepted_arguments(factory)
@@ -184,6 +186,14 @@ def build_modality(
             f"got {content!r}"
         )
     _check_stats(modality, f"modality {name!r} (plugin {plugin!r})")
+    if modality.sample_kind not in SAMPLE_KINDS or (modality.sample_kind == "set") != bool(
+        modality.set_valued
+    ):
+        raise ConfigError(
+            f"modality {name!r} (plugin {plugin!r}): sample_kind must be one of {SAMPLE_KINDS} "
+            f"('set' exactly when set_valued), got {modality.sample_kind!r} with set_valued="
+            f"{modality.set_valued!r}"
+        )
     return modality
 
 
@@ -210,8 +220,9 @@ def _check_stats(modality: Modality, owner: str) -> None:
         )
 
 
-class Modality(abc.ABC):
-    """Base class of every modality.
+class Modality(SampleFiles, abc.ABC):
+    """Base class of every modality (its file and picture hooks, ``load``/``save``/``draw``,
+    ``file_extensions`` and ``sample_kind``: :class:`~atoken.core.sample_files.SampleFiles`).
 
     Class attributes a subclass sets:
         name: the registry name, stored in every latent made from it.

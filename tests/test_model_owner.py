@@ -18,6 +18,7 @@ import atoken
 from atoken.core.errors import ConfigError, UnknownModalityError
 from atoken.engine.checkpoint import CheckpointError
 from atoken.engine.runconfig import load_run_file
+from atoken.plugins.builtin import DEFAULT_PLUGINS
 from atoken.testing.plugins import registered_plugin
 from atoken.tokenizer import Tokenizer
 from atoken.train import build_tokenizer, task_modalities
@@ -39,17 +40,17 @@ def fingerprint(tok):
     }
 
 
-class _PointCloud:
+class _Sonar:
     """A throwaway plugin whose modality needs parameters of its own (a projection, a head)."""
 
     @atoken.hookimpl
     def register_modalities(self, register):
         from atoken_example_depth import DepthModality
 
-        class PointCloud(DepthModality):
-            name = "pointcloud"
+        class Sonar(DepthModality):
+            name = "sonar"
 
-        register("pointcloud", PointCloud)
+        register("sonar", Sonar)
 
 
 def _installed_extras() -> list[str]:
@@ -66,18 +67,19 @@ def test_tiny_is_the_same_model_whatever_modality_plugins_are_installed(tmp_path
         + "print(json.dumps(fingerprint(atoken.Tokenizer.from_preset('tiny'))))\n"
     )
     registry = atoken.get_registry().modalities
-    plugins = sorted({registry.plugin_of(n) for n in ("depth", "occupancy") if n in registry})
+    # every installed plugin that registers a modality of its own (depth, occupancy, ...)
+    plugins = sorted({registry.plugin_of(n) for n in registry.names()} - set(DEFAULT_PLUGINS))
     env = {**os.environ, "ATOKEN_DISABLE_PLUGINS": ",".join(plugins)}
     run = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
     bare = json.loads(run.stdout.strip().splitlines()[-1])
-    with registered_plugin(_PointCloud(), name="pointcloud-plugin"):
+    with registered_plugin(_Sonar(), name="sonar-plugin"):
         torch.manual_seed(0)
         tok = Tokenizer.from_preset("tiny")
         extra = fingerprint(tok)
-    assert "pointcloud" in extra["registered"] and "pointcloud" not in bare["registered"]
+    assert "sonar" in extra["registered"] and "sonar" not in bare["registered"]
     assert "depth" in extra["registered"] and "depth" not in bare["registered"]
     assert tok.modalities == ("image", "mesh", "video")
     assert extra["keys"] == bare["keys"]
@@ -87,20 +89,20 @@ def test_tiny_is_the_same_model_whatever_modality_plugins_are_installed(tmp_path
 
 def test_a_plugin_modality_is_added_by_name_and_its_checkpoint_names_the_plugin(tmp_path):
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with registered_plugin(_PointCloud(), name="pointcloud-plugin"):
-        tok = atoken.create_tokenizer("tiny", modalities=["image", "pointcloud"])
-        assert tok.modalities == ("image", "pointcloud")
-        assert "projections.inputs.pointcloud.weight" in tok.state_dict()
+    with registered_plugin(_Sonar(), name="sonar-plugin"):
+        tok = atoken.create_tokenizer("tiny", modalities=["image", "sonar"])
+        assert tok.modalities == ("image", "sonar")
+        assert "projections.inputs.sonar.weight" in tok.state_dict()
         tok.save_pretrained(tmp_path / "tok")
         want = tok.encode([image]).feats
-    with pytest.raises(CheckpointError, match=r"'pointcloud' \(plugin 'pointcloud-plugin'\)"):
+    with pytest.raises(CheckpointError, match=r"'sonar' \(plugin 'sonar-plugin'\)"):
         Tokenizer.from_pretrained(tmp_path / "tok")
     # Leaving it out loads the rest strictly, and the shared path is unchanged.
     loaded = Tokenizer.from_pretrained(tmp_path / "tok", modalities=["image"])
     assert loaded.modalities == ("image",)
     assert torch.equal(loaded.encode([image]).feats, want)
-    with pytest.raises(UnknownModalityError, match=r"modalities=\[\.\.\., 'pointcloud'\]"):
-        loaded.encode([torch.rand(16, 16)], modality="pointcloud")
+    with pytest.raises(UnknownModalityError, match=r"modalities=\[\.\.\., 'sonar'\]"):
+        loaded.encode([torch.rand(16, 16)], modality="sonar")
 
 
 def test_a_config_without_a_list_gets_the_built_in_modalities_only():

@@ -24,13 +24,15 @@ __all__ = ["encode", "encode_to_store"]
 
 
 def _data_source(
-    data_arg: str, storage_options: dict[str, Any], modality: str | None = None
+    data_arg: str, storage_options: dict[str, Any], modality: str | None = None, model: Any = None
 ) -> tuple[Any, tuple[str, ...], str]:
     """``(float samples sequence, names, modality)`` for a store URL, a mesh store (its
     voxel records), a folder or 'photos'.
 
     A media or mesh store's samples are of its own modality (``--modality`` must agree);
-    folders and 'photos' hold images.
+    folders and 'photos' hold images, unless ``modality`` names one of ``model``'s whose
+    samples are not pictures: a folder then holds its sample files
+    (:class:`atoken.data.modality_files.ModalityFiles`).
 
     Raises:
         DataModalityError: ``modality`` is not the store's (or not an image modality for a
@@ -50,6 +52,11 @@ def _data_source(
                 "--modality to encode them as the store says)"
             )
         return store, store.names, store.modality
+    if modality and model is not None and model.modality(modality).sample_kind != "picture":
+        from atoken.data.modality_files import ModalityFiles
+
+        files = ModalityFiles(data_arg, model.modality(modality))
+        return files, files.names, modality
     images = (
         PhotoSet(TRAIN_PHOTOS + HELDOUT_PHOTOS) if data_arg == "photos" else ImageFolder(data_arg)
     )
@@ -157,7 +164,8 @@ def encode_to_store(
 @click.option(
     "--modality",
     default=None,
-    help="The samples' modality [default: the store's; image for a folder or 'photos'].",
+    help="The samples' modality [default: the store's; image for a folder or 'photos']; with "
+    "a folder, the folder's files of that modality (read with its load hook).",
 )
 @click.option(
     "--ids",
@@ -178,12 +186,13 @@ def encode(
     modality: str | None,
     want_ids: bool,
 ) -> None:
-    """Encode DATA (a media store URL of any modality, a mesh store, an image folder or
-    'photos') into the latent store OUT: SparseLatents, and for FSQ tokenizers their ids."""
+    """Encode DATA (a media store URL of any modality, a mesh store, an image folder,
+    'photos', or with --modality a folder of that modality's sample files, e.g. .npy) into the
+    latent store OUT: SparseLatents, and for FSQ tokenizers their ids."""
     options = parse_storage_options(storage_options)
     try:
         model = load_tokenizer(checkpoint)
-        samples, names, kind = _data_source(data_arg, options, modality)
+        samples, names, kind = _data_source(data_arg, options, modality, model)
         count = encode_to_store(
             model,
             samples,

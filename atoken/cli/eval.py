@@ -1,14 +1,21 @@
 """``atoken eval``: reconstruct a held-out set and report metrics (and semantic ones for a
 tokenizer aligned to text, on captioned data). A metric that cannot run on the data (a
 distributional one on images under its 128 px tiles, or one that fails) is skipped with a line
-saying why."""
+saying why.
+
+Any modality: ``--modality NAME --data PATH`` reads a folder of the modality's sample files
+(its ``file_extensions``, read with its ``load``) or a media store of that modality; the
+default metrics are the registered ones that score its ``sample_kind`` (a point cloud's
+``chamfer`` and ``emd``), each named in the table."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
 from atoken.cli.common import fail, load_tokenizer, table
-from atoken.core.errors import AtokenError
+from atoken.core.errors import AtokenError, ConfigError
 from atoken.plugins.manager import get_registry
 
 __all__ = ["eval_command"]
@@ -28,6 +35,12 @@ __all__ = ["eval_command"]
     default=None,
     help="Image metrics [default: psnr,ssim,fd_effnet; psnr,ssim for digits]. With captioned "
     "data and a text-aligned tokenizer, zeroshot and retrieval are added.",
+)
+@click.option(
+    "--modality",
+    default=None,
+    help="The samples' modality [default: image]: --data is then a folder of its sample files "
+    "or a media store of it, and the default metrics are those registered for its samples.",
 )
 @click.option("--digit-classes", default="", help="Digits to evaluate, e.g. '0,1,2' (default all).")
 @click.option(
@@ -56,6 +69,7 @@ def eval_command(
     checkpoint: str,
     data: str,
     metrics: str | None,
+    modality: str | None,
     digit_classes: str,
     digit_size: int,
     digit_seed: int,
@@ -71,6 +85,8 @@ def eval_command(
 
     try:
         model = load_tokenizer(checkpoint)
+        if modality and model.modality(modality).sample_kind != "picture":
+            return _evaluate_modality(model, modality, data, metrics)
         captioned = (
             heldout_digits(
                 digit_classes,
@@ -110,3 +126,46 @@ def eval_command(
     for key, reason in failed.items():
         click.echo(f"skipped: metric {key!r} cannot run on this data: {reason}")
     table(("metric", "value"), [(k, f"{v:.4f}") for k, v in values.items()])
+
+
+def _evaluate_modality(model: Any, modality: str, data: str, metrics: str | None) -> None:
+    """``atoken eval --modality NAME`` for a modality whose samples are not pictures."""
+    from atoken.data.modality_files import modality_files
+    from atoken.plugins.metrics.base import split_failures
+    from atoken.tasks import evaluate_samples
+
+    try:
+        samples, _ = modality_files(model, modality, data)
+        registry = get_registry()
+        kind = model.modality(modality).sample_kind
+        names = [m for m in (metrics or "").split(",") if m] or [
+            n for n in registry.metrics.names() if _scores(registry.metrics.get(n), kind)
+        ]
+        if not names:
+            raise ConfigError(
+                f"no registered metric scores {kind!r} samples ({modality!r}); name one with "
+                "--metrics or install a plugin that registers one"
+            )
+        chosen = {m: registry.metrics.create(m) for m in names}
+        for name, metric in chosen.items():
+            accepts = tuple(getattr(metric, "accepts", ()) or ())
+            if accepts and kind not in accepts:
+                raise ConfigError(
+                    f"metric {name!r} scores {' or '.join(accepts)} samples, not {kind!r} "
+                    f"({modality!r})"
+                )
+        recon = model.reconstruct(samples, modality)
+        values = evaluate_samples(chosen, recon, samples)
+    except AtokenError as exc:
+        raise fail(exc) from exc
+    values, failed = split_failures(values)
+    for key, reason in failed.items():
+        click.echo(f"skipped: metric {key!r} cannot run on this data: {reason}")
+    click.echo(f"{len(samples)} {modality} samples from {data}")
+    table(("metric", "value"), [(k, f"{v:.4g}") for k, v in values.items()])
+
+
+def _scores(factory: Any, kind: str) -> bool:
+    """Whether a metric factory says it scores ``kind`` samples (and is not distributional)."""
+    accepts = tuple(getattr(factory, "accepts", ()) or ())
+    return kind in accepts and not getattr(factory, "distributional", False)

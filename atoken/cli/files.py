@@ -1,16 +1,19 @@
-"""Files ``atoken reconstruct`` reads and writes, for any modality.
+"""Files ``atoken reconstruct`` (and ``atoken eval``) reads and writes, for any modality,
+through the modality's own hooks (:class:`atoken.core.sample_files.SampleFiles`):
 
-    image files (.png, .jpg, ...)  -> image  [3, H, W] in [0, 1]; written back as PNG
-    video files (.mp4, ...)        -> video  streamed in temporal tiles (GIF + MP4 written)
-    .npy arrays                    -> the ``--modality`` given (e.g. depth ``[H, W]``);
-                                      written back as .npy, with a PNG when it is picturable
-    a modality's own files         -> that modality, when its class lists the suffix in
-                                      ``file_extensions`` (meshes: .obj, .ply, .glb, ...); the
-                                      path is its sample, and its ``save_reconstruction(path,
-                                      sample, recon, out) -> (size, error)`` writes the outputs
+    a file                -> the modality that lists its suffix in ``file_extensions`` (the one
+                             ``--modality`` names, else the only one of the tokenizer's that
+                             does); read with its ``load``: image files [3, H, W], ``.npy``
+                             arrays, a plugin's own formats
+    video files           -> streamed in temporal tiles (GIF + MP4 written)
+    a reconstruction      -> written with the modality's ``save`` (``.npy`` by default) beside
+                             a side-by-side of its ``draw`` pictures, when it draws; a modality
+                             with a ``save_reconstruction(path, sample, recon, out)`` hook
+                             (meshes: 3DGS PLY and views) writes its own outputs
 
-The error column is PSNR in dB for images and videos, the RMSE in the modality's units for
-other samples.
+The quality column is PSNR in dB for pictures and clips, the Chamfer distance for a set-valued
+sample (``set_valued``: the reconstruction may hold another number of rows), else the RMSE in
+the modality's units.
 """
 
 from __future__ import annotations
@@ -19,93 +22,95 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from atoken.core.errors import ConfigError, DataModalityError, ModalityInputError
+from atoken.core.errors import ConfigError, DataModalityError
 
-__all__ = ["read_input", "save_reconstruction"]
+__all__ = ["file_modality", "read_input", "save_reconstruction"]
 
 
-def read_input(path: str, modality: str | None, model: Any) -> tuple[str, torch.Tensor | None]:
-    """``(modality, sample)`` of an input file (``sample`` None for a video: it is streamed).
+def file_modality(path: str, modality: str | None, model: Any) -> str:
+    """The tokenizer's modality that reads ``path``: ``modality`` when given (it must list the
+    file's suffix), else the only one of ``model``'s that does.
 
     Raises:
-        ConfigError: a .npy without ``modality``, or a modality the tokenizer lacks.
-        DataModalityError: ``modality`` contradicts the file (an image file as depth).
-        ModalityInputError: a file that cannot be read.
+        ConfigError: ``modality`` is not the tokenizer's, or no modality or several read the
+            suffix (then ``--modality`` decides; the readers are named).
+        DataModalityError: ``modality`` does not read files with that suffix.
     """
-    from atoken.data.pixels import image_size, to_image_tensor
-    from atoken.data.video_io import VIDEO_EXTENSIONS
-
     suffix = Path(path).suffix.lower()
-    kind = "video" if suffix in VIDEO_EXTENSIONS else "image"
-    owner = _file_owner(suffix, modality, model)
-    if owner is not None:
-        return owner, path
-    if suffix == ".npy":
-        if not modality:
-            raise ConfigError(f"{path}: a .npy array needs --modality (e.g. --modality depth)")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ModalityInputError(f"{path}: not a readable .npy array ({exc})") from exc
-        sample: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(array)).float()
-        kind = modality
-    elif modality and modality != kind:
-        raise DataModalityError(
-            f"{path} is a{'' if kind == 'video' else 'n'} {kind} file, not {modality!r}; "
-            f"save {modality} samples as .npy arrays"
-        )
-    else:
-        sample = None
     known = tuple(model.config.modalities or ())
-    if known and kind not in known:
-        raise ConfigError(f"{path}: the tokenizer has no {kind!r} modality (it has {list(known)})")
-    if kind == "image" and sample is None:
-        check = getattr(model.modality(kind), "check_size", None)
-        if check is not None:  # the token guard reads the header: nothing decoded before it
-            check(*image_size(path))
-        sample = to_image_tensor(path)
-    return kind, sample
+    if modality:
+        if known and modality not in known:
+            raise ConfigError(
+                f"{path}: the tokenizer has no {modality!r} modality (it has {list(known)})"
+            )
+        extensions = model.modality(modality).file_extensions
+        if suffix not in extensions:
+            raise DataModalityError(
+                f"{path}: {modality!r} reads {list(extensions)} files, not {suffix!r}"
+            )
+        return modality
+    readers = {n: model.modality(n).file_extensions for n in known}
+    owners = [n for n, extensions in readers.items() if suffix in extensions]
+    if len(owners) == 1:
+        return owners[0]
+    if owners:
+        raise ConfigError(f"{path}: {owners} all read {suffix!r} files: pass --modality")
+    raise ConfigError(f"{path}: no modality of this tokenizer reads {suffix!r} files ({readers})")
 
 
-def _file_owner(suffix: str, modality: str | None, model: Any) -> str | None:
-    """The tokenizer's modality that reads files with ``suffix`` itself (``file_extensions``):
-    ``modality`` when given and it does, else the only one that does; None for none."""
-    known = tuple(model.config.modalities or ())
-    names = [modality] if modality else list(known)
-    owners = [
-        n
-        for n in names
-        if (not known or n in known) and suffix in getattr(model.modality(n), "file_extensions", ())
-    ]
-    return owners[0] if len(owners) == 1 else None
+def read_input(path: str, modality: str | None, model: Any) -> tuple[str, Any]:
+    """``(modality, sample)`` of an input file (:func:`file_modality`; its ``load``);
+    ``sample`` is None for a video file, which is streamed.
+
+    Raises:
+        ConfigError, DataModalityError: see :func:`file_modality`.
+        ModalityInputError: a file its modality cannot read.
+    """
+    kind = file_modality(path, modality, model)
+    reader = model.modality(kind)
+    if reader.sample_kind == "clip" and Path(path).suffix.lower() != ".npy":
+        return kind, None  # streamed tile by tile (atoken.modalities.video.viz)
+    return kind, reader.load(path)
 
 
 def save_reconstruction(
-    path: str, kind: str, sample: Any, recon: Any, out: Path, model: Any = None
+    path: str, kind: str, sample: Any, recon: Any, out: Path, model: Any
 ) -> tuple[str, str]:
-    """Write the reconstruction (and a side-by-side picture when there is one); returns the
-    table's ``(size, quality)``: PSNR for pictures, RMSE for value maps."""
-    from atoken.viz import save_side_by_side, to_pil, to_visible
+    """Write the reconstruction of the file ``path`` with its modality's hooks (``save``, and
+    a side-by-side of ``draw`` pictures when it draws); returns the table's
+    ``(size, quality)`` (see the module docstring)."""
+    from atoken.viz import save_side_by_side
 
-    own = getattr(model.modality(kind), "save_reconstruction", None) if model else None
-    if own is not None and isinstance(sample, str):
+    reader = model.modality(kind)
+    own = getattr(reader, "save_reconstruction", None)
+    if own is not None:  # a modality that writes its own outputs (meshes)
         return own(path, sample, recon, out)
-
     stem = Path(path).stem
-    size = "x".join(map(str, sample.shape[-2:]))
-    if Path(path).suffix.lower() != ".npy":  # an image file
+    if not reader.set_valued and isinstance(sample, torch.Tensor):
+        recon = recon.detach().float().cpu().reshape(sample.shape)  # a grid: the input's shape
+    if reader.sample_kind == "picture":
         recon = recon.clamp(0, 1)
-        to_pil(recon).save(out / f"{stem}_recon.png")
-        save_side_by_side([sample], [recon], out / f"{stem}_side_by_side.png", labels=[stem])
-        mse = float(((recon - sample) ** 2).mean())
-        return size, f"PSNR {10 * math.log10(1 / max(mse, 1e-12)):.2f} dB"
-    recon = recon.detach().float().cpu().reshape(sample.shape)
-    np.save(out / f"{stem}_recon.npy", recon.numpy())
-    seen, shown = to_visible(sample), to_visible(recon, sample)
+    reader.save(recon, out / f"{stem}_recon")
+    seen, shown = reader.draw(sample), reader.draw(recon, sample)
     if seen is not None and shown is not None:
         save_side_by_side([seen], [shown], out / f"{stem}_side_by_side.png", labels=[stem])
-    rmse = float(((recon - sample) ** 2).mean().sqrt())
-    return size, f"RMSE {rmse:.4g}"
+    return _size(sample), _quality(reader, sample, recon)
+
+
+def _size(sample: Any) -> str:
+    if isinstance(sample, torch.Tensor):
+        return "x".join(map(str, sample.shape[-2:] if sample.ndim >= 2 else sample.shape))
+    return type(sample).__name__
+
+
+def _quality(reader: Any, sample: torch.Tensor, recon: torch.Tensor) -> str:
+    if reader.set_valued:
+        from atoken.losses.sets import chamfer_distance
+
+        return f"Chamfer {float(chamfer_distance(recon.float(), sample.float())):.4g}"
+    mse = float(((recon.float() - sample.float()) ** 2).mean())
+    if reader.sample_kind in ("picture", "clip"):
+        return f"PSNR {10 * math.log10(1 / max(mse, 1e-12)):.2f} dB"
+    return f"RMSE {math.sqrt(mse):.4g}"

@@ -29,6 +29,7 @@ import torch
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
 from atoken.plugins.manager import get_registry
+from atoken.testing.contracts import random_sets
 
 __all__ = ["DataSourceContract", "MetricContract", "TaskContract"]
 
@@ -102,6 +103,8 @@ class MetricContract:
     def _pairs(self, metric: Any, seed: int) -> tuple[Any, Any]:
         from atoken.modalities import DEFAULT_MODALITY
 
+        if "set" in getattr(metric, "accepts", ()):  # a metric of sets (chamfer, emd)
+            return random_sets(seed)
         g = torch.Generator().manual_seed(seed)
         modality = getattr(metric, "modality", DEFAULT_MODALITY)
         if modality == DEFAULT_MODALITY:  # a batch of pictures [B, 3, H, W] in [0, 1]

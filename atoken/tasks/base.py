@@ -252,6 +252,8 @@ class ReconstructionTask:
                 f"{where}: the tokenizer has no {self.modality!r} modality (it has "
                 f"{list(known)}); add it to [model] overrides.modalities or modality_params"
             )
+        # its samples' hooks (draw) and kind: a plain object, the same on a shape-only model
+        self.sample_modality = context.model.modality(self.modality)
         registry = get_registry()
         self.losses: list[tuple[LossTerm, Any, str]] = []
         for term in self.default_losses if spec.losses is None else spec.losses:
@@ -275,6 +277,13 @@ class ReconstructionTask:
         names = self.default_metrics if spec.metrics is None else spec.metrics
         for name in names:  # before building it: a metric's weights are not needed to know
             factory = named_in(where, "metric", registry.metrics, name, build=False)
+            accepts = tuple(getattr(factory, "accepts", ()) or ())
+            if accepts and self.metric_kind not in accepts:
+                raise ConfigError(
+                    f"{where}: metric {name!r} scores {' or '.join(accepts)} samples; this task "
+                    f"gives it {self.metric_kind!r} samples (modality {self.modality!r}): "
+                    "choose metrics registered for that kind (atoken plugins lists them)"
+                )
             problem = tile_problem(name, factory, self.source.heldout, "held-out samples")
             if problem:
                 raise ConfigError(
@@ -282,6 +291,12 @@ class ReconstructionTask:
                     f"heldout) or drop {name!r} from metrics"
                 )
         self.metrics = {name: registry.metrics.create(name) for name in names}
+
+    @property
+    def metric_kind(self) -> str:
+        """The kind of the samples its metrics score (``SAMPLE_KINDS``): its modality's
+        ``sample_kind``; a task that scores something else (renders of a mesh) says so."""
+        return self.sample_modality.sample_kind
 
     @classmethod
     def plan_batch(cls, spec: TaskSpec, config: Any) -> BatchShape:
@@ -367,12 +382,13 @@ class ReconstructionTask:
         out_dir: Path,
         step: int,
     ) -> None:
-        """Originals beside reconstructions (``out_dir/recon_stepNNNNNN.png``): ``[3, H, W]``
-        samples as they are, one-channel ``[H, W]`` or ``[1, H, W]`` maps each scaled to [0, 1]
-        by the original's range; other layouts are not drawn."""
-        from atoken.viz import save_side_by_side, to_visible
+        """Originals beside reconstructions (``out_dir/recon_stepNNNNNN.png``), drawn by the
+        modality's ``draw`` (by default ``[3, H, W]`` samples as they are, one-channel maps
+        scaled by the original's range); nothing is written when it draws none."""
+        from atoken.viz import save_side_by_side
 
-        pairs = [(to_visible(o), to_visible(r, o)) for o, r in zip(originals, recons, strict=True)]
+        draw = self.sample_modality.draw
+        pairs = [(draw(o), draw(r, o)) for o, r in zip(originals, recons, strict=True)]
         if pairs and all(o is not None and r is not None for o, r in pairs):
             save_side_by_side(
                 [o for o, _ in pairs],

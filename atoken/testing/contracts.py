@@ -37,6 +37,9 @@ __all__ = [
     "ModalityContract",
     "TextEncoderContract",
     "TokenizerRoundTripContract",
+    "random_sets",
+    "same_sample",
+    "sorted_rows",
 ]
 
 #: Contract tests read the component from a function-scoped fixture, and one contract class is
@@ -46,9 +49,38 @@ _fixture_ok = settings(suppress_health_check=_CONTRACT_CHECKS, max_examples=8)
 _seeds = st.integers(0, 2**16)
 
 
+def random_sets(seed: int, width: int = 6) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``(prediction, target)``: two lists of three sets ``[n_i, width]`` in [0, 1), each
+    prediction a noisy copy of its target with other rows (a set metric's contract input)."""
+    g = torch.Generator().manual_seed(seed)
+    target = [torch.rand(n, width, generator=g) for n in (5, 9, 16)]
+    noisy = [
+        torch.cat([t, t[:2]]) + 0.05 * torch.randn(len(t) + 2, width, generator=g)  # [n + 2, w]
+        for t in target
+    ]
+    return noisy, target
+
+
+def sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``[n, d]`` in lexicographic order: two sets are equal when these are."""
+    for column in reversed(range(x.shape[1])):
+        x = x[x[:, column].argsort(stable=True)]
+    return x
+
+
+def same_sample(modality: Modality, restored: Any, sample: Any) -> bool:
+    """Whether ``restored`` is ``sample``: equal tensors, or for a set-valued modality
+    (``set_valued``) equal sets of rows, in any order."""
+    a, b = as_tensor(restored), as_tensor(sample)
+    if modality.set_valued:
+        return a.shape == b.shape and torch.equal(sorted_rows(a), sorted_rows(b))
+    return torch.equal(a, b)
+
+
 class ModalityContract:
     """patchify/unpatchify round trip is exact, coords are unique and in range, tokens are a set
-    (order does not matter), batches pack, and bad input raises ``ModalityInputError``."""
+    (order does not matter), batches pack, and bad input raises ``ModalityInputError``. A
+    set-valued modality's samples are compared as sets of rows (:func:`same_sample`)."""
 
     modality_name: ClassVar[str] = ""
     modality_params: ClassVar[Mapping[str, Any]] = {}
@@ -74,7 +106,7 @@ class ModalityContract:
             assert values.is_floating_point()
             assert coords.dtype == torch.int32 and coords.shape == (values.shape[0], 4)
             restored = modality.unpatchify(values, coords, meta)
-            assert torch.equal(as_tensor(restored), as_tensor(sample))
+            assert same_sample(modality, restored, sample)
 
     @_fixture_ok
     @given(seed=_seeds)
@@ -92,7 +124,7 @@ class ModalityContract:
             perm = data.draw(st.permutations(range(values.shape[0])))
             perm = torch.tensor(perm, dtype=torch.long)
             restored = modality.unpatchify(values[perm], coords[perm], meta)
-            assert torch.equal(as_tensor(restored), as_tensor(sample))
+            assert same_sample(modality, restored, sample)
 
     def test_batch_packs_and_unpacks(self, modality: Modality) -> None:
         samples = modality.examples(0)
@@ -100,7 +132,7 @@ class ModalityContract:
         assert latent.batch_size == len(samples)
         assert set(latent.modality) == {modality.name}
         for restored, sample in zip(modality.unpack(latent), samples, strict=True):
-            assert torch.equal(as_tensor(restored), as_tensor(sample))
+            assert same_sample(modality, restored, sample)
 
     def test_bad_input_raises_typed_error(self, modality: Modality) -> None:
         bad = modality.invalid_examples()
@@ -114,8 +146,9 @@ class LossContract:
     """A loss returns a finite scalar and gradients flow to its differentiable inputs.
 
     Inputs come from the ``inputs`` fixture: the loss's own ``example_inputs()`` when it has
-    one (a loss of latents or of exported terms needs other inputs than images), else two
-    random image batches ``[2, 3, 32, 32]`` in [0, 1] and an empty context.
+    one (a loss of latents, of exported terms or of sets needs other inputs than images),
+    else two random image batches ``[2, 3, 32, 32]`` in [0, 1] and an empty context. A
+    prediction may be a batch tensor or a list of samples (each a leaf that needs grad).
     """
 
     loss_name: ClassVar[str] = ""
@@ -139,9 +172,17 @@ class LossContract:
 
     def test_scalar_finite_with_gradient(self, loss: Any, inputs) -> None:
         prediction, target, context = inputs
-        if isinstance(prediction, torch.Tensor) and prediction.is_floating_point():
-            prediction = prediction.detach().clone().requires_grad_(True)
-        leaves = [prediction] + [v for v in context.values() if isinstance(v, torch.Tensor)]
+
+        def leaf(x: Any) -> Any:
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                return x.detach().clone().requires_grad_(True)
+            return x
+
+        # a batch tensor, or a list of samples (sizes may differ: sets, native resolutions)
+        many = isinstance(prediction, (list, tuple))
+        prediction = [leaf(p) for p in prediction] if many else leaf(prediction)
+        leaves = list(prediction) if many else [prediction]
+        leaves += [v for v in context.values() if isinstance(v, torch.Tensor)]
         leaves = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
         assert leaves, "no differentiable input: prediction or a context tensor must need grad"
         value = loss(prediction, target, context)

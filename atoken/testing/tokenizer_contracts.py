@@ -69,12 +69,18 @@ def _check_outputs(
     modality: Modality, samples: list[Any], decoded: list[Any], head: Any = None
 ) -> None:
     """Decoded samples are finite floats shaped like the canonical samples, or of the type
-    the head declares (``head.sample_type``)."""
+    the head declares (``head.sample_type``); a set-valued modality's (``set_valued``) are
+    sets ``[n', d]`` of the input's row width, any number of rows."""
     assert len(decoded) == len(samples)
     sample_type = getattr(head, "sample_type", None)
     for sample, out in zip(samples, decoded, strict=True):
         if sample_type is not None:
             assert isinstance(out, sample_type), f"decoded {type(out).__name__}"
+        elif modality.set_valued:
+            want, got = _canonical(modality, sample), as_tensor(out)
+            assert got.ndim == 2 and got.shape[1] == want.shape[-1], (
+                f"decoded a set {tuple(got.shape)}, expected rows of {want.shape[-1]} values"
+            )
         else:
             want = _canonical(modality, sample)
             got = as_tensor(out).shape

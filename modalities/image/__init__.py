@@ -19,7 +19,9 @@ Input conversion rules (documented in docs/concepts/latent.md):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_decode_grid, check_positive_ints, rgb_stats
+from atoken.data.images import IMAGE_EXTENSIONS
 from atoken.data.pixels import image_size, to_image_tensor
 from atoken.plugins.hookspecs import hookimpl
 
@@ -52,6 +55,9 @@ class ImageModality(Modality):
 
     name = "image"
     layout = "thw"
+    shared_pixel_path = True  # RGB patches: the shared patch embedding and head
+    sample_kind = "picture"  # [3, H, W] in [0, 1]
+    file_extensions = (*IMAGE_EXTENSIONS, ".npy")  # what `load` reads (image files via PIL)
 
     def __init__(
         self,
@@ -81,6 +87,23 @@ class ImageModality(Modality):
     def content_dim(self) -> int:
         """Temporal slot 0: ``p * p * 3`` values."""
         return self.patch_size * self.patch_size * 3
+
+    def load(self, path: str | os.PathLike) -> torch.Tensor:
+        """An image file as float32 ``[3, H, W]`` in [0, 1] (its size checked against
+        ``max_tokens`` from the header, before decoding), or a ``.npy`` array as it is."""
+        if Path(path).suffix.lower() == ".npy":
+            return super().load(path)
+        self.check_size(*image_size(path))
+        return to_image_tensor(path, min_side=self.min_side)
+
+    def save(self, sample: torch.Tensor, stem: str | os.PathLike) -> list[Path]:
+        """``stem.png``: the picture ``[3, H, W]`` (clamped to [0, 1], rounded to 8 bits)."""
+        from PIL import Image
+
+        path = Path(stem).with_suffix(".png")
+        rgb = sample.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # [H, W, 3]
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
+        return [path]
 
     def check_size(self, H: int, W: int) -> tuple[int, int]:
         """The token grid ``(gh, gw)`` of an ``H x W`` image.

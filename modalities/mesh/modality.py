@@ -59,6 +59,11 @@ class MeshModality(Modality):
     #: Files ``atoken reconstruct`` hands to this modality as they are (see
     #: :meth:`save_reconstruction`).
     file_extensions: ClassVar[tuple[str, ...]] = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
+    sample_kind = "asset"  # a mesh file's path (or loaded mesh): read by patchify itself
+
+    def load(self, path: str | Any) -> str:
+        """A mesh file is its own sample: its path (``patchify`` renders and voxelizes it)."""
+        return str(path)
 
     def __init__(
         self,

@@ -67,6 +67,11 @@ class MeshReconstructionTask(ReconstructionTask):
     default_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim")
     provides: ClassVar[tuple[str, ...]] = ("samples", "terms", "latent", "gaussians")
 
+    @property
+    def metric_kind(self) -> str:
+        """Its metrics score renders of the mesh and of its Gaussians: pictures."""
+        return "picture"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from atoken.plugins.manager import get_registry

@@ -34,7 +34,7 @@ from atoken.core.coords import raster_coords, scatter_to_grid
 from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_decode_grid, check_positive_ints, rgb_stats
 from atoken.data.pixels import to_image_tensor
-from atoken.data.video_io import read_video, stack_frames, video_info
+from atoken.data.video_io import VIDEO_EXTENSIONS, read_video, stack_frames, video_info
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["VideoModality", "to_video_tensor"]
@@ -121,6 +121,9 @@ class VideoModality(Modality):
 
     name = "video"
     layout = "thw"
+    shared_pixel_path = True  # RGB patches: the shared patch embedding and head
+    sample_kind = "clip"  # [3, T, H, W] in [0, 1]
+    file_extensions = (*VIDEO_EXTENSIONS, ".npy")  # what `load` reads
     sample_ndim = 4  # [C, T, H, W]; a [B, C, T, H, W] tensor is a batch
 
     def __init__(
@@ -188,6 +191,19 @@ class VideoModality(Modality):
                 "in tiles with atoken.modalities.video.tiling"
             )
         return clip
+
+    def load(self, path: str | os.PathLike) -> torch.Tensor:
+        """A video file as float32 ``[3, T, H, W]`` in [0, 1] (decoded no further than the
+        token guard allows), or a ``.npy`` clip as it is."""
+        if str(path).lower().endswith(".npy"):
+            return super().load(path)
+        return to_video_tensor(self._read_bounded(path), min_side=self.min_side)
+
+    def draw(self, sample: Any, reference: Any = None) -> torch.Tensor | None:
+        """The clip's middle frame ``[3, H, W]`` (previews and reports)."""
+        if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
+            return None
+        return sample[:, sample.shape[1] // 2].detach().float().cpu().clamp(0, 1)  # [3, H, W]
 
     def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         stride = self.frame_stride

@@ -85,6 +85,7 @@ def clip_pairs(
 
 
 class _PerFrame(ImageMetric):
+    accepts = ("clip",)
     """Mean of an image metric over every frame of every clip."""
 
     image_metric = ""
@@ -132,6 +133,7 @@ class Flicker(ImageMetric):
     changes (lower is better; 0 for identical motion)."""
 
     name = "flicker"
+    accepts = ("clip",)
 
     def __init__(self) -> None:
         self.reset()
@@ -216,6 +218,7 @@ class FVD(ImageMetric):
     """
 
     name = "fvd"
+    accepts = ("clip",)
     distributional = True
 
     def __init__(

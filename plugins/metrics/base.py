@@ -27,10 +27,14 @@ class ImageMetric(abc.ABC):
 
     ``distributional`` is True for a metric of two image distributions (a Fréchet distance),
     which needs many images and does not pair them; False for a per-image score.
+    ``accepts``: the kinds of samples it scores (``atoken.core.sample_files.SAMPLE_KINDS``:
+    ``"picture"``, ``"clip"``, ``"set"``...; empty: any); a task that would give it another
+    kind is a ``ConfigError`` when the run is built, naming the task, metric and modality.
     """
 
     name: str = ""
     distributional: bool = False
+    accepts: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def reset(self) -> None:

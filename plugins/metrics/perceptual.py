@@ -51,6 +51,7 @@ class LPIPSMetric(PerImageMetric):
     """
 
     name = "lpips"
+    accepts = ("picture",)
 
     def __init__(
         self,
@@ -94,10 +95,9 @@ class FrechetFeatureMetric(ImageMetric):
             value, several times faster for D >= 1000); see :mod:`atoken.plugins.metrics.frechet`.
     """
 
-    distributional = True
-
     #: A statistic of a distribution: callers feed it many small samples (e.g. tiles).
     distributional = True
+    accepts = ("picture",)
 
     def __init__(
         self,

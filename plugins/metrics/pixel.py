@@ -34,6 +34,7 @@ class PSNR(PerImageMetric):
     """
 
     name = "psnr"
+    accepts = ("picture",)
 
     def __init__(self, *, data_range: float = 1.0) -> None:
         self.data_range = _positive(data_range, "data_range", "psnr")
@@ -59,6 +60,7 @@ class SSIM(PerImageMetric):
     """
 
     name = "ssim"
+    accepts = ("picture",)
 
     def __init__(self, *, data_range: float = 1.0, window_size: int = 11) -> None:
         self.data_range = _positive(data_range, "data_range", "ssim")

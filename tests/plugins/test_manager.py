@@ -126,7 +126,7 @@ def test_disable_plugins_env_blocks_builtin_and_entrypoint(fresh_plugins):
     fresh_plugins.setenv(
         "ATOKEN_DISABLE_PLUGINS",
         "atoken.modalities.image, atoken.modalities.video, atoken.modalities.mesh, depth, "
-        "occupancy",
+        "occupancy, pointcloud",
     )
     manager.refresh(manager=True)
     assert atoken.get_registry().modalities.names() == []
@@ -157,6 +157,7 @@ def test_cli_json_lists_builtins_and_example_plugin():
         "mesh": "atoken.modalities.mesh",
         "depth": "depth",
         "occupancy": "occupancy",
+        "pointcloud": "pointcloud",
     }
 
 

@@ -22,6 +22,7 @@ from atoken.plugins.metrics.frechet import (
     frechet_distance,
     frechet_from_features,
 )
+from atoken.testing.contracts import random_sets
 from tests.losses._fakes import fake_torchvision_weights, hub_dir, single_threaded
 
 __all__ = ["hub_dir"]
@@ -72,6 +73,15 @@ def _modality_pair(name: str, seed: int) -> tuple[list, list]:
 def test_every_metric_follows_the_protocol(metric):
     with pytest.raises(ConfigError):
         metric.compute()  # nothing seen yet
+    if "set" in getattr(metric, "accepts", ()):  # a metric of sets: sets of other sizes
+        for seed in (0, 1):
+            metric.update(*random_sets(seed))
+        out = metric.compute()
+        assert out and all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+        metric.reset()
+        with pytest.raises(ModalityInputError):
+            metric.update([torch.rand(4, 3)], [torch.rand(5, 2)])  # rows of different widths
+        return
     modality = getattr(metric, "modality", "image")  # what it scores: images unless it says
     if modality != "image":  # a metric of another modality scores that modality's samples
         for seed in (0, 1):
