@@ -2,8 +2,9 @@
 ``chamfer`` loss and the functions the ``chamfer`` and ``emd`` metrics use.
 
 Shapes: a set is ``[n, d]`` (n rows in no order, d values each: ``xyz``, ``xyz + rgb``, a
-Gaussian's parameters); a prediction may hold another number of rows than its target
-(``Modality.set_valued``). A batch is a list of such sets.
+Gaussian's parameters), or an object whose ``set_rows()`` gives one (the 3D family's
+``GaussianSet``: means and colours, ``[G, 6]``); a prediction may hold another number of rows
+than its target (``Modality.set_valued``). A batch is a list of such sets.
 
     chamfer_distance(p [n, d], t [m, d])
         = mean_i min_j |p_i - t_j|^2 + mean_j min_i |p_i - t_j|^2
@@ -34,6 +35,9 @@ _CHUNK = 4096
 
 
 def _as_set(x: Any, who: str, dims: int) -> torch.Tensor:
+    rows = getattr(x, "set_rows", None)
+    if callable(rows):  # an object that is a set (the 3D family's GaussianSet)
+        x = rows()
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ModalityInputError(f"{who}: a set is a non-empty [n, d] tensor, got {shape}")

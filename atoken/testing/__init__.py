@@ -1,8 +1,12 @@
 """The testing kit for plugin and test authors.
 
-* :mod:`atoken.testing.strategies`: Hypothesis strategies (``coords4d``, ``seqlens``,
-  ``sparse_latents``, ``images``, ``videos``) and the ``default``/``ci``/``nightly`` profiles.
-* :mod:`atoken.testing.contracts`: contract test classes to subclass (needs pytest).
+* :mod:`atoken.testing.strategies`: Hypothesis strategies (its ``__all__``: latents of either
+  layout, images, videos, meshes, voxels, Gaussians, mixed-modality batches, decodable
+  latents, tiling plans, FSQ levels; the 3D and tokenizer ones live in
+  :mod:`~atoken.testing.geometry_strategies` and :mod:`~atoken.testing.tokenizer_strategies`)
+  and the ``default``/``ci``/``nightly`` profiles.
+* :mod:`atoken.testing.contracts`: contract test classes to subclass (needs pytest), and
+  :func:`~atoken.testing.contracts.same_sample` (sets compared as sets).
 * :func:`registered_plugin`: register a throwaway plugin for one test.
 * :func:`assert_latent_equal`: exact comparison of two latents with a readable failure.
 """

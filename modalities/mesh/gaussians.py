@@ -141,6 +141,11 @@ class GaussianSet:
         """RGB ``[G, 3]`` (0.5 + C0 * sh0, unclamped: the renderers clamp the image)."""
         return self.sh0 * SH_C0 + 0.5
 
+    def set_rows(self) -> torch.Tensor:
+        """The Gaussians as a set ``[G, 6]``: means and colours (what the set distances of
+        :mod:`atoken.losses.sets`, ``chamfer`` and ``emd``, compare; ``dims = 3``: means)."""
+        return torch.cat([self.means, self.colors], 1)
+
     def covariances(self) -> torch.Tensor:
         """``R S S^T R^T`` ``[G, 3, 3]``."""
         w, x, y, z = self.quats.unbind(-1)
