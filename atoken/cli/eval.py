@@ -131,7 +131,7 @@ def eval_command(
 def _evaluate_modality(model: Any, modality: str, data: str, metrics: str | None) -> None:
     """``atoken eval --modality NAME`` for a modality whose samples are not pictures."""
     from atoken.data.modality_files import modality_files
-    from atoken.plugins.metrics.base import split_failures
+    from atoken.plugins.metrics.base import metric_scores, split_failures
     from atoken.tasks import evaluate_samples
 
     try:
@@ -139,7 +139,7 @@ def _evaluate_modality(model: Any, modality: str, data: str, metrics: str | None
         registry = get_registry()
         kind = model.modality(modality).sample_kind
         names = [m for m in (metrics or "").split(",") if m] or [
-            n for n in registry.metrics.names() if _scores(registry.metrics.get(n), kind)
+            n for n in registry.metrics.names() if _scores(registry.metrics.get(n), modality, kind)
         ]
         if not names:
             raise ConfigError(
@@ -148,12 +148,8 @@ def _evaluate_modality(model: Any, modality: str, data: str, metrics: str | None
             )
         chosen = {m: registry.metrics.create(m) for m in names}
         for name, metric in chosen.items():
-            accepts = tuple(getattr(metric, "accepts", ()) or ())
-            if accepts and kind not in accepts:
-                raise ConfigError(
-                    f"metric {name!r} scores {' or '.join(accepts)} samples, not {kind!r} "
-                    f"({modality!r})"
-                )
+            if not metric_scores(metric, modality, kind):
+                raise ConfigError(f"metric {name!r} does not score {modality!r} ({kind}) samples")
         recon = model.reconstruct(samples, modality)
         values = evaluate_samples(chosen, recon, samples)
     except AtokenError as exc:
@@ -165,7 +161,12 @@ def _evaluate_modality(model: Any, modality: str, data: str, metrics: str | None
     table(("metric", "value"), [(k, f"{v:.4g}") for k, v in values.items()])
 
 
-def _scores(factory: Any, kind: str) -> bool:
-    """Whether a metric factory says it scores ``kind`` samples (and is not distributional)."""
-    accepts = tuple(getattr(factory, "accepts", ()) or ())
-    return kind in accepts and not getattr(factory, "distributional", False)
+def _scores(factory: Any, modality: str, kind: str) -> bool:
+    """Whether a registered metric is for these samples by its own declaration (it names the
+    modality or accepts the kind; a metric that declares nothing is not picked by default),
+    and is not distributional."""
+    from atoken.plugins.metrics.base import metric_scores
+
+    declares = getattr(factory, "modality", None) or getattr(factory, "accepts", ())
+    distributional = getattr(factory, "distributional", False)
+    return bool(declares) and metric_scores(factory, modality, kind) and not distributional

@@ -40,7 +40,7 @@ from atoken.core.errors import ConfigError, DataModalityError, UnknownComponentE
 from atoken.data.sources import SourceContext, build_source
 from atoken.engine.runconfig import LossTerm, TaskSpec, structure
 from atoken.plugins.hookspecs import hookimpl
-from atoken.plugins.metrics.base import guarded
+from atoken.plugins.metrics.base import guarded, metric_scores
 from atoken.tasks.planning import BatchShape, grid_batch
 
 __all__ = [
@@ -277,12 +277,12 @@ class ReconstructionTask:
         names = self.default_metrics if spec.metrics is None else spec.metrics
         for name in names:  # before building it: a metric's weights are not needed to know
             factory = named_in(where, "metric", registry.metrics, name, build=False)
-            accepts = tuple(getattr(factory, "accepts", ()) or ())
-            if accepts and self.metric_kind not in accepts:
+            if not metric_scores(factory, self.modality, self.metric_kind):
+                scores = getattr(factory, "modality", None) or " or ".join(factory.accepts)
                 raise ConfigError(
-                    f"{where}: metric {name!r} scores {' or '.join(accepts)} samples; this task "
-                    f"gives it {self.metric_kind!r} samples (modality {self.modality!r}): "
-                    "choose metrics registered for that kind (atoken plugins lists them)"
+                    f"{where}: metric {name!r} scores {scores} samples; this task gives it "
+                    f"{self.metric_kind!r} samples (modality {self.modality!r}): choose "
+                    "metrics registered for them (atoken plugins lists them)"
                 )
             problem = tile_problem(name, factory, self.source.heldout, "held-out samples")
             if problem:

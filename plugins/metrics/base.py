@@ -19,7 +19,26 @@ import torch
 from atoken.core.errors import ConfigError
 from atoken.losses.image_batch import ImageBatch, image_pairs
 
-__all__ = ["ImageMetric", "MetricFailure", "PerImageMetric", "guarded", "split_failures"]
+__all__ = [
+    "ImageMetric",
+    "MetricFailure",
+    "PerImageMetric",
+    "guarded",
+    "metric_scores",
+    "split_failures",
+]
+
+
+def metric_scores(metric: Any, modality: str, kind: str) -> bool:
+    """Whether ``metric`` (a metric or its factory) scores samples of ``modality`` whose
+    ``sample_kind`` is ``kind``: a metric that names the one modality it scores
+    (``modality = "depth"``) scores that one; else one that declares kinds (``accepts``)
+    scores those; else any."""
+    named = getattr(metric, "modality", None)
+    if isinstance(named, str) and named:
+        return named == modality
+    accepts = tuple(getattr(metric, "accepts", ()) or ())
+    return not accepts or kind in accepts
 
 
 class ImageMetric(abc.ABC):
