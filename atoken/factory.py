@@ -56,6 +56,7 @@ __all__ = [
     "parameter_free_modalities",
     "registered_modality",
     "resolve_config",
+    "shares_pixel_path",
 ]
 
 
@@ -104,18 +105,27 @@ def head_choice(config: TokenizerConfig, name: str, mod: Modality) -> tuple[str,
     return head, dict(config.head_params.get(name, {}))
 
 
+def shares_pixel_path(config: TokenizerConfig, mod: Modality) -> bool:
+    """Whether ``mod`` reads through the encoder's shared RGB patch embedding: it says so
+    (``shared_pixel_path``) and its values are that embedding's ``patch_dim`` wide. Its
+    ``value_dim`` alone never decides it: a 12-band modality of 16 x 16 patches (3072
+    values) gets its own projection and head."""
+    return mod.shared_pixel_path and mod.value_dim == config.encoder.patch_dim
+
+
 def own_head(config: TokenizerConfig, name: str, mod: Modality) -> bool:
-    """Whether modality ``name`` gets its own head instance (not the shared ``head``)."""
+    """Whether modality ``name`` gets its own head instance (not the shared ``head``): it
+    does not share the pixel path, or it names another head or head parameters."""
     if config.decoder is None:
         return False
     head, params = head_choice(config, name, mod)
-    shared = head == config.head and mod.value_dim == config.encoder.patch_dim
+    shared = head == config.head and shares_pixel_path(config, mod)
     return not shared or bool(params)
 
 
 def needs_parameters(config: TokenizerConfig, name: str, mod: Modality) -> bool:
     """Whether modality ``name`` needs parameters of its own (a projection or a head)."""
-    return mod.value_dim != config.encoder.patch_dim or own_head(config, name, mod)
+    return not shares_pixel_path(config, mod) or own_head(config, name, mod)
 
 
 def create_head(
@@ -294,7 +304,7 @@ def build_parts(config: TokenizerConfig) -> ModelParts:
         plugins[name] = registry.modalities.plugin_of(name)
         if needs_parameters(config, name, mod):
             check_parameter_name(name)
-        projections.add(name, mod.value_dim)
+        projections.add(name, mod.value_dim, shared=shares_pixel_path(config, mod))
         head_name = config.head
         if own_head(config, name, mod):
             head_name, params = head_choice(config, name, mod)

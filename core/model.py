@@ -89,8 +89,8 @@ class ATokenModel(nn.Module):
 
     Args:
         config: the :class:`~atoken.core.config.TokenizerConfig` the parts were built from.
-        encoder, projections: the encoder and the own input projections of modalities whose
-            ``value_dim`` differs from the encoder's patch dimension.
+        encoder, projections: the encoder and the own input projections of modalities that
+            do not read through the shared patch embedding (``shared_pixel_path``).
         modalities: name -> built modality, exactly the ones this model encodes and decodes.
         default_modality: the modality of raw samples when a call names none.
         bottleneck, decoder, head: the latent map, the decoder and the shared head (all None

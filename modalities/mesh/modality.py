@@ -56,6 +56,7 @@ class MeshModality(Modality):
     sample_ndim = 0  # samples are objects (meshes, views, voxels), never a batch tensor
     uses_pos_table = False  # voxels are placed by the 4D RoPE alone
     default_head = "gaussians"
+    shared_pixel_path = True  # a voxel's features are an RGB patch: the shared patch embedding
     #: Files ``atoken reconstruct`` hands to this modality as they are (see
     #: :meth:`save_reconstruction`).
     file_extensions: ClassVar[tuple[str, ...]] = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
