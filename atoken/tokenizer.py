@@ -52,8 +52,8 @@ class Tokenizer(ATokenModel):
 
     Modules:
         encoder, bottleneck, decoder: the backbone.
-        projections: the own input projections of modalities whose ``value_dim`` differs
-            from the encoder's patch dimension.
+        projections: the own input projections of modalities that do not share the RGB
+            patch path (``Modality.shared_pixel_path``).
         head: the shared head (``config.head``) of modalities that decode through it.
         heads: the own heads (``heads[name]``) of modalities with another head, other head
             parameters or another ``value_dim``.

@@ -19,9 +19,10 @@ What the modality owns (the tokenizer hard-codes none of it):
 
 The tokenizer builds a modality with :func:`build_modality`: it passes the encoder arguments of
 :data:`ENCODER_ARGUMENTS` that the factory accepts, then the user's ``modality_params``. A
-modality whose ``value_dim`` differs from the encoder's patch dimension gets its own input
-projection and its own head instance (see :class:`atoken.core.projection.ModalityProjections`),
-so a one-channel modality plugs in without padding tricks.
+modality gets its own input projection and its own head instance (see
+:class:`atoken.core.projection.ModalityProjections`) unless it declares
+``shared_pixel_path`` (RGB patches of the encoder's patch dimension: image, video, mesh), so a
+one-channel or 12-band modality plugs in without padding tricks, whatever its ``value_dim``.
 """
 
 from __future__ import annotations

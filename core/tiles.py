@@ -71,14 +71,16 @@ def encode_long(model: Any, name: str, sample: SparseLatent, S: int) -> torch.Te
 
 
 def encode_pieces(model: Any, name: str, pieces: list[Any], S: int) -> SparseLatent:
-    """A long sample from its modality's ``split_time`` pieces: each patchified, normalised
-    and encoded alone (time re-based to 0), so memory is bounded by one piece."""
+    """A long sample from its modality's ``split_time`` pieces: each patchified (and checked,
+    ``model.boundary``), normalised and encoded alone (time re-based to 0), so memory is
+    bounded by one piece."""
     mod = model.modality(name)
     device = model.device
     feats, coords, metas = [], [], []
     pos = [mod.uses_pos_table]
     for k, piece in enumerate(pieces):
-        values, local, meta = mod.patchify(piece)  # [n_k, d], [n_k, 4]
+        packed = model.boundary.pack(mod, [piece])  # patchify, checked at the boundary
+        values, local, meta = packed.feats, packed.coords, packed.meta[0]  # [n_k, d], [n_k, 4]
         values, local = values.to(device), local.to(device)
         x = model.embed_values(name, mod.normalize(values))  # [n_k, C]
         seqlens = torch.tensor([values.shape[0]], dtype=torch.int64)
