@@ -120,8 +120,10 @@ class Tokenizer(ATokenModel):
     def from_official(cls, checkpoint: Any, config: Any = None, **options: Any) -> Tokenizer:
         """An official AToken checkpoint (``.pt`` read with ``weights_only=True``, or
         ``.safetensors``), mapped strictly, in eval mode; ``config``: its YAML or None,
-        ``options``: ``heads``, ``decoder_heads``, ``fsq``, ``modalities``
-        (:func:`atoken.official.from_official`)."""
+        ``options``: ``heads``, ``decoder_heads``, ``fsq``, ``modalities``, ``text_tower``,
+        and ``gaussian_decoder`` (``3d_decode_gs.pt`` or its converted folder, with
+        ``gaussian_config``, its YAML): a 3D latent then decodes to the official decoder's
+        Gaussians (:func:`atoken.official.from_official`)."""
         from atoken.official.convert import from_official
 
         return from_official(cls, checkpoint, config, **options).eval()

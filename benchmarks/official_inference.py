@@ -10,6 +10,13 @@ is the best of ``--repeats`` timed runs after one warm-up; fp32 and bf16 run sid
 this one process, so a busy machine slows both alike (the load average is printed). The bf16
 rows also give how far bf16's latent and decoded values are from fp32's (mean and maximum
 absolute difference; docs/official-weights.md compares them with the official model's own).
+
+The 3D path, in the same run: the official Gaussian decoder at its released shapes (12 blocks
+of 768, 12 heads, 32 Gaussians per voxel; random weights in the official checkpoint layout)
+on the voxels of a sphere shell in the 64^3 grid (``--shell-radius`` voxels, 20: ~5k voxels,
+a typical asset's surface), timed as its forward (voxels -> raw parameters), the activations
+(-> a GaussianSet) and one 512 px render at the official renderer's settings on atoken's
+``cpu`` renderer (``atoken.official.gaussian_render.official_render``), fp32.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ def main() -> None:
     parser.add_argument("--preset", default="so400m")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shell-radius", type=float, default=20.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,6 +97,7 @@ def main() -> None:
                 }
                 drift = "  " + "  ".join(f"{float(x.mean()):.1e}/{float(x.max()):.1e}" for x in d)
             rows.append((label, precision, n, n / enc, n / dec, n / (enc + dec), drift))
+    gaussian_row, out["3d gaussians"] = _gaussian_path(args.shell_radius, args.repeats)
     load = os.getloadavg()[0]
     print(f"{args.preset}: {params / 1e6:.0f} M parameters, random weights, {args.threads} "
           f"threads, load average {load:.2f}")  # fmt: skip
@@ -96,7 +105,48 @@ def main() -> None:
           f"{'both/s':>8s}  vs fp32: latent, decoded (mean/max)")  # fmt: skip
     for label, precision, n, e, d, b, drift in rows:
         print(f"{label:18s} {precision:5s} {n:6d} {e:9.1f} {d:9.1f} {b:8.1f}{drift}")
+    print(gaussian_row)
     print(json.dumps({"preset": args.preset, "load_average": load, "results": out}))
+
+
+def _gaussian_path(shell_radius: float, repeats: int) -> tuple[str, dict[str, float]]:
+    """Time the official Gaussian decoder's forward, its activations and one 512 px render
+    on the voxels of a sphere shell; returns the printed line and the JSON entry."""
+    from atoken.official import load_gaussian_decoder
+    from atoken.official.gaussian_render import official_cameras, official_render
+    from atoken.testing.official import official_gaussian_decoder_state_dict
+
+    state = official_gaussian_decoder_state_dict(width=768, depth=12, mlp=3072, seed=0)
+    dec = load_gaussian_decoder(state, {"num_heads": 12})
+    grid = torch.stack(torch.meshgrid(*[torch.arange(64)] * 3, indexing="ij"), -1)  # [64^3, 3]
+    dist = ((grid.float() - 31.5) ** 2).sum(-1).sqrt()  # [64, 64, 64]
+    xyz = grid[(dist - shell_radius).abs() < 0.5]  # [N, 3]: the shell's voxels
+    n = xyz.shape[0]
+    coords = torch.cat([torch.zeros(n, 1, dtype=torch.long), xyz], 1).int()  # [N, 4]
+    feats = torch.rand(n, 768, generator=torch.Generator().manual_seed(1)) * 2 - 1  # [N, 768]
+    camera = official_cameras(1)
+    with torch.no_grad():
+        raw = dec(feats, coords)  # [N, 448]
+        (gaussians,) = dec.to_gaussians(raw, coords)
+        forward = _best(lambda: dec(feats, coords), repeats)
+        activate = _best(lambda: dec.to_gaussians(raw, coords), repeats)
+        render = _best(lambda: official_render(gaussians, camera), repeats)
+    total = forward + activate + render
+    entry = {
+        "voxels": n,
+        "gaussians": len(gaussians),
+        "forward_s": forward,
+        "activations_s": activate,
+        "render_512px_s": render,
+        "voxels_per_s": n / total,
+    }
+    row = (
+        f"3D: official Gaussian decoder (768 x 12, random weights), {n} voxels -> "
+        f"{len(gaussians)} Gaussians: forward {forward:.2f} s ({n / forward:.0f} voxels/s), "
+        f"activations {activate:.3f} s, one 512 px render {render:.2f} s; all {total:.2f} s "
+        f"({n / total:.0f} voxels/s)"
+    )
+    return row, entry
 
 
 if __name__ == "__main__":

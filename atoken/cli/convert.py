@@ -2,7 +2,8 @@
 
     atoken convert official CHECKPOINT OUT_DIR [--config official.yaml] [--fsq] [--heads N]
                                                [--text-tower FILE [--text-tokenizer DIR]]
-                                               [--overwrite]
+                                               [--gaussian-decoder FILE_OR_DIR
+                                                [--gaussian-config YAML]] [--overwrite]
 
 ``official`` reads an apple/ml-atoken checkpoint (``.pt`` with ``weights_only=True``, or
 ``.safetensors``), maps it strictly (:mod:`atoken.official`) and writes ``config.json``,
@@ -12,7 +13,10 @@ weights) are printed to stderr. ``--text-tower`` attaches the SigLIP2-So400m tex
 open_clip checkpoint) with the official logit scale and bias, for ``atoken classify``. The 3D
 Gaussian decoder (``3d_decode_gs.pt``, recognised by its keys, with ``--config
 3d_decode_gs.yaml``) becomes a Gaussian decoder folder instead
-(:mod:`atoken.official.gaussian_folder`).
+(:mod:`atoken.official.gaussian_folder`); ``--gaussian-decoder`` puts it (the ``.pt`` or such
+a folder) into a tokenizer folder instead, whose 3D decode gives the official Gaussians
+(``atoken reconstruct --checkpoint OUT_DIR asset.glb``). A checkpoint that is neither an AToken
+tokenizer's nor the Gaussian decoder's is refused, naming what it lacks.
 """
 
 from __future__ import annotations
@@ -78,6 +82,19 @@ def convert() -> None:
     help="The open_clip model name of --text-tower [ViT-SO400M-16-SigLIP2-naflex].",
 )
 @click.option(
+    "--gaussian-decoder",
+    type=click.Path(exists=True),
+    default=None,
+    help="The official 3D Gaussian decoder (3d_decode_gs.pt, or a folder this command "
+    "converted it into): the tokenizer decodes 3D assets to its Gaussians.",
+)
+@click.option(
+    "--gaussian-config",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The Gaussian decoder's YAML (configs/3d_decode_gs.yaml) [the released settings].",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the tokenizer in OUT_DIR (a folder of other files is never written into).",
@@ -93,23 +110,39 @@ def official(
     text_tower: str | None,
     text_tokenizer: str | None,
     text_model: str | None,
+    gaussian_decoder: str | None,
+    gaussian_config: str | None,
     overwrite: bool,
 ) -> None:
     """Convert an official AToken CHECKPOINT into the tokenizer folder OUT_DIR (new or empty;
     an existing tokenizer folder with --overwrite)."""
+    from atoken.core.errors import ConfigError
     from atoken.official import convert_official
-    from atoken.official.gaussian_folder import is_gaussian_decoder_checkpoint
+    from atoken.official.gaussian_folder import (
+        GAUSSIAN_DECODER,
+        OTHER,
+        official_checkpoint_kind,
+        unknown_checkpoint_message,
+    )
     from atoken.official.notice import NOTICE_NAME
 
-    if is_gaussian_decoder_checkpoint(checkpoint):
+    kind = official_checkpoint_kind(checkpoint)
+    if kind == OTHER:
+        raise fail(ConfigError(unknown_checkpoint_message(checkpoint)))
+    if kind == GAUSSIAN_DECODER:
         text = _text_options(text_tower, text_tokenizer, text_model)
-        if fsq is not None or heads is not None or decoder_heads is not None or text:
+        given = (fsq, heads, decoder_heads, gaussian_decoder, gaussian_config)
+        if any(x is not None for x in given) or text:
             click.echo(
-                "--fsq/--kl, --heads, --decoder-heads and --text-* apply to tokenizers: ignored",
+                "--fsq/--kl, --heads, --decoder-heads, --gaussian-* and --text-* apply to "
+                "tokenizers: ignored",
                 err=True,
             )
         _gaussian_decoder(checkpoint, out_dir, config_path, licence_file, overwrite)
         return
+    if gaussian_config is not None and gaussian_decoder is None:
+        raise click.UsageError("--gaussian-config needs --gaussian-decoder")
+    gaussian = {"gaussian_decoder": gaussian_decoder, "gaussian_config": gaussian_config}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWeightsWarning)
         try:
@@ -123,13 +156,17 @@ def official(
                 fsq=fsq,
                 overwrite=overwrite,
                 **_text_options(text_tower, text_tokenizer, text_model),
+                **{k: v for k, v in gaussian.items() if v is not None},
             )
         except AtokenError as exc:
             raise fail(exc) from exc
         finally:  # shown on stderr, also when the conversion then fails
             for warning in caught:
                 click.echo(f"Warning ({warning.category.__name__}): {warning.message}", err=True)
-    click.echo(f"converted {checkpoint} into {folder} (licence notice: {folder / NOTICE_NAME})")
+    also = f" with the Gaussian decoder {gaussian_decoder}" if gaussian_decoder else ""
+    click.echo(
+        f"converted {checkpoint}{also} into {folder} (licence notice: {folder / NOTICE_NAME})"
+    )
 
 
 def _text_options(tower: str | None, tokenizer: str | None, model: str | None) -> dict[str, str]:

@@ -6,8 +6,9 @@ strict conversion, the licence notice and the official constants.
 
 or, from the shell, ``atoken convert official atoken-sod.pt converted/sod --config
 configs/atoken-sod.yaml`` (a ``save_pretrained`` folder). The separate 3D Gaussian decoder:
-``load_gaussian_decoder("3d_decode_gs.pt", "configs/3d_decode_gs.yaml")``. See
-``docs/official-weights.md``.
+``load_gaussian_decoder("3d_decode_gs.pt", "configs/3d_decode_gs.yaml")``, or inside a tokenizer:
+``Tokenizer.from_official(..., gaussian_decoder="3d_decode_gs.pt")``; the official renderer's
+settings on the CPU: :func:`official_render`. See ``docs/official-weights.md``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from atoken.official.convert import convert_state_dict, from_official, load_offi
 from atoken.official.folder import convert_official
 from atoken.official.gaussian_decoder import (
     OFFICIAL_SOFTCAP,
+    gaussian_decoder_config,
     gaussian_decoder_options,
     load_gaussian_decoder,
     read_gaussian_yaml,
 )
+from atoken.official.gaussian_head import GAUSSIAN_MODALITY, with_gaussian_head
+from atoken.official.gaussian_render import official_cameras, official_render
 from atoken.official.keys import atoken_key, official_key, to_atoken, to_official
 from atoken.official.notice import ATTRIBUTION, NOTICE_NAME, write_notice
 from atoken.official.zeroshot import (
@@ -35,6 +39,7 @@ from atoken.official.zeroshot import (
 __all__ = [
     "ATTRIBUTION",
     "FSQ_LEVELS",
+    "GAUSSIAN_MODALITY",
     "NOTICE_NAME",
     "OFFICIAL_AXIS_ORDER",
     "OFFICIAL_LOGIT_BIAS",
@@ -45,17 +50,21 @@ __all__ = [
     "convert_official",
     "convert_state_dict",
     "from_official",
+    "gaussian_decoder_config",
     "gaussian_decoder_options",
     "infer_config",
     "load_gaussian_decoder",
     "load_official_state_dict",
+    "official_cameras",
     "official_key",
     "official_logits",
+    "official_render",
     "official_semantic_state",
     "official_text_encoder",
     "read_gaussian_yaml",
     "read_official_yaml",
     "to_atoken",
     "to_official",
+    "with_gaussian_head",
     "write_notice",
 ]

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from atoken.core.config import TokenizerConfig
-from atoken.core.errors import ConfigError, NonFiniteWeightsWarning, StateDictMismatchError
-from atoken.engine.checkpoint import CheckpointError
+from atoken.core.errors import ConfigError, NonFiniteWeightsWarning
 from atoken.official.config import infer_config, read_official_yaml
-from atoken.official.keys import to_atoken
+from atoken.official.state_dict import (
+    convert_state_dict,
+    load_official_state_dict,
+    nonfinite_tensors,
+)
 from atoken.official.zeroshot import official_semantic_state, official_text_encoder
 
 __all__ = [
@@ -35,100 +37,7 @@ __all__ = [
     "nonfinite_tensors",
 ]
 
-_WRAPPERS = ("state_dict", "model", "module", "ema")
 _NAMED = 5  # tensors a warning names
-
-
-def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """The names of the floating-point tensors of ``state`` holding NaN or +-inf, sorted
-    (tensors on the meta device hold no values and are skipped)."""
-    return sorted(
-        name
-        for name, value in state.items()
-        if torch.is_tensor(value)
-        and value.is_floating_point()
-        and value.device.type != "meta"
-        and not bool(torch.isfinite(value).all())
-    )
-
-
-def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The flat state dict in ``path`` (``.safetensors``, else a ``.pt``/``.pth`` file read with
-    ``torch.load(weights_only=True)`` on the CPU).
-
-    Raises:
-        CheckpointError: a missing or unreadable file, or one that is not a flat mapping of
-            names to tensors (a wrapped training checkpoint is named as such).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r}: no such checkpoint file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and safetensors raise many types for a bad file
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:300]})"
-        ) from exc
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    wrapped = [k for k in _WRAPPERS if isinstance(state.get(k), Mapping)]
-    if wrapped:
-        raise CheckpointError(
-            f"{path}: a wrapped checkpoint (key {wrapped[0]!r} holds the weights); the "
-            f"official files are flat state dicts: save state[{wrapped[0]!r}] alone"
-        )
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
-    return dict(state)
-
-
-def convert_state_dict(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Size | tuple[int, ...]],
-    *,
-    source: str = "official state dict",
-    mapper: Callable[[str, torch.Tensor], tuple[str | None, torch.Tensor]] = to_atoken,
-) -> dict[str, torch.Tensor]:
-    """Map an official state dict to atoken keys and layouts, strictly.
-
-    Args:
-        state: the official keys and tensors.
-        expected: atoken key -> shape of every parameter and persistent buffer to fill
-            (``{k: v.shape for k, v in model.state_dict().items()}``).
-        source: named in the error.
-        mapper: ``(official key, value) -> (atoken key or None, value)``: the tokenizer's
-            table (:func:`atoken.official.keys.to_atoken`) unless another model is filled.
-
-    Raises:
-        StateDictMismatchError: listing official keys with no atoken parameter
-            (``unexpected``), atoken parameters no key fills (``missing``), and keys whose
-            shape differs (``wrong_shape``, official key with the expected and found shapes).
-    """
-    out: dict[str, torch.Tensor] = {}
-    unexpected, wrong, wrong_targets = [], [], set()
-    for key, value in state.items():
-        ours, mapped = mapper(key, value)
-        if ours is None or ours not in expected:
-            unexpected.append(key)
-            continue
-        want = tuple(expected[ours])
-        if tuple(mapped.shape) != want:
-            wrong.append((key, want, tuple(mapped.shape)))
-            wrong_targets.add(ours)
-            continue
-        out[ours] = mapped
-    missing = [k for k in expected if k not in out and k not in wrong_targets]
-    if unexpected or missing or wrong:
-        raise StateDictMismatchError(
-            source, missing=missing, unexpected=unexpected, wrong_shape=wrong
-        )
-    return out
 
 
 def _config_for(
@@ -166,7 +75,11 @@ def from_official(
             checkpoint of the SigLIP2-So400m text tower), with ``text_tokenizer`` (its Hugging
             Face tokenizer folder, default the checkpoint's) and ``text_model`` (default
             ``ViT-SO400M-16-SigLIP2-naflex``): the tokenizer gets that text encoder, W_s =
-            identity and the official logit scale and bias (:mod:`atoken.official.zeroshot`).
+            identity and the official logit scale and bias (:mod:`atoken.official.zeroshot`);
+            ``gaussian_decoder`` (``3d_decode_gs.pt``, its state dict, a folder ``atoken
+            convert`` wrote, or a loaded decoder), with ``gaussian_config`` (its YAML): the
+            tokenizer gets the 3D modality, decoded to Gaussians by the official Gaussian
+            decoder (:mod:`atoken.official.gaussian_head`).
 
     Raises:
         CheckpointError: an unreadable checkpoint.
@@ -192,13 +105,26 @@ def from_official(
             stacklevel=3,
         )
     text = _text_options(options)
+    gaussian = _gaussian_options(options)
     cfg = _config_for(state, config, options)
     if text is not None:
         name, params = official_text_encoder(**text)
         cfg = cfg.with_overrides(text_encoder=name, text_encoder_params=params)
+    extra: dict[str, torch.Tensor] = {}
+    if gaussian is not None:
+        from atoken.official import gaussian_head
+
+        decoder = gaussian_head.read_gaussian_decoder(*gaussian)
+        cfg = gaussian_head.with_gaussian_head(cfg, decoder)
+        extra = gaussian_head.gaussian_head_state(state, decoder, source=source)
     model = cls(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("semantic.")}
+    expected = {
+        k: v.shape
+        for k, v in model.state_dict().items()
+        if not k.startswith("semantic.") and k not in extra
+    }
     mapped = convert_state_dict(state, expected, source=source)
+    mapped.update(extra)
     if model.semantic is not None:
         width = cfg.encoder.backbone.width
         if model.semantic.proj.weight.shape != (width, width):
@@ -210,6 +136,17 @@ def from_official(
         mapped.update(official_semantic_state(width))
     model.load_state_dict(mapped, strict=True)
     return model.eval()
+
+
+def _gaussian_options(options: dict[str, Any]) -> tuple[Any, Any] | None:
+    """Pops ``gaussian_decoder``, ``gaussian_config`` from ``options``."""
+    decoder = options.pop("gaussian_decoder", None)
+    config = options.pop("gaussian_config", None)
+    if decoder is None:
+        if config is not None:
+            raise ConfigError("gaussian_config needs gaussian_decoder")
+        return None
+    return decoder, config
 
 
 def _text_options(options: dict[str, Any]) -> dict[str, Any] | None:

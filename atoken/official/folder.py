@@ -50,7 +50,9 @@ def convert_official(
     model = from_official(Tokenizer, checkpoint, config, **options)
     check_output_folder(out_dir, overwrite=overwrite)  # nothing appeared meanwhile
     folder = model.save_pretrained(out_dir)
-    write_notice(
-        folder, source=Path(checkpoint).name, config=model.config, licence_file=licence_file
-    )
+    source = Path(checkpoint).name
+    gaussian = options.get("gaussian_decoder")
+    if isinstance(gaussian, (str, os.PathLike)):  # its weights are in the folder too
+        source = f"{source}` and `{Path(gaussian).name}"
+    write_notice(folder, source=source, config=model.config, licence_file=licence_file)
     return folder

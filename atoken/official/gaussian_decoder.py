@@ -6,7 +6,7 @@ atoken :class:`~atoken.modalities.mesh.swin_decoder.SwinGaussianDecoder`, on any
     sets = dec.to_gaussians(raw, coords)  # one GaussianSet per sample
 
 The checkpoint is a flat state dict (class ``SLatGaussianDecoderTrain``, no prefix, 76 tensors
-at release), read like the tokenizer checkpoints (:func:`~atoken.official.convert.
+at release), read like the tokenizer checkpoints (:func:`~atoken.official.state_dict.
 load_official_state_dict`: ``torch.load(weights_only=True)`` or ``.safetensors``). Keys
 (official -> atoken; C width, F input features, M MLP width, K Gaussians per voxel):
 
@@ -44,15 +44,17 @@ import torch
 from atoken.core.errors import ConfigError, StateDictMismatchError
 from atoken.engine.checkpoint import CheckpointError
 from atoken.modalities.mesh.swin_decoder import SwinGaussianDecoder
-from atoken.official.convert import convert_state_dict, load_official_state_dict
 from atoken.official.keys import BLOCK_RULES
+from atoken.official.state_dict import convert_state_dict, load_official_state_dict
 
 __all__ = [
+    "CONFIG_OPTIONS",
     "FOLDER_CONFIG",
     "FOLDER_FORMAT",
     "FOLDER_WEIGHTS",
     "OFFICIAL_SOFTCAP",
     "TRAINING_ONLY_PREFIXES",
+    "gaussian_decoder_config",
     "gaussian_decoder_key",
     "gaussian_decoder_options",
     "load_gaussian_decoder",
@@ -99,6 +101,29 @@ def gaussian_decoder_key(key: str) -> str | None:
         elif rest == official:
             return f"blocks.{index}.{ours}"
     return None
+
+
+#: The :class:`SwinGaussianDecoder` arguments a converted decoder records (its sizes).
+CONFIG_OPTIONS: tuple[str, ...] = (
+    "in_channels",
+    "width",
+    "depth",
+    "heads",
+    "mlp_hidden",
+    "window",
+    "gaussians_per_voxel",
+    "resolution",
+    "scale_init",
+    "scale_floor",
+    "qk_norm",
+)
+
+
+def gaussian_decoder_config(decoder: SwinGaussianDecoder) -> dict[str, Any]:
+    """The :class:`SwinGaussianDecoder` arguments (sizes and scale constants, not the
+    attention settings) that rebuild ``decoder``'s shapes: what a converted folder and a
+    tokenizer's ``swin_gaussians`` head record."""
+    return {name: getattr(decoder, name) for name in CONFIG_OPTIONS}
 
 
 def _to_atoken(key: str, value: torch.Tensor) -> tuple[str | None, torch.Tensor]:

@@ -21,27 +21,26 @@ from atoken.official.gaussian_decoder import (
     FOLDER_CONFIG,
     FOLDER_FORMAT,
     FOLDER_WEIGHTS,
+    gaussian_decoder_config,
     load_gaussian_decoder,
 )
 from atoken.official.notice import ATTRIBUTION, NOTICE_NAME
 
-__all__ = ["convert_gaussian_decoder", "is_gaussian_decoder_checkpoint"]
+__all__ = [
+    "GAUSSIAN_DECODER",
+    "OTHER",
+    "TOKENIZER",
+    "convert_gaussian_decoder",
+    "is_gaussian_decoder_checkpoint",
+    "official_checkpoint_kind",
+    "unknown_checkpoint_message",
+]
+
+#: The kinds of official checkpoints :func:`official_checkpoint_kind` tells apart.
+GAUSSIAN_DECODER, TOKENIZER, OTHER = "gaussian_decoder", "tokenizer", "other"
 
 #: Keys only the Gaussian decoder's checkpoint has (the tokenizers' start with encoder/decoder).
 _MARKERS = ("input_layer.weight", "out_layer.weight", "offset_perturbation")
-_OPTIONS = (
-    "in_channels",
-    "width",
-    "depth",
-    "heads",
-    "mlp_hidden",
-    "window",
-    "gaussians_per_voxel",
-    "resolution",
-    "scale_init",
-    "scale_floor",
-    "qk_norm",
-)
 
 
 def _keys(path: Path) -> set[str]:
@@ -53,18 +52,42 @@ def _keys(path: Path) -> set[str]:
     import torch
 
     state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    return set(state) if isinstance(state, dict) else set()
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise TypeError("not a flat state dict")  # wrapped or other: the converter names it
+    return set(state)
 
 
 def is_gaussian_decoder_checkpoint(path: str | os.PathLike) -> bool:
     """Whether the file ``path`` holds the official Gaussian decoder's state dict (its keys
     are read, memory-mapped; False for anything unreadable: the converter then names the
     problem)."""
+    return official_checkpoint_kind(path) == GAUSSIAN_DECODER
+
+
+def official_checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """What the file ``path`` holds, by its keys (read memory-mapped): ``"gaussian_decoder"``
+    (``3d_decode_gs.pt``), ``"tokenizer"`` (an AToken checkpoint: ``encoder.*`` and
+    ``decoder.*`` keys), ``"other"``, or None when it cannot be read as a state dict (the
+    converter then names the problem)."""
     try:
         keys = _keys(Path(path))
     except Exception:  # any unreadable file: not recognised here
-        return False
-    return all(k in keys for k in _MARKERS)
+        return None
+    if all(k in keys for k in _MARKERS):
+        return GAUSSIAN_DECODER
+    parts = {k.split(".", 1)[0] for k in keys}
+    return TOKENIZER if {"encoder", "decoder"} <= parts else OTHER
+
+
+def unknown_checkpoint_message(path: str | os.PathLike) -> str:
+    """Why ``path`` (of kind ``"other"``) is neither official checkpoint: what it lacks."""
+    keys = sorted(_keys(Path(path)))
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return (
+        f"{path}: neither an official AToken tokenizer checkpoint (encoder.* and decoder.* "
+        f"keys) nor the 3D Gaussian decoder ({', '.join(_MARKERS)}); its {len(keys)} keys: "
+        f"{shown or 'none'}"
+    )
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
@@ -139,7 +162,7 @@ def convert_gaussian_decoder(
     decoder = load_gaussian_decoder(checkpoint, config)
     _check_folder(folder, overwrite)  # nothing appeared meanwhile
     folder.mkdir(parents=True, exist_ok=True)
-    options = {name: getattr(decoder, name) for name in _OPTIONS}
+    options = gaussian_decoder_config(decoder)
     doc = {
         "format": FOLDER_FORMAT,
         "version": 1,

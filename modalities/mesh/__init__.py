@@ -6,7 +6,8 @@ decoded to 3D Gaussians. (Its training side, which needs the data and task layer
 A plugin like any other (registered through the same hooks as third-party ones):
 
 * the modality ``mesh`` (:class:`MeshModality`; coords (0, x, y, z) in an R^3 grid);
-* the head ``gaussians`` (:class:`GaussianHead`), the modality's default head;
+* the head ``gaussians`` (:class:`GaussianHead`), the modality's default head, and the head
+  ``swin_gaussians`` (:class:`SwinGaussianHead`: the official patch layer and Gaussian decoder);
 * the losses ``gaussian_opacity`` and ``gaussian_volume`` (regularisers of decoded sets);
 * the renderers ``torch`` (:class:`TorchRenderer`, the reference), ``cpu``
   (:class:`CpuRenderer`, compiled tile kernels) and ``gsplat`` (:class:`GsplatRenderer`, CUDA).
@@ -27,6 +28,7 @@ from atoken.modalities.mesh.modality import MeshModality
 from atoken.modalities.mesh.render_cpu import CpuRenderer
 from atoken.modalities.mesh.render_gsplat import GsplatRenderer
 from atoken.modalities.mesh.render_torch import TorchRenderer
+from atoken.modalities.mesh.swin_head import SWIN_GAUSSIANS, SwinGaussianHead
 from atoken.modalities.mesh.views import Views, render_views
 from atoken.modalities.mesh.voxelize import Voxels, voxelize
 from atoken.plugins.hookspecs import hookimpl
@@ -40,6 +42,7 @@ __all__ = [
     "GsplatRenderer",
     "MeshModality",
     "NormalizedMesh",
+    "SwinGaussianHead",
     "TorchRenderer",
     "Views",
     "Voxels",
@@ -60,6 +63,7 @@ def register_modalities(register) -> None:
 @hookimpl
 def register_heads(register) -> None:
     register("gaussians", GaussianHead)
+    register(SWIN_GAUSSIANS, SwinGaussianHead)
 
 
 @hookimpl
