@@ -26,6 +26,8 @@ from atoken.official.gaussian_decoder import (
 from atoken.official.gaussian_head import GAUSSIAN_MODALITY, with_gaussian_head
 from atoken.official.gaussian_render import official_cameras, official_render
 from atoken.official.keys import atoken_key, official_key, to_atoken, to_official
+from atoken.official.multiview import OfficialViews, load_views
+from atoken.official.multiview_voxels import OfficialVoxels, voxel_features
 from atoken.official.notice import ATTRIBUTION, NOTICE_NAME, write_notice
 from atoken.official.zeroshot import (
     OFFICIAL_LOGIT_BIAS,
@@ -46,6 +48,8 @@ __all__ = [
     "OFFICIAL_LOGIT_SCALE",
     "OFFICIAL_SOFTCAP",
     "OFFICIAL_TEXT_MODEL",
+    "OfficialViews",
+    "OfficialVoxels",
     "atoken_key",
     "convert_official",
     "convert_state_dict",
@@ -55,6 +59,7 @@ __all__ = [
     "infer_config",
     "load_gaussian_decoder",
     "load_official_state_dict",
+    "load_views",
     "official_cameras",
     "official_key",
     "official_logits",
@@ -65,6 +70,7 @@ __all__ = [
     "read_official_yaml",
     "to_atoken",
     "to_official",
+    "voxel_features",
     "with_gaussian_head",
     "write_notice",
 ]

@@ -1,4 +1,5 @@
-"""``atoken data import meshes``: the mesh family's command, added through ``register_commands``.
+"""``atoken data import meshes`` and ``atoken data export-views``: the mesh family's commands,
+added through ``register_commands``.
 
 A plugin like any other (in ``DEFAULT_PLUGINS``, named ``atoken.data.mesh_cli``): its hook adds
 :func:`import_meshes_command` under the core ``atoken data import`` group, the way a
@@ -14,7 +15,7 @@ import click
 from atoken.core.errors import AtokenError
 from atoken.plugins.hookspecs import hookimpl
 
-__all__ = ["import_meshes_command", "register_commands"]
+__all__ = ["export_views_command", "import_meshes_command", "register_commands"]
 
 
 @click.command(name="meshes")
@@ -89,6 +90,44 @@ def import_meshes_command(
         click.echo(f"skipped {name}: {reason}")
 
 
+@click.command(name="export-views")
+@click.argument("mesh")
+@click.argument("out_dir")
+@click.option("--views", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--size", default=512, show_default=True, type=click.IntRange(16))
+@click.option(
+    "--fov", "fov_degrees", default=40.0, show_default=True, type=click.FloatRange(1, 179)
+)
+@click.option("--radius", default=2.0, show_default=True, type=click.FloatRange(0.9, min_open=True))
+@click.option(
+    "--renderer", default="auto", show_default=True, type=click.Choice(["auto", "embree", "torch"])
+)
+@click.option("--overwrite", is_flag=True, help="Replace the views in a non-empty OUT_DIR.")
+def export_views_command(
+    mesh: str,
+    out_dir: str,
+    views: int,
+    size: int,
+    fov_degrees: float,
+    radius: float,
+    renderer: str,
+    overwrite: bool,
+) -> None:
+    """Render MESH from cameras on a sphere and write the views to OUT_DIR in the official
+    AToken multi-view layout (NNN.png, NNN_depth.npy, transforms.json; see docs/3d.md)."""
+    from atoken.modalities.mesh.official_views import write_official_views
+
+    try:
+        rendered = write_official_views(
+            mesh, out_dir, views=views, size=size, fov_degrees=fov_degrees, radius=radius,
+            renderer=renderer, overwrite=overwrite,
+        )  # fmt: skip
+    except AtokenError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    click.echo(f"wrote {rendered.count} views of {size} x {size} px to {out_dir}")
+
+
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     cli.commands["data"].commands["import"].add_command(import_meshes_command)
+    cli.commands["data"].add_command(export_views_command)
