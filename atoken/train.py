@@ -1,10 +1,11 @@
 """Training from a run file: the tokenizer, the ``[[tasks]]`` and the engine, composed.
 
-    tokenizer = build_tokenizer(cfg)                 [model]: a preset or init_from, its keys
-                                                     verbatim, the tasks' modalities
+    transforms = build_transforms(cfg)               every stage's, built (atoken.run_model)
     tasks = dry_run(cfg, transforms)                 every stage's tasks, built before step 0
                                                      against a shape-only model of the stage
                                                      (atoken.dry_run: every mistake shows now)
+    tokenizer = build_tokenizer(cfg)                 [model]: a preset or init_from, its keys
+                                                     verbatim, the tasks' modalities
     for each stage of cfg.plan() (one when the file has no [[stages]]), when it starts:
         transform(tokenizer, StageContext(...))      its transforms, in place
                                                      (atoken.engine.transforms)
