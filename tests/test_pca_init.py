@@ -129,6 +129,7 @@ def test_run_file_pca_init(tmp_path):
         run_training(load_run_file(path, model={"expand_latent": 48}))
     clips = path.read_text().replace("image_reconstruction", "video_reconstruction")
     clips = clips.replace('source = "photos"', 'source = "video_files", clips = ["carphone"]')
+    clips = clips.replace('metrics = ["psnr"]', 'metrics = ["video_psnr"]')  # clips' metric
     path.write_text(clips.replace("pca_init = true", "pca_init = true\n" + flags))
     with pytest.raises(ConfigError, match=r"\[3, H, W\] crops"):
         run_training(load_run_file(path))

@@ -128,18 +128,18 @@ def test_a_finite_loss_with_a_non_finite_gradient_gets_other_advice(tmp_path, im
 
 
 def test_the_advice_fits_the_precision_and_the_terms():
-    from atoken.engine.trainer import _nonfinite_cause
+    from atoken.engine.nonfinite import nonfinite_cause
 
     terms = {"a/mse": 0.1, "a/loss": 0.1, "b/l1": float("inf"), "b/loss": float("inf")}
-    said = _nonfinite_cause(terms, float("inf"), bf16=True)
+    said = nonfinite_cause(terms, float("inf"), bf16=True)
     assert said.startswith("task 'b': loss term 'l1' went non-finite first (inf)")
     assert '[train] precision = "fp32"' in said
-    assert "precision" not in _nonfinite_cause(terms, float("inf"), bf16=False)
+    assert "precision" not in nonfinite_cause(terms, float("inf"), bf16=False)
     # a task's weighted sum alone; a task without a label (the trainer's own TrainTask)
-    weighted = _nonfinite_cause({"a/mse": 1.0, "a/loss": float("nan")}, float("nan"), bf16=False)
+    weighted = nonfinite_cause({"a/mse": 1.0, "a/loss": float("nan")}, float("nan"), bf16=False)
     assert weighted.startswith("task 'a': its weighted loss is nan while its terms are finite")
-    assert _nonfinite_cause({"l1": float("nan")}, float("nan"), bf16=False).startswith(
+    assert nonfinite_cause({"l1": float("nan")}, float("nan"), bf16=False).startswith(
         "loss term 'l1' went non-finite first"
     )
     # every term of this process finite, the all-reduced loss not: another process's batch
-    assert "another process" in _nonfinite_cause({"a/mse": 1.0}, float("nan"), bf16=False)
+    assert "another process" in nonfinite_cause({"a/mse": 1.0}, float("nan"), bf16=False)

@@ -64,7 +64,7 @@ def test_reconstruct_reads_npy_without_pickle(tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     np.save(tmp_path / "obj.npy", np.array([Payload()], dtype=object), allow_pickle=True)
     args = ["reconstruct", "--checkpoint", str(tmp_path / "tok"), "--out", str(tmp_path / "o")]
-    result = CliRunner().invoke(main, [*args, "--modality", "depth", str(tmp_path / "obj.npy")])
+    result = CliRunner().invoke(main, [*args, "--modality", "video", str(tmp_path / "obj.npy")])
     assert result.exit_code == 1 and "ModalityInputError" in result.output
     assert "this ran" not in result.output
     assert torch.__version__  # torch is what reads the rest

@@ -11,7 +11,8 @@ no modality, task or loss.
   (:mod:`~atoken.engine.stages`), a stage's model, EMA and gradients on the ranks
   (:mod:`~atoken.engine.stage_model`), why a run stops early
   (:mod:`~atoken.engine.stop_conditions`), the task step (:mod:`~atoken.engine.train_task`),
-  optimizers (:mod:`~atoken.engine.optim`), devices and precision
+  optimizers (:mod:`~atoken.engine.optim`), why a step was non-finite
+  (:mod:`~atoken.engine.nonfinite`), devices and precision
   (:mod:`~atoken.engine.device`), progress (:mod:`~atoken.engine.progress`), batches computed
   ahead by worker processes (:mod:`~atoken.engine.prefetch`);
 * many processes: :mod:`~atoken.engine.distributed` (torchrun, DDP, FSDP2),
