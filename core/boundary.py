@@ -94,30 +94,13 @@ class BoundaryChecks:
             if self.enabled:
                 self._check_latent(mod, latent, len(samples))
             return latent
-        if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence):
-            raise ModalityInputError(
-                f"{mod.name}: pack() takes a sequence of samples, got {type(samples).__name__}"
-            )
-        parts = [mod.patchify(s) for s in samples]
+        parts = mod.patchify_all(samples)
         if self.enabled:
             for b, part in enumerate(parts):
                 self._check_part(mod, part, b)
         if not parts:
-            return SparseLatent(
-                torch.zeros(0, mod.value_dim),
-                torch.zeros(0, 4, dtype=torch.int32),
-                torch.zeros(0, dtype=torch.int64),
-                modality=(),
-                meta=(),
-            )
-        latent = SparseLatent(
-            torch.cat([v for v, _, _ in parts]),  # [N, d]
-            torch.cat([c for _, c, _ in parts]),  # [N, 4]
-            torch.tensor([v.shape[0] for v, _, _ in parts], dtype=torch.int64),  # [B]
-            modality=mod.name,
-            meta=[m for _, _, m in parts],
-            validate=False,  # checked here, with names
-        )
+            return mod.pack_parts(parts)
+        latent = mod.pack_parts(parts, validate=False)  # checked here, with names
         if self.enabled:
             self._check_tokens(mod.name, "patchify", latent)
         return latent

@@ -358,11 +358,25 @@ class Modality(SampleFiles, abc.ABC):
     # ------------------------------------------------------------------------ batch helpers
     def pack(self, samples: Sequence[Any]) -> SparseLatent:
         """Patchify each sample and pack them: feats are the token values ``[N, value_dim]``."""
+        return self.pack_parts(self.patchify_all(samples))
+
+    def patchify_all(self, samples: Sequence[Any]) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """``patchify`` of each sample of a sequence.
+
+        Raises:
+            ModalityInputError: ``samples`` is not a sequence (a single sample, a path).
+        """
         if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence):
             raise ModalityInputError(
                 f"{self.name}: pack() takes a sequence of samples, got {type(samples).__name__}"
             )
-        parts = [self.patchify(s) for s in samples]
+        return [self.patchify(s) for s in samples]
+
+    def pack_parts(
+        self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, dict]], *, validate: bool = True
+    ) -> SparseLatent:
+        """``patchify`` results ``(values [n_b, d], coords [n_b, 4], meta)`` packed into one
+        latent ``[N, d]`` (``validate=False``: the caller checked them)."""
         if not parts:
             return SparseLatent(
                 torch.zeros(0, self.value_dim),
@@ -372,11 +386,12 @@ class Modality(SampleFiles, abc.ABC):
                 meta=(),
             )
         return SparseLatent(
-            torch.cat([v for v, _, _ in parts]),
-            torch.cat([c for _, c, _ in parts]),
-            torch.tensor([v.shape[0] for v, _, _ in parts], dtype=torch.int64),
+            torch.cat([v for v, _, _ in parts]),  # [N, d]
+            torch.cat([c for _, c, _ in parts]),  # [N, 4]
+            torch.tensor([v.shape[0] for v, _, _ in parts], dtype=torch.int64),  # [B]
             modality=self.name,
             meta=[m for _, _, m in parts],
+            validate=validate,
         )
 
     def unpack(self, latent: SparseLatent) -> list[Any]:
