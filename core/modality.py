@@ -232,7 +232,8 @@ class Modality(SampleFiles, abc.ABC):
         sample_ndim: the dimensions of one sample given as a tensor (images ``[C, H, W]``: 3,
             clips ``[C, T, H, W]``: 4); a tensor with one more dimension is a batch.
         uses_pos_table: add the encoder's learned 2D position table, read at each token's
-            (row y, column x) (True for image-like grids; set False for voxels and point sets).
+            (row y, column x) (True for image-like grids; set False for voxels and point sets;
+            an instance may set its own, as the mesh modality's official packing does).
         default_head: the registered head that decodes this modality when the tokenizer config
             names none for it (None: the config's ``head``, ``pixels`` by default).
         shared_pixel_path: read through the encoder's shared RGB patch embedding and decoded
@@ -240,6 +241,9 @@ class Modality(SampleFiles, abc.ABC):
             gets its own input projection and head, whatever its ``value_dim``.
         set_valued: a decoded sample may differ in size from the input (a set of points or
             Gaussians): reconstruction compares it as a set, not element by element.
+        official_params: the constructor arguments (``modality_params``) under which it reads
+            samples as the official AToken release does; ``Tokenizer.from_official`` applies
+            them. Empty (the default) when its own way already is the official one.
 
     Instance attributes:
         value_dim: the size d of one token's values.
@@ -252,10 +256,11 @@ class Modality(SampleFiles, abc.ABC):
     name: ClassVar[str]
     layout: ClassVar[str] = "thw"
     sample_ndim: ClassVar[int] = 3
-    uses_pos_table: ClassVar[bool] = True
+    uses_pos_table: bool = True
     default_head: ClassVar[str | None] = None
     shared_pixel_path: ClassVar[bool] = False
     set_valued: ClassVar[bool] = False
+    official_params: ClassVar[Mapping[str, Any]] = {}
     value_dim: int
     value_mean: tuple[float, ...] | None = None
     value_std: tuple[float, ...] | None = None

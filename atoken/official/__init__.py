@@ -13,7 +13,13 @@ settings on the CPU: :func:`official_render`. See ``docs/official-weights.md``.
 
 from __future__ import annotations
 
-from atoken.official.config import FSQ_LEVELS, OFFICIAL_AXIS_ORDER, infer_config, read_official_yaml
+from atoken.official.config import (
+    FSQ_LEVELS,
+    OFFICIAL_AXIS_ORDER,
+    infer_config,
+    read_official_yaml,
+    with_official_inputs,
+)
 from atoken.official.convert import convert_state_dict, from_official, load_official_state_dict
 from atoken.official.folder import convert_official
 from atoken.official.gaussian_decoder import (
@@ -72,5 +78,6 @@ __all__ = [
     "to_official",
     "voxel_features",
     "with_gaussian_head",
+    "with_official_inputs",
     "write_notice",
 ]

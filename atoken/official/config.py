@@ -35,6 +35,7 @@ __all__ = [
     "OFFICIAL_AXIS_ORDER",
     "infer_config",
     "read_official_yaml",
+    "with_official_inputs",
 ]
 
 #: The official codebook sizes and their FSQ levels (``levels_from_codebook_size``).
@@ -235,3 +236,25 @@ def infer_config(
 
         config = config.with_overrides(modalities=tuple(parameter_free_modalities(config)))
     return config
+
+
+def with_official_inputs(config: TokenizerConfig) -> TokenizerConfig:
+    """``config`` with every one of its modalities reading samples as the official release
+    does: each modality class's ``official_params`` merged into its ``modality_params`` (the
+    mesh modality: ``packing = "official"``; images and video need none). A modality on the
+    shared RGB path whose default head is another (the mesh modality's ``gaussians``) and to
+    which ``config.heads`` gives none is decoded by the shared head, as the official decoder
+    does: its patches (the official Gaussian decoder is ``gaussian_decoder=``)."""
+    from atoken.factory import registered_modality, shares_pixel_path
+
+    params = {k: dict(v) for k, v in config.modality_params.items()}
+    heads = dict(config.heads)
+    for name in config.modalities or ():
+        mod = registered_modality(config, name)
+        official = dict(type(mod).official_params)
+        if official:
+            params[name] = {**params.get(name, {}), **official}
+        other_default = mod.default_head not in (None, config.head)
+        if name not in heads and other_default and shares_pixel_path(config, mod):
+            heads[name] = config.head
+    return config.with_overrides(modality_params=params, heads=heads)

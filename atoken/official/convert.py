@@ -22,7 +22,7 @@ import torch
 
 from atoken.core.config import TokenizerConfig
 from atoken.core.errors import ConfigError, NonFiniteWeightsWarning
-from atoken.official.config import infer_config, read_official_yaml
+from atoken.official.config import infer_config, read_official_yaml, with_official_inputs
 from atoken.official.state_dict import (
     convert_state_dict,
     load_official_state_dict,
@@ -117,6 +117,7 @@ def from_official(
         decoder = gaussian_head.read_gaussian_decoder(*gaussian)
         cfg = gaussian_head.with_gaussian_head(cfg, decoder)
         extra = gaussian_head.gaussian_head_state(state, decoder, source=source)
+    cfg = with_official_inputs(cfg)
     model = cls(cfg)
     expected = {
         k: v.shape

@@ -14,6 +14,7 @@ from torch import nn
 
 from atoken.core.errors import ConfigError
 from atoken.core.latent import SparseLatent
+from atoken.modalities.mesh.axes import latent_voxels
 from atoken.modalities.mesh.gaussians import GaussianSet, activate, offset_perturbation
 
 __all__ = ["GaussianHead"]
@@ -59,8 +60,9 @@ class GaussianHead(nn.Module):
         """Raw ``[N, 14 K]`` -> one :class:`GaussianSet` per sample of ``latent``."""
         out = []
         start = 0
+        voxels = latent_voxels(latent)  # [N, 3] (x, y, z)
         for b, n in enumerate(latent.seqlens.tolist()):
-            coords = latent.coords[start : start + n, 1:]  # [n, 3] (x, y, z)
+            coords = voxels[start : start + n]  # [n, 3]
             raw = prediction[start : start + n]
             out.append(
                 activate(raw, coords, int(latent.meta[b]["resolution"]), self.offset_perturbation)

@@ -3,17 +3,28 @@
 Shapes (n active voxels of an R^3 grid, patch p, temporal patch pt):
     values  float32 [n, pt * p * p * 3] laid out (pt, ph, pw, c): the voxel's patch fills
             temporal slot 0 like an image patch, slots 1..pt-1 are zero
-    coords  int32 [n, 4] = (0, x, y, z), the voxel index
-    meta    {"resolution": R, "patch": p} (+ "center", "scale" of the mesh's normalisation)
+    coords  int32 [n, 4] = (0, x, y, z), the voxel index; (0, y, x, z) with the official
+            packing (see :mod:`.axes`)
+    meta    {"resolution": R, "patch": p} (+ "center", "scale" of the mesh's normalisation;
+            + "axes": "yxz" with the official packing)
 
 A raw sample is one of (each turned into the next):
 
 1. a mesh file (OBJ, PLY, GLB/glTF 2, ... via trimesh), a ``trimesh.Trimesh`` or ``Scene``:
    normalised to [-0.5, 0.5]^3 and rendered from ``views`` cameras on a sphere;
-2. :class:`~.views.Views` (RGB + depth + kornia cameras, rendered or the user's own);
+2. :class:`~.views.Views` (RGB + depth + kornia cameras, rendered or the user's own), or the
+   official multi-view layout (a folder with ``transforms.json``, or the
+   :class:`~.official_layout.OfficialViews` read from one);
 3. :class:`~.voxelize.Voxels` (active voxels and their patches), the canonical form:
    ``unpatchify`` returns it and ``unpatchify(*patchify(v))`` equals ``v`` exactly; a
    :class:`atoken.modalities.mesh.data.MeshRecord` gives its voxels.
+
+Two packings turn views into voxels. ``packing="atoken"`` (the default) is
+:func:`~.voxelize.voxelize`. ``packing="official"`` is the official release's
+``pack_multiview_feat.py`` (:func:`~.official_packing.voxel_features`, its
+features through float16 as the script stores them), with the official coordinate axes and the
+2D position table on: what a tokenizer converted from the official weights needs to encode a
+3D asset as the official encoder does (``Tokenizer.from_official`` sets it).
 
 The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`); the
 ``pixels`` head decodes the patches back to :class:`Voxels`.
@@ -29,12 +40,24 @@ import torch
 
 from atoken.core.errors import ModalityInputError, TooManyTokensError
 from atoken.core.modality import Modality, check_positive_ints, rgb_stats
+from atoken.modalities.mesh.axes import AXES_KEY, sample_axes, to_columns, voxel_xyz
 from atoken.modalities.mesh.cameras import sphere_cameras
 from atoken.modalities.mesh.meshes import NormalizedMesh, load_mesh
+from atoken.modalities.mesh.official_packing import voxel_features
+from atoken.modalities.mesh.official_views import (
+    is_official_views,
+    official_folder_views,
+    to_official_views,
+)
 from atoken.modalities.mesh.views import MESH_RENDERERS, Views, render_views
 from atoken.modalities.mesh.voxelize import Voxels, voxelize
 
-__all__ = ["MeshModality"]
+__all__ = ["PACKINGS", "MeshModality"]
+
+#: The ways views become voxels (see the module docstring).
+PACKINGS = ("atoken", "official")
+#: The image side the official packing cuts its 16 x 16 patch grid from.
+OFFICIAL_IMAGE_SIZE = 256
 
 
 class MeshModality(Modality):
@@ -49,12 +72,15 @@ class MeshModality(Modality):
         fov_degrees, radius: the cameras' field of view and distance (40 degrees, 2).
         renderer: ``"auto"``, ``"embree"`` or ``"torch"`` (see :func:`.views.render_views`).
         max_tokens: the most active voxels one sample may have.
+        packing: ``"atoken"`` or ``"official"`` (see the module docstring); the official one
+            also turns the encoder's 2D position table on for this modality.
     """
 
     name = "mesh"
     layout = "xyz"
     sample_ndim = 0  # samples are objects (meshes, views, voxels), never a batch tensor
-    uses_pos_table = False  # voxels are placed by the 4D RoPE alone
+    uses_pos_table = False  # voxels are placed by the 4D RoPE alone (atoken's packing)
+    official_params: ClassVar[dict[str, Any]] = {"packing": "official"}
     default_head = "gaussians"
     shared_pixel_path = True  # a voxel's features are an RGB patch: the shared patch embedding
     #: Files ``atoken reconstruct`` hands to this modality as they are (see
@@ -80,6 +106,7 @@ class MeshModality(Modality):
         radius: float = 2.0,
         renderer: str = "auto",
         max_tokens: int = 65536,
+        packing: str = "atoken",
     ) -> None:
         check_positive_ints(
             "mesh",
@@ -90,6 +117,8 @@ class MeshModality(Modality):
             render_size=render_size,
             max_tokens=max_tokens,
         )
+        if packing not in PACKINGS:
+            raise ModalityInputError(f"mesh: packing must be one of {PACKINGS}, got {packing!r}")
         if renderer not in MESH_RENDERERS:
             raise ModalityInputError(f"mesh: renderer must be one of {MESH_RENDERERS}")
         if patch_size > render_size:
@@ -99,6 +128,10 @@ class MeshModality(Modality):
         self.resolution, self.views, self.render_size = resolution, views, render_size
         self.fov_degrees, self.radius = float(fov_degrees), float(radius)
         self.renderer, self.max_tokens = renderer, max_tokens
+        self.packing = packing
+        self.axes = "yxz" if packing == "official" else "xyz"
+        # the official encoder adds its learned 2D table to voxels too (``pe_mode: joint``)
+        self.uses_pos_table = packing == "official"
         self.value_dim = temporal_patch * patch_size * patch_size * 3
         sphere_cameras(views, render_size, fov_degrees=fov_degrees, radius=radius)  # validates
 
@@ -128,10 +161,32 @@ class MeshModality(Modality):
         if isinstance(sample, Voxels):
             return sample, {}
         extra: dict[str, Any] = {}
-        if not isinstance(sample, Views):
-            sample, mesh = self.render(sample)
+        sample = official_folder_views(sample)
+        if is_official_views(sample):
+            views = sample if self.packing == "official" else sample.to_views()
+        elif isinstance(sample, Views):
+            views = sample
+        else:
+            views, mesh = self.render(sample)
             extra = {"center": list(mesh.center), "scale": mesh.scale}
-        return voxelize(sample, resolution=self.resolution, patch_size=self.patch_size), extra
+        return self.pack_views(views), extra
+
+    def pack_views(self, views: Any) -> Voxels:
+        """:class:`Views` (or, for the official packing, official views) -> :class:`Voxels`,
+        by this modality's packing."""
+        if self.packing == "atoken":
+            return voxelize(views, resolution=self.resolution, patch_size=self.patch_size)
+        official = views if is_official_views(views) else to_official_views(views)
+        packed = voxel_features(
+            official,
+            resolution=self.resolution,
+            image_size=OFFICIAL_IMAGE_SIZE,
+            patch_size=self.patch_size,
+            generator=torch.Generator().manual_seed(0),  # the same voxels on every call
+        )
+        p = self.patch_size
+        stored = packed.feats.half().float()  # [M, p * p * 3] as the script stores them
+        return Voxels.create(packed.coords, stored.reshape(len(packed), p, p, 3), self.resolution)
 
     # ------------------------------------------------------------------ the contract
     def patchify(self, sample: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -145,8 +200,10 @@ class MeshModality(Modality):
         values = torch.zeros(n, pt, p * p * 3)
         values[:, 0] = voxels.patches.reshape(n, p * p * 3)  # slot 0, (ph, pw, c)
         coords = torch.zeros(n, 4, dtype=torch.int32)
-        coords[:, 1:] = voxels.coords  # (0, x, y, z)
+        coords[:, 1:] = to_columns(voxels.coords, self.axes)  # (0, x, y, z) or (0, y, x, z)
         meta = {"resolution": voxels.resolution, "patch": p, **extra}
+        if self.axes != "xyz":
+            meta[AXES_KEY] = self.axes
         return values.reshape(n, self.value_dim), coords, meta
 
     def unpatchify(
@@ -157,7 +214,8 @@ class MeshModality(Modality):
         if values.ndim != 2 or values.shape[1] < p * p * 3:
             raise ModalityInputError(f"mesh: values must be [n, >= {p * p * 3}]")
         patches = values[:, : p * p * 3].reshape(n, p, p, 3)  # slot 0
-        return Voxels.create(coords[:, 1:], patches, int(meta["resolution"]))
+        xyz = voxel_xyz(coords[:, 1:], sample_axes(meta))  # [n, 3]
+        return Voxels.create(xyz, patches, int(meta["resolution"]))
 
     def grid_shape(self, meta: dict[str, Any]) -> tuple[int, int, int]:
         r = int(meta["resolution"])

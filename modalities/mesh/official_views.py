@@ -1,7 +1,7 @@
 """A mesh's renders written in the official AToken multi-view layout (``transforms.json``).
 
 The official 3D input (``atoken_inference/scripts/pack_multiview_feat.py`` of apple/ml-atoken,
-read by :mod:`atoken.official.multiview`) is a folder of V views::
+read by :mod:`.official_layout`) is a folder of V views::
 
     OUT/000.png          RGBA, 8 bit; alpha 255 where a surface is seen, RGB = alpha = 0 elsewhere
     OUT/000_depth.npy    float32 [H, W], the camera z of the surface, -1 where none is seen
@@ -14,6 +14,7 @@ y up, looking down -z), ``camera_angle_x`` the horizontal field of view in radia
 official script flips its y and z columns to get OpenCV axes. Depth -1 is what the official
 script makes of Blender's background (depth > 1e6 -> -1).
 
+:func:`to_official_views` gives any :class:`~.views.Views` in that form without files,
 :func:`write_views` writes any :class:`~.views.Views` (the cameras must be square, centred
 pinholes, which is all ``camera_angle_x`` can describe); :func:`write_official_views` renders a
 mesh with the mesh family's cameras and renderer first. Shapes: V views of H x W pixels.
@@ -33,19 +34,21 @@ import torch
 from atoken.core.errors import ModalityInputError, OutputFolderError
 from atoken.modalities.mesh.cameras import sphere_cameras
 from atoken.modalities.mesh.meshes import load_mesh
+from atoken.modalities.mesh.official_layout import TRANSFORMS_NAME, OfficialViews, load_views
 from atoken.modalities.mesh.views import Views, render_views
 
 __all__ = [
     "TRANSFORMS_NAME",
     "depth_name",
     "image_name",
+    "is_official_views",
+    "official_folder_views",
     "opengl_c2w",
+    "to_official_views",
     "write_official_views",
     "write_views",
 ]
 
-#: The camera file of the layout.
-TRANSFORMS_NAME = "transforms.json"
 #: Depth written where no surface is seen (the official script's value for Blender's background).
 BACKGROUND_DEPTH = -1.0
 
@@ -102,6 +105,33 @@ def _check_out(folder: Path, overwrite: bool) -> None:
         )
 
 
+def to_official_views(views: Views, *, folder: str | os.PathLike = "<memory>") -> OfficialViews:
+    """``views`` as :class:`atoken.official.multiview.OfficialViews`, exactly what
+    :func:`write_views` then :func:`atoken.official.load_views` give, without the files:
+    8-bit RGBA images (alpha 255 where a surface is seen, RGB = alpha = 0 elsewhere), depth
+    float32 with -1 where none is seen, OpenGL camera -> world matrices through float32 and
+    each view's ``camera_angle_x``. ``folder`` only names the views in error messages.
+
+    Raises:
+        ModalityInputError: cameras that ``camera_angle_x`` cannot describe (non-square
+            images, an off-centre principal point or fx != fy).
+    """
+    fov = _camera_angle_x(views)
+    seen = views.depth > 0  # [V, H, W]
+    rgb = (views.rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # [V, H, W, 3]
+    alpha = seen.to(torch.uint8)[..., None] * 255  # [V, H, W, 1]
+    rgba = torch.cat([rgb * seen[..., None], alpha], dim=-1).numpy()  # [V, H, W, 4]
+    depth = torch.where(seen, views.depth, torch.full_like(views.depth, BACKGROUND_DEPTH))
+    return OfficialViews(
+        folder=Path(folder),
+        names=tuple(image_name(i) for i in range(views.count)),
+        images=tuple(np.ascontiguousarray(rgba[i]) for i in range(views.count)),
+        depth=depth.float().contiguous(),  # [V, H, W]
+        c2w=opengl_c2w(views.camera.extrinsics).float(),  # [V, 4, 4], as read from the json
+        fov_x=torch.tensor(fov, dtype=torch.float64),  # [V]
+    )
+
+
 def write_views(views: Views, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``views`` (colour, depth, cameras) to ``out_dir`` in the official layout.
 
@@ -110,30 +140,20 @@ def write_views(views: Views, out_dir: str | os.PathLike, *, overwrite: bool = F
             images, an off-centre principal point or fx != fy).
         OutputFolderError: ``out_dir`` is a file, or holds files and ``overwrite`` is False.
     """
-    fov = _camera_angle_x(views)
     folder = Path(out_dir)
+    official = to_official_views(views, folder=folder)
     _check_out(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
-    seen = views.depth > 0  # [V, H, W]
-    rgb = (views.rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # [V, H, W, 3]
-    alpha = seen.to(torch.uint8)[..., None] * 255  # [V, H, W, 1]
-    rgba = torch.cat([rgb * seen[..., None], alpha], dim=-1).numpy()  # [V, H, W, 4]
-    depth = torch.where(seen, views.depth, torch.full_like(views.depth, BACKGROUND_DEPTH))
-    c2w = opengl_c2w(views.camera.extrinsics)  # [V, 4, 4]
+    c2w = opengl_c2w(views.camera.extrinsics)  # [V, 4, 4] float64, as written
     from PIL import Image
 
     frames = []
-    for i in range(views.count):
-        Image.fromarray(rgba[i], mode="RGBA").save(folder / image_name(i))
-        np.save(folder / depth_name(i), depth[i].numpy().astype(np.float32))
-        frames.append(
-            {
-                "file_path": image_name(i),
-                "camera_angle_x": fov[i],
-                "transform_matrix": c2w[i].tolist(),
-            }
-        )
-    doc = {"camera_angle_x": fov[0], "frames": frames}
+    for i, name in enumerate(official.names):
+        Image.fromarray(official.images[i], mode="RGBA").save(folder / name)
+        np.save(folder / depth_name(i), official.depth[i].numpy())
+        fov, matrix = float(official.fov_x[i]), c2w[i].tolist()
+        frames.append({"file_path": name, "camera_angle_x": fov, "transform_matrix": matrix})
+    doc = {"camera_angle_x": float(official.fov_x[0]), "frames": frames}
     (folder / TRANSFORMS_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -165,3 +185,16 @@ def write_official_views(
     rendered = render_views(normalised.mesh, cameras, renderer=renderer)
     write_views(rendered, out_dir, overwrite=overwrite)
     return rendered
+
+
+def is_official_views(sample: Any) -> bool:
+    """Whether ``sample`` is views in the official layout (:class:`OfficialViews`)."""
+    return isinstance(sample, OfficialViews)
+
+
+def official_folder_views(sample: Any) -> Any:
+    """A folder in the official layout (a path holding ``transforms.json``) -> its
+    :class:`OfficialViews` (:func:`load_views`); any other sample as it is."""
+    if isinstance(sample, str | os.PathLike) and (Path(sample) / TRANSFORMS_NAME).is_file():
+        return load_views(sample)
+    return sample

@@ -25,6 +25,7 @@ from torch import nn
 
 from atoken.core.errors import ConfigError, ModalityInputError
 from atoken.core.latent import SparseLatent
+from atoken.modalities.mesh.axes import latent_voxels
 from atoken.modalities.mesh.gaussians import GaussianSet
 from atoken.modalities.mesh.swin_decoder import SwinGaussianDecoder
 
@@ -35,13 +36,15 @@ SWIN_GAUSSIANS = "swin_gaussians"
 
 
 def sample_coords(latent: SparseLatent) -> torch.Tensor:
-    """The voxels of ``latent`` as ``int32 [N, 4] = (sample, x, y, z)``: its coords ``(t, x,
-    y, z)`` with t replaced by each token's sample index (what the Gaussian decoder takes)."""
+    """The voxels of ``latent`` as ``int32 [N, 4] = (sample, x, y, z)`` (what the Gaussian
+    decoder takes): each token's sample index, then its voxel index read in the axes its
+    sample's meta records (:func:`~.axes.latent_voxels`)."""
     N = latent.coords.shape[0]
     samples = torch.arange(latent.batch_size, device=latent.coords.device)  # [B]
     index = torch.repeat_interleave(samples, latent.seqlens.to(samples.device))  # [N]
-    coords = latent.coords.to(torch.int32).clone()  # [N, 4]
+    coords = torch.empty(N, 4, dtype=torch.int32, device=latent.coords.device)  # [N, 4]
     coords[:, 0] = index[:N].to(torch.int32)
+    coords[:, 1:] = latent_voxels(latent)  # [N, 3] (x, y, z)
     return coords
 
 
