@@ -4,6 +4,7 @@ Every :class:`~atoken.core.modality.Modality` inherits these hooks; ``atoken rec
 ``atoken encode`` and ``atoken eval`` read and write samples through them, and the generic
 task's previews (and so the HTML report) draw them:
 
+    modality.reads("x.npy")                      whether it reads that file (by its suffix)
     sample = modality.load("x.npy")              one sample from a file
     files = modality.save(sample, out / "x")     the files written (the suffix is the hook's)
     picture = modality.draw(sample, reference)   [3, H, W] in [0, 1], or None: nothing to draw
@@ -64,6 +65,12 @@ class SampleFiles:
     file_extensions: ClassVar[tuple[str, ...]] = (".npy",)
     #: What a sample is: one of :data:`SAMPLE_KINDS`.
     sample_kind: ClassVar[str] = "array"
+
+    def reads(self, path: str | Path) -> bool:
+        """Whether :meth:`load` reads ``path``: by default, its suffix is one of
+        ``file_extensions`` (a modality may recognise more, e.g. a folder in a layout of its
+        own)."""
+        return Path(path).suffix.lower() in self.file_extensions
 
     def load(self, path: str | Path) -> Any:
         """One sample from the file ``path``: by default a ``.npy`` array as a float32

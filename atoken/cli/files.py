@@ -1,10 +1,11 @@
 """Files ``atoken reconstruct`` (and ``atoken eval``) reads and writes, for any modality,
 through the modality's own hooks (:class:`atoken.core.sample_files.SampleFiles`):
 
-    a file                -> the modality that lists its suffix in ``file_extensions`` (the one
-                             ``--modality`` names, else the only one of the tokenizer's that
-                             does); read with its ``load``: image files [3, H, W], ``.npy``
-                             arrays, a plugin's own formats
+    a file                -> the modality that ``reads`` it (its suffix is in
+                             ``file_extensions``; the one ``--modality`` names, else the only
+                             one of the tokenizer's that does); read with its ``load``: image
+                             files [3, H, W], ``.npy`` arrays, a plugin's own formats, a folder
+                             of views in the official 3D layout
     video files           -> streamed in temporal tiles (GIF + MP4 written)
     a reconstruction      -> written with the modality's ``save`` (``.npy`` by default) beside
                              a side-by-side of its ``draw`` pictures, when it draws; a modality
@@ -30,8 +31,9 @@ __all__ = ["file_modality", "read_input", "save_reconstruction"]
 
 
 def file_modality(path: str, modality: str | None, model: Any) -> str:
-    """The tokenizer's modality that reads ``path``: ``modality`` when given (it must list the
-    file's suffix), else the only one of ``model``'s that does.
+    """The tokenizer's modality that reads ``path``: ``modality`` when given (it must read
+    it: ``Modality.reads``, by default the file's suffix), else the only one of ``model``'s
+    that does.
 
     Raises:
         ConfigError: ``modality`` is not the tokenizer's, or no modality or several read the
@@ -45,19 +47,21 @@ def file_modality(path: str, modality: str | None, model: Any) -> str:
             raise ConfigError(
                 f"{path}: the tokenizer has no {modality!r} modality (it has {list(known)})"
             )
-        extensions = model.modality(modality).file_extensions
-        if suffix not in extensions:
+        reader = model.modality(modality)
+        if not reader.reads(path):
+            got = repr(suffix) if suffix else "a path without a suffix"
             raise DataModalityError(
-                f"{path}: {modality!r} reads {list(extensions)} files, not {suffix!r}"
+                f"{path}: {modality!r} reads {list(reader.file_extensions)} files, not {got}"
             )
         return modality
     readers = {n: model.modality(n).file_extensions for n in known}
-    owners = [n for n, extensions in readers.items() if suffix in extensions]
+    owners = [n for n in known if model.modality(n).reads(path)]
     if len(owners) == 1:
         return owners[0]
+    what = f"{suffix!r} files" if suffix else "it"
     if owners:
-        raise ConfigError(f"{path}: {owners} all read {suffix!r} files: pass --modality")
-    raise ConfigError(f"{path}: no modality of this tokenizer reads {suffix!r} files ({readers})")
+        raise ConfigError(f"{path}: {owners} all read {what}: pass --modality")
+    raise ConfigError(f"{path}: no modality of this tokenizer reads {what} ({readers})")
 
 
 def read_input(path: str, modality: str | None, model: Any) -> tuple[str, Any]:

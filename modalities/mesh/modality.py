@@ -45,6 +45,7 @@ from atoken.modalities.mesh.cameras import sphere_cameras
 from atoken.modalities.mesh.meshes import NormalizedMesh, load_mesh
 from atoken.modalities.mesh.official_packing import voxel_features
 from atoken.modalities.mesh.official_views import (
+    is_official_folder,
     is_official_views,
     official_folder_views,
     to_official_views,
@@ -88,8 +89,13 @@ class MeshModality(Modality):
     file_extensions: ClassVar[tuple[str, ...]] = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
     sample_kind = "asset"  # a mesh file's path (or loaded mesh): read by patchify itself
 
+    def reads(self, path: str | Any) -> bool:
+        """Mesh files (``file_extensions``) and folders in the official multi-view layout."""
+        return super().reads(path) or is_official_folder(path)
+
     def load(self, path: str | Any) -> str:
-        """A mesh file is its own sample: its path (``patchify`` renders and voxelizes it)."""
+        """A mesh file (or a folder of official views) is its own sample: its path
+        (``patchify`` renders and voxelizes it)."""
         return str(path)
 
     def __init__(
@@ -253,10 +259,11 @@ class MeshModality(Modality):
 
     # ------------------------------------------------------------------ files
     def save_reconstruction(self, path: str, sample: Any, recon: Any, out: Any) -> tuple[str, str]:
-        """``atoken reconstruct`` on a mesh file: ``<stem>_gaussians.ply`` (3DGS PLY, in the
-        mesh's own units) and ``<stem>_side_by_side.png`` (a row per view for the first four:
-        the mesh's view | the Gaussians rendered by the ``cpu`` renderer); returns
-        ``("N voxels", "PSNR x dB")`` over every view of :meth:`cameras`."""
+        """``atoken reconstruct`` on a mesh file or a folder of official views:
+        ``<stem>_gaussians.ply`` (3DGS PLY, in the mesh's own units; a folder's views are in
+        their world's) and ``<stem>_side_by_side.png`` (a row per view for the first four:
+        the view | the Gaussians rendered by the ``cpu`` renderer); returns
+        ``("N voxels", "PSNR x dB")`` over every view (:meth:`cameras`, or the folder's)."""
         from pathlib import Path
 
         from PIL import Image
@@ -267,8 +274,13 @@ class MeshModality(Modality):
         if not isinstance(recon, GaussianSet):
             raise ModalityInputError(f"mesh: {path}: the head decoded {type(recon).__name__}")
         stem = Path(path).stem
-        views, mesh = self.render(sample)
-        recon.transformed(mesh.center, mesh.scale).save_ply(Path(out) / f"{stem}_gaussians.ply")
+        official = official_folder_views(sample)
+        if is_official_views(official):
+            views = official.to_views()
+        else:
+            views, mesh = self.render(sample)
+            recon = recon.transformed(mesh.center, mesh.scale)
+        recon.save_ply(Path(out) / f"{stem}_gaussians.ply")
         with torch.no_grad():
             rgb = CpuRenderer()(recon, views.camera).rgb.clamp(0, 1)  # [V, 3, H, W]
         gap = torch.ones(3, rgb.shape[2], 4)  # white, between view and render
@@ -277,5 +289,5 @@ class MeshModality(Modality):
         pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         Image.fromarray(pixels).save(Path(out) / f"{stem}_side_by_side.png")
         mse = float(((rgb - views.rgb) ** 2).mean())
-        voxels = len(self.voxels(views)[0])
+        voxels = len(self.voxels(official if is_official_views(official) else views)[0])
         return f"{voxels} voxels", f"PSNR {-10 * math.log10(max(mse, 1e-12)):.2f} dB"

@@ -41,6 +41,7 @@ __all__ = [
     "TRANSFORMS_NAME",
     "depth_name",
     "image_name",
+    "is_official_folder",
     "is_official_views",
     "official_folder_views",
     "opengl_c2w",
@@ -192,9 +193,13 @@ def is_official_views(sample: Any) -> bool:
     return isinstance(sample, OfficialViews)
 
 
+def is_official_folder(sample: Any) -> bool:
+    """Whether ``sample`` is the path of a folder in the official layout (it holds
+    ``transforms.json``; its files are read, and checked, by :func:`load_views`)."""
+    return isinstance(sample, str | os.PathLike) and (Path(sample) / TRANSFORMS_NAME).is_file()
+
+
 def official_folder_views(sample: Any) -> Any:
-    """A folder in the official layout (a path holding ``transforms.json``) -> its
+    """A folder in the official layout (:func:`is_official_folder`) -> its
     :class:`OfficialViews` (:func:`load_views`); any other sample as it is."""
-    if isinstance(sample, str | os.PathLike) and (Path(sample) / TRANSFORMS_NAME).is_file():
-        return load_views(sample)
-    return sample
+    return load_views(sample) if is_official_folder(sample) else sample

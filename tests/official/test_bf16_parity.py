@@ -15,70 +15,26 @@ see docs/official-weights.md). Neither is part of atoken. Skipped otherwise.
 from __future__ import annotations
 
 import copy
-import importlib
-import math
-import os
-import sys
 
 import pytest
 import torch
 from einops import rearrange
 
 import atoken
+from tests.official.official_code import (
+    autoencoder_arch,
+    import_official,
+    randomise_autoencoder,
+)
 
-PATHS = [p for p in os.environ.get("ATOKEN_OFFICIAL_CODE", "").split(os.pathsep) if p]
 FP32_TOLERANCE = 1e-4
-WIDTH, HEADS, DEPTH, MLP = 144, 2, 2, 538  # head dim 72 as released; MLP 4304 / 1152 x 144
 
 
 def _official():
-    if not PATHS:
-        pytest.skip("set ATOKEN_OFFICIAL_CODE to an apple/ml-atoken checkout (and stand-ins)")
-    for path in reversed(PATHS):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        kl = importlib.import_module("atoken_inference.model.autoencoder_kl")
-        basic = importlib.import_module("atoken_inference.model.basic")
-    except Exception as exc:  # any import failure of third-party code means: not available
-        pytest.skip(f"the official AutoencoderKL does not import from {PATHS}: {exc!r}")
+    kl, basic = import_official(
+        "atoken_inference.model.autoencoder_kl", "atoken_inference.model.basic"
+    )
     return kl.AutoencoderKL, basic.SparseTensor
-
-
-def _arch() -> dict:
-    return {
-        "patch_size": [4, 16, 16],
-        "in_channels": 3072,
-        "out_channels": 3072,
-        "latent_channels": 48,
-        **{f"{side}_model_channels": WIDTH for side in ("encoder", "decoder")},
-        **{f"{side}_num_blocks": DEPTH for side in ("encoder", "decoder")},
-        **{f"{side}_num_heads": HEADS for side in ("encoder", "decoder")},
-        **{f"{side}_mlp_channels": MLP for side in ("encoder", "decoder")},
-        **{f"{side}_attn_mode": "full" for side in ("encoder", "decoder")},
-        **{f"{side}_pe_mode": "joint" for side in ("encoder", "decoder")},
-        "encoder_qk_rms_norm": False,
-        "encoder_use_bias": True,
-        "encoder_use_rms_norm": False,
-        "decoder_qk_rms_norm": True,
-        "decoder_use_bias": False,
-        "decoder_use_rms_norm": True,
-        "use_decoder": True,
-    }
-
-
-def _randomise(model: torch.nn.Module, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """Every value random: gains 1 +- 0.1 (norms, qk gammas), biases and the MAP probe 0.1 N."""
-    state = model.state_dict()
-    for key, value in state.items():
-        if ("norm" in key and key.endswith("weight")) or key.endswith("gamma"):
-            state[key] = 1 + 0.1 * torch.randn(value.shape, generator=g)
-        elif value.ndim == 1:
-            state[key] = 0.1 * torch.randn(value.shape, generator=g)
-        else:
-            state[key] = torch.randn(value.shape, generator=g) / math.sqrt(value.shape[-1])
-    model.load_state_dict(state)
-    return state
 
 
 def _frames(feats: torch.Tensor, coords: torch.Tensor) -> list[torch.Tensor]:
@@ -140,10 +96,10 @@ def _error(got, ref, key: str, modality: str) -> tuple[float, float]:
 def models():
     autoencoder, sparse_tensor = _official()
     torch.manual_seed(0)
-    official = autoencoder(**_arch()).eval()
-    state = _randomise(official, torch.Generator().manual_seed(0))
+    official = autoencoder(**autoencoder_arch()).eval()
+    state = randomise_autoencoder(official, torch.Generator().manual_seed(0))
     official16 = copy.deepcopy(official).to(torch.bfloat16)  # as the official README runs it
-    tok = atoken.Tokenizer.from_official(state, _arch()).eval()
+    tok = atoken.Tokenizer.from_official(state, autoencoder_arch()).eval()
     return official, official16, tok, sparse_tensor
 
 

@@ -17,10 +17,8 @@ renders in its layout (``atoken.modalities.mesh.official_views``, ``atoken data 
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 import sys
 
 import numpy as np
@@ -34,8 +32,7 @@ from atoken.modalities.mesh.official_views import write_official_views, write_vi
 from atoken.modalities.mesh.voxelize import voxelize
 from atoken.official.multiview import load_views, read_depth
 from atoken.official.multiview_voxels import surface_points, voxel_features
-
-PATHS = [p for p in os.environ.get("ATOKEN_OFFICIAL_CODE", "").split(os.pathsep) if p]
+from tests.official.official_code import import_official
 
 
 def _mesh(seed: int = 0):
@@ -451,15 +448,8 @@ def test_bad_settings_and_output_folders(layout, tmp_path):
 
 # ------------------------------------------------------------------ the official script
 def _official():
-    if not PATHS:
-        pytest.skip("set ATOKEN_OFFICIAL_CODE to an apple/ml-atoken checkout (and stand-ins)")
-    for path in reversed(PATHS):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        return importlib.import_module("atoken_inference.scripts.pack_multiview_feat")
-    except Exception as exc:  # any import failure of third-party code means: not available
-        pytest.skip(f"the official pack_multiview_feat does not import from {PATHS}: {exc!r}")
+    (script,) = import_official("atoken_inference.scripts.pack_multiview_feat")
+    return script
 
 
 def test_parity_with_the_official_packing_script(layout):
