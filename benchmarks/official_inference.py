@@ -16,7 +16,11 @@ of 768, 12 heads, 32 Gaussians per voxel; random weights in the official checkpo
 on the voxels of a sphere shell in the 64^3 grid (``--shell-radius`` voxels, 20: ~5k voxels,
 a typical asset's surface), timed as its forward (voxels -> raw parameters), the activations
 (-> a GaussianSet) and one 512 px render at the official renderer's settings on atoken's
-``cpu`` renderer (``atoken.official.gaussian_render.official_render``), fp32.
+``cpu`` renderer (``atoken.official.gaussian_render.official_render``), fp32. Before it, the
+tokenizer's part for a mesh (a box and an off-centre sphere): rendering 16 views of 256 px,
+the official packing into the 64^3 grid (``MeshModality(packing="official")``, what a
+converted tokenizer uses), and one encode and one decode (to the patches) of its voxels by the
+preset (timed once each: at so400m they take minutes; ``--skip-3d-tokens`` leaves them out).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--shell-radius", type=float, default=20.0)
+    parser.add_argument("--skip-3d-tokens", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -97,6 +102,7 @@ def main() -> None:
                 }
                 drift = "  " + "  ".join(f"{float(x.mean()):.1e}/{float(x.max()):.1e}" for x in d)
             rows.append((label, precision, n, n / enc, n / dec, n / (enc + dec), drift))
+    mesh_row, out["3d mesh"] = _mesh_path(args.preset, args.repeats, not args.skip_3d_tokens)
     gaussian_row, out["3d gaussians"] = _gaussian_path(args.shell_radius, args.repeats)
     load = os.getloadavg()[0]
     print(f"{args.preset}: {params / 1e6:.0f} M parameters, random weights, {args.threads} "
@@ -105,8 +111,62 @@ def main() -> None:
           f"{'both/s':>8s}  vs fp32: latent, decoded (mean/max)")  # fmt: skip
     for label, precision, n, e, d, b, drift in rows:
         print(f"{label:18s} {precision:5s} {n:6d} {e:9.1f} {d:9.1f} {b:8.1f}{drift}")
+    print(mesh_row)
     print(gaussian_row)
     print(json.dumps({"preset": args.preset, "load_average": load, "results": out}))
+
+
+def _mesh() -> object:
+    """A box and an off-centre sphere with random face colours, in one trimesh."""
+    import numpy as np
+    import trimesh
+
+    box = trimesh.creation.box(extents=(0.8, 0.5, 0.6))
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    ball.apply_translation((0.35, 0.2, 0.1))
+    mesh = trimesh.util.concatenate([box, ball])
+    colours = np.random.default_rng(0).integers(0, 256, (len(mesh.faces), 4), dtype=np.uint8)
+    colours[:, 3] = 255
+    mesh.visual.face_colors = colours
+    return mesh
+
+
+def _mesh_path(preset: str, repeats: int, tokens: bool) -> tuple[str, dict[str, float]]:
+    """Time rendering and the official packing of a mesh (16 views of 256 px, 64^3), then one
+    encode and one decode of its voxels by ``preset`` (fp32, the mesh decoded to patches)."""
+    from atoken.modalities.mesh.modality import MeshModality
+
+    mod = MeshModality(packing="official")
+    mesh = _mesh()
+    with torch.no_grad():
+        views, _ = mod.render(mesh)
+        render = _best(lambda: mod.render(mesh), repeats)
+        voxels = mod.pack_views(views)
+        pack = _best(lambda: mod.pack_views(views), repeats)
+    n = len(voxels)
+    entry = {"voxels": n, "render_16_views_s": render, "official_packing_s": pack}
+    row = (
+        f"3D: a mesh rendered from 16 views of 256 px in {render:.2f} s, packed by the official "
+        f"rule into {n} voxels of the 64^3 grid in {pack:.2f} s"
+    )
+    if tokens:
+        params = {"mesh": {"packing": "official"}}
+        tok = atoken.Tokenizer.from_preset(
+            preset, modalities=["image", "mesh"], modality_params=params, heads={"mesh": "pixels"}
+        )
+        with torch.no_grad():
+            start = time.perf_counter()
+            latent = tok.encode([voxels], "mesh")
+            encode = time.perf_counter() - start
+            start = time.perf_counter()
+            tok.decode(latent)
+            decode = time.perf_counter() - start
+        entry.update(encode_s=encode, decode_s=decode, tokens_per_s=n / (encode + decode))
+        row += (
+            f"; {preset} encode {encode:.1f} s ({n / encode:.1f} tokens/s), decode {decode:.1f} s "
+            f"({n / decode:.1f} tokens/s), once each"
+        )
+    return row, entry
 
 
 def _gaussian_path(shell_radius: float, repeats: int) -> tuple[str, dict[str, float]]:
