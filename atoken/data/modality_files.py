@@ -4,8 +4,11 @@
     samples = ModalityFiles(folder, model.modality("pointcloud"))   files read on access
     samples, names = modality_files(model, "pointcloud", "clouds/")  a folder or a store
 
-A folder gives every file under it (recursively, sorted) whose suffix the modality lists in
-``file_extensions``, each read with its ``load`` (a ``.npy`` array by default); a media store
+A folder gives every file under it (recursively, sorted) that the modality ``reads`` (its
+suffix is in ``file_extensions``, or a folder the modality recognises as one sample, e.g. a 3D
+asset's views in the official layout: nothing inside it is a sample of its own), each read with
+its ``load`` (a ``.npy`` array by default); the folder itself when the modality reads it as one
+sample; a media store
 (a ``.zarr`` path or an fsspec URL, :func:`atoken.data.zarr_dataset.is_store_url`) gives its
 samples, and must hold that modality.
 """
@@ -22,8 +25,9 @@ __all__ = ["ModalityFiles", "modality_files"]
 
 
 class ModalityFiles(Sequence):
-    """Every file under ``root`` that ``modality`` reads (its ``file_extensions``), sorted;
-    ``self[i]`` is ``modality.load`` of file ``i`` and ``names`` their paths under ``root``.
+    """Every file (or sample folder) under ``root`` that ``modality`` reads (``reads``), sorted;
+    ``self[i]`` is ``modality.load`` of file ``i`` and ``names`` their paths under ``root``
+    (``root`` itself, named by its own name, when the modality reads it as one sample).
 
     Raises:
         ConfigError: ``root`` is not a folder, or holds none of those files.
@@ -33,12 +37,19 @@ class ModalityFiles(Sequence):
         self.root, self.modality = Path(root), modality
         if not self.root.is_dir():
             raise ConfigError(f"{str(self.root)!r} is not a folder of {modality.name} files")
-        extensions = tuple(e.lower() for e in modality.file_extensions)
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in extensions)
+        if modality.reads(self.root):  # the folder is one sample
+            self.files, self.names = [self.root], (self.root.name,)
+            return
+        self.files, folders = [], []  # folders: the sample folders found so far
+        for path in sorted(self.root.rglob("*")):  # a folder sorts before what it holds
+            if any(path.is_relative_to(f) for f in folders) or not modality.reads(path):
+                continue
+            self.files.append(path)
+            if path.is_dir():
+                folders.append(path)
         if not self.files:
-            raise ConfigError(
-                f"no {modality.name} files ({', '.join(extensions)}) under {str(self.root)!r}"
-            )
+            extensions = ", ".join(modality.file_extensions)
+            raise ConfigError(f"no {modality.name} files ({extensions}) under {str(self.root)!r}")
         self.names = tuple(str(p.relative_to(self.root)) for p in self.files)
 
     def __len__(self) -> int:

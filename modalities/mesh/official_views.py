@@ -107,8 +107,8 @@ def _check_out(folder: Path, overwrite: bool) -> None:
 
 
 def to_official_views(views: Views, *, folder: str | os.PathLike = "<memory>") -> OfficialViews:
-    """``views`` as :class:`atoken.official.multiview.OfficialViews`, exactly what
-    :func:`write_views` then :func:`atoken.official.load_views` give, without the files:
+    """``views`` as :class:`~.official_layout.OfficialViews`, exactly what :func:`write_views`
+    then :func:`~.official_layout.load_views` give, without the files:
     8-bit RGBA images (alpha 255 where a surface is seen, RGB = alpha = 0 elsewhere), depth
     float32 with -1 where none is seen, OpenGL camera -> world matrices through float32 and
     each view's ``camera_angle_x``. ``folder`` only names the views in error messages.

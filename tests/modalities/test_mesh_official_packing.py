@@ -129,3 +129,18 @@ def test_from_official_encodes_3d_assets_by_the_official_rule(tmp_path):
     with torch.no_grad():
         (decoded,) = again.reconstruct([voxels], "mesh")
     assert isinstance(decoded, Voxels) and torch.equal(decoded.coords, voxels.coords)
+
+
+def test_a_folder_of_official_view_folders_gives_one_sample_per_asset(tmp_path, rendered):
+    from atoken.data.modality_files import ModalityFiles
+
+    mod = MeshModality(**SMALL)
+    data = tmp_path / "data"
+    for name in ("duck", "lamp/a"):
+        write_views(rendered, data / name)
+    _mesh().export(data / "box.ply")
+    files = ModalityFiles(data, mod)
+    assert files.names == ("box.ply", "duck", "lamp/a")  # nothing inside a views folder
+    assert ModalityFiles(data / "duck", mod).names == ("duck",)  # the folder is one sample
+    coords = mod.patchify(files[1])[1]
+    assert torch.equal(coords, mod.patchify(rendered)[1])
