@@ -13,6 +13,8 @@ settings on the CPU: :func:`official_render`. See ``docs/official-weights.md``.
 
 from __future__ import annotations
 
+from atoken.modalities.mesh.official_layout import OfficialViews, load_views
+from atoken.modalities.mesh.official_packing import OfficialVoxels, voxel_features
 from atoken.official.config import (
     FSQ_LEVELS,
     OFFICIAL_AXIS_ORDER,
@@ -32,8 +34,6 @@ from atoken.official.gaussian_decoder import (
 from atoken.official.gaussian_head import GAUSSIAN_MODALITY, with_gaussian_head
 from atoken.official.gaussian_render import official_cameras, official_render
 from atoken.official.keys import atoken_key, official_key, to_atoken, to_official
-from atoken.official.multiview import OfficialViews, load_views
-from atoken.official.multiview_voxels import OfficialVoxels, voxel_features
 from atoken.official.notice import ATTRIBUTION, NOTICE_NAME, write_notice
 from atoken.official.zeroshot import (
     OFFICIAL_LOGIT_BIAS,

@@ -1,9 +1,9 @@
 """Contracts of the training components: data sources, metrics and tasks.
 
 ``atoken plugins check`` runs them, beside the contracts of :mod:`atoken.testing`, over the
-data sources, metrics and tasks one plugin registered; they check what atoken's own suite
-checks of every registered one (``tests/test_task_contracts.py``, ``tests/plugins/
-test_metrics.py``), the way ``atoken train`` uses them:
+data sources, metrics and tasks one plugin registered; atoken's own suite runs the data-source
+and task contracts over every registered one (``tests/test_task_contracts.py``) and checks
+the metric protocol in ``tests/plugins/test_metrics.py``, the way ``atoken train`` uses them:
 
 * a data source is built from ``{source = NAME, batch_size = 1}`` (plus the table its
   factory's ``example_data(folder)`` writes, if it has one), gives the same float32 samples
@@ -11,8 +11,8 @@ test_metrics.py``), the way ``atoken train`` uses them:
 * a metric raises ``ConfigError`` before its first ``update``, scores noisy copies of
   samples of its modality (its ``modality`` attribute, images by default) with finite floats,
   and forgets them on ``reset``;
-* a task is built from a bare ``[[tasks]]`` table, trains one step through the tiny preset
-  (a finite loss with gradients) and evaluates to floats.
+* a task is built from a bare ``[[tasks]]`` table (its label the name, weight 1), trains one
+  step through the tiny preset (a finite loss with gradients) and evaluates to floats.
 
 A source or task that needs a location it was not given (a ``ConfigError`` saying so) is
 skipped, not failed.
@@ -29,7 +29,7 @@ import torch
 
 from atoken.core.errors import ConfigError, WeightsNotFoundError
 from atoken.plugins.manager import get_registry
-from atoken.testing.contracts import random_sets
+from atoken.testing.contracts import as_tensor, random_sets
 
 __all__ = ["DataSourceContract", "MetricContract", "TaskContract"]
 
@@ -38,12 +38,6 @@ def _example_data(factory: Any, folder: Path) -> dict[str, Any]:
     """A component's own contract data table (``example_data(folder)``), else none."""
     make = getattr(factory, "example_data", None)
     return dict(make(folder)) if callable(make) else {}
-
-
-def _as_tensor(sample: Any) -> torch.Tensor:
-    """A sample's canonical tensor (``as_tensor()`` for samples that are not tensors)."""
-    to_tensor = getattr(sample, "as_tensor", None)
-    return to_tensor() if callable(to_tensor) else torch.as_tensor(sample)
 
 
 class DataSourceContract:
@@ -73,8 +67,8 @@ class DataSourceContract:
         batch, again = source.batch(3, 1), self._source(tmp_path).batch(3, 1)
         assert len(batch) == 1, f"batch_size = 1 gave {len(batch)} samples"
         for a, b in zip(batch, again, strict=True):
-            assert torch.equal(_as_tensor(a), _as_tensor(b)), "batch (3, 1) differs between runs"
-            assert _as_tensor(a).dtype == torch.float32, f"samples are {_as_tensor(a).dtype}"
+            assert torch.equal(as_tensor(a), as_tensor(b)), "batch (3, 1) differs between runs"
+            assert as_tensor(a).dtype == torch.float32, f"samples are {as_tensor(a).dtype}"
         modality = get_registry().modalities.create(source.modality)
         assert modality.pack(batch).num_tokens > 0, "the samples give no tokens"
 
@@ -159,12 +153,17 @@ class TaskContract:
                 pytest.skip(f"{self.task_name}: {exc}")
             raise
         assert isinstance(task, Task), "lacks label, weight, modality, batch, loss or evaluate"
+        assert task.label == self.task_name and task.weight == 1.0, (task.label, task.weight)
+        model.zero_grad(set_to_none=True)  # a model shared between tasks starts clean
         loss, logs = task.loss(model, task.batch(0, 0))
         assert loss.ndim == 0 and bool(torch.isfinite(loss)), f"loss {loss}"
         assert logs, "the loss logs no terms"
         loss.backward()
         assert any(p.grad is not None for p in model.parameters()), "no gradient reached"
         model.eval()
-        with torch.no_grad():
-            metrics = task.evaluate(model, 1, tmp_path / "eval")
+        try:
+            with torch.no_grad():
+                metrics = task.evaluate(model, 1, tmp_path / "eval")
+        finally:
+            model.train()
         assert all(isinstance(v, float) for v in metrics.values()), metrics

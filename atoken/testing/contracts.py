@@ -37,6 +37,7 @@ __all__ = [
     "ModalityContract",
     "TextEncoderContract",
     "TokenizerRoundTripContract",
+    "as_tensor",
     "random_sets",
     "same_sample",
     "sorted_rows",

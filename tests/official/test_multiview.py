@@ -1,5 +1,6 @@
-"""The official 3D input (``atoken.official.multiview``, ``multiview_voxels``) and the mesh family's
-renders in its layout (``atoken.modalities.mesh.official_views``, ``atoken data export-views``).
+"""The official 3D input (``atoken.modalities.mesh.official_layout``, ``official_packing``) and
+the mesh family's renders in its layout (``atoken.modalities.mesh.official_views``, ``atoken
+data export-views``).
 
 * round trip: renders written in the layout read back as the same images, depth and cameras;
 * the camera convention: a known point projects, and a known depth lifts, where the official
@@ -28,10 +29,10 @@ from click.testing import CliRunner
 
 from atoken.core.errors import ConfigError, ModalityInputError, OutputFolderError
 from atoken.modalities.mesh.cameras import camera_centers, sphere_cameras
+from atoken.modalities.mesh.official_layout import load_views, read_depth
+from atoken.modalities.mesh.official_packing import surface_points, voxel_features
 from atoken.modalities.mesh.official_views import write_official_views, write_views
 from atoken.modalities.mesh.voxelize import voxelize
-from atoken.official.multiview import load_views, read_depth
-from atoken.official.multiview_voxels import surface_points, voxel_features
 from tests.official.official_code import import_official
 
 
