@@ -32,7 +32,8 @@ class TestEveryTask(TaskContract):
         self.task_name = request.param
 
     @pytest.fixture(scope="class")
-    def model(self):
+    @classmethod
+    def model(cls):
         """One tiny model for every task (the contract's own is built per test)."""
         torch.manual_seed(0)
         every = REGISTRY.modalities.names()  # each task's modality, as a run file's tasks add it

@@ -22,6 +22,7 @@ streaming sources read samples by index in any process (:mod:`atoken.data.indexe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,6 +92,25 @@ class MediaStoreSource(CropSource):
     frames: int = attrs.field(default=0, validator=non_negative_int)
     strides: tuple[int, ...] = attrs.field(default=(1,), converter=tuple)
     heldout_frames: int = attrs.field(default=0, validator=non_negative_int)
+
+    @staticmethod
+    def example_data(folder: str | os.PathLike) -> dict[str, Any]:
+        """The ``data`` table of a small real source for contract tests: four bundled photos
+        (96 px) in a media store under ``folder``."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from atoken.data.indexed_source import example_images
+        from atoken.data.media_writer import MediaWriter
+
+        url = os.path.join(os.fspath(folder), "example_store.zarr")
+        if not os.path.isdir(url):
+            with MediaWriter(url) as writer:  # an image store: uint8 [H, W, C]
+                for name, data in example_images():
+                    writer.add(name, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        return {"source": "media_store", "url": url, "crop_min": 32, "crop_max": 64}
 
     def __attrs_post_init__(self) -> None:
         from atoken.data.zarr_dataset import ZarrSamples

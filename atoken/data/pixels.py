@@ -38,7 +38,8 @@ def _from_pil(image: Any) -> torch.Tensor:
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
     if array.ndim == 3:
         array = np.moveaxis(array, -1, 0)  # [C, H, W]
-    return _from_tensor(torch.from_numpy(np.ascontiguousarray(array)))
+    # contiguous and writable (np.asarray of a PIL image is read-only): copied only if needed
+    return _from_tensor(torch.from_numpy(np.require(array, requirements=["C", "W"])))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from torch import nn
 
 from atoken.core.errors import ConfigError, DataModalityError, UnknownComponentError
 from atoken.data.sources import SourceContext, build_source
+from atoken.data.webdataset_source import WebDatasetSource
 from atoken.engine.runconfig import LossTerm, TaskSpec, structure
 from atoken.plugins.hookspecs import hookimpl
 from atoken.plugins.metrics.base import guarded, metric_scores
@@ -229,6 +230,16 @@ class ReconstructionTask:
     )
     default_metrics: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ("samples", "terms", "latent")
+
+    @classmethod
+    def example_data(cls, folder: str | Path) -> dict[str, Any]:
+        """The ``data`` table of a small real source for contract tests: for the generic task
+        (no default source or modality) a small webdataset of bundled photos
+        (:meth:`WebDatasetSource.example_data`); none for a subclass with defaults of its own
+        (it says what it reads, or gives its own ``example_data``)."""
+        if cls.default_source or cls.default_modality:
+            return {}
+        return WebDatasetSource.example_data(folder)
 
     def __init__(self, *, spec: TaskSpec, context: TaskContext) -> None:
         from atoken.plugins.manager import get_registry

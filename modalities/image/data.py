@@ -7,6 +7,10 @@ Shapes: a stored image uint8 ``[3, H, W]``; a training crop float32 ``[3, h, w]`
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import attrs
 import torch
 
@@ -14,6 +18,7 @@ from atoken.core.errors import ConfigError
 from atoken.data.builtin_sources import CropSource
 from atoken.data.captions import folder_captions
 from atoken.data.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
+from atoken.data.indexed_source import example_images
 from atoken.data.sampling import to_float
 from atoken.data.sources import IndexView, split_heldout
 from atoken.plugins.hookspecs import hookimpl
@@ -47,6 +52,17 @@ class ImageFolderSource(CropSource):
     path: str = attrs.field(default="")
     caption_key: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     caption_file: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    @staticmethod
+    def example_data(folder: str | os.PathLike) -> dict[str, Any]:
+        """The ``data`` table of a small real source for contract tests: four bundled photos
+        (96 px JPEGs) in a folder under ``folder``."""
+        root = Path(folder) / "example_image_folder"
+        if not root.is_dir():
+            root.mkdir(parents=True)
+            for name, data in example_images():
+                (root / f"{name}.jpg").write_bytes(data)
+        return {"source": "image_folder", "path": str(root), "crop_min": 32, "crop_max": 64}
 
     def __attrs_post_init__(self) -> None:
         if not self.path:
