@@ -37,10 +37,10 @@ def reconstruct(
     max_frames: int | None,
     modality: str | None,
 ) -> None:
-    """Encode and decode image, video, .npy or mesh files; write reconstructions and
-    side-by-sides (PNG for images and one-channel maps, MP4 and GIF for videos decoded in
-    temporal tiles; .npy arrays are written back as .npy; meshes as 3DGS .ply Gaussians with
-    a views | reconstruction PNG)."""
+    """Encode and decode image, video, .npy or mesh files (or folders of a 3D asset's views in
+    the official layout); write reconstructions and side-by-sides (PNG for images and
+    one-channel maps, MP4 and GIF for videos decoded in temporal tiles; .npy arrays are written
+    back as .npy; meshes as 3DGS .ply Gaussians with a views | reconstruction PNG)."""
     from atoken.cli.files import read_input, save_reconstruction
     from atoken.modalities.video.viz import reconstruct_video_file
 
