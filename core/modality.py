@@ -31,6 +31,7 @@ import abc
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -260,7 +261,7 @@ class Modality(SampleFiles, abc.ABC):
     default_head: ClassVar[str | None] = None
     shared_pixel_path: ClassVar[bool] = False
     set_valued: ClassVar[bool] = False
-    official_params: ClassVar[Mapping[str, Any]] = {}
+    official_params: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     value_dim: int
     value_mean: tuple[float, ...] | None = None
     value_std: tuple[float, ...] | None = None

@@ -65,6 +65,8 @@ class SampleFiles:
     file_extensions: ClassVar[tuple[str, ...]] = (".npy",)
     #: What a sample is: one of :data:`SAMPLE_KINDS`.
     sample_kind: ClassVar[str] = "array"
+    #: The folders :meth:`reads` takes as one sample, in words for messages ("": none).
+    folder_kind: ClassVar[str] = ""
 
     def reads(self, path: str | Path) -> bool:
         """Whether :meth:`load` reads ``path``: by default, its suffix is one of

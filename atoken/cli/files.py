@@ -40,7 +40,6 @@ def file_modality(path: str, modality: str | None, model: Any) -> str:
             suffix (then ``--modality`` decides; the readers are named).
         DataModalityError: ``modality`` does not read files with that suffix.
     """
-    suffix = Path(path).suffix.lower()
     known = tuple(model.config.modalities or ())
     if modality:
         if known and modality not in known:
@@ -49,19 +48,27 @@ def file_modality(path: str, modality: str | None, model: Any) -> str:
             )
         reader = model.modality(modality)
         if not reader.reads(path):
-            got = repr(suffix) if suffix else "a path without a suffix"
-            raise DataModalityError(
-                f"{path}: {modality!r} reads {list(reader.file_extensions)} files, not {got}"
-            )
+            what = f"{list(reader.file_extensions)} files"
+            if reader.folder_kind:
+                what += f" and {reader.folder_kind}"
+            raise DataModalityError(f"{path}: {modality!r} reads {what}, not {_kind(path)}")
         return modality
     readers = {n: model.modality(n).file_extensions for n in known}
     owners = [n for n in known if model.modality(n).reads(path)]
     if len(owners) == 1:
         return owners[0]
-    what = f"{suffix!r} files" if suffix else "it"
+    what = _kind(path)
     if owners:
         raise ConfigError(f"{path}: {owners} all read {what}: pass --modality")
     raise ConfigError(f"{path}: no modality of this tokenizer reads {what} ({readers})")
+
+
+def _kind(path: str) -> str:
+    """What ``path`` is, for the messages: its suffix's files, a folder or a bare name."""
+    if Path(path).is_dir():
+        return "this folder"
+    suffix = Path(path).suffix.lower()
+    return f"{suffix!r} files" if suffix else "a path without a suffix"
 
 
 def read_input(path: str, modality: str | None, model: Any) -> tuple[str, Any]:

@@ -60,9 +60,9 @@ def reconstruct(
                 rows.append((r["stem"], kind, size, f"PSNR {r['psnr']:.2f} dB"))
                 continue
             recon = model.reconstruct([sample], kind)[0]
+            saved = save_reconstruction(path, kind, sample, recon, out, model)
         except AtokenError as exc:
             raise fail(exc) from exc
-        saved = save_reconstruction(path, kind, sample, recon, out, model)
         rows.append((Path(path).stem, kind, *saved))
     table(("input", "modality", "size", "quality"), rows)
     click.echo(f"wrote {len(rows)} reconstructions to {out}")

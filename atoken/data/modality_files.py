@@ -15,6 +15,7 @@ samples, and must hold that modality.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,14 @@ class ModalityFiles(Sequence):
         if modality.reads(self.root):  # the folder is one sample
             self.files, self.names = [self.root], (self.root.name,)
             return
-        self.files, folders = [], []  # folders: the sample folders found so far
-        for path in sorted(self.root.rglob("*")):  # a folder sorts before what it holds
-            if any(path.is_relative_to(f) for f in folders) or not modality.reads(path):
-                continue
-            self.files.append(path)
-            if path.is_dir():
-                folders.append(path)
+        found: list[Path] = []
+        for top, dirs, files in os.walk(self.root, followlinks=True):
+            here = Path(top)
+            samples = [d for d in dirs if modality.reads(here / d)]  # folders that are samples
+            dirs[:] = [d for d in dirs if d not in samples]  # what they hold is not walked
+            found += [here / d for d in samples]
+            found += [here / f for f in files if modality.reads(here / f)]
+        self.files = sorted(found)
         if not self.files:
             extensions = ", ".join(modality.file_extensions)
             raise ConfigError(f"no {modality.name} files ({extensions}) under {str(self.root)!r}")

@@ -240,8 +240,9 @@ def infer_config(
 
 def with_official_inputs(config: TokenizerConfig) -> TokenizerConfig:
     """``config`` with every one of its modalities reading samples as the official release
-    does: each modality class's ``official_params`` merged into its ``modality_params`` (the
-    mesh modality: ``packing = "official"``; images and video need none). A modality on the
+    does: each modality class's ``official_params`` under its ``modality_params`` (the mesh
+    modality: ``packing = "official"``; images and video need none); a value the config
+    already gives for a key wins (``packing = "atoken"`` keeps atoken's own). A modality on the
     shared RGB path whose default head is another (the mesh modality's ``gaussians``) and to
     which ``config.heads`` gives none is decoded by the shared head, as the official decoder
     does: its patches (the official Gaussian decoder is ``gaussian_decoder=``)."""
@@ -253,7 +254,7 @@ def with_official_inputs(config: TokenizerConfig) -> TokenizerConfig:
         mod = registered_modality(config, name)
         official = dict(type(mod).official_params)
         if official:
-            params[name] = {**params.get(name, {}), **official}
+            params[name] = {**official, **params.get(name, {})}
         other_default = mod.default_head not in (None, config.head)
         if name not in heads and other_default and shares_pixel_path(config, mod):
             heads[name] = config.head

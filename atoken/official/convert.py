@@ -81,6 +81,10 @@ def from_official(
             tokenizer gets the 3D modality, decoded to Gaussians by the official Gaussian
             decoder (:mod:`atoken.official.gaussian_head`).
 
+    Every modality reads its samples as the official release does (its ``official_params``,
+    :func:`atoken.official.config.with_official_inputs`: the mesh modality packs 3D assets by
+    the official rule), unless the config's ``modality_params`` say otherwise.
+
     Raises:
         CheckpointError: an unreadable checkpoint.
         ConfigError: shapes the converter cannot represent, or a YAML that disagrees.

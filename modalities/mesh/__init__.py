@@ -5,7 +5,8 @@ decoded to 3D Gaussians. (Its training side, which needs the data and task layer
 
 A plugin like any other (registered through the same hooks as third-party ones):
 
-* the modality ``mesh`` (:class:`MeshModality`; coords (0, x, y, z) in an R^3 grid);
+* the modality ``mesh`` (:class:`MeshModality`; coords (0, x, y, z) in an R^3 grid, or
+  (0, y, x, z) with the official packing: :mod:`atoken.modalities.mesh.axes`);
 * the head ``gaussians`` (:class:`GaussianHead`), the modality's default head, and the head
   ``swin_gaussians`` (:class:`SwinGaussianHead`: the official patch layer and Gaussian decoder);
 * the losses ``gaussian_opacity`` and ``gaussian_volume`` (regularisers of decoded sets);

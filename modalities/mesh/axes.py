@@ -10,7 +10,9 @@ A mesh sample's tokens sit at coords ``(t = 0, a, b, c)``, a permutation of the 
   tokenizer see a voxel where the official one does.
 
 Heads that place Gaussians in the voxel grid read the voxel index back with
-:func:`latent_voxels`; :meth:`~.modality.MeshModality.unpatchify` with :func:`voxel_xyz`.
+:func:`latent_voxels`; :meth:`~.modality.MeshModality.unpatchify` with :func:`voxel_xyz`. The
+modality's ``layout`` stays ``"xyz"`` (an R^3 grid, the same for either order): a grid
+scattered from a ``"yxz"`` sample's coords is indexed (y, x, z).
 
 Shapes: coords ``int [n, 3]`` (the columns 1..3 of a sample's coords), latent coords
 ``int32 [N, 4]``.
@@ -34,9 +36,10 @@ AXES = ("xyz", "yxz")
 
 
 def _order(axes: str) -> list[int]:
+    """The voxel axis (0 = x, 1 = y, 2 = z) each coordinate column holds."""
     if axes not in AXES:
         raise ModalityInputError(f"mesh: meta['axes'] must be one of {AXES}, got {axes!r}")
-    return ["xyz".index(a) for a in axes]  # a permutation that is its own inverse
+    return ["xyz".index(a) for a in axes]
 
 
 def sample_axes(meta: Any) -> str:
@@ -53,8 +56,9 @@ def to_columns(xyz: torch.Tensor, axes: str) -> torch.Tensor:
 
 def voxel_xyz(columns: torch.Tensor, axes: str) -> torch.Tensor:
     """Coordinate columns ``[n, 3]`` written in ``axes`` -> voxel indices ``[n, 3] (x, y, z)``
-    (both permutations are their own inverse)."""
-    return columns[:, _order(axes)]
+    (the inverse permutation of :func:`to_columns`)."""
+    order = _order(axes)
+    return columns[:, [order.index(axis) for axis in range(3)]]
 
 
 def latent_voxels(latent: Any) -> torch.Tensor:
@@ -66,7 +70,7 @@ def latent_voxels(latent: Any) -> torch.Tensor:
         return columns
     out = columns.clone()
     start = 0
-    for a, n in zip(axes, latent.seqlens.tolist(), strict=False):
+    for a, n in zip(axes, latent.seqlens.tolist(), strict=True):
         out[start : start + n] = voxel_xyz(columns[start : start + n], a)  # [n, 3]
         start += n
     return out

@@ -33,7 +33,8 @@ The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`);
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -74,20 +75,23 @@ class MeshModality(Modality):
         renderer: ``"auto"``, ``"embree"`` or ``"torch"`` (see :func:`.views.render_views`).
         max_tokens: the most active voxels one sample may have.
         packing: ``"atoken"`` or ``"official"`` (see the module docstring); the official one
-            also turns the encoder's 2D position table on for this modality.
+            also turns the encoder's 2D position table on for this modality. It decides how
+            views become voxels: ready-made :class:`Voxels` (and stored records) are encoded
+            as they are, at this packing's axes.
     """
 
     name = "mesh"
     layout = "xyz"
     sample_ndim = 0  # samples are objects (meshes, views, voxels), never a batch tensor
     uses_pos_table = False  # voxels are placed by the 4D RoPE alone (atoken's packing)
-    official_params: ClassVar[dict[str, Any]] = {"packing": "official"}
+    official_params: ClassVar[Mapping[str, Any]] = MappingProxyType({"packing": "official"})
     default_head = "gaussians"
     shared_pixel_path = True  # a voxel's features are an RGB patch: the shared patch embedding
     #: Files ``atoken reconstruct`` hands to this modality as they are (see
     #: :meth:`save_reconstruction`).
     file_extensions: ClassVar[tuple[str, ...]] = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
     sample_kind = "asset"  # a mesh file's path (or loaded mesh): read by patchify itself
+    folder_kind = "folders of views in the official 3D layout (with transforms.json)"
 
     def reads(self, path: str | Any) -> bool:
         """Mesh files (``file_extensions``) and folders in the official multi-view layout."""
@@ -125,6 +129,11 @@ class MeshModality(Modality):
         )
         if packing not in PACKINGS:
             raise ModalityInputError(f"mesh: packing must be one of {PACKINGS}, got {packing!r}")
+        if packing == "official" and OFFICIAL_IMAGE_SIZE % patch_size:
+            raise ModalityInputError(
+                f"mesh: the official packing cuts {OFFICIAL_IMAGE_SIZE} px images into patches: "
+                f"patch_size {patch_size} does not divide it"
+            )
         if renderer not in MESH_RENDERERS:
             raise ModalityInputError(f"mesh: renderer must be one of {MESH_RENDERERS}")
         if patch_size > render_size:
@@ -272,7 +281,12 @@ class MeshModality(Modality):
         from atoken.modalities.mesh.render_cpu import CpuRenderer
 
         if not isinstance(recon, GaussianSet):
-            raise ModalityInputError(f"mesh: {path}: the head decoded {type(recon).__name__}")
+            raise ModalityInputError(
+                f"mesh: {path}: the tokenizer's mesh head decoded {type(recon).__name__}, and "
+                "reconstruct writes Gaussians: decode with a Gaussian head (a tokenizer "
+                "converted from the official weights needs the Gaussian decoder: atoken convert "
+                "official ... --gaussian-decoder 3d_decode_gs.pt)"
+            )
         stem = Path(path).stem
         official = official_folder_views(sample)
         if is_official_views(official):

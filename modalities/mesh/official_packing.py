@@ -37,7 +37,6 @@ Shapes (V views, P surface points, M active voxels, S = 16 patch cells per side,
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import attrs
 import torch
@@ -94,7 +93,7 @@ class OfficialVoxels:
         coords[:, 2:] = self.coords
         return values, coords
 
-    def to_voxels(self) -> Any:
+    def to_voxels(self) -> Voxels:
         """The mesh family's ``Voxels`` of these features: patches ``[M, p, p, 3]``."""
         p = self.patch_size
         patches = self.feats.reshape(len(self), p, p, 3)  # [M, p, p, 3] from (p1 p2 C)

@@ -144,3 +144,37 @@ def test_a_folder_of_official_view_folders_gives_one_sample_per_asset(tmp_path, 
     assert ModalityFiles(data / "duck", mod).names == ("duck",)  # the folder is one sample
     coords = mod.patchify(files[1])[1]
     assert torch.equal(coords, mod.patchify(rendered)[1])
+
+
+def test_a_patch_that_does_not_divide_the_official_images_is_refused():
+    with pytest.raises(ModalityInputError, match="patch_size 24 does not divide"):
+        MeshModality(packing="official", patch_size=24)
+    MeshModality(patch_size=24)  # atoken's packing takes any patch
+
+
+def test_the_configs_own_packing_wins_over_the_official_one():
+    state = official_state_dict(width=64, heads=2, depth=1, mlp=96, seed=1)
+    cfg = atoken.official.infer_config(state, heads=2, modalities=("image", "mesh"))
+    mine = cfg.with_overrides(modality_params={"mesh": {"packing": "atoken", "resolution": 32}})
+    tok = atoken.Tokenizer.from_official(state, mine)
+    assert tok.modality("mesh").packing == "atoken" and tok.modality("mesh").resolution == 32
+
+
+def test_reconstruct_explains_folders_and_a_head_without_gaussians(tmp_path):
+    from click.testing import CliRunner
+
+    from atoken.cli import main
+    from atoken.cli.files import file_modality
+    from atoken.core.errors import DataModalityError
+
+    state = official_state_dict(width=64, heads=2, depth=1, mlp=96, seed=1)
+    tok = atoken.Tokenizer.from_official(state, heads=2, modalities=["image", "mesh"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataModalityError, match=r"official 3D layout .* not this folder"):
+        file_modality(str(tmp_path / "empty"), "mesh", tok)
+    tok.save_pretrained(tmp_path / "tok")
+    _mesh().export(tmp_path / "box.ply")
+    args = ["reconstruct", "--checkpoint", str(tmp_path / "tok"), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, [*args, str(tmp_path / "box.ply")])
+    assert result.exit_code != 0 and not isinstance(result.exception, ModalityInputError)
+    assert "--gaussian-decoder" in result.output, result.output  # a message, not a traceback

@@ -184,7 +184,7 @@ def test_writer_cameras_are_opengl_c2w(layout):
 # ------------------------------------------------------------------ features: the reference
 def _reference(views, resolution: int, image_size: int = 256, p: int = 16):
     """The official rule computed independently, with loops over pixels and voxels in float64
-    (module docstring of multiview_voxels): (coords list, feats [M, 768])."""
+    (module docstring of official_packing): (coords list, feats [M, 768])."""
     k = views.intrinsics().double().numpy()
     w2c = views.w2c().double().numpy()
     depth = views.depth.double().numpy()
