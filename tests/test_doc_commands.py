@@ -1,0 +1,111 @@
+"""Every ``atoken`` command line the docs give names a real command and real options.
+
+Scanned: README.md and docs/**/*.md. In shell blocks (fences without a language, or ``bash``,
+``console``, ``sh``, ``shell``) every line that runs ``atoken ...``, ``python -m atoken ...`` or
+``torchrun ... -m atoken ...`` (continuation backslashes joined, a leading ``$`` dropped) must
+resolve to a command, and each ``--option`` it passes must be one of that command's. Inline code
+``atoken <command> ...`` is checked the same way when its first word is a command (prose such as
+"atoken tiny" is not a command line). Plugin commands count when the plugin is installed, as for
+a user: the group is built with ``register_commands`` first.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from atoken.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+SHELL = {"", "bash", "console", "sh", "shell"}
+RUNS = re.compile(r"^(?:\$\s*)?(?:.*\s-m\s+atoken|python\s+-m\s+atoken|atoken)\s+(.*)$")
+INLINE = re.compile(r"`atoken ([^`]+)`")
+
+
+def _command_lines() -> list[tuple[str, str, bool]]:
+    """``(doc, arguments after 'atoken', strict)``; strict lines must name a command."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text("utf-8")
+        for language, block in FENCE.findall(text):
+            if language not in SHELL:
+                continue
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                match = RUNS.match(line.strip())
+                if match:
+                    found.append((doc.relative_to(ROOT).as_posix(), match.group(1), True))
+        for words in INLINE.findall(FENCE.sub("", text)):
+            found.append((doc.relative_to(ROOT).as_posix(), words, False))
+    return found
+
+
+def _resolve(words: list[str]) -> tuple[click.Command | None, list[str]]:
+    """The command ``words`` names, and the path walked (``None`` when a word is not one)."""
+    command: click.Command = main
+    path = ["atoken"]
+    while isinstance(command, click.Group) and words and not words[0].startswith("-"):
+        sub = command.get_command(click.Context(command), words[0])
+        if sub is None:
+            return None, [*path, words[0]]
+        command = sub
+        path.append(words.pop(0))
+    return command, path
+
+
+def _options(command: click.Command) -> set[str]:
+    names = {"--help", "-h"}
+    for param in command.params:
+        names.update(getattr(param, "opts", ()))
+        names.update(getattr(param, "secondary_opts", ()))
+    return names
+
+
+LINES = _command_lines()
+
+
+def test_the_docs_give_command_lines():
+    """The scan finds the docs' commands (a broken pattern would pass every check vacuously)."""
+    strict = [line for line in LINES if line[2]]
+    assert len(strict) >= 40, strict
+    assert any(args.startswith("train ") for _, args, _ in strict)
+
+
+def test_every_documented_command_line_names_real_commands_and_options():
+    main.build()
+    bad = []
+    for doc, args, strict in LINES:
+        try:
+            words = shlex.split(args.split(" #")[0])
+        except ValueError:
+            words = args.split()
+        command, path = _resolve(words)
+        if command is None:
+            if strict:
+                bad.append(f"{doc}: no command {' '.join(path)!r} in `atoken {args}`")
+            continue
+        known = _options(command)
+        bad += [
+            f"{doc}: {' '.join(path)} has no option {word.split('=')[0]!r} in `atoken {args}`"
+            for word in words
+            if word.startswith("--") and word.split("=")[0] not in known
+        ]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [("train --no-such-flag run.toml", "--no-such-flag"), ("no-such-command x", "no-such-command")],
+)
+def test_the_check_catches_a_renamed_option_or_command(args, culprit):
+    main.build()
+    command, path = _resolve(shlex.split(args))
+    if command is None:
+        assert path[-1] == culprit
+    else:
+        assert culprit not in _options(command)
