@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "atoken.modalities.image.data",
     "atoken.data.builtin_sources",
     "atoken.modalities.video.data",
+    "atoken.modalities.video.cli",
     "atoken.data.meshes",
     "atoken.data.mesh_cli",
     "atoken.tasks.base",

@@ -55,6 +55,7 @@ CONTRACTS = (
     "atoken.tasks.base",
     "atoken.tasks.planning",
     "atoken.plugins.manager",
+    "atoken.plugins.command_kit",
     "atoken.plugins.metrics.base",
     "atoken.plugins.metrics.frechet",
     "atoken.plugins.metrics.pixel",

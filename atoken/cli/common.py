@@ -1,6 +1,7 @@
-"""Helpers shared by the ``atoken`` commands (the modules of :mod:`atoken.cli` and the
-families' commands): typed errors as click errors, loading a tokenizer from a run or a folder,
-tables, and the options of commands that write a store (``--storage-options``, ``--wait``).
+"""Helpers shared by the modules of :mod:`atoken.cli`: loading a tokenizer from a run or a
+folder, tables, and (from :mod:`atoken.plugins.command_kit`, where a family's commands find
+them too) typed errors as click errors and the options of commands that write a store
+(``--storage-options``, ``--wait``).
 
 The command modules import these from here, never from :mod:`atoken.cli` (the package that adds
 them to the group) or from one another, so the command line has no import cycle and no command
@@ -9,12 +10,14 @@ module reaches into another.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import click
 
-from atoken.core.errors import AtokenError
+from atoken.plugins.command_kit import (
+    fail,
+    parse_storage_options,
+    storage_option,
+    wait_option,
+)
 
 __all__ = [
     "fail",
@@ -24,11 +27,6 @@ __all__ = [
     "table",
     "wait_option",
 ]
-
-
-def fail(exc: AtokenError) -> click.ClickException:
-    """A typed error as the click error a command raises (``TypeName: message``)."""
-    return click.ClickException(f"{type(exc).__name__}: {exc}")
 
 
 def load_tokenizer(checkpoint: str):
@@ -50,37 +48,3 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, tuple("-" * w for w in widths), *rows):
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
-
-
-def parse_storage_options(text: str | None) -> dict[str, Any]:
-    """The ``--storage-options`` JSON object as a dict (``{}`` when not given).
-
-    Raises:
-        click.BadParameter: not JSON, or not a JSON object.
-    """
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--storage-options") from exc
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
-    return value
-
-
-#: ``--storage-options JSON`` (read it with :func:`parse_storage_options`).
-storage_option = click.option(
-    "--storage-options",
-    default=None,
-    help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'.',
-)
-
-#: ``--wait SECONDS`` for another writer of the store.
-wait_option = click.option(
-    "--wait",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds to wait for another writer of the store to finish.",
-)

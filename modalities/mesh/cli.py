@@ -4,7 +4,8 @@ added through ``register_commands``.
 A plugin like any other (in ``DEFAULT_PLUGINS``, named ``atoken.data.mesh_cli``): its hook adds
 :func:`import_meshes_command` under the core ``atoken data import`` group, the way a
 third-party family adds its own importer, beside :mod:`atoken.modalities.mesh.data` which it
-drives. A family never imports the CLI, so its command builds its own options and errors.
+drives. A family never imports the CLI: its options and errors come from
+:mod:`atoken.plugins.command_kit`, as every command's do.
 Heavy imports stay inside the command so ``atoken --help`` stays fast.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import click
 
 from atoken.core.errors import AtokenError
+from atoken.plugins.command_kit import echo_import, fail, wait_option
 from atoken.plugins.hookspecs import hookimpl
 
 __all__ = ["export_views_command", "import_meshes_command", "register_commands"]
@@ -37,13 +39,7 @@ __all__ = ["export_views_command", "import_meshes_command", "register_commands"]
 )
 @click.option("--skip-bad", is_flag=True, help="Report unusable meshes instead of failing.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option(
-    "--wait",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds to wait for another writer of the store to finish.",
-)
+@wait_option
 def import_meshes_command(
     paths: tuple[str, ...],
     views: int,
@@ -81,13 +77,8 @@ def import_meshes_command(
             skip_bad=skip_bad,
         )  # fmt: skip
     except AtokenError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    click.echo(
-        f"imported {report.added} meshes into {dst} ({report.already_stored} already stored); "
-        f"the store holds {report.committed} samples"
-    )
-    for name, reason in report.bad:
-        click.echo(f"skipped {name}: {reason}")
+        raise fail(exc) from exc
+    echo_import(report, "meshes", dst)
 
 
 @click.command(name="export-views")
@@ -123,7 +114,7 @@ def export_views_command(
             renderer=renderer, overwrite=overwrite,
         )  # fmt: skip
     except AtokenError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise fail(exc) from exc
     click.echo(f"wrote {rendered.count} views of {size} x {size} px to {out_dir}")
 
 

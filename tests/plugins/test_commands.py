@@ -2,7 +2,7 @@
 
 A plugin registered in-process adds a command (top level, or under an existing group); one
 whose hook raises, or that reuses a name, is warned about by name, adds nothing, and the rest
-of the command line works. The mesh importer is the built-in proof.
+of the command line works. The video and mesh importers are the built-in proof.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import atoken
 from atoken.cli import main
 from atoken.modalities.mesh import cli as mesh_cli
+from atoken.modalities.video import cli as video_cli
 from atoken.plugins.commands import PluginCommandWarning
 from atoken.testing import registered_plugin
 
@@ -119,15 +120,28 @@ def test_a_name_already_taken_is_refused_naming_both_plugins(args, owner):
     assert "also-added" not in main.commands  # none of the taker's commands are added
 
 
-def test_the_mesh_importer_is_the_mesh_familys_command():
+#: (command under ``data import``, family, its plugin's name, the family's command).
+FAMILY_IMPORTERS = [
+    ("meshes", "mesh", "atoken.data.mesh_cli", lambda: mesh_cli.import_meshes_command),
+    ("videos", "video", "atoken.modalities.video.cli", lambda: video_cli.import_videos_command),
+]
+
+
+@pytest.mark.parametrize(("name", "family", "plugin", "command"), FAMILY_IMPORTERS)
+def test_a_familys_importer_is_the_familys_command(name, family, plugin, command):
     main.build()
     imports = main.commands["data"].commands["import"]
-    assert imports.commands["meshes"] is mesh_cli.import_meshes_command
-    assert "mesh" not in (ROOT / "atoken" / "cli" / "data.py").read_text().lower()
+    assert imports.commands[name] is command()
+    assert family not in (ROOT / "atoken" / "cli" / "data.py").read_text().lower()
 
 
-def test_without_the_mesh_plugin_the_other_commands_work(fresh_plugins):
-    fresh_plugins.setenv("ATOKEN_DISABLE_PLUGINS", "atoken.data.mesh_cli")
+@pytest.mark.parametrize(("name", "family", "plugin", "command"), FAMILY_IMPORTERS)
+def test_without_a_familys_command_plugin_the_other_commands_work(
+    fresh_plugins, name, family, plugin, command
+):
+    fresh_plugins.setenv("ATOKEN_DISABLE_PLUGINS", plugin)
     result = _run("data", "import", "--help")
     assert result.exit_code == 0 and "images" in result.output
-    assert "meshes" not in result.output
+    assert name not in result.output
+    others = [other for other, *_ in FAMILY_IMPORTERS if other != name]
+    assert others and all(other in result.output for other in others)
