@@ -9,6 +9,18 @@ task's previews (and so the HTML report) draw them:
     files = modality.save(sample, out / "x")     the files written (the suffix is the hook's)
     picture = modality.draw(sample, reference)   [3, H, W] in [0, 1], or None: nothing to draw
 
+``atoken encode`` asks every registered modality class whether a path is a store of its own
+format (a media store of any modality is read without it):
+
+    samples = ModalityClass.open_store("data/scans")    samples with names, or None: not one
+
+``atoken reconstruct`` asks two more, for files a modality handles its own way (by default
+neither: the file is loaded whole, reconstructed, then ``save``d and ``draw``n):
+
+    modality.streams("clip.mp4")                 True: never loaded whole, see next line
+    size, quality = modality.reconstruct_stream(tokenizer, "clip.mp4", out, max_frames=None)
+    modality.save_reconstruction(path, sample, recon, out)   (size, quality), or None: default
+
 The defaults handle tensors in ``.npy`` files (read with ``allow_pickle=False``: a file never
 runs code) and picture-like tensors. A modality overrides what its samples need: its
 ``file_extensions`` (the first is what :meth:`SampleFiles.save` writes), ``load``/``save`` for
@@ -28,6 +40,7 @@ than the input, and is compared as a set (``chamfer``, ``emd``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,7 +49,11 @@ import torch
 
 from atoken.core.errors import ModalityInputError
 
-__all__ = ["SAMPLE_KINDS", "SampleFiles", "visible"]
+__all__ = ["SAMPLE_KINDS", "SampleFiles", "Written", "visible"]
+
+#: What ``atoken reconstruct`` prints of one input: ``(size, quality)``, e.g.
+#: ``("8x64x64", "PSNR 31.20 dB")``.
+Written = tuple[str, str]
 
 #: The kinds of samples (see the module docstring).
 SAMPLE_KINDS: tuple[str, ...] = ("picture", "clip", "set", "array", "asset")
@@ -108,3 +125,40 @@ class SampleFiles:
         if not isinstance(sample, torch.Tensor):
             return None
         return visible(sample, reference if isinstance(reference, torch.Tensor) else None)
+
+    def streams(self, path: str | Path) -> bool:
+        """Whether ``atoken reconstruct`` hands ``path`` (a path this modality :meth:`reads`)
+        to :meth:`reconstruct_stream` instead of loading it whole (a video file: decoded and
+        reconstructed in temporal tiles). By default False."""
+        return False
+
+    def reconstruct_stream(
+        self, tokenizer: Any, path: str | Path, out: Path, *, max_frames: int | None = None
+    ) -> Written:
+        """Reconstruct the file ``path`` with ``tokenizer`` piece by piece, write the outputs
+        in the folder ``out`` (named after the file's stem) and return the table's
+        ``(size, quality)``; ``max_frames`` keeps only the first frames of a clip. Called only
+        for the paths :meth:`streams` claims.
+
+        Raises:
+            NotImplementedError: the modality streams nothing (the default).
+        """
+        raise NotImplementedError(f"{self.name}: streams no file; {path} is loaded whole")
+
+    def save_reconstruction(self, path: str, sample: Any, recon: Any, out: Path) -> Written | None:
+        """Write the reconstruction ``recon`` of the file ``path`` (loaded as ``sample``) in
+        the folder ``out`` this modality's own way and return the table's ``(size,
+        quality)``, or None (the default) for the generic outputs: :meth:`save` of ``recon``
+        beside a side-by-side of :meth:`draw` pictures."""
+        return None
+
+    @classmethod
+    def open_store(cls, path: str | Path) -> Sequence[Any] | None:
+        """The samples of a store in this modality's own format at ``path``, as ``atoken
+        encode`` reads them: a sequence of raw samples with ``names`` (a tuple, one per
+        sample) and ``modality`` (the registered name). None (the default): ``path`` is not
+        one; a media store of any modality (:class:`atoken.data.ZarrSamples`) needs no hook.
+        A class method: it is asked before any tokenizer is involved, so a store of a
+        modality the tokenizer lacks is recognised and refused by name, never read as
+        something else."""
+        return None

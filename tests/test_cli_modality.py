@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ import atoken
 from atoken.cli import main
 from atoken.data import MediaWriter
 from atoken.data.latent_store import LatentStore
+from atoken.testing import registered_plugin
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +78,53 @@ def test_encode_a_float_store_as_its_modality(tmp_path, checkpoint):
         main, ["encode", "--checkpoint", checkpoint, url, out, "--modality", "image"]
     )
     assert wrong.exit_code == 1 and "holds 'depth' samples" in wrong.output
+
+
+class _StreamedScans:
+    """A plugin modality that streams its ``.scan`` files (reads ``.npy`` as depth does)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None]] = []
+
+    @atoken.hookimpl
+    def register_modalities(self, register):
+        from atoken_example_depth import DepthModality
+
+        calls = self.calls
+
+        class Scans(DepthModality):
+            name = "scans"
+            file_extensions = (".scan", ".npy")
+
+            def streams(self, path):
+                return str(path).endswith(".scan")
+
+            def load(self, path):
+                if str(path).endswith(".scan"):
+                    raise AssertionError("a streamed file is never loaded whole")
+                return super().load(path)
+
+            def reconstruct_stream(self, tokenizer, path, out, *, max_frames=None):
+                calls.append((type(tokenizer).__name__, max_frames))
+                (out / "slices.txt").write_text(Path(path).read_text())
+                return "3 slices", "RMSE 0.25"
+
+        register("scans", Scans)
+
+
+def test_a_modality_that_streams_its_files_writes_them_itself(tmp_path):
+    plugin = _StreamedScans()
+    (tmp_path / "body.scan").write_text("a b c")
+    np.save(tmp_path / "room.npy", np.ones((32, 32), np.float32))
+    out = tmp_path / "out"
+    with registered_plugin(plugin, name="scans-plugin"):
+        tok = atoken.create_tokenizer("tiny", depth=1, decoder_depth=1, modalities=["scans"])
+        tok.save_pretrained(tmp_path / "tok")
+        args = ["reconstruct", "--checkpoint", str(tmp_path / "tok"), "--out", str(out)]
+        inputs = [str(tmp_path / "body.scan"), str(tmp_path / "room.npy")]
+        result = CliRunner().invoke(main, [*args, "--max-frames", "7", *inputs])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()[2:4]]
+    assert rows[0] == ["body", "scans", "3", "slices", "RMSE", "0.25"]
+    assert rows[1][:2] == ["room", "scans"] and (out / "room_recon.npy").exists()  # loaded whole
+    assert plugin.calls == [("Tokenizer", 7)] and (out / "slices.txt").read_text() == "a b c"

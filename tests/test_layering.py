@@ -213,6 +213,21 @@ def test_a_family_imports_the_core_the_contracts_and_itself_only():
     assert {"atoken.modalities.video", "atoken.modalities.mesh"} <= families
 
 
+def test_the_command_line_imports_no_family():
+    """A family's commands, files and stores reach ``atoken`` through hooks
+    (``register_commands``; ``Modality.streams``/``reconstruct_stream``/``open_store``...),
+    so ``atoken.cli`` works the same for a third party's family as for a built-in one."""
+    bad = sorted(
+        f"{m} -> {i}"
+        for m, deps in GRAPH.items()
+        if _within(m, "atoken.cli")
+        for i in deps
+        if family_of(i) is not None
+    )
+    assert not bad, bad
+    assert any(_within(m, "atoken.cli") for m in GRAPH)
+
+
 def test_no_contract_imports_a_family():
     bad = sorted(
         f"{m} -> {i}"

@@ -26,10 +26,10 @@ __all__ = ["encode", "encode_to_store"]
 def _data_source(
     data_arg: str, storage_options: dict[str, Any], modality: str | None = None, model: Any = None
 ) -> tuple[Any, tuple[str, ...], str]:
-    """``(float samples sequence, names, modality)`` for a store URL, a mesh store (its
-    voxel records), a folder or 'photos'.
+    """``(float samples sequence, names, modality)`` for a store URL, a store in a modality's
+    own format (``Modality.open_store``: a mesh store's records), a folder or 'photos'.
 
-    A media or mesh store's samples are of its own modality (``--modality`` must agree);
+    A store's samples are of its own modality (``--modality`` must agree);
     folders and 'photos' hold images, unless ``modality`` names one of ``model``'s whose
     samples are not pictures: a folder then holds its sample files
     (:class:`atoken.data.modality_files.ModalityFiles`).
@@ -41,9 +41,8 @@ def _data_source(
     from atoken.core.errors import DataModalityError
     from atoken.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolder, PhotoSet
     from atoken.data.zarr_dataset import ZarrSamples, is_store_url
-    from atoken.modalities.mesh.data import MeshSamples, is_mesh_store
 
-    store = MeshSamples(data_arg) if is_mesh_store(data_arg) else None
+    store = _own_format_store(data_arg)
     if store is not None or is_store_url(data_arg):
         store = store or ZarrSamples(data_arg, storage_options)
         if modality and modality != store.modality:
@@ -66,6 +65,22 @@ def _data_source(
             "that modality (atoken data import-..., or MediaWriter)"
         )
     return _Scaled(images), images.names, "image"
+
+
+def _own_format_store(path: str) -> Any:
+    """The samples of a store in a registered modality's own format at ``path`` (its
+    ``open_store``; the mesh family's store), or None."""
+    from atoken.core.modality import Modality
+    from atoken.plugins.manager import get_registry
+
+    registry = get_registry().modalities
+    for name in registry.names():
+        factory = registry.get(name)
+        if isinstance(factory, type) and issubclass(factory, Modality):
+            store = factory.open_store(path)
+            if store is not None:
+                return store
+    return None
 
 
 class _Scaled:

@@ -6,11 +6,12 @@ through the modality's own hooks (:class:`atoken.core.sample_files.SampleFiles`)
                              one of the tokenizer's that does); read with its ``load``: image
                              files [3, H, W], ``.npy`` arrays, a plugin's own formats, a folder
                              of views in the official 3D layout
-    video files           -> streamed in temporal tiles (GIF + MP4 written)
+    a file it ``streams``  -> never loaded whole: its ``reconstruct_stream`` writes the
+                             outputs (video files: temporal tiles, GIF + MP4)
     a reconstruction      -> written with the modality's ``save`` (``.npy`` by default) beside
                              a side-by-side of its ``draw`` pictures, when it draws; a modality
-                             with a ``save_reconstruction(path, sample, recon, out)`` hook
-                             (meshes: 3DGS PLY and views) writes its own outputs
+                             whose ``save_reconstruction(path, sample, recon, out)`` hook
+                             answers (meshes: 3DGS PLY and views) writes its own outputs
 
 The quality column is PSNR in dB for pictures and clips, the Chamfer distance for a set-valued
 sample (``set_valued``: the reconstruction may hold another number of rows), else the RMSE in
@@ -73,7 +74,7 @@ def _kind(path: str) -> str:
 
 def read_input(path: str, modality: str | None, model: Any) -> tuple[str, Any]:
     """``(modality, sample)`` of an input file (:func:`file_modality`; its ``load``);
-    ``sample`` is None for a video file, which is streamed.
+    ``sample`` is None for a file its modality ``streams`` (a video file).
 
     Raises:
         ConfigError, DataModalityError: see :func:`file_modality`.
@@ -81,8 +82,8 @@ def read_input(path: str, modality: str | None, model: Any) -> tuple[str, Any]:
     """
     kind = file_modality(path, modality, model)
     reader = model.modality(kind)
-    if reader.sample_kind == "clip" and Path(path).suffix.lower() != ".npy":
-        return kind, None  # streamed tile by tile (atoken.modalities.video.viz)
+    if reader.streams(path):
+        return kind, None  # reconstructed piece by piece (reconstruct_stream): not loaded
     return kind, reader.load(path)
 
 
@@ -95,9 +96,9 @@ def save_reconstruction(
     from atoken.viz import save_side_by_side
 
     reader = model.modality(kind)
-    own = getattr(reader, "save_reconstruction", None)
+    own = reader.save_reconstruction(path, sample, recon, out)
     if own is not None:  # a modality that writes its own outputs (meshes)
-        return own(path, sample, recon, out)
+        return own
     stem = Path(path).stem
     if not reader.set_valued and isinstance(sample, torch.Tensor):
         recon = recon.detach().float().cpu().reshape(sample.shape)  # a grid: the input's shape

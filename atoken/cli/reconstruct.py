@@ -42,7 +42,6 @@ def reconstruct(
     one-channel maps, MP4 and GIF for videos decoded in temporal tiles; .npy arrays are written
     back as .npy; meshes as 3DGS .ply Gaussians with a views | reconstruction PNG)."""
     from atoken.cli.files import read_input, save_reconstruction
-    from atoken.modalities.video.viz import reconstruct_video_file
 
     try:
         model = load_tokenizer(checkpoint)
@@ -54,13 +53,12 @@ def reconstruct(
     rows = []
     for path, (kind, sample) in zip(inputs, items, strict=True):
         try:
-            if sample is None:  # a video file: tiled, streamed from the file
-                r = reconstruct_video_file(model, path, out, max_frames=max_frames)
-                size = "x".join(map(str, r["size"]))
-                rows.append((r["stem"], kind, size, f"PSNR {r['psnr']:.2f} dB"))
-                continue
-            recon = model.reconstruct([sample], kind)[0]
-            saved = save_reconstruction(path, kind, sample, recon, out, model)
+            if sample is None:  # streamed by its modality (a video file: temporal tiles)
+                reader = model.modality(kind)
+                saved = reader.reconstruct_stream(model, path, out, max_frames=max_frames)
+            else:
+                recon = model.reconstruct([sample], kind)[0]
+                saved = save_reconstruction(path, kind, sample, recon, out, model)
         except AtokenError as exc:
             raise fail(exc) from exc
         rows.append((Path(path).stem, kind, *saved))

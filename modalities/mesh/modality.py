@@ -33,9 +33,10 @@ The default head is ``gaussians`` (K 3D Gaussians per voxel, :mod:`.gaussians`);
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -53,6 +54,9 @@ from atoken.modalities.mesh.official_views import (
 )
 from atoken.modalities.mesh.views import MESH_RENDERERS, Views, render_views
 from atoken.modalities.mesh.voxelize import Voxels, voxelize
+
+if TYPE_CHECKING:
+    from atoken.modalities.mesh.data import MeshSamples
 
 __all__ = ["PACKINGS", "MeshModality"]
 
@@ -267,6 +271,14 @@ class MeshModality(Modality):
         ]
 
     # ------------------------------------------------------------------ files
+    @classmethod
+    def open_store(cls, path: str | os.PathLike) -> MeshSamples | None:
+        """A mesh store (``atoken data import meshes``: a folder with ``mesh_store.json``) as
+        its complete assets, for ``atoken encode``; None for any other path."""
+        from atoken.modalities.mesh.data import MeshSamples, is_mesh_store
+
+        return MeshSamples(path) if is_mesh_store(path) else None
+
     def save_reconstruction(self, path: str, sample: Any, recon: Any, out: Any) -> tuple[str, str]:
         """``atoken reconstruct`` on a mesh file or a folder of official views:
         ``<stem>_gaussians.ply`` (3DGS PLY, in the mesh's own units; a folder's views are in

@@ -98,7 +98,7 @@ def iter_clip_tiles(
         ModalityInputError: the modality's errors (zero frames, bad file, ...).
     """
     from atoken.data.video_io import iter_video_frames
-    from atoken.modalities.video import to_video_tensor
+    from atoken.modalities.video.clips import to_video_tensor
 
     if isinstance(clip, (str, os.PathLike)):
         frames: list[torch.Tensor] = []

@@ -185,3 +185,14 @@ def test_atoken_encode_stores_the_latents_of_a_mesh_store(tmp_path):
         assert np.allclose(rows[0], rows[1], atol=1e-5)
     wrong = CliRunner().invoke(main, [*args, "--modality", "image"])
     assert wrong.exit_code == 1 and "holds 'mesh' samples" in wrong.output
+    # The store is recognised by the mesh family's MeshModality.open_store, whatever the
+    # tokenizer lists: one built for images only refuses it by name (never reads it as a
+    # folder of images).
+    image_only = tmp_path / "image_only"
+    atoken.Tokenizer.from_preset(
+        "tiny", depth=1, decoder_depth=1, modalities=["image"]
+    ).save_pretrained(image_only)
+    args[2], args[4] = str(image_only), str(tmp_path / "again.zarr")
+    lacking = CliRunner().invoke(main, [*args, "--dtype", "float32"])
+    assert lacking.exit_code == 1, lacking.output
+    assert "UnknownModalityError: this tokenizer has no modality 'mesh'" in lacking.output
