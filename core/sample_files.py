@@ -14,7 +14,7 @@ format (a media store of any modality is read without it):
 
     samples = ModalityClass.open_store("data/scans")    samples with names, or None: not one
 
-``atoken reconstruct`` asks two more, for files a modality handles its own way (by default
+``atoken reconstruct`` asks three more, for files a modality handles its own way (by default
 neither: the file is loaded whole, reconstructed, then ``save``d and ``draw``n):
 
     modality.streams("clip.mp4")                 True: never loaded whole, see next line

@@ -128,3 +128,47 @@ def test_a_modality_that_streams_its_files_writes_them_itself(tmp_path):
     assert rows[0] == ["body", "scans", "3", "slices", "RMSE", "0.25"]
     assert rows[1][:2] == ["room", "scans"] and (out / "room_recon.npy").exists()  # loaded whole
     assert plugin.calls == [("Tokenizer", 7)] and (out / "slices.txt").read_text() == "a b c"
+
+
+class _ScanStores:
+    """A plugin modality with a store format of its own: a folder holding ``scans.json``."""
+
+    @atoken.hookimpl
+    def register_modalities(self, register):
+        from atoken_example_depth import DepthModality
+
+        class ScanSamples(list):
+            modality = "scans"
+
+            def __init__(self, folder):
+                files = sorted(Path(folder).glob("*.npy"))
+                super().__init__(torch.from_numpy(np.load(f)) for f in files)
+                self.names = tuple(f.stem for f in files)
+
+        class Scans(DepthModality):
+            name = "scans"
+
+            @classmethod
+            def open_store(cls, path):
+                return ScanSamples(path) if (Path(path) / "scans.json").is_file() else None
+
+        register("scans", Scans)
+
+
+@pytest.mark.parametrize("count", [2, 0])
+def test_a_store_of_a_modalitys_own_format_is_encoded_even_empty(tmp_path, count):
+    store = tmp_path / "scans"
+    store.mkdir()
+    (store / "scans.json").write_text("{}")
+    for i in range(count):
+        np.save(store / f"s{i}.npy", (1 + np.arange(32 * 48, dtype=np.float32)).reshape(32, 48))
+    with registered_plugin(_ScanStores(), name="scan-stores"):
+        tok = atoken.create_tokenizer("tiny", depth=1, decoder_depth=1, modalities=["scans"])
+        tok.save_pretrained(tmp_path / "tok")
+        out = str(tmp_path / "latents.zarr")
+        args = ["encode", "--checkpoint", str(tmp_path / "tok"), str(store), out, "--no-progress"]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output  # an empty one is its modality's, not zarr's
+    assert f"encoded {count} samples (scans)" in result.output
+    if count:
+        assert [m["source"] for m in LatentStore(out).meta(range(count))] == ["s0", "s1"]

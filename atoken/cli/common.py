@@ -1,7 +1,7 @@
 """Helpers shared by the modules of :mod:`atoken.cli`: loading a tokenizer from a run or a
 folder, tables, and (from :mod:`atoken.plugins.command_kit`, where a family's commands find
-them too) typed errors as click errors and the options of commands that write a store
-(``--storage-options``, ``--wait``).
+them too) typed errors as click errors, the options of commands that write a store
+(``--storage-options``, ``--wait``) and an importer's report.
 
 The command modules import these from here, never from :mod:`atoken.cli` (the package that adds
 them to the group) or from one another, so the command line has no import cycle and no command
@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from atoken.plugins.command_kit import (
+    echo_import,
     fail,
     parse_storage_options,
     storage_option,
@@ -20,6 +21,7 @@ from atoken.plugins.command_kit import (
 )
 
 __all__ = [
+    "echo_import",
     "fail",
     "load_tokenizer",
     "parse_storage_options",

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import click
 
-from atoken.cli.common import fail, parse_storage_options, storage_option, wait_option
+from atoken.cli.common import (
+    echo_import,
+    fail,
+    parse_storage_options,
+    storage_option,
+    wait_option,
+)
 from atoken.core.errors import AtokenError
-from atoken.plugins.command_kit import echo_import
 
 __all__ = ["data"]
 

@@ -44,7 +44,8 @@ def _data_source(
 
     store = _own_format_store(data_arg)
     if store is not None or is_store_url(data_arg):
-        store = store or ZarrSamples(data_arg, storage_options)
+        if store is None:  # a media store (an empty store of a family's own is still one)
+            store = ZarrSamples(data_arg, storage_options)
         if modality and modality != store.modality:
             raise DataModalityError(
                 f"{data_arg!r} holds {store.modality!r} samples, not {modality!r} (leave out "

@@ -133,9 +133,9 @@ class VideoModality(Modality):
         return to_video_tensor(self._read_bounded(path), min_side=self.min_side)
 
     def streams(self, path: str | os.PathLike) -> bool:
-        """A video file is reconstructed in temporal tiles, never decoded whole (a ``.npy``
-        clip is loaded)."""
-        return str(path).lower().endswith(VIDEO_EXTENSIONS)
+        """Every file it reads but a ``.npy`` clip (which is loaded) is a video file,
+        reconstructed in temporal tiles and never decoded whole."""
+        return not os.fspath(path).lower().endswith(".npy")
 
     def reconstruct_stream(
         self, tokenizer: Any, path: str | os.PathLike, out: Any, *, max_frames: int | None = None
