@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import click
 import pytest
 
 from atoken.cli import main
+from tests.doc_pages import DOCS, FENCE, code_blocks, page_name
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-FENCE = re.compile(r"^[ \t]*```(\w*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 SHELL = {"", "bash", "console", "sh", "shell"}
 RUNS = re.compile(
     r"^(?:\$\s*)?(?:\w+=\S*\s+)*(?:.*\s-m\s+atoken|python\s+-m\s+atoken|(?:\S*/)?atoken)\s+(.*)$"
@@ -36,16 +33,15 @@ def _command_lines() -> list[tuple[str, str, bool]]:
     """``(doc, arguments after 'atoken', strict)``; strict lines must name a command."""
     found = []
     for doc in DOCS:
-        text = doc.read_text("utf-8")
-        for language, block in FENCE.findall(text):
+        for language, block in code_blocks(doc):
             if language not in SHELL:
                 continue
             for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 match = RUNS.match(line.strip())
                 if match:
-                    found.append((doc.relative_to(ROOT).as_posix(), match.group(1), True))
-        for words in INLINE.findall(FENCE.sub("", text)):
-            found.append((doc.relative_to(ROOT).as_posix(), words, False))
+                    found.append((page_name(doc), match.group(1), True))
+        prose = FENCE.sub("", doc.read_text("utf-8"))
+        found += [(page_name(doc), words, False) for words in INLINE.findall(prose)]
     return found
 
 

@@ -11,9 +11,9 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.doc_pages import DOCS
+
 FROM = re.compile(r"^\s*(?:>>>\s*)?from (atoken[\w.]*) import ([\w, ()]+?)\s*(?:#.*)?$", re.M)
 IMPORT = re.compile(r"^\s*(?:>>>\s*)?import (atoken[\w.]*)(?: as \w+)?\s*(?:#.*)?$", re.M)
 DOTTED = re.compile(r"`(atoken(?:\.\w+)+)(?:\(|`)")
@@ -50,7 +50,7 @@ print(json.dumps(bad))
 def doc_imports() -> list[tuple[str, str, list[str]]]:
     """``(kind, path, names)`` of every atoken import and dotted name the docs give."""
     found = set()
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+    for doc in DOCS:
         text = doc.read_text("utf-8")
         for module, names in FROM.findall(text):
             names = tuple(n.strip() for n in names.strip("()").split(",") if n.strip())

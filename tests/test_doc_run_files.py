@@ -14,7 +14,6 @@ data itself (paths, buckets) is not read, nor a checkpoint that ``init_from`` na
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +21,8 @@ import torch
 from atoken.engine.plan import meta_tokenizer
 from atoken.engine.runconfig import RunConfig, load_run_file
 from atoken.plugins.manager import get_registry
+from tests.doc_pages import DOCS, code_blocks, page_name
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-FENCE = re.compile(r"^```toml[^\n]*\n(.*?)^```", re.S | re.M)
 SECTION = re.compile(r"^\s*\[", re.M)
 #: A ``pyproject.toml`` excerpt (a plugin's entry points) is not a run file.
 PYPROJECT = re.compile(r"^\[(project|build-system|tool)\b", re.M)
@@ -34,9 +31,9 @@ ONE_TASK = '\n[[tasks]]\nname = "image_reconstruction"\n'
 
 def _blocks() -> list[tuple[str, str]]:
     return [
-        (f"{doc.relative_to(ROOT).as_posix()} block {i}", block)
+        (f"{page_name(doc)} block {i}", block)
         for doc in DOCS
-        for i, block in enumerate(FENCE.findall(doc.read_text("utf-8")))
+        for i, block in enumerate(b for language, b in code_blocks(doc) if language == "toml")
         if SECTION.search(block) and not PYPROJECT.search(block)
     ]
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 from PIL import Image
 
 from atoken.data.images import load_photo
+from tests.doc_pages import ROOT, code_blocks
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 
 
 def test_the_readme_example_runs_and_keeps_its_promises(tmp_path, monkeypatch):
-    (block,) = re.findall(r"^```python\n(.*?)^```", README.read_text("utf-8"), flags=re.S | re.M)
+    (block,) = [body for language, body in code_blocks(README) if language == "python"]
     sizes = {"photo.jpg": (96, 128), "cat.png": (64, 80)}  # (H, W), neither a square
     for (file, (h, w)), name in zip(sizes.items(), ["astronaut", "coffee"], strict=True):
         array = load_photo(name)[:, :h, :w].permute(1, 2, 0).numpy()  # [3, H, W] -> [H, W, 3]
